@@ -1,0 +1,239 @@
+-- gateway: the module configuration scripts require (`local gw = require "gateway"`).
+--
+-- It is built into the binary, so a configuration file named gateway.lua
+-- never shadows it. Calls made while the configuration runs declare the
+-- gateway: gw.config, gw.route and its shorthands, gw.use. Functions for
+-- handlers (gw.sleep, gw.spawn, gw.all, gw.now, gw.timer, gw.log, gw.json)
+-- work at any time they make sense; see docs/lua-api.md.
+--
+-- Misuse (a wrong type, a bad pattern, an unknown option) raises an error
+-- at the caller's line, so `gateway -t` reports it with file:line.
+local base = require "gateway.base"
+local sched = require "gateway.sched"
+local router_mod = require "gateway.router"
+local cjson = require "cjson"
+
+local C = base.C
+local type, error, pairs, ipairs, tostring, select = type, error, pairs, ipairs, tostring, select
+local upper, sub = string.upper, string.sub
+
+local gw = {}
+
+-- What the configuration declared; read by gateway.runtime.
+local state = {
+  config = {
+    workers = "auto",
+    listen = { "127.0.0.1:8080" },
+    admin = false,
+    access_log = "stdout",
+    error_log = "stderr",
+    limits = { header_bytes = 16384, headers = 100, body_bytes = 8 * 1024 * 1024 },
+    timeouts = { header = 10, body = 30, idle = 60, drain = 30 },
+  },
+  router = router_mod.new(),
+  global_mw = {},   -- list of middleware functions
+  prefix_mw = {},   -- list of { prefix, fn }
+  timers = {},      -- id -> { fn, every }
+  next_timer = 0,
+  pending_timers = {}, -- ids declared while loading, started by runtime.start
+  loading = true,
+}
+gw._state = state
+
+-- ---- gw.config ----
+
+local config_schema = {
+  workers = "workers", listen = "listen", admin = "addr_or_false",
+  access_log = "string_or_false", error_log = "string",
+  limits = { header_bytes = "posint", headers = "posint", body_bytes = "posint" },
+  timeouts = { header = "posnum", body = "posnum", idle = "posnum", drain = "posnum" },
+}
+
+local function bad(key, want, got, level)
+  error(("gw.config: %s must be %s (got %s)"):format(key, want, tostring(got)), level + 1)
+end
+
+local function check_value(key, kind, v, level)
+  if kind == "workers" then
+    if v ~= "auto" and (type(v) ~= "number" or v < 1 or v % 1 ~= 0) then
+      bad(key, '"auto" or a whole number >= 1', v, level)
+    end
+  elseif kind == "posint" then
+    if type(v) ~= "number" or v < 1 or v % 1 ~= 0 then bad(key, "a whole number >= 1", v, level) end
+  elseif kind == "posnum" then
+    if type(v) ~= "number" or v <= 0 then bad(key, "a number > 0", v, level) end
+  elseif kind == "string" then
+    if type(v) ~= "string" then bad(key, "a string", v, level) end
+  elseif kind == "string_or_false" or kind == "addr_or_false" then
+    if v ~= false and type(v) ~= "string" then bad(key, "a string or false", v, level) end
+  elseif kind == "listen" then
+    if type(v) == "string" then v = { v } end
+    if type(v) ~= "table" or #v == 0 then bad(key, "an address or a list of addresses", v, level) end
+    local out = {}
+    for i, a in ipairs(v) do
+      if type(a) == "table" then
+        if a.tls then
+          error("gw.config: listen[" .. i .. "]: TLS listeners are not supported by this build yet", level + 1)
+        end
+        a = a.addr
+      end
+      if type(a) ~= "string" or not a:match("^.*:%d+$") then
+        bad(key .. "[" .. i .. "]", '"host:port"', a, level)
+      end
+      out[#out + 1] = a
+    end
+    return out
+  end
+  return v
+end
+
+function gw.config(t)
+  if type(t) ~= "table" then error("gw.config: a table is required", 2) end
+  local cfg = state.config
+  for k, v in pairs(t) do
+    local kind = config_schema[k]
+    if kind == nil then error("gw.config: unknown option '" .. tostring(k) .. "'", 2) end
+    if type(kind) == "table" then
+      if type(v) ~= "table" then bad(k, "a table", v, 2) end
+      for k2, v2 in pairs(v) do
+        local kind2 = kind[k2]
+        if kind2 == nil then error("gw.config: unknown option '" .. k .. "." .. tostring(k2) .. "'", 2) end
+        cfg[k][k2] = check_value(k .. "." .. k2, kind2, v2, 2)
+      end
+    else
+      cfg[k] = check_value(k, kind, v, 2)
+    end
+  end
+end
+
+-- ---- routes and middleware ----
+
+local HTTP_METHODS = { GET = true, HEAD = true, POST = true, PUT = true, PATCH = true,
+                       DELETE = true, OPTIONS = true, CONNECT = true, TRACE = true }
+
+local function check_loading(what)
+  if not state.loading then error(what .. ": only while the configuration loads", 3) end
+end
+
+local function normalize_methods(m, level)
+  if m == "*" then return "*" end
+  if type(m) == "string" then m = { m } end
+  if type(m) ~= "table" or #m == 0 then
+    error("gw.route: method must be a string, a list of strings, or \"*\"", level + 1)
+  end
+  local out = {}
+  for i, x in ipairs(m) do
+    if type(x) ~= "string" then error("gw.route: method must be a string", level + 1) end
+    x = upper(x)
+    if not HTTP_METHODS[x] then error("gw.route: unknown method '" .. x .. "'", level + 1) end
+    out[i] = x
+  end
+  return out
+end
+
+local function add_route(methods, pattern, host, mws, handler, level)
+  check_loading("gw.route")
+  if type(handler) ~= "function" then error("gw.route: the handler must be a function", level + 1) end
+  for i, mw in ipairs(mws) do
+    if type(mw) ~= "function" then
+      error("gw.route: middleware #" .. i .. " is not a function", level + 1)
+    end
+  end
+  methods = normalize_methods(methods, level + 1)
+  local route = { handler = handler, mws = mws, pattern = pattern }
+  local ok, err = pcall(state.router.add, state.router, methods, pattern, host, route)
+  if not ok then error("gw.route: " .. tostring(err):gsub("^.-:%d+: ", ""), level + 1) end
+end
+
+-- gw.route(METHOD, PATTERN, [mw...,] handler) or gw.route{ method=, path=, host=, use=, handler= }
+function gw.route(method, pattern, ...)
+  if type(method) == "table" and pattern == nil then
+    local t = method
+    local mws = t.use or {}
+    if type(mws) == "function" then mws = { mws } end
+    return add_route(t.method or "*", t.path, t.host, mws, t.handler, 2)
+  end
+  local n = select("#", ...)
+  if n == 0 then error("gw.route: a handler is required", 2) end
+  local handler = select(n, ...)
+  local mws = { ... }
+  mws[n] = nil
+  return add_route(method, pattern, nil, mws, handler, 2)
+end
+
+for _, m in ipairs { "get", "post", "put", "patch", "delete", "head", "options" } do
+  local M = upper(m)
+  gw[m] = function(pattern, ...)
+    local n = select("#", ...)
+    if n == 0 then error("gw." .. m .. ": a handler is required", 2) end
+    local handler = select(n, ...)
+    local mws = { ... }
+    mws[n] = nil
+    return add_route(M, pattern, nil, mws, handler, 2)
+  end
+end
+
+-- gw.use([prefix,] mw)
+function gw.use(prefix, mw)
+  check_loading("gw.use")
+  if mw == nil then
+    mw, prefix = prefix, nil
+  end
+  if type(mw) ~= "function" then error("gw.use: middleware must be a function(req, next)", 2) end
+  if prefix == nil or prefix == "/" then
+    state.global_mw[#state.global_mw + 1] = mw
+    return
+  end
+  if type(prefix) ~= "string" or sub(prefix, 1, 1) ~= "/" then
+    error("gw.use: the prefix must be a path starting with '/'", 2)
+  end
+  if #prefix > 1 and sub(prefix, -1) == "/" then prefix = sub(prefix, 1, -2) end
+  state.prefix_mw[#state.prefix_mw + 1] = { prefix, mw }
+end
+
+-- ---- helpers for handlers ----
+
+gw.json = cjson
+gw.sleep = sched.sleep
+gw.spawn = sched.spawn
+gw.all = sched.all
+
+function gw.now() return C.gw_ffi_now() end
+
+local function log_at(level)
+  return function(...)
+    local n = select("#", ...)
+    local parts = {}
+    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    local msg = table.concat(parts, " ")
+    C.gw_ffi_log(level, msg, #msg)
+  end
+end
+gw.log = { debug = log_at(0), info = log_at(1), warn = log_at(2), error = log_at(3) }
+
+local function add_timer(name, after, every, fn)
+  if type(after) ~= "number" or after < 0 then error("gw.timer." .. name .. ": seconds must be >= 0", 3) end
+  if type(fn) ~= "function" then error("gw.timer." .. name .. ": a function is required", 3) end
+  state.next_timer = state.next_timer + 1
+  local id = state.next_timer
+  state.timers[id] = { fn = fn, every = every, after = after }
+  if state.loading then
+    state.pending_timers[#state.pending_timers + 1] = id
+  elseif C.gw_ffi_timer_start(id, after, every or 0) ~= base.OK then
+    state.timers[id] = nil
+    error("gw.timer." .. name .. ": timers run only in a worker", 3)
+  end
+  return id
+end
+
+gw.timer = {
+  after = function(s, fn) return add_timer("after", s, nil, fn) end,
+  every = function(s, fn)
+    if type(s) ~= "number" or s <= 0 then error("gw.timer.every: seconds must be > 0", 2) end
+    return add_timer("every", s, s, fn)
+  end,
+}
+
+function gw.worker_id() return C.gw_ffi_worker_index() end
+
+return gw

@@ -1,0 +1,284 @@
+-- gateway.runtime: what the C core calls. load_config runs the configuration
+-- script; request_entry and timer_entry are the bodies of the coroutines C
+-- resumes (see src/lua_vm.h for the protocol); start runs in a worker once
+-- the configuration has loaded.
+--
+-- One request: make the req, find the route, build the middleware chain
+-- (global, then prefix, then route), run it, turn what it returned into a
+-- response and send it. A script error becomes a 500 JSON answer with the
+-- request id; the traceback goes to the error log, never to the client.
+local base = require "gateway.base"
+local sched = require "gateway.sched"
+local request = require "gateway.request"
+local gw = require "gateway"
+local cjson = require "cjson"
+
+local ffi, C = base.ffi, base.C
+local OK, BAD_CONTEXT = base.OK, base.BAD_CONTEXT
+local yield = coroutine.yield
+local type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset =
+  type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset
+local sub, lower, byte, format = string.sub, string.lower, string.byte, string.format
+local traceback = debug.traceback
+local encode = cjson.encode
+
+local state = gw._state
+local router = state.router
+local DONE = sched.DONE
+
+local _M = {}
+
+-- ---- loading ----
+
+local function config_traceback(err)
+  if type(err) ~= "string" then err = tostring(err) end
+  return traceback(err, 2)
+end
+
+-- Runs the configuration at `path` in this state. Returns the merged
+-- gw.config table; raises the error text (file:line first) on failure.
+function _M.load_config(path, mode)
+  _M.mode = mode
+  local chunk, err = loadfile(path)
+  if not chunk then error(err, 0) end
+  local ok, e = xpcall(chunk, config_traceback)
+  if not ok then error(e, 0) end
+  state.loading = false
+  local cfg = state.config
+  -- C reads plain values: "auto" and false become absent.
+  return {
+    workers = cfg.workers ~= "auto" and cfg.workers or nil,
+    listen = cfg.listen,
+    admin = cfg.admin or nil,
+    access_log = cfg.access_log or nil,
+    error_log = cfg.error_log,
+    limits = cfg.limits,
+    timeouts = cfg.timeouts,
+  }
+end
+
+-- In a worker, after loading: start the timers the configuration declared.
+function _M.start()
+  for _, id in ipairs(state.pending_timers) do
+    local t = state.timers[id]
+    C.gw_ffi_timer_start(id, t.after, t.every or 0)
+  end
+  state.pending_timers = {}
+end
+
+-- ---- responses ----
+
+local function log_error(msg)
+  C.gw_ffi_log(3, msg, #msg)
+end
+
+local function send_error(req, status, message, extra_headers)
+  local id = req.id
+  local body = encode({ error = message, request_id = id })
+  local r, s = req._r, req._s
+  if C.gw_ffi_resp_start(r, s, status) ~= OK then return end
+  C.gw_ffi_resp_header(r, s, "Content-Type", 12, "application/json", 16)
+  C.gw_ffi_resp_header(r, s, "X-Request-Id", 12, id, #id)
+  if extra_headers then
+    for k, v in pairs(extra_headers) do C.gw_ffi_resp_header(r, s, k, #k, v, #v) end
+  end
+  C.gw_ffi_resp_send(r, s, body, #body)
+end
+_M.send_error = send_error
+
+local TEXT = "text/plain; charset=utf-8"
+local JSON = "application/json"
+
+-- Turns what a handler returned into a response table { status, headers, body|json }.
+local function normalize(res)
+  local t = type(res)
+  if t == "table" then
+    if res.status == nil then res.status = 200 end
+    if res.headers == nil then res.headers = {} end
+    return res
+  elseif t == "string" then
+    return { status = 200, headers = { ["content-type"] = TEXT }, body = res }
+  elseif t == "number" then
+    return { status = res, headers = {}, body = "" }
+  elseif res == nil then
+    error("the handler returned no response", 0)
+  end
+  error("the handler returned a " .. t .. ", not a response", 0)
+end
+_M.normalize = normalize
+
+local function has_header(headers, name)
+  for k in pairs(headers) do
+    if lower(k) == name then return true end
+  end
+  return false
+end
+
+local function send_header(r, s, k, v)
+  if type(v) == "table" then
+    for i = 1, #v do send_header(r, s, k, v[i]) end
+    return
+  end
+  if type(v) ~= "string" then v = tostring(v) end
+  if type(k) ~= "string" or C.gw_ffi_resp_header(r, s, k, #k, v, #v) ~= OK then
+    error(format("response header %q is invalid (CR/LF or a bad name)", tostring(k)), 0)
+  end
+end
+
+local function send(req, res)
+  local r, s = req._r, req._s
+  local status = res.status
+  if type(status) ~= "number" or status < 100 or status > 999 or status % 1 ~= 0 then
+    error("response status must be a whole number 100-999, not " .. tostring(status), 0)
+  end
+  local headers, body = res.headers, res.body
+  if res.json ~= nil then
+    body = encode(res.json)
+    if not has_header(headers, "content-type") then headers["content-type"] = JSON end
+  elseif body == nil then
+    body = ""
+  elseif type(body) ~= "string" then
+    body = tostring(body)
+  end
+  local rc = C.gw_ffi_resp_start(r, s, status)
+  if rc == BAD_CONTEXT then error(base.FINISHED, 0) end
+  if rc ~= OK then error("a response was already sent", 0) end
+  for k, v in pairs(headers) do send_header(r, s, k, v) end
+  C.gw_ffi_resp_send(r, s, body, #body)
+end
+
+-- ---- the middleware chain ----
+
+-- chain[1..n-1] are middleware, chain[n] the terminal handler. `next` for
+-- step i runs step i+1 and returns its normalized response.
+local function run_step(req, chain, i, n)
+  local f = chain[i]
+  if i == n then return normalize(f(req)) end
+  local called = false
+  local res = f(req, function()
+    if called then error("next() called twice", 2) end
+    called = true
+    return run_step(req, chain, i + 1, n)
+  end)
+  return normalize(res)
+end
+
+local function path_has_prefix(path, prefix)
+  local n = #prefix
+  return sub(path, 1, n) == prefix and (#path == n or byte(path, n + 1) == 47)
+end
+
+local function error_response(req, status, message, headers)
+  local id = req.id
+  headers = headers or {}
+  headers["X-Request-Id"] = id
+  return { status = status, headers = headers, json = { error = message, request_id = id } }
+end
+
+local function not_found(req) return error_response(req, 404, "no route") end
+
+local function build_chain(req, route, allow)
+  local chain, n = {}, 0
+  local g = state.global_mw
+  for i = 1, #g do
+    n = n + 1
+    chain[n] = g[i]
+  end
+  local p = state.prefix_mw
+  if #p > 0 then
+    local path = req.path
+    for i = 1, #p do
+      if path_has_prefix(path, p[i][1]) then
+        n = n + 1
+        chain[n] = p[i][2]
+      end
+    end
+  end
+  if route then
+    local m = route.mws
+    for i = 1, #m do
+      n = n + 1
+      chain[n] = m[i]
+    end
+    n = n + 1
+    chain[n] = route.handler
+  elseif allow then
+    n = n + 1
+    chain[n] = function(r) return error_response(r, 405, "method not allowed", { Allow = allow }) end
+  else
+    n = n + 1
+    chain[n] = not_found
+  end
+  return chain, n
+end
+
+-- ---- one request ----
+
+local function on_handler_error(err)
+  if type(err) == "table" and err.status then return err end
+  return { trace = traceback(tostring(err), 2) }
+end
+
+local function finish_error(req, e)
+  if e.status then
+    send_error(req, e.status, e.message or "error")
+    return
+  end
+  log_error(format("request %s %s (id %s) failed: %s", req.method, req.path, req.id, e.trace))
+  send_error(req, 500, "internal error")
+end
+
+local function dispatch(req)
+  local route, params, allow = router:match(req.method, req.host, req.path)
+  if route then
+    rawset(req, "params", params)
+    rawset(req, "route", route.pattern)
+    local pat = route.pattern
+    C.gw_ffi_req_set_route(req._r, req._s, pat, #pat)
+    if #route.mws == 0 and #state.global_mw == 0 and #state.prefix_mw == 0 then
+      return normalize(route.handler(req))
+    end
+    local chain, n = build_chain(req, route)
+    return run_step(req, chain, 1, n)
+  end
+  local chain, n = build_chain(req, nil, params == 405 and allow or nil)
+  return run_step(req, chain, 1, n)
+end
+
+local function handle(req)
+  local ok, res = xpcall(dispatch, on_handler_error, req)
+  if ok then
+    ok, res = xpcall(send, on_handler_error, req, res)
+    if ok then return end
+  end
+  if C.gw_ffi_resp_sent(req._r, req._s) == 0 then finish_error(req, res) end
+end
+
+-- The body of request coroutines; reused across requests (see lua_vm.c).
+function _M.request_entry(task_lud, task_serial, req_lud, req_serial)
+  while true do
+    local ctx = sched.new_ctx(task_lud, task_serial)
+    sched.set_current(ctx)
+    handle(request.new(req_lud, req_serial))
+    sched.set_current(nil)
+    task_lud, task_serial, req_lud, req_serial = yield(DONE)
+  end
+end
+
+-- The body of timer coroutines.
+function _M.timer_entry(task_lud, task_serial, id)
+  while true do
+    local t = state.timers[id]
+    if t then
+      if not t.every then state.timers[id] = nil end
+      local ctx = sched.new_ctx(task_lud, task_serial)
+      sched.set_current(ctx)
+      local ok, err = xpcall(t.fn, traceback)
+      sched.set_current(nil)
+      if not ok then log_error("timer failed: " .. tostring(err)) end
+    end
+    task_lud, task_serial, id = yield(DONE)
+  end
+end
+
+return _M

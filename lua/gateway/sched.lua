@@ -1,0 +1,203 @@
+-- gateway.sched: light threads on the C core's one yield protocol.
+--
+-- C resumes one root coroutine per request or timer firing (a "task"). Any
+-- wait (gw.sleep, a body read, later an upstream call) is an FFI call that
+-- returns AGAIN and a waiter id; the waiting coroutine then yields. If it is
+-- the root, it yields WAIT straight to C, and C resumes it with
+-- (id, results...). If it is a thread made by gw.spawn, it yields to
+-- whichever Lua code resumed it, having noted in ctx.waiting which thread
+-- waits for that id; the root, whenever it gets an id that is not its own,
+-- hands the results to that thread (deliver). So only the root ever talks
+-- to C, and threads run inside the root's resumes.
+--
+-- Invariants:
+--  * `current` is the ctx of the task whose Lua code is running: set at
+--    entry and after every yield to C returns.
+--  * A thread that yields is always registered, either in ctx.waiting (a C
+--    wait) or in another thread's joiners (a join), so nothing is lost.
+--  * When the root finishes, threads still waiting are abandoned: C cancels
+--    their waits and the garbage collector takes the coroutines.
+local base = require "gateway.base"
+
+local C = base.C
+local AGAIN = base.AGAIN
+local yield, resume, running, create, status =
+  coroutine.yield, coroutine.resume, coroutine.running, coroutine.create, coroutine.status
+local error, select, pairs, type, setmetatable, unpack = error, select, pairs, type, setmetatable, unpack
+local traceback = debug.traceback
+
+local WAIT, DONE = 1, 0
+
+local _M = { WAIT = WAIT, DONE = DONE }
+
+local current = nil           -- the ctx of the running task
+local thread_of = setmetatable({}, { __mode = "k" }) -- coroutine -> thread
+
+function _M.new_ctx(task_lud, task_serial)
+  return {
+    task = base.ffi.cast(base.task_ptr, task_lud),
+    ts = task_serial,
+    root = running(),
+    waiting = nil,  -- waiter id -> thread, made on first use
+  }
+end
+
+function _M.set_current(ctx) current = ctx end
+function _M.current() return current end
+
+local Thread = {}
+Thread.__index = Thread
+
+local function finish(th, ok, ...)
+  th.done = true
+  if ok then
+    th.n = select("#", ...)
+    th.results = { ... }
+  else
+    th.err = ...
+  end
+  local joiners = th.joiners
+  if joiners then
+    th.joiners = nil
+    for i = 1, #joiners do
+      local j = joiners[i]
+      _M.step(j)
+    end
+  end
+end
+
+-- Runs thread `th` until it waits or ends. The arguments go to the resume.
+function _M.step(th, ...)
+  local co = th.co
+  local ok, err = resume(co, ...)
+  if status(co) == "dead" then
+    if ok then
+      -- The values returned by the function were stored by the wrapper.
+      finish(th, true, unpack(th.ret, 1, th.ret.n))
+    else
+      finish(th, false, err)
+    end
+  end
+end
+
+local function deliver(ctx, id, ...)
+  local waiting = ctx.waiting
+  local th = waiting and waiting[id]
+  if th then
+    waiting[id] = nil
+    _M.step(th, ...)
+  end
+end
+
+-- Waits for C waiter `id` in the running coroutine, and returns its results.
+function _M.wait(ctx, id)
+  local co = running()
+  if co == ctx.root then
+    while true do
+      local got, a, b, c, d = yield(WAIT)
+      current = ctx
+      if got == id then return a, b, c, d end
+      deliver(ctx, got, a, b, c, d)
+    end
+  end
+  local th = thread_of[co]
+  if not th then
+    error("cannot wait inside a coroutine the script made itself; use gw.spawn", 3)
+  end
+  local waiting = ctx.waiting
+  if not waiting then
+    waiting = {}
+    ctx.waiting = waiting
+  end
+  waiting[id] = th
+  return yield()
+end
+
+-- gw.sleep(seconds)
+function _M.sleep(seconds)
+  local ctx = current
+  if type(seconds) ~= "number" or seconds < 0 then
+    error("gw.sleep: seconds must be a number >= 0", 2)
+  end
+  if not ctx then error("gw.sleep: only inside a request or a timer", 2) end
+  local rc = C.gw_ffi_sleep(ctx.task, ctx.ts, seconds, base.out_wait)
+  if rc ~= AGAIN then error("gw.sleep: the task has ended", 2) end
+  _M.wait(ctx, base.out_wait[0])
+end
+
+local function thread_body(th, fn, ...)
+  local ret = { n = 0 }
+  th.ret = ret
+  local function keep(...)
+    ret.n = select("#", ...)
+    for i = 1, ret.n do ret[i] = select(i, ...) end
+  end
+  keep(fn(...))
+end
+
+-- gw.spawn(fn, ...): starts fn in a light thread of the running task; it runs
+-- at once until it first waits. Returns the thread.
+function _M.spawn(fn, ...)
+  if type(fn) ~= "function" then error("gw.spawn: a function is required", 2) end
+  local ctx = current
+  if not ctx then error("gw.spawn: only inside a request or a timer", 2) end
+  local th = setmetatable({ ctx = ctx, done = false }, Thread)
+  th.co = create(thread_body)
+  thread_of[th.co] = th
+  _M.step(th, th, fn, ...)
+  return th
+end
+
+-- th:wait(): the thread's return values, or nil and its error.
+function Thread:wait()
+  local ctx = self.ctx
+  if not self.done then
+    local co = running()
+    if co == ctx.root then
+      while not self.done do
+        local got, a, b, c, d = yield(WAIT)
+        current = ctx
+        deliver(ctx, got, a, b, c, d)
+      end
+    else
+      local me = thread_of[co]
+      if not me then error("cannot wait inside a coroutine the script made itself", 2) end
+      if me == self then error("a thread cannot wait for itself", 2) end
+      local j = self.joiners
+      if not j then
+        j = {}
+        self.joiners = j
+      end
+      j[#j + 1] = me
+      yield()
+    end
+  end
+  if self.err ~= nil then return nil, self.err end
+  return unpack(self.results, 1, self.n)
+end
+
+-- gw.all{ name = fn, ... }: runs every function concurrently; returns
+-- results and errors keyed like the input. A function that raises, or
+-- returns nil and a message, puts that message under its key in errors.
+function _M.all(fns)
+  if type(fns) ~= "table" then error("gw.all: a table of functions is required", 2) end
+  for k, fn in pairs(fns) do
+    if type(fn) ~= "function" then error("gw.all: '" .. tostring(k) .. "' is not a function", 2) end
+  end
+  local threads = {}
+  for k, fn in pairs(fns) do threads[k] = _M.spawn(fn) end
+  local results, errors = {}, {}
+  for k, th in pairs(threads) do
+    local v, e = th:wait()
+    if th.err ~= nil then
+      errors[k] = th.err
+    else
+      results[k] = v
+      if v == nil and e ~= nil then errors[k] = e end
+    end
+  end
+  return results, errors
+end
+
+_M.traceback = traceback
+return _M

@@ -1,0 +1,29 @@
+/*
+ * buf.h: a growable byte buffer. The owner embeds it and calls gw_buf_free.
+ * Growth aborts on out-of-memory except through gw_buf_try_reserve, which is
+ * used for client-sized data (bodies) so that a huge body fails one request
+ * instead of the process.
+ */
+#ifndef GW_BUF_H
+#define GW_BUF_H
+
+#include <stddef.h>
+
+typedef struct gw_buf_s {
+  char *base; /* heap memory, NULL until first growth */
+  size_t len; /* bytes in use */
+  size_t cap; /* bytes allocated */
+} gw_buf_t;
+
+void gw_buf_init(gw_buf_t *b);
+void gw_buf_free(gw_buf_t *b);
+/* Ensures room for `extra` more bytes; aborts on OOM. */
+void gw_buf_reserve(gw_buf_t *b, size_t extra);
+/* Same, but returns -ENOMEM instead of aborting. */
+int gw_buf_try_reserve(gw_buf_t *b, size_t extra);
+void gw_buf_append(gw_buf_t *b, const void *p, size_t n);
+void gw_buf_append_str(gw_buf_t *b, const char *s);
+/* Drops the first `n` bytes, moving the rest to the front. */
+void gw_buf_consume(gw_buf_t *b, size_t n);
+
+#endif

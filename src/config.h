@@ -1,0 +1,47 @@
+/*
+ * config.h: the settings of gw.config{...} as the C core uses them.
+ *
+ * A gw_config_t is filled from the table the configuration script leaves in
+ * its Lua state (lua_vm.c, gw_config_from_lua) after the Lua side has merged
+ * it over the defaults, so C never invents a default of its own. Owned by the
+ * gw_vm_t that loaded it; freed with it (gw_config_free).
+ */
+#ifndef GW_CONFIG_H
+#define GW_CONFIG_H
+
+#include <stddef.h>
+
+typedef struct gw_limits_s {
+  size_t header_bytes; /* request line + headers; a longer target is 414, a longer head 431 */
+  size_t headers;      /* header count; more is 431 */
+  size_t body_bytes;   /* request body read by req:body(); more is 413 */
+} gw_limits_t;
+
+typedef struct gw_timeouts_s {
+  double header; /* seconds to receive a whole head once it started: 408 */
+  double body;   /* seconds between two reads of a body being read */
+  double idle;   /* seconds a keep-alive connection may wait for its next request */
+  double drain;  /* seconds in-flight requests get after SIGTERM */
+} gw_timeouts_t;
+
+typedef struct gw_listen_s {
+  char *host; /* numeric address as written, e.g. "127.0.0.1" or "::1" */
+  int port;   /* 1..65535 */
+} gw_listen_t;
+
+typedef struct gw_config_s {
+  int workers;          /* resolved: "auto" becomes the number of cores */
+  gw_listen_t *listen;  /* nlisten entries, gw_xmalloc'd */
+  size_t nlisten;
+  char *admin;          /* "host:port" or NULL when off */
+  char *access_log;     /* path, "stdout", or NULL when off */
+  char *error_log;      /* path or "stderr" */
+  gw_limits_t limits;
+  gw_timeouts_t timeouts;
+} gw_config_t;
+
+void gw_config_free(gw_config_t *c);
+/* Parses "host:port", "[v6]:port" or ":port"; fills `out` (host gw_xmalloc'd). */
+int gw_listen_parse(const char *s, gw_listen_t *out);
+
+#endif

@@ -1,0 +1,601 @@
+/*
+ * conn.c: the client connection (see conn.h).
+ *
+ * The read buffer rbuf holds, from offset 0, the head of the current request
+ * (its slices stay valid while the request lives), then whatever was read
+ * after it: body bytes and pipelined requests. Body bytes are copied out by
+ * the parser as they are decoded, and the consumed part after the head is
+ * dropped so that a long body never accumulates here. Between requests the
+ * unparsed rest moves to offset 0.
+ *
+ * One timer serves every timeout, re-armed at each state change:
+ *   IDLE: timeouts.idle, then close quietly;
+ *   HEAD: timeouts.header from the first byte, then 408;
+ *   BODY: timeouts.body between reads, then the body read fails;
+ *   LINGER: 2 s to let the peer read our last answer before closing.
+ */
+#include "conn.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "errors.h"
+#include "log.h"
+#include "lua_vm.h"
+#include "mem.h"
+#include "response.h"
+#include "worker.h"
+
+#define READ_CHUNK 16384
+#define LINGER_MS 2000
+/* An unread body up to this size is read and dropped to keep the
+ * connection; a larger one costs a new connection instead. */
+#define DISCARD_MAX 65536
+
+static void start_next(gw_conn_t *c);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void process(gw_conn_t *c);
+static void parse_loop(gw_conn_t *c);
+
+static void conn_ref(gw_conn_t *c) { c->refs++; }
+
+static void conn_unref(gw_conn_t *c) {
+  if (--c->refs == 0 && c->close_scheduled) {
+    c->close_scheduled = 0;
+    gw_conn_close(c);
+  }
+}
+
+static uint64_t secs_ms(double s) { return s <= 0 ? 1 : (uint64_t)(s * 1000.0); }
+
+static void on_timeout(uv_timer_t *t);
+
+static void arm_timer(gw_conn_t *c, uint64_t ms) { uv_timer_start(&c->timer, on_timeout, ms, 0); }
+
+static void read_start(gw_conn_t *c);
+static void read_stop(gw_conn_t *c) {
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  gw_conn_t *c = h->data;
+  gw_buf_reserve(&c->rbuf, READ_CHUNK);
+  buf->base = c->rbuf.base + c->rbuf.len;
+  buf->len = c->rbuf.cap - c->rbuf.len;
+}
+
+static void read_start(gw_conn_t *c) {
+  if (!c->reading && c->state != GW_CONN_CLOSING) {
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    c->reading = 1;
+  }
+}
+
+/* ---- closing ---- */
+
+static void on_handle_closed(uv_handle_t *h) {
+  gw_conn_t *c = h->data;
+  if (--c->handles_open > 0) return;
+  gw_worker_t *w = c->worker;
+  if (c->prev) c->prev->next = c->next;
+  else w->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  w->nconns--;
+  gw_buf_free(&c->rbuf);
+  free(c);
+  gw_worker_conn_closed(w);
+}
+
+/* Drops the current request: its task (if waiting) is aborted, so no Lua
+ * will touch it again, and its handles in Lua go stale. */
+static void drop_request(gw_conn_t *c) {
+  gw_req_t *r = c->req;
+  if (!r) return;
+  c->req = NULL;
+  c->http.req = NULL;
+  if (r->task) {
+    gw_task_t *t = r->task;
+    r->task = NULL;
+    gw_task_free(t);
+  }
+  gw_req_free(r);
+}
+
+void gw_conn_close(gw_conn_t *c) {
+  if (c->state == GW_CONN_CLOSING) return;
+  if (c->refs > 0) {
+    c->close_scheduled = 1;
+    return;
+  }
+  /* A task that is running Lua right now holds a ref through its owner hooks,
+   * so reaching here means no Lua frame uses the request. */
+  drop_request(c);
+  c->state = GW_CONN_CLOSING;
+  read_stop(c);
+  uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+  uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  gw_conn_t *c = req->data;
+  free(req);
+  if (status < 0 || c->state == GW_CONN_CLOSING) {
+    gw_conn_close(c);
+    return;
+  }
+  /* Keep reading (and dropping) until the peer closes, so that unread bytes
+   * in our receive queue do not turn our close into a reset that destroys
+   * the answer before the peer reads it. */
+  c->state = GW_CONN_LINGER;
+  arm_timer(c, LINGER_MS);
+  read_start(c);
+}
+
+/* Closes after every queued write is out: shut down the write side, linger. */
+static void close_gracefully(gw_conn_t *c) {
+  if (c->state == GW_CONN_CLOSING || c->state == GW_CONN_LINGER) return;
+  drop_request(c);
+  c->state = GW_CONN_LINGER;
+  read_stop(c);
+  uv_shutdown_t *req = gw_xmalloc(sizeof *req);
+  req->data = c;
+  if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+    free(req);
+    gw_conn_close(c);
+  }
+}
+
+/* ---- writing ---- */
+
+typedef struct {
+  uv_write_t req;  /* req.data is the connection */
+  size_t len;
+  char data[];     /* the bytes the socket did not take at once */
+} pending_write_t;
+
+static void on_write(uv_write_t *req, int status) {
+  gw_conn_t *c = req->data;
+  free(req);
+  c->writes_pending--;
+  if (status < 0) {
+    gw_conn_close(c);
+    return;
+  }
+  if (c->writes_pending == 0 && c->state == GW_CONN_LINGER && !c->reading) close_gracefully(c);
+}
+
+void gw_conn_write(gw_conn_t *c, const uv_buf_t *bufs, unsigned n) {
+  if (c->state == GW_CONN_CLOSING) return;
+  size_t total = 0, written = 0;
+  for (unsigned i = 0; i < n; i++) total += bufs[i].len;
+  if (c->writes_pending == 0) {
+    int rc = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    if (rc >= 0) written = (size_t)rc;
+    else if (rc != UV_EAGAIN) {
+      gw_conn_close(c);
+      return;
+    }
+  }
+  if (written == total) return;
+  pending_write_t *pw = gw_xmalloc(sizeof *pw + (total - written));
+  size_t skip = written, off = 0;
+  for (unsigned i = 0; i < n; i++) {
+    size_t len = bufs[i].len;
+    if (skip >= len) {
+      skip -= len;
+      continue;
+    }
+    memcpy(pw->data + off, bufs[i].base + skip, len - skip);
+    off += len - skip;
+    skip = 0;
+  }
+  pw->len = off;
+  pw->req.data = c;
+  uv_buf_t b = uv_buf_init(pw->data, (unsigned)pw->len);
+  if (uv_write(&pw->req, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
+    free(pw);
+    gw_conn_close(c);
+    return;
+  }
+  c->writes_pending++;
+}
+
+/* ---- requests ---- */
+
+/* Request tasks are owned by the connection, which outlives them: a
+ * reference taken for the length of each resume keeps a close requested from
+ * inside Lua (a failed write) from freeing what the coroutine still uses. */
+static void task_enter(void *owner) { conn_ref(owner); }
+
+static void task_leave(void *owner) { conn_unref(owner); }
+
+static void task_done(void *owner, gw_task_t *t) {
+  gw_conn_t *c = owner;
+  gw_req_t *r = c->req;
+  r->task = NULL;
+  if (r->resp_state == GW_RESP_NONE)
+    gw_response_error(r, 500, t->failed ? "internal error" : "the handler sent no response");
+  gw_task_free(t);
+  gw_conn_request_done(c);
+}
+
+static const gw_task_owner_t request_task_ops = {task_enter, task_leave, task_done};
+
+static void dispatch(gw_conn_t *c) {
+  gw_req_t *r = c->req;
+  gw_worker_t *w = c->worker;
+  c->state = GW_CONN_HANDLING;
+  read_stop(c);
+  uv_timer_stop(&c->timer);
+  if (w->draining) r->close_after = 1;
+  if (r->content_length > r->conn->http.limits->body_bytes) {
+    /* Refused before any Lua runs: the body would be refused anyway. */
+    r->close_after = 1;
+    gw_response_error(r, 413, "body too large");
+    gw_conn_request_done(c);
+    return;
+  }
+  gw_task_t *t = gw_task_start_request(w->vm, &request_task_ops, c, r, r->serial);
+  if (!t->finished) r->task = t;
+}
+
+/* Answers a message the parser refused, then closes: after a framing error
+ * nothing later on the connection can be trusted. */
+static void refuse(gw_conn_t *c, int status, const char *reason) {
+  if (!c->req) c->req = gw_req_new(c);
+  c->req->close_after = 1;
+  gw_response_error(c->req, status, reason);
+  gw_conn_request_done(c);
+}
+
+/* Drops consumed body bytes after the head so a long body never piles up. */
+static void compact_after_head(gw_conn_t *c, size_t head_end) {
+  if (c->parsed <= head_end) return;
+  size_t drop = c->parsed - head_end;
+  memmove(c->rbuf.base + head_end, c->rbuf.base + c->parsed, c->rbuf.len - c->parsed);
+  c->rbuf.len -= drop;
+  c->parsed = head_end;
+}
+
+/* Runs the parser over buffered bytes and acts on what it finds. */
+static void process(gw_conn_t *c) {
+  if (c->in_process) return; /* the outer call's loop picks the new state up */
+  c->in_process = 1;
+  parse_loop(c);
+  c->in_process = 0;
+}
+
+static void parse_loop(gw_conn_t *c) {
+  while (c->state != GW_CONN_CLOSING && c->state != GW_CONN_LINGER && c->parsed < c->rbuf.len) {
+    if (c->state == GW_CONN_HANDLING) return; /* the next request waits its turn */
+    if (c->state == GW_CONN_IDLE) {
+      c->state = GW_CONN_HEAD;
+      c->req = gw_req_new(c);
+      c->req->start_ns = uv_hrtime();
+      c->http.req = c->req;
+      arm_timer(c, secs_ms(c->worker->cfg->timeouts.header));
+    }
+    size_t used = 0;
+    gw_http1_result_t res = gw_http1_execute(&c->http, c->rbuf.base, c->parsed, c->rbuf.len, &used);
+    c->parsed += used;
+    switch (res) {
+      case GW_HTTP1_NEED_MORE:
+        if (c->state == GW_CONN_BODY || c->state == GW_CONN_DISCARD) compact_after_head(c, c->head_end);
+        return;
+      case GW_HTTP1_HEAD:
+        c->head_end = c->parsed;
+        dispatch(c);
+        continue; /* if the answer is out already, the next request may follow */
+      case GW_HTTP1_MESSAGE:
+      case GW_HTTP1_UPGRADE:
+        if (c->state == GW_CONN_BODY) {
+          gw_req_t *r = c->req;
+          r->body_state = GW_BODY_DONE;
+          c->state = GW_CONN_HANDLING;
+          read_stop(c);
+          uv_timer_stop(&c->timer);
+          if (res == GW_HTTP1_UPGRADE) r->close_after = 1;
+          if (r->body_waiter) {
+            gw_waiter_t *wt = r->body_waiter;
+            r->body_waiter = NULL;
+            conn_ref(c);
+            gw_waiter_wake(wt, NULL, NULL);
+            conn_unref(c);
+          }
+          return;
+        }
+        if (c->state == GW_CONN_DISCARD) {
+          if (res == GW_HTTP1_UPGRADE) {
+            close_gracefully(c);
+            return;
+          }
+          gw_http1_resume(&c->http);
+          start_next(c);
+          continue;
+        }
+        return;
+      case GW_HTTP1_ERROR:
+        if (c->state == GW_CONN_BODY) {
+          gw_req_t *r = c->req;
+          r->body_state = c->http.status == 413 ? GW_BODY_TOO_BIG : GW_BODY_FAILED;
+          r->close_after = 1;
+          c->state = GW_CONN_HANDLING;
+          read_stop(c);
+          uv_timer_stop(&c->timer);
+          if (r->body_waiter) {
+            gw_waiter_t *wt = r->body_waiter;
+            r->body_waiter = NULL;
+            conn_ref(c);
+            gw_waiter_wake(wt, NULL, NULL);
+            conn_unref(c);
+          }
+          return;
+        }
+        if (c->state == GW_CONN_DISCARD) {
+          gw_conn_close(c);
+          return;
+        }
+        refuse(c, c->http.status, c->http.reason);
+        return;
+    }
+  }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  gw_conn_t *c = s->data;
+  if (nread == 0) return;
+  if (nread < 0) {
+    /* EOF or error. A half-read body fails; otherwise the peer is gone. */
+    if (c->state == GW_CONN_BODY && c->req && c->req->body_waiter) {
+      gw_req_t *r = c->req;
+      r->body_state = GW_BODY_FAILED;
+      r->close_after = 1;
+      c->state = GW_CONN_HANDLING;
+      read_stop(c);
+      gw_waiter_t *wt = r->body_waiter;
+      r->body_waiter = NULL;
+      conn_ref(c);
+      gw_waiter_wake(wt, NULL, NULL);
+      conn_unref(c);
+      return;
+    }
+    if (c->state == GW_CONN_HANDLING) {
+      /* Stop reading; the answer may still be written if the peer only half-closed. */
+      read_stop(c);
+      if (c->req) c->req->close_after = 1;
+      return;
+    }
+    gw_conn_close(c);
+    return;
+  }
+  if (c->state == GW_CONN_LINGER) return; /* dropped: see on_shutdown */
+  c->rbuf.len += (size_t)nread;
+  conn_ref(c);
+  if (c->state == GW_CONN_BODY) arm_timer(c, secs_ms(c->worker->cfg->timeouts.body));
+  process(c);
+  /* A head that never completes must not grow the buffer without bound:
+   * the parser refuses it past limits.header_bytes (414/431). */
+  conn_unref(c);
+}
+
+static void on_timeout(uv_timer_t *t) {
+  gw_conn_t *c = t->data;
+  conn_ref(c);
+  switch (c->state) {
+    case GW_CONN_IDLE:
+      gw_conn_close(c);
+      break;
+    case GW_CONN_HEAD:
+      refuse(c, 408, "request head timed out");
+      break;
+    case GW_CONN_BODY:
+      if (c->req && c->req->body_waiter) {
+        gw_req_t *r = c->req;
+        r->body_state = GW_BODY_FAILED;
+        r->close_after = 1;
+        c->state = GW_CONN_HANDLING;
+        read_stop(c);
+        gw_waiter_t *wt = r->body_waiter;
+        r->body_waiter = NULL;
+        gw_waiter_wake(wt, NULL, NULL);
+      }
+      break;
+    case GW_CONN_DISCARD:
+    case GW_CONN_LINGER:
+      gw_conn_close(c);
+      break;
+    default:
+      break;
+  }
+  conn_unref(c);
+}
+
+/* ---- body ---- */
+
+static void cancel_body_wait(gw_waiter_t *w) {
+  /* The task ended while waiting: the request keeps its body state; the
+   * connection stops reading when the request is done. */
+}
+
+int gw_conn_want_body(gw_conn_t *c) {
+  gw_req_t *r = c->req;
+  switch (r->body_state) {
+    case GW_BODY_DONE:
+    case GW_BODY_TOO_BIG:
+    case GW_BODY_FAILED:
+      return 0;
+    case GW_BODY_READING:
+      return 1;
+    case GW_BODY_UNREAD:
+      break;
+  }
+  if (!r->chunked && r->content_length == 0) {
+    gw_http1_resume(&c->http); /* the message completes at once */
+    size_t used = 0;
+    gw_http1_execute(&c->http, c->rbuf.base, c->parsed, c->parsed, &used);
+    r->body_state = GW_BODY_DONE;
+    return 0;
+  }
+  if (r->expect_continue) {
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1);
+    gw_conn_write(c, &b, 1);
+    r->expect_continue = 0;
+  }
+  r->body_state = GW_BODY_READING;
+  c->state = GW_CONN_BODY;
+  gw_http1_resume(&c->http);
+  /* Parse what is buffered already; it may complete the body synchronously. */
+  conn_ref(c);
+  size_t saved = c->parsed;
+  (void)saved;
+  process(c);
+  conn_unref(c);
+  if (r->body_state != GW_BODY_READING) return 0;
+  arm_timer(c, secs_ms(c->worker->cfg->timeouts.body));
+  read_start(c);
+  return 1;
+}
+
+/* Registers the waiter for a body being read (used by ffi_req.c). */
+void gw__conn_body_waiter(gw_conn_t *c, gw_waiter_t *w);
+void gw__conn_body_waiter(gw_conn_t *c, gw_waiter_t *w) {
+  w->cancel = cancel_body_wait;
+  c->req->body_waiter = w;
+}
+
+/* ---- between requests ---- */
+
+static void access_log(gw_conn_t *c, gw_req_t *r);
+
+/* Prepares for the next request on a kept connection: the unparsed rest of
+ * the buffer moves to the front and parsing goes on. */
+static void start_next(gw_conn_t *c) {
+  drop_request(c);
+  gw_buf_consume(&c->rbuf, c->parsed);
+  c->parsed = 0;
+  c->state = GW_CONN_IDLE;
+  if (c->worker->draining) {
+    close_gracefully(c);
+    return;
+  }
+  arm_timer(c, secs_ms(c->worker->cfg->timeouts.idle));
+  read_start(c);
+}
+
+void gw_conn_request_done(gw_conn_t *c) {
+  gw_req_t *r = c->req;
+  conn_ref(c);
+  access_log(c, r);
+  c->requests++;
+  c->worker->requests++;
+  int keep = r->keep_alive && !r->close_after && !c->worker->draining;
+  int body_unread = r->body_state == GW_BODY_UNREAD && (r->chunked || r->content_length > 0);
+  if (keep && r->upgrade) keep = 0;
+  if (keep && body_unread && (r->chunked || r->content_length > DISCARD_MAX || r->expect_continue)) keep = 0;
+  if (!keep) {
+    close_gracefully(c);
+  } else if (body_unread || !gw_http1_message_complete(&c->http)) {
+    /* Drop the body nobody read, then go on. */
+    c->state = GW_CONN_DISCARD;
+    c->http.discard_body = 1;
+    gw_http1_resume(&c->http);
+    arm_timer(c, secs_ms(c->worker->cfg->timeouts.body));
+    read_start(c);
+    process(c);
+  } else {
+    gw_http1_resume(&c->http);
+    start_next(c);
+    process(c);
+  }
+  conn_unref(c);
+}
+
+/* ---- access log ---- */
+
+static void json_escape(gw_buf_t *b, const char *s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch == '"' || ch == '\\') {
+      char e[2] = {'\\', (char)ch};
+      gw_buf_append(b, e, 2);
+    } else if (ch < 0x20 || ch == 0x7f) {
+      char e[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
+      gw_buf_append(b, e, 6);
+    } else {
+      gw_buf_append(b, &s[i], 1);
+    }
+  }
+}
+
+static void access_log(gw_conn_t *c, gw_req_t *r) {
+  if (!gw_access_log_enabled() || !r) return;
+  gw_req_id(r);
+  char tmp[256];
+  gw_buf_t b;
+  gw_buf_init(&b);
+  double ms = (double)(uv_hrtime() - r->start_ns) / 1e6;
+  const char *buf = c->rbuf.base;
+  gw_buf_append_str(&b, "{\"time\":");
+  snprintf(tmp, sizeof tmp, "%.3f", (double)uv_now(c->worker->loop) / 1000.0);
+  uv_timeval64_t tv;
+  uv_gettimeofday(&tv);
+  snprintf(tmp, sizeof tmp, "%lld.%03d", (long long)tv.tv_sec, (int)(tv.tv_usec / 1000));
+  gw_buf_append_str(&b, tmp);
+  gw_buf_append_str(&b, ",\"ip\":\"");
+  gw_buf_append_str(&b, c->ip);
+  gw_buf_append_str(&b, "\",\"method\":\"");
+  const char *m = llhttp_method_name((llhttp_method_t)r->method);
+  if (r->url_len) gw_buf_append_str(&b, m);
+  gw_buf_append_str(&b, "\",\"path\":\"");
+  if (r->url_len) json_escape(&b, buf + r->url_off, r->path_len);
+  gw_buf_append_str(&b, "\",\"route\":\"");
+  if (r->route) json_escape(&b, r->route, strlen(r->route));
+  snprintf(tmp, sizeof tmp, "\",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f,\"request_id\":\"%s\"}\n",
+           r->status, r->resp_bytes, ms, r->id);
+  gw_buf_append_str(&b, tmp);
+  gw_access_log_write(b.base, b.len);
+  gw_buf_free(&b);
+}
+
+/* ---- accept and drain ---- */
+
+int gw_conn_accept(gw_worker_t *w, uv_stream_t *server) {
+  gw_conn_t *c = gw_xcalloc(1, sizeof *c);
+  uv_tcp_init(w->loop, &c->tcp);
+  int rc = uv_accept(server, (uv_stream_t *)&c->tcp);
+  c->tcp.data = c;
+  c->timer.data = c;
+  c->worker = w;
+  uv_timer_init(w->loop, &c->timer);
+  c->handles_open = 2;
+  c->next = w->conns;
+  if (w->conns) w->conns->prev = c;
+  w->conns = c;
+  w->nconns++;
+  if (rc != 0) {
+    gw_conn_close(c);
+    return rc;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+    if (ss.ss_family == AF_INET6) uv_ip6_name((struct sockaddr_in6 *)&ss, c->ip, sizeof c->ip);
+    else uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof c->ip);
+  }
+  gw_http1_init(&c->http, &w->cfg->limits);
+  c->state = GW_CONN_IDLE;
+  arm_timer(c, secs_ms(w->cfg->timeouts.idle));
+  read_start(c);
+  return 0;
+}
+
+void gw_conn_drain(gw_conn_t *c) {
+  if (c->state == GW_CONN_IDLE && c->rbuf.len == 0 && c->writes_pending == 0) gw_conn_close(c);
+  else if (c->req) c->req->close_after = 1;
+}

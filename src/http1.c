@@ -1,0 +1,221 @@
+/*
+ * http1.c: request parsing on llhttp (see http1.h).
+ *
+ * llhttp delivers each part of the head (target, header names and values)
+ * in pieces when a head spans several reads. Because the connection appends
+ * every read to one buffer and never moves the head while it is parsed,
+ * consecutive pieces are adjacent: a part is the offset of its first piece
+ * plus the summed lengths.
+ *
+ * What llhttp already refuses in its strict mode (Content-Length with
+ * Transfer-Encoding, duplicate Content-Length, bad chunk sizes, bare CR,
+ * unknown transfer codings) is mapped to 400. What it accepts but a gateway
+ * must not forward ambiguously is refused here: obs-fold continuation lines,
+ * a missing or repeated Host in HTTP/1.1.
+ */
+#include "http1.h"
+
+#include <string.h>
+#include <strings.h>
+
+#define H(p) ((gw_http1_t *)(p)->data)
+
+static int reject(gw_http1_t *h, int status, const char *reason) {
+  h->status = status;
+  h->reason = reason;
+  return -1;
+}
+
+static int on_message_begin(llhttp_t *p) {
+  gw_http1_t *h = H(p);
+  h->head_bytes = 0;
+  h->head_done = 0;
+  h->last_was_value = 0;
+  h->in_url = 1;
+  h->between_messages = 0;
+  return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len) {
+  gw_http1_t *h = H(p);
+  gw_req_t *r = h->req;
+  if (r->url_len == 0) r->url_off = (uint32_t)(at - h->base);
+  r->url_len += (uint32_t)len;
+  if (r->url_len > h->limits->header_bytes) return reject(h, 414, "request target too long");
+  return 0;
+}
+
+static int on_url_complete(llhttp_t *p) {
+  H(p)->in_url = 0;
+  return 0;
+}
+
+static void grow_headers(gw_req_t *r) {
+  uint32_t cap = r->headers_cap ? r->headers_cap * 2 : 16;
+  gw_header_t *a = gw_arena_alloc(&r->pool, cap * sizeof *a);
+  if (r->nheaders) memcpy(a, r->headers, r->nheaders * sizeof *a);
+  r->headers = a;
+  r->headers_cap = cap;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len) {
+  gw_http1_t *h = H(p);
+  gw_req_t *r = h->req;
+  if (r->nheaders == 0 || h->last_was_value) {
+    if (r->nheaders >= h->limits->headers) return reject(h, 431, "too many headers");
+    if (r->nheaders == r->headers_cap) grow_headers(r);
+    gw_header_t *hd = &r->headers[r->nheaders++];
+    memset(hd, 0, sizeof *hd);
+    hd->name_off = (uint32_t)(at - h->base);
+  }
+  r->headers[r->nheaders - 1].name_len += (uint32_t)len;
+  h->last_was_value = 0;
+  return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len) {
+  gw_http1_t *h = H(p);
+  gw_req_t *r = h->req;
+  gw_header_t *hd = &r->headers[r->nheaders - 1];
+  uint32_t off = (uint32_t)(at - h->base);
+  if (!h->last_was_value) {
+    hd->value_off = off;
+  } else if (off != hd->value_off + hd->value_len) {
+    /* llhttp accepts obs-fold and delivers the continuation line as another
+     * piece of the same value, after a gap (the CRLF and the indent). RFC
+     * 9112 5.2 lets a server refuse folding, and a proxy that forwards it
+     * invites smuggling. */
+    return reject(h, 400, "obsolete line folding");
+  }
+  hd->value_len += (uint32_t)len;
+  h->last_was_value = 1;
+  if (memchr(at, '\r', len) || memchr(at, '\n', len)) return reject(h, 400, "obsolete line folding");
+  return 0;
+}
+
+static int header_is(const gw_http1_t *h, const gw_header_t *hd, const char *name) {
+  size_t n = strlen(name);
+  return hd->name_len == n && strncasecmp(h->base + hd->name_off, name, n) == 0;
+}
+
+static int value_is(const gw_http1_t *h, const gw_header_t *hd, const char *value) {
+  size_t n = strlen(value);
+  return hd->value_len == n && strncasecmp(h->base + hd->value_off, value, n) == 0;
+}
+
+static int inspect_headers(gw_http1_t *h, gw_req_t *r) {
+  for (uint32_t i = 0; i < r->nheaders; i++) {
+    gw_header_t *hd = &r->headers[i];
+    if (header_is(h, hd, "host")) {
+      if (r->host_index) return reject(h, 400, "more than one Host header");
+      r->host_index = i + 1;
+    } else if (header_is(h, hd, "expect")) {
+      if (!value_is(h, hd, "100-continue")) return reject(h, 417, "unsupported expectation");
+      r->expect_continue = 1;
+    }
+  }
+  if (r->http_major == 1 && r->http_minor >= 1 && !r->host_index)
+    return reject(h, 400, "missing Host header");
+  return 0;
+}
+
+static int on_headers_complete(llhttp_t *p) {
+  gw_http1_t *h = H(p);
+  gw_req_t *r = h->req;
+  r->method = (uint8_t)llhttp_get_method(p);
+  r->http_major = llhttp_get_http_major(p);
+  r->http_minor = llhttp_get_http_minor(p);
+  r->keep_alive = (uint8_t)llhttp_should_keep_alive(p);
+  r->chunked = (p->flags & F_CHUNKED) != 0;
+  r->upgrade = llhttp_get_upgrade(p) != 0;
+  r->content_length = (p->flags & F_CONTENT_LENGTH) ? p->content_length : 0;
+  const char *url = h->base + r->url_off;
+  const char *q = memchr(url, '?', r->url_len);
+  r->path_len = q ? (uint32_t)(q - url) : r->url_len;
+  if (inspect_headers(h, r) != 0) return -1;
+  h->head_done = 1;
+  h->paused_at = GW_HTTP1_HEAD;
+  return HPE_PAUSED;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+  gw_http1_t *h = H(p);
+  gw_req_t *r = h->req;
+  if (h->discard_body || !r) return 0;
+  if (r->body.len + len > h->limits->body_bytes) return reject(h, 413, "body too large");
+  if (gw_buf_try_reserve(&r->body, len) != 0) return reject(h, 413, "body too large");
+  memcpy(r->body.base + r->body.len, at, len);
+  r->body.len += len;
+  return 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+  gw_http1_t *h = H(p);
+  h->paused_at = GW_HTTP1_MESSAGE;
+  h->head_done = 0;
+  h->between_messages = 1;
+  return HPE_PAUSED;
+}
+
+static const llhttp_settings_t settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_url_complete = on_url_complete,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+void gw_http1_init(gw_http1_t *h, const gw_limits_t *limits) {
+  memset(h, 0, sizeof *h);
+  llhttp_init(&h->parser, HTTP_REQUEST, &settings);
+  h->parser.data = h;
+  h->limits = limits;
+  h->between_messages = 1;
+}
+
+static gw_http1_result_t parse_error(gw_http1_t *h, llhttp_errno_t err) {
+  if (h->status == 0) {
+    h->status = 400;
+    h->reason = llhttp_get_error_reason(&h->parser);
+    if (!h->reason) h->reason = llhttp_errno_name(err);
+  }
+  return GW_HTTP1_ERROR;
+}
+
+gw_http1_result_t gw_http1_execute(gw_http1_t *h, const char *base, size_t from, size_t to,
+                                   size_t *consumed) {
+  int head_was_done = h->head_done;
+  h->base = base;
+  llhttp_errno_t err = llhttp_execute(&h->parser, base + from, to - from);
+  size_t used = to - from;
+  if (err != HPE_OK) {
+    const char *pos = llhttp_get_error_pos(&h->parser);
+    if (pos) used = (size_t)(pos - (base + from));
+  }
+  *consumed = used;
+  if (!head_was_done) h->head_bytes += used;
+  switch (err) {
+    case HPE_OK:
+      if (!h->head_done && h->head_bytes > h->limits->header_bytes) {
+        h->status = h->in_url ? 414 : 431;
+        h->reason = h->in_url ? "request target too long" : "request head too large";
+        return GW_HTTP1_ERROR;
+      }
+      return GW_HTTP1_NEED_MORE;
+    case HPE_PAUSED:
+      return (gw_http1_result_t)h->paused_at;
+    case HPE_PAUSED_UPGRADE:
+      return GW_HTTP1_UPGRADE;
+    default:
+      return parse_error(h, err);
+  }
+}
+
+void gw_http1_resume(gw_http1_t *h) { llhttp_resume(&h->parser); }
+
+int gw_http1_message_complete(const gw_http1_t *h) {
+  return h->between_messages;
+}

@@ -1,0 +1,137 @@
+/*
+ * log.c: error and access logs (see log.h).
+ *
+ * Lines are formatted into a stack buffer and written with one write(2), so
+ * that lines from several workers appending to one file never interleave.
+ * Writes are blocking: log files are local and small writes to them do not
+ * stall the loop in practice; a full disk drops lines rather than memory.
+ */
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct {
+  int error_fd;           /* -1 until opened: then stderr is used */
+  char *error_path;       /* NULL for stderr */
+  int access_fd;          /* -1 when off */
+  char *access_path;      /* NULL for stdout or off */
+  gw_log_level_t level;   /* lines below this level are dropped */
+  char role[32];          /* "master", "worker 2" */
+} logs = {-1, NULL, -1, NULL, GW_LOG_INFO, "gateway"};
+
+static const char *level_names[] = {"debug", "info", "warn", "error"};
+
+static int open_append(const char *path) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  return fd < 0 ? -errno : fd;
+}
+
+static void replace_path(char **slot, const char *path) {
+  free(*slot);
+  *slot = path ? strdup(path) : NULL;
+}
+
+int gw_log_open_error(const char *path) {
+  if (!path || strcmp(path, "stderr") == 0) {
+    if (logs.error_fd > 2) close(logs.error_fd);
+    logs.error_fd = -1;
+    replace_path(&logs.error_path, NULL);
+    return 0;
+  }
+  int fd = open_append(path);
+  if (fd < 0) return fd;
+  if (logs.error_fd > 2) close(logs.error_fd);
+  logs.error_fd = fd;
+  replace_path(&logs.error_path, path);
+  return 0;
+}
+
+int gw_log_open_access(const char *path) {
+  int fd = -1;
+  if (path && strcmp(path, "stdout") == 0) {
+    fd = STDOUT_FILENO;
+  } else if (path) {
+    fd = open_append(path);
+    if (fd < 0) return fd;
+  }
+  if (logs.access_fd > 2) close(logs.access_fd);
+  logs.access_fd = fd;
+  replace_path(&logs.access_path, fd > 2 ? path : NULL);
+  return 0;
+}
+
+int gw_log_reopen(void) {
+  int rc = 0;
+  if (logs.error_path) {
+    char *p = strdup(logs.error_path);
+    rc = gw_log_open_error(p);
+    free(p);
+  }
+  if (logs.access_path) {
+    char *p = strdup(logs.access_path);
+    int rc2 = gw_log_open_access(p);
+    free(p);
+    if (rc == 0) rc = rc2;
+  }
+  return rc;
+}
+
+void gw_log_set_level(gw_log_level_t level) { logs.level = level; }
+
+void gw_log_set_role(const char *role) { snprintf(logs.role, sizeof logs.role, "%s", role); }
+
+static void write_all(int fd, const char *p, size_t len) {
+  while (len > 0) {
+    ssize_t n = write(fd, p, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    p += n;
+    len -= (size_t)n;
+  }
+}
+
+static size_t format_prefix(char *buf, size_t cap, gw_log_level_t level) {
+  struct timespec ts;
+  struct tm tm;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  gmtime_r(&ts.tv_sec, &tm);
+  int n = snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ [%s] %s[%d]: ", tm.tm_year + 1900,
+                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
+                   level_names[level], logs.role, (int)getpid());
+  return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
+void gw_log_text(gw_log_level_t level, const char *msg, size_t len) {
+  if (level < logs.level) return;
+  char buf[8192];
+  size_t n = format_prefix(buf, sizeof buf, level);
+  if (len > sizeof buf - n - 1) len = sizeof buf - n - 1;
+  memcpy(buf + n, msg, len);
+  n += len;
+  buf[n++] = '\n';
+  write_all(logs.error_fd >= 0 ? logs.error_fd : STDERR_FILENO, buf, n);
+}
+
+void gw_log(gw_log_level_t level, const char *fmt, ...) {
+  if (level < logs.level) return;
+  char msg[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  gw_log_text(level, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+}
+
+int gw_access_log_enabled(void) { return logs.access_fd >= 0; }
+
+void gw_access_log_write(const char *line, size_t len) {
+  if (logs.access_fd >= 0) write_all(logs.access_fd, line, len);
+}

@@ -1,0 +1,395 @@
+/*
+ * lua_vm.c: loading a configuration into a VM generation, and running tasks.
+ *
+ * The embedded lua/ modules are registered in package.preload, so
+ * `require "gateway"` always finds the built-in module; the configuration's
+ * folder goes first on package.path so a user's `require "mylib"` finds
+ * mylib.lua beside the configuration. The configuration itself is run by
+ * lua/gateway/runtime.lua (load_config), which returns the merged gw.config
+ * table that gw_config_from_lua turns into a gw_config_t.
+ *
+ * gw_task_resume below is the only caller of lua_resume in the program.
+ */
+#include "lua_vm.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "errors.h"
+#include "log.h"
+#include "mem.h"
+
+#define YIELD_DONE 0
+#define YIELD_WAIT 1
+#define IDLE_MAX 256
+
+struct gw_lua_module_s {
+  const char *name, *chunk, *code;
+  size_t len;
+};
+extern const struct gw_lua_module_s gw__lua_modules[];
+int luaopen_cjson(lua_State *L);
+int luaopen_cjson_safe(lua_State *L);
+
+static gw_vm_t *current_vm;
+static gw_task_t *free_tasks;
+static uint32_t task_serial = 1;
+
+gw_vm_t *gw_vm_current(void) { return current_vm; }
+
+/* package.preload loader for an embedded module: upvalue 1 is its index. */
+static int load_embedded(lua_State *L) {
+  const struct gw_lua_module_s *m = &gw__lua_modules[lua_tointeger(L, lua_upvalueindex(1))];
+  if (luaL_loadbuffer(L, m->code, m->len, m->chunk) != 0) return lua_error(L);
+  lua_pushstring(L, m->name);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+static void register_modules(lua_State *L) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "preload");
+  for (int i = 0; gw__lua_modules[i].name; i++) {
+    lua_pushinteger(L, i);
+    lua_pushcclosure(L, load_embedded, 1);
+    lua_setfield(L, -2, gw__lua_modules[i].name);
+  }
+  lua_pushcfunction(L, luaopen_cjson);
+  lua_setfield(L, -2, "cjson");
+  lua_pushcfunction(L, luaopen_cjson_safe);
+  lua_setfield(L, -2, "cjson.safe");
+  lua_pop(L, 2);
+}
+
+/* Puts the configuration's folder first on package.path. */
+static void set_package_path(lua_State *L, const char *config_path) {
+  const char *slash = strrchr(config_path, '/');
+  char dir[4096];
+  if (slash) {
+    snprintf(dir, sizeof dir, "%.*s", (int)(slash - config_path), config_path);
+  } else {
+    snprintf(dir, sizeof dir, ".");
+  }
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+  lua_setfield(L, -3, "path");
+  lua_pop(L, 2);
+}
+
+/* Reads config[key] as a number, or `fallback` when absent. */
+static double num_field(lua_State *L, int idx, const char *key, double fallback) {
+  lua_getfield(L, idx, key);
+  double v = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : fallback;
+  lua_pop(L, 1);
+  return v;
+}
+
+static char *str_field(lua_State *L, int idx, const char *key) {
+  lua_getfield(L, idx, key);
+  char *s = lua_type(L, -1) == LUA_TSTRING ? gw_xstrndup(lua_tostring(L, -1), lua_objlen(L, -1)) : NULL;
+  lua_pop(L, 1);
+  return s;
+}
+
+/* The Lua side validated and merged the table; this only copies it. */
+static int config_from_lua(lua_State *L, int idx, gw_config_t *c, char *err, size_t errlen) {
+  memset(c, 0, sizeof *c);
+  c->workers = (int)num_field(L, idx, "workers", 0);
+  if (c->workers <= 0) c->workers = (int)sysconf(_SC_NPROCESSORS_ONLN);
+  if (c->workers <= 0) c->workers = 1;
+  c->admin = str_field(L, idx, "admin");
+  c->access_log = str_field(L, idx, "access_log");
+  c->error_log = str_field(L, idx, "error_log");
+  lua_getfield(L, idx, "limits");
+  c->limits.header_bytes = (size_t)num_field(L, -1, "header_bytes", 16384);
+  c->limits.headers = (size_t)num_field(L, -1, "headers", 100);
+  c->limits.body_bytes = (size_t)num_field(L, -1, "body_bytes", 8 * 1024 * 1024);
+  lua_pop(L, 1);
+  lua_getfield(L, idx, "timeouts");
+  c->timeouts.header = num_field(L, -1, "header", 10);
+  c->timeouts.body = num_field(L, -1, "body", 30);
+  c->timeouts.idle = num_field(L, -1, "idle", 60);
+  c->timeouts.drain = num_field(L, -1, "drain", 30);
+  lua_pop(L, 1);
+  lua_getfield(L, idx, "listen");
+  size_t n = lua_objlen(L, -1);
+  c->listen = gw_xcalloc(n ? n : 1, sizeof *c->listen);
+  for (size_t i = 0; i < n; i++) {
+    lua_rawgeti(L, -1, (int)i + 1);
+    const char *addr = lua_tostring(L, -1);
+    if (!addr || gw_listen_parse(addr, &c->listen[c->nlisten]) != 0) {
+      snprintf(err, errlen, "%s: bad listen address '%s'", "gw.config", addr ? addr : "?");
+      lua_pop(L, 2);
+      return GW_ECONFIG;
+    }
+    c->nlisten++;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+static int ref_field(lua_State *L, int idx, const char *name) {
+  lua_getfield(L, idx, name);
+  return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+static const char *mode_names[] = {"check", "master", "worker"};
+
+gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, char *err,
+                    size_t errlen) {
+  lua_State *L = luaL_newstate();
+  if (!L) {
+    snprintf(err, errlen, "cannot create a Lua state (out of memory)");
+    return NULL;
+  }
+  gw_vm_t *vm = gw_xcalloc(1, sizeof *vm);
+  vm->L = L;
+  vm->refs = 1;
+  vm->generation = generation;
+  vm->path = gw_xstrndup(path, strlen(path));
+  luaL_openlibs(L);
+  register_modules(L);
+  set_package_path(L, path);
+
+  gw_vm_t *saved = current_vm;
+  current_vm = vm;
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "gateway.runtime");
+  int rc = lua_pcall(L, 1, 1, 0);
+  if (rc == 0) {
+    int runtime = lua_gettop(L);
+    lua_getfield(L, runtime, "load_config");
+    lua_pushstring(L, path);
+    lua_pushstring(L, mode_names[mode]);
+    rc = lua_pcall(L, 2, 1, 0);
+    if (rc == 0) rc = config_from_lua(L, lua_gettop(L), &vm->config, err, errlen) ? -1 : 0;
+    else snprintf(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "unknown error");
+    if (rc == 0) {
+      lua_pop(L, 1);
+      vm->request_entry_ref = ref_field(L, runtime, "request_entry");
+      vm->timer_entry_ref = ref_field(L, runtime, "timer_entry");
+      lua_newtable(L);
+      vm->idle_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+  } else {
+    snprintf(err, errlen, "%s", lua_tostring(L, -1));
+  }
+  if (rc == 0 && mode == GW_VM_WORKER) {
+    lua_getfield(L, -1, "start");
+    if (lua_pcall(L, 0, 0, 0) != 0) {
+      snprintf(err, errlen, "%s", lua_tostring(L, -1));
+      rc = -1;
+    }
+  }
+  current_vm = saved;
+  if (rc != 0) {
+    lua_close(L);
+    vm->L = NULL;
+    gw_config_free(&vm->config);
+    free(vm->path);
+    free(vm);
+    return NULL;
+  }
+  lua_settop(L, 0);
+  return vm;
+}
+
+void gw_vm_ref(gw_vm_t *vm) { vm->refs++; }
+
+void gw_vm_unref(gw_vm_t *vm) {
+  if (--vm->refs > 0) return;
+  if (vm->L) lua_close(vm->L);
+  gw_config_free(&vm->config);
+  free(vm->path);
+  free(vm);
+}
+
+/* ---- tasks ---- */
+
+/* Takes an idle coroutine (parked after DONE) or makes one running `entry`. */
+static lua_State *checkout_coroutine(gw_vm_t *vm, int entry_ref, int *ref) {
+  lua_State *L = vm->L;
+  /* Idle coroutines are kept per entry: the table holds entry_ref -> stack. */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->idle_ref);
+  lua_rawgeti(L, -1, entry_ref);
+  if (lua_istable(L, -1)) {
+    int n = (int)lua_objlen(L, -1);
+    if (n > 0) {
+      lua_rawgeti(L, -1, n);
+      lua_pushnil(L);
+      lua_rawseti(L, -3, n);
+      lua_State *co = lua_tothread(L, -1);
+      *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+      lua_pop(L, 2);
+      return co;
+    }
+  }
+  lua_pop(L, 2);
+  lua_State *co = lua_newthread(L);
+  *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, entry_ref);
+  lua_xmove(L, co, 1);
+  return co;
+}
+
+/* Parks a coroutine that yielded DONE for the next task of the same entry. */
+static void park_coroutine(gw_vm_t *vm, int entry_ref, int ref) {
+  lua_State *L = vm->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->idle_ref);
+  lua_rawgeti(L, -1, entry_ref);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, -3, entry_ref);
+  }
+  int n = (int)lua_objlen(L, -1);
+  if (n < IDLE_MAX) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    lua_rawseti(L, -2, n + 1);
+  }
+  lua_pop(L, 2);
+  luaL_unref(L, LUA_REGISTRYINDEX, ref);
+}
+
+static gw_task_t *task_new(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner) {
+  gw_task_t *t = free_tasks;
+  if (t) free_tasks = t->next_free;
+  else t = gw_xmalloc(sizeof *t);
+  memset(t, 0, sizeof *t);
+  t->serial = ++task_serial;
+  t->vm = vm;
+  gw_vm_ref(vm);
+  t->owner_ops = ops;
+  t->owner = owner;
+  return t;
+}
+
+static void cancel_waiters(gw_task_t *t) {
+  while (t->waiters) {
+    gw_waiter_t *w = t->waiters;
+    t->waiters = w->next;
+    w->task = NULL;
+    w->cancel(w);
+  }
+}
+
+static void log_coroutine_error(gw_task_t *t) {
+  lua_State *co = t->co;
+  const char *msg = lua_tostring(co, -1);
+  luaL_traceback(co, co, msg ? msg : "(error object is not a string)", 0);
+  gw_log_error("lua: %s", lua_tostring(co, -1));
+}
+
+/* Resumes t->co with `nargs` values already pushed, and handles the outcome. */
+static void task_resume(gw_task_t *t, int nargs) {
+  /* `done` may free t (and a new task may reuse it), so what `leave`
+   * needs is taken now. */
+  const gw_task_owner_t *ops = t->owner_ops;
+  void *owner = t->owner;
+  gw_vm_t *saved = current_vm;
+  current_vm = t->vm;
+  if (ops->enter) ops->enter(owner);
+  t->running = 1;
+  int rc = lua_resume(t->co, nargs);
+  t->running = 0;
+  current_vm = saved;
+  if (rc == LUA_YIELD && lua_tointeger(t->co, -1) == YIELD_WAIT) {
+    lua_settop(t->co, 0);
+  } else {
+    t->finished = 1;
+    if (rc == LUA_YIELD) {
+      lua_settop(t->co, 0);
+      park_coroutine(t->vm, t->entry_ref, t->co_ref);
+    } else {
+      if (rc != 0) {
+        t->failed = 1;
+        log_coroutine_error(t);
+      }
+      luaL_unref(t->vm->L, LUA_REGISTRYINDEX, t->co_ref);
+    }
+    t->co = NULL;
+    t->co_ref = LUA_NOREF;
+    cancel_waiters(t);
+    ops->done(owner, t);
+  }
+  if (ops->leave) ops->leave(owner);
+}
+
+gw_task_t *gw_task_start_request(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner, void *req,
+                                 uint32_t req_serial) {
+  gw_task_t *t = task_new(vm, ops, owner);
+  t->entry_ref = vm->request_entry_ref;
+  t->co = checkout_coroutine(vm, t->entry_ref, &t->co_ref);
+  lua_pushlightuserdata(t->co, t);
+  lua_pushnumber(t->co, t->serial);
+  lua_pushlightuserdata(t->co, req);
+  lua_pushnumber(t->co, req_serial);
+  task_resume(t, 4);
+  return t;
+}
+
+gw_task_t *gw_task_start_timer(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner, int timer_id) {
+  gw_task_t *t = task_new(vm, ops, owner);
+  t->entry_ref = vm->timer_entry_ref;
+  t->co = checkout_coroutine(vm, t->entry_ref, &t->co_ref);
+  lua_pushlightuserdata(t->co, t);
+  lua_pushnumber(t->co, t->serial);
+  lua_pushinteger(t->co, timer_id);
+  task_resume(t, 3);
+  return t;
+}
+
+void gw_task_abort(gw_task_t *t) {
+  if (t->finished) return;
+  /* A running task cannot be torn down under its own feet; callers never
+   * abort one (connections defer their close while a task runs). */
+  if (t->running) return;
+  t->finished = 1;
+  cancel_waiters(t);
+  if (t->co_ref != LUA_NOREF) luaL_unref(t->vm->L, LUA_REGISTRYINDEX, t->co_ref);
+  t->co = NULL;
+  t->co_ref = LUA_NOREF;
+}
+
+void gw_task_free(gw_task_t *t) {
+  if (!t->finished) gw_task_abort(t);
+  gw_vm_unref(t->vm);
+  t->vm = NULL;
+  t->serial = ++task_serial;
+  t->next_free = free_tasks;
+  free_tasks = t;
+}
+
+void gw_waiter_add(gw_task_t *t, gw_waiter_t *w) {
+  w->task = t;
+  w->id = ++t->next_waiter_id;
+  w->prev = NULL;
+  w->next = t->waiters;
+  if (t->waiters) t->waiters->prev = w;
+  t->waiters = w;
+}
+
+static void waiter_unlink(gw_waiter_t *w) {
+  gw_task_t *t = w->task;
+  if (w->prev) w->prev->next = w->next;
+  else t->waiters = w->next;
+  if (w->next) w->next->prev = w->prev;
+  w->prev = w->next = NULL;
+  w->task = NULL;
+}
+
+void gw_waiter_wake(gw_waiter_t *w, gw_push_cb push, void *arg) {
+  gw_task_t *t = w->task;
+  if (!t || t->finished) return;
+  uint32_t id = w->id;
+  waiter_unlink(w);
+  lua_pushnumber(t->co, id);
+  int n = push ? push(t->co, arg) : 0;
+  task_resume(t, 1 + n);
+}

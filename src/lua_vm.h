@@ -1,0 +1,114 @@
+/*
+ * lua_vm.h: VM generations, tasks (coroutines run by C) and waiters.
+ *
+ * A gw_vm_t is one lua_State with the configuration loaded into it: its
+ * routes, middleware and gw.config settings. Requests and timers take a
+ * reference (gw_vm_ref) for as long as they run on it, so a reload can make a
+ * new generation while the old one finishes its work; the state is closed
+ * when the last reference goes.
+ *
+ * A gw_task_t is one root coroutine resumed by C: the handler of a request,
+ * or one firing of a timer. This file holds the only call to lua_resume.
+ * The yield protocol: an FFI function that must wait registers a gw_waiter_t
+ * on the task and returns its id; the Lua wrapper yields; when the wait ends,
+ * C pushes (id, results...) and resumes the root coroutine, whose Lua
+ * scheduler (lua/gateway/runtime.lua) hands the results to the coroutine
+ * that waited. The root yields WAIT (1) while anything waits and DONE (0)
+ * when its work is over; a DONE coroutine goes back to a pool for reuse.
+ */
+#ifndef GW_LUA_VM_H
+#define GW_LUA_VM_H
+
+#include <lua.h>
+#include <stdint.h>
+
+#include "config.h"
+
+typedef struct gw_task_s gw_task_t;
+typedef struct gw_waiter_s gw_waiter_t;
+
+typedef enum { GW_VM_CHECK = 0, GW_VM_MASTER, GW_VM_WORKER } gw_vm_mode_t;
+
+/* Refcounted; made by gw_vm_load, closed when its last reference goes. */
+typedef struct gw_vm_s {
+  lua_State *L;          /* the main state; NULL once closed */
+  int refs;              /* the worker's "current" plus every task and timer */
+  unsigned generation;   /* 1 for the first load, +1 per reload */
+  int request_entry_ref; /* registry ref: runtime.request_entry */
+  int timer_entry_ref;   /* registry ref: runtime.timer_entry */
+  int idle_ref;          /* registry ref: table of idle coroutines (a stack) */
+  int nidle;             /* coroutines in that table */
+  gw_config_t config;    /* what gw.config said, merged over the defaults */
+  char *path;            /* the configuration file */
+} gw_vm_t;
+
+/* Loads `path` into a fresh state. On failure returns NULL and writes the
+ * error (with file:line) into err. `mode` GW_VM_WORKER also starts the
+ * timers the configuration declared. */
+gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, char *err,
+                    size_t errlen);
+void gw_vm_ref(gw_vm_t *vm);
+void gw_vm_unref(gw_vm_t *vm);
+/* The VM whose Lua code is running now (set around every call into Lua). */
+gw_vm_t *gw_vm_current(void);
+
+/* How a task reports to whoever started it. */
+typedef struct gw_task_owner_s {
+  void (*enter)(void *owner);                /* before each resume: take a ref */
+  void (*leave)(void *owner);                /* after each resume */
+  void (*done)(void *owner, gw_task_t *t);   /* the root finished or died */
+} gw_task_owner_t;
+
+/* Owned by whoever started it; lives from gw_task_start until `done` has
+ * been called and gw_task_free; memory comes from a never-freed list so
+ * that a stale (pointer, serial) handle from Lua is detected. */
+struct gw_task_s {
+  uint32_t serial;             /* changes on free; Lua handles compare it */
+  gw_vm_t *vm;                 /* referenced while the task lives */
+  lua_State *co;               /* the root coroutine */
+  int co_ref;                  /* registry ref anchoring co */
+  int entry_ref;               /* the entry function co runs: where it is parked after DONE */
+  gw_waiter_t *waiters;        /* live waits, cancelled if the task ends */
+  uint32_t next_waiter_id;
+  const gw_task_owner_t *owner_ops;
+  void *owner;                 /* the gw_req_t, or the timer */
+  uint8_t running;             /* inside lua_resume now */
+  uint8_t finished;            /* the root yielded DONE or died */
+  uint8_t failed;              /* the root died with an error */
+  struct gw_task_s *next_free;
+};
+
+/* A pending wait of a task. Embedded in whatever waits (a timer, a request's
+ * body state); `cancel` must stop it and release that container. */
+struct gw_waiter_s {
+  gw_task_t *task;             /* the task that waits */
+  uint32_t id;                 /* >0, handed to Lua */
+  void (*cancel)(gw_waiter_t *w);
+  gw_waiter_t *prev, *next;    /* task->waiters list */
+};
+
+/* Starts `vm`'s request entry in a new task with the given handles.
+ * Returns the task (possibly already finished: `done` was called). */
+gw_task_t *gw_task_start_request(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner,
+                                 void *req, uint32_t req_serial);
+/* Starts `vm`'s timer entry for timer id `timer_id`. */
+gw_task_t *gw_task_start_timer(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner,
+                               int timer_id);
+/* Ends a task early (its request died): cancels its waits and drops the
+ * coroutine without calling `done`. */
+void gw_task_abort(gw_task_t *t);
+/* Releases a finished task. */
+void gw_task_free(gw_task_t *t);
+static inline int gw_task_check(const gw_task_t *t, uint32_t serial) {
+  return t != NULL && t->serial == serial && !t->finished;
+}
+
+/* Registers `w` on `t` and gives it an id. */
+void gw_waiter_add(gw_task_t *t, gw_waiter_t *w);
+/* Pushes results for a wait that ended and resumes the task: removes `w`
+ * from its task, then calls push(co, arg) which pushes the results and
+ * returns how many. */
+typedef int (*gw_push_cb)(lua_State *co, void *arg);
+void gw_waiter_wake(gw_waiter_t *w, gw_push_cb push, void *arg);
+
+#endif

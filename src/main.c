@@ -1,0 +1,80 @@
+/*
+ * main.c: the command line.
+ *
+ *   gateway [-c FILE] [-w N]   run (master + workers)
+ *   gateway -t [-c FILE]       check the configuration and exit 0 or 1
+ *   gateway -v | --version     print versions and exit
+ */
+#include <lua.h>
+#include <luajit.h>
+#include <llhttp.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "lua_vm.h"
+#include "master.h"
+#include "version.h"
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: gateway [-c FILE] [-w N] [-t] [-v]\n"
+          "  -c FILE   configuration script (default ./gateway.lua)\n"
+          "  -w N      number of worker processes (overrides gw.config workers)\n"
+          "  -t        load and check the configuration, then exit\n"
+          "  -v        print the versions of the gateway and its libraries\n");
+}
+
+static void print_versions(void) {
+  printf("gateway %s (ffi abi %d)\n", GW_VERSION, GW_FFI_ABI);
+  printf("LuaJIT %s\n", LUAJIT_VERSION + 7);
+  printf("libuv %s\n", uv_version_string());
+  printf("llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
+  printf("OpenSSL %s\n", OpenSSL_version(OPENSSL_VERSION) + 8);
+  printf("lua-cjson 2.1.0 (static)\n");
+}
+
+static int check(const char *path) {
+  char err[4096];
+  gw_vm_t *vm = gw_vm_load(path, GW_VM_CHECK, 0, err, sizeof err);
+  if (!vm) {
+    fprintf(stderr, "gateway: configuration %s failed: %s\n", path, err);
+    return 1;
+  }
+  gw_vm_unref(vm);
+  printf("configuration %s is ok\n", path);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  const char *path = "./gateway.lua";
+  int workers = 0, test = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "-c") == 0 && i + 1 < argc) {
+      path = argv[++i];
+    } else if (strcmp(a, "-w") == 0 && i + 1 < argc) {
+      workers = atoi(argv[++i]);
+      if (workers <= 0) {
+        fprintf(stderr, "gateway: -w needs a positive number\n");
+        return 1;
+      }
+    } else if (strcmp(a, "-t") == 0) {
+      test = 1;
+    } else if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
+      print_versions();
+      return 0;
+    } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      usage(stdout);
+      return 0;
+    } else {
+      fprintf(stderr, "gateway: unknown argument '%s'\n", a);
+      usage(stderr);
+      return 1;
+    }
+  }
+  if (test) return check(path);
+  return gw_master_run(path, workers);
+}

@@ -1,0 +1,194 @@
+/*
+ * master.c: the master process (see master.h).
+ *
+ * The master runs no event loop: it blocks every signal it handles and waits
+ * in sigsuspend, so a signal can only arrive there and the handlers only set
+ * flags. That keeps fork() simple (no loop state to hand over) and the
+ * master small enough to be trusted to outlive crashing workers.
+ *
+ * A worker that exits while the gateway is not stopping is restarted. One
+ * that fails during its start-up (exit status 2: bad configuration, port
+ * taken) before any worker ever started makes the whole gateway exit 1, as a
+ * failed start should; later, restarts back off so a crash loop cannot spin.
+ */
+#include "master.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "lua_vm.h"
+#include "mem.h"
+#include "worker.h"
+
+#define START_GRACE_MS 1000
+
+typedef struct {
+  pid_t pid;         /* 0 when not running */
+  uint64_t started;  /* ms, monotonic */
+  int fails;         /* consecutive quick deaths, for back-off */
+} worker_slot_t;
+
+static volatile sig_atomic_t got_chld, got_term, got_hup, got_usr1, got_alarm;
+
+static void on_signal(int sig) {
+  switch (sig) {
+    case SIGCHLD: got_chld = 1; break;
+    case SIGTERM:
+    case SIGINT: got_term = 1; break;
+    case SIGHUP: got_hup = 1; break;
+    case SIGUSR1: got_usr1 = 1; break;
+    case SIGALRM: got_alarm = 1; break;
+  }
+}
+
+static const int handled[] = {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGALRM};
+#define NHANDLED (sizeof handled / sizeof handled[0])
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void install_handlers(sigset_t *blocked) {
+  sigemptyset(blocked);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  for (size_t i = 0; i < NHANDLED; i++) {
+    sigaddset(blocked, handled[i]);
+    sigaction(handled[i], &sa, NULL);
+  }
+  signal(SIGPIPE, SIG_IGN);
+  sigprocmask(SIG_BLOCK, blocked, NULL);
+}
+
+/* In the child: default dispositions and an empty mask, then the worker. */
+static pid_t spawn_worker(const char *path, int index, int workers, const sigset_t *blocked) {
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = SIG_DFL;
+  for (size_t i = 0; i < NHANDLED; i++) sigaction(handled[i], &sa, NULL);
+  sigprocmask(SIG_UNBLOCK, blocked, NULL);
+  _exit(gw_worker_run(path, index, workers));
+}
+
+static void signal_all(worker_slot_t *slots, int n, int sig) {
+  for (int i = 0; i < n; i++)
+    if (slots[i].pid > 0) kill(slots[i].pid, sig);
+}
+
+static int running(worker_slot_t *slots, int n) {
+  int k = 0;
+  for (int i = 0; i < n; i++) k += slots[i].pid > 0;
+  return k;
+}
+
+/* Collects dead workers; returns 1 if one failed its start before any worker
+ * had ever come up (the gateway cannot start). */
+static int reap(worker_slot_t *slots, int n, int stopping, int *ever_up, const char *path,
+                int workers, const sigset_t *blocked) {
+  int status;
+  pid_t pid;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    for (int i = 0; i < n; i++) {
+      if (slots[i].pid != pid) continue;
+      slots[i].pid = 0;
+      if (stopping) break;
+      uint64_t lived = now_ms() - slots[i].started;
+      if (WIFEXITED(status) && WEXITSTATUS(status) == 2 && !*ever_up) return 1;
+      if (WIFSIGNALED(status))
+        gw_log_error("worker %d (pid %d) killed by signal %d; restarting", i, (int)pid, WTERMSIG(status));
+      else
+        gw_log_error("worker %d (pid %d) exited with status %d; restarting", i, (int)pid, WEXITSTATUS(status));
+      slots[i].fails = lived < START_GRACE_MS ? slots[i].fails + 1 : 0;
+      if (slots[i].fails > 1) {
+        /* Back off up to 5 s while a worker keeps dying at start. */
+        struct timespec ts = {slots[i].fails > 5 ? 5 : slots[i].fails, 0};
+        nanosleep(&ts, NULL);
+      }
+      slots[i].started = now_ms();
+      slots[i].pid = spawn_worker(path, i, workers, blocked);
+    }
+  }
+  return 0;
+}
+
+int gw_master_run(const char *path, int workers) {
+  gw_log_set_role("master");
+  char err[4096];
+  gw_vm_t *vm = gw_vm_load(path, GW_VM_MASTER, 0, err, sizeof err);
+  if (!vm) {
+    fprintf(stderr, "gateway: %s\n", err);
+    return 1;
+  }
+  int n = workers > 0 ? workers : vm->config.workers;
+  double drain = vm->config.timeouts.drain;
+  if (gw_log_open_error(vm->config.error_log) != 0) {
+    fprintf(stderr, "gateway: cannot open error log %s\n", vm->config.error_log);
+    return 1;
+  }
+  gw_vm_unref(vm);
+
+  sigset_t blocked, empty;
+  install_handlers(&blocked);
+  sigemptyset(&empty);
+  worker_slot_t *slots = gw_xcalloc((size_t)n, sizeof *slots);
+  for (int i = 0; i < n; i++) {
+    slots[i].started = now_ms();
+    slots[i].pid = spawn_worker(path, i, n, &blocked);
+  }
+  gw_log_info("started %d worker(s) with %s", n, path);
+
+  int ever_up = 0, stopping = 0, failed = 0;
+  uint64_t up_at = now_ms() + START_GRACE_MS;
+  alarm(1);
+  while (!stopping || running(slots, n) > 0) {
+    sigsuspend(&empty);
+    if (!ever_up && now_ms() >= up_at) ever_up = 1;
+    if (got_alarm) {
+      got_alarm = 0;
+      if (stopping) {
+        gw_log_error("workers did not stop after the drain time; killing them");
+        signal_all(slots, n, SIGKILL);
+      } else if (!ever_up) {
+        alarm(1);
+      }
+    }
+    if (got_chld) {
+      got_chld = 0;
+      if (reap(slots, n, stopping, &ever_up, path, n, &blocked)) {
+        gw_log_error("a worker could not start; stopping");
+        failed = 1;
+        got_term = 1;
+      }
+    }
+    if (got_term && !stopping) {
+      got_term = 0;
+      stopping = 1;
+      signal_all(slots, n, SIGTERM);
+      alarm((unsigned)drain + 5);
+    }
+    if (got_hup) {
+      got_hup = 0;
+      signal_all(slots, n, SIGHUP);
+    }
+    if (got_usr1) {
+      got_usr1 = 0;
+      gw_log_reopen();
+      signal_all(slots, n, SIGUSR1);
+    }
+  }
+  free(slots);
+  gw_log_info("stopped");
+  return failed ? 1 : 0;
+}

@@ -1,0 +1,154 @@
+/*
+ * response.c: response heads and buffered answers (see response.h).
+ */
+#include "response.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <uv.h>
+
+#include "conn.h"
+#include "errors.h"
+#include "log.h"
+#include "worker.h"
+
+const char *gw_status_reason(int status) {
+  switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+  }
+}
+
+/* "Date: ...\r\n", rebuilt when the second changes. */
+static struct {
+  time_t second;
+  char text[64];
+  size_t len;
+} date_cache;
+
+static void refresh_date(void) {
+  uv_timeval64_t tv;
+  uv_gettimeofday(&tv);
+  time_t now = (time_t)tv.tv_sec;
+  if (now == date_cache.second && date_cache.len) return;
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  date_cache.len = strftime(date_cache.text, sizeof date_cache.text, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+  date_cache.second = now;
+}
+
+int gw_response_start(gw_req_t *r, int status) {
+  if (r->resp_state != GW_RESP_NONE) return GW_ESTATE;
+  if (status < 100 || status > 999) status = 500;
+  r->status = status;
+  r->resp_head.len = 0;
+  char line[64];
+  int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, gw_status_reason(status));
+  gw_buf_append(&r->resp_head, line, (size_t)n);
+  return 0;
+}
+
+static int name_is(const char *name, size_t nlen, const char *what) {
+  size_t n = strlen(what);
+  return nlen == n && strncasecmp(name, what, n) == 0;
+}
+
+int gw_response_header(gw_req_t *r, const char *name, size_t nlen, const char *value, size_t vlen) {
+  if (r->resp_state != GW_RESP_NONE) return GW_ESTATE;
+  if (!gw_header_valid(name, nlen, value, vlen)) return GW_EHEADER;
+  if (name_is(name, nlen, "content-length") || name_is(name, nlen, "transfer-encoding")) return 0;
+  if (name_is(name, nlen, "connection")) {
+    if (vlen == 5 && strncasecmp(value, "close", 5) == 0) r->close_after = 1;
+    return 0;
+  }
+  gw_buf_t *b = &r->resp_head;
+  gw_buf_reserve(b, nlen + vlen + 4);
+  memcpy(b->base + b->len, name, nlen);
+  b->len += nlen;
+  b->base[b->len++] = ':';
+  b->base[b->len++] = ' ';
+  memcpy(b->base + b->len, value, vlen);
+  b->len += vlen;
+  b->base[b->len++] = '\r';
+  b->base[b->len++] = '\n';
+  return 0;
+}
+
+/* 1xx, 204 and 304 answers carry no body and no Content-Length (RFC 9110 8.6). */
+static int status_has_body(int status) { return !(status < 200 || status == 204 || status == 304); }
+
+int gw_response_send(gw_req_t *r, const char *body, size_t len) {
+  if (r->resp_state != GW_RESP_NONE) return GW_ESTATE;
+  gw_conn_t *c = r->conn;
+  int keep = r->keep_alive && !r->close_after && !gw__worker->draining;
+  refresh_date();
+  gw_buf_t *b = &r->resp_head;
+  gw_buf_append(b, date_cache.text, date_cache.len);
+  char line[64];
+  if (status_has_body(r->status)) {
+    int n = snprintf(line, sizeof line, "Content-Length: %zu\r\n", len);
+    gw_buf_append(b, line, (size_t)n);
+  } else {
+    len = 0;
+  }
+  if (!keep) {
+    gw_buf_append_str(b, "Connection: close\r\n\r\n");
+    r->close_after = 1;
+  } else if (r->http_minor == 0) {
+    gw_buf_append_str(b, "Connection: keep-alive\r\n\r\n");
+  } else {
+    gw_buf_append(b, "\r\n", 2);
+  }
+  r->resp_state = GW_RESP_SENT;
+  /* HEAD gets the head a GET would get, without the body (RFC 9110 9.3.2). */
+  if (r->method == HTTP_HEAD) len = 0;
+  uv_buf_t bufs[2] = {uv_buf_init(b->base, (unsigned)b->len), uv_buf_init((char *)body, (unsigned)len)};
+  r->resp_bytes = b->len + len;
+  gw_conn_write(c, bufs, len ? 2 : 1);
+  return 0;
+}
+
+void gw_response_error(gw_req_t *r, int status, const char *msg) {
+  if (r->resp_state != GW_RESP_NONE) return;
+  gw_response_start(r, status);
+  gw_response_header(r, "Content-Type", 12, "application/json", 16);
+  const char *id = gw_req_id(r);
+  gw_response_header(r, "X-Request-Id", 12, id, strlen(id));
+  char body[512];
+  int n = snprintf(body, sizeof body, "{\"error\":\"%s\",\"request_id\":\"%s\"}", msg, id);
+  if (n < 0 || (size_t)n >= sizeof body) n = snprintf(body, sizeof body, "{\"error\":\"error\",\"request_id\":\"%s\"}", id);
+  gw_response_send(r, body, (size_t)n);
+}

@@ -1,0 +1,34 @@
+/*
+ * response.h: serialising response heads and sending buffered answers.
+ *
+ * A response is built in three steps, all in the request's resp_head buffer:
+ * gw_response_start (status line), gw_response_header (each script header,
+ * checked for CR/LF), gw_response_send (framing headers, Date, then one
+ * vectored write of head and body). The Date header text is cached and
+ * rebuilt at most once a second.
+ */
+#ifndef GW_RESPONSE_H
+#define GW_RESPONSE_H
+
+#include <stddef.h>
+
+#include "request.h"
+
+/* Begins a response with `status` (100..999). Returns GW_ESTATE if one was
+ * already sent. */
+int gw_response_start(gw_req_t *r, int status);
+/* Adds a header. Framing headers (Content-Length, Transfer-Encoding,
+ * Connection) given by a script are ignored: the core decides framing.
+ * Returns GW_EHEADER when the name or value is invalid. */
+int gw_response_header(gw_req_t *r, const char *name, size_t nlen, const char *value,
+                       size_t vlen);
+/* Finishes the head and writes head and body. The body is copied if the
+ * socket cannot take it at once, so the caller's memory is free after. */
+int gw_response_send(gw_req_t *r, const char *body, size_t len);
+/* A complete JSON error answer {"error": msg, "request_id": id}, for
+ * errors found before or outside Lua (400, 408, 413...). */
+void gw_response_error(gw_req_t *r, int status, const char *msg);
+/* The reason phrase of `status`, or "Unknown". */
+const char *gw_status_reason(int status);
+
+#endif

@@ -1,0 +1,140 @@
+/*
+ * worker.c: a worker process (see worker.h).
+ *
+ * Start-up: load the configuration into the first VM generation, open the
+ * logs and the listeners, then run the loop. SIGTERM/SIGINT start a drain:
+ * listeners close at once, idle connections close, busy ones close after
+ * their current answer, and the loop ends when none is left or when
+ * timeouts.drain has passed. SIGUSR1 reopens the log files.
+ */
+#include "worker.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "errors.h"
+#include "listener.h"
+#include "log.h"
+#include "mem.h"
+
+gw_worker_t *gw__worker;
+
+static void on_connection(uv_stream_t *server, int status) {
+  gw_worker_t *w = server->data;
+  if (status < 0 || w->draining) return;
+  int rc = gw_conn_accept(w, server);
+  if (rc != 0 && rc != UV_EAGAIN) gw_log_warn("accept: %s", gw_strerror(rc));
+}
+
+static void stop_loop_if_idle(gw_worker_t *w) {
+  if (w->draining && w->nconns == 0) uv_stop(w->loop);
+}
+
+void gw_worker_conn_closed(gw_worker_t *w) { stop_loop_if_idle(w); }
+
+static void on_drain_timeout(uv_timer_t *t) {
+  gw_worker_t *w = t->data;
+  gw_log_warn("drain timeout: closing %zu connection(s) with requests in flight", w->nconns);
+  uv_stop(w->loop);
+}
+
+static void start_drain(gw_worker_t *w) {
+  if (w->draining) return;
+  w->draining = 1;
+  for (size_t i = 0; i < w->nlisteners; i++) uv_close((uv_handle_t *)&w->listeners[i], NULL);
+  w->nlisteners = 0;
+  for (gw_conn_t *c = w->conns, *next; c; c = next) {
+    next = c->next;
+    gw_conn_drain(c);
+  }
+  uv_timer_init(w->loop, &w->drain_timer);
+  w->drain_timer.data = w;
+  uv_timer_start(&w->drain_timer, on_drain_timeout, (uint64_t)(w->cfg->timeouts.drain * 1000), 0);
+  uv_unref((uv_handle_t *)&w->drain_timer);
+  stop_loop_if_idle(w);
+}
+
+static void on_signal(uv_signal_t *s, int signum) {
+  gw_worker_t *w = s->data;
+  switch (signum) {
+    case SIGTERM:
+    case SIGINT:
+      start_drain(w);
+      break;
+    case SIGUSR1:
+      if (gw_log_reopen() != 0) gw_log_error("reopening the logs failed");
+      break;
+    case SIGHUP:
+      gw_log_warn("reload: not available in this build yet; restart to apply changes");
+      break;
+  }
+}
+
+static void watch_signal(gw_worker_t *w, uv_signal_t *s, int signum) {
+  uv_signal_init(w->loop, s);
+  s->data = w;
+  uv_signal_start(s, on_signal, signum);
+  uv_unref((uv_handle_t *)s);
+}
+
+static int open_logs(const gw_config_t *cfg) {
+  int rc = gw_log_open_error(cfg->error_log);
+  if (rc) {
+    gw_log_error("cannot open error log %s: %s", cfg->error_log, gw_strerror(rc));
+    return rc;
+  }
+  rc = gw_log_open_access(cfg->access_log);
+  if (rc) gw_log_error("cannot open access log %s: %s", cfg->access_log, gw_strerror(rc));
+  return rc;
+}
+
+static int open_listeners(gw_worker_t *w) {
+  w->listeners = gw_xcalloc(w->cfg->nlisten, sizeof *w->listeners);
+  for (size_t i = 0; i < w->cfg->nlisten; i++) {
+    const gw_listen_t *l = &w->cfg->listen[i];
+    int rc = gw_listener_open(w->loop, &w->listeners[i], l, on_connection);
+    if (rc) {
+      gw_log_error("cannot listen on %s:%d: %s", l->host, l->port, gw_strerror(rc));
+      return rc;
+    }
+    w->listeners[i].data = w;
+    w->nlisteners++;
+  }
+  return 0;
+}
+
+int gw_worker_run(const char *path, int index, int workers_override) {
+  char role[32];
+  snprintf(role, sizeof role, "worker %d", index);
+  gw_log_set_role(role);
+  /* A worker never outlives its master. */
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (getppid() == 1) return 1;
+
+  static gw_worker_t worker;
+  gw_worker_t *w = &worker;
+  gw__worker = w;
+  w->index = index;
+  w->loop = uv_default_loop();
+
+  char err[4096];
+  w->vm = gw_vm_load(path, GW_VM_WORKER, 1, err, sizeof err);
+  if (!w->vm) {
+    gw_log_error("%s", err);
+    return 2;
+  }
+  w->cfg = &w->vm->config;
+  if (open_logs(w->cfg) != 0 || open_listeners(w) != 0) return 2;
+  watch_signal(w, &w->sig_term, SIGTERM);
+  watch_signal(w, &w->sig_int, SIGINT);
+  watch_signal(w, &w->sig_usr1, SIGUSR1);
+  watch_signal(w, &w->sig_hup, SIGHUP);
+  (void)workers_override;
+  uv_run(w->loop, UV_RUN_DEFAULT);
+  return 0;
+}

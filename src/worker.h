@@ -1,0 +1,43 @@
+/*
+ * worker.h: one worker process: a libuv loop, the current VM generation, the
+ * listeners and the connections.
+ *
+ * There is exactly one gw_worker_t per worker process (gw__worker), made in
+ * gw_worker_run and alive until the process exits; FFI functions reach the
+ * loop through it.
+ */
+#ifndef GW_WORKER_H
+#define GW_WORKER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "lua_vm.h"
+
+typedef struct gw_conn_s gw_conn_t;
+
+typedef struct gw_worker_s {
+  uv_loop_t *loop;         /* the process's loop */
+  gw_vm_t *vm;             /* current generation; new requests take a ref */
+  const gw_config_t *cfg;  /* vm->config of the generation that started the worker */
+  int index;               /* 0..workers-1, given by the master */
+  uv_tcp_t *listeners;     /* one per cfg->listen entry */
+  size_t nlisteners;
+  gw_conn_t *conns;        /* every open connection */
+  size_t nconns;
+  uint8_t draining;        /* SIGTERM seen: no new requests, exit when idle */
+  uv_signal_t sig_term, sig_int, sig_usr1, sig_hup;
+  uv_timer_t drain_timer;  /* forces exit after timeouts.drain */
+  uint64_t requests;       /* requests finished, for status */
+} gw_worker_t;
+
+extern gw_worker_t *gw__worker;
+
+/* Runs worker `index` with the configuration at `path`; returns the exit
+ * status for the process (0 after a graceful stop). */
+int gw_worker_run(const char *path, int index, int workers_override);
+/* A connection closed: the worker may now be done draining. */
+void gw_worker_conn_closed(gw_worker_t *w);
+
+#endif
