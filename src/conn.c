@@ -228,7 +228,6 @@ static void dispatch(gw_conn_t *c) {
   gw_req_t *r = c->req;
   gw_worker_t *w = c->worker;
   c->state = GW_CONN_HANDLING;
-  read_stop(c);
   uv_timer_stop(&c->timer);
   if (w->draining) r->close_after = 1;
   if (r->content_length > r->conn->http.limits->body_bytes) {
@@ -239,7 +238,13 @@ static void dispatch(gw_conn_t *c) {
     return;
   }
   gw_task_t *t = gw_task_start_request(w->vm, &request_task_ops, c, r, r->serial);
-  if (!t->finished) r->task = t;
+  if (!t->finished) {
+    /* The handler waits: stop reading so that a client cannot pile up
+     * pipelined requests meanwhile. A handler that answered at once (the
+     * common case) leaves reading on, which saves two epoll_ctl calls. */
+    r->task = t;
+    if (c->state == GW_CONN_HANDLING) read_stop(c);
+  }
 }
 
 /* Answers a message the parser refused, then closes: after a framing error

@@ -326,9 +326,11 @@ gw_task_t *gw_task_start_request(gw_vm_t *vm, const gw_task_owner_t *ops, void *
   gw_task_t *t = task_new(vm, ops, owner);
   t->entry_ref = vm->request_entry_ref;
   t->co = checkout_coroutine(vm, t->entry_ref, &t->co_ref);
-  lua_pushlightuserdata(t->co, t);
+  /* Handles travel as numbers: LuaJIT compiles a cast from a number to a
+   * pointer, but not from a lightuserdata. Addresses fit a double exactly. */
+  lua_pushnumber(t->co, (lua_Number)(uintptr_t)t);
   lua_pushnumber(t->co, t->serial);
-  lua_pushlightuserdata(t->co, req);
+  lua_pushnumber(t->co, (lua_Number)(uintptr_t)req);
   lua_pushnumber(t->co, req_serial);
   task_resume(t, 4);
   return t;
@@ -338,7 +340,7 @@ gw_task_t *gw_task_start_timer(gw_vm_t *vm, const gw_task_owner_t *ops, void *ow
   gw_task_t *t = task_new(vm, ops, owner);
   t->entry_ref = vm->timer_entry_ref;
   t->co = checkout_coroutine(vm, t->entry_ref, &t->co_ref);
-  lua_pushlightuserdata(t->co, t);
+  lua_pushnumber(t->co, (lua_Number)(uintptr_t)t);
   lua_pushnumber(t->co, t->serial);
   lua_pushinteger(t->co, timer_id);
   task_resume(t, 3);

@@ -75,6 +75,10 @@ int gw_response_start(gw_req_t *r, int status) {
   if (status < 100 || status > 999) status = 500;
   r->status = status;
   r->resp_head.len = 0;
+  if (status == 200) {
+    gw_buf_append(&r->resp_head, "HTTP/1.1 200 OK\r\n", 17);
+    return 0;
+  }
   char line[64];
   int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, gw_status_reason(status));
   gw_buf_append(&r->resp_head, line, (size_t)n);
@@ -119,8 +123,18 @@ int gw_response_send(gw_req_t *r, const char *body, size_t len) {
   gw_buf_append(b, date_cache.text, date_cache.len);
   char line[64];
   if (status_has_body(r->status)) {
-    int n = snprintf(line, sizeof line, "Content-Length: %zu\r\n", len);
-    gw_buf_append(b, line, (size_t)n);
+    /* Formatted by hand: this runs for every answer and snprintf is slow. */
+    char digits[24], *d = digits + sizeof digits;
+    size_t v = len;
+    do {
+      *--d = (char)('0' + v % 10);
+      v /= 10;
+    } while (v);
+    size_t nd = (size_t)(digits + sizeof digits - d);
+    memcpy(line, "Content-Length: ", 16);
+    memcpy(line + 16, d, nd);
+    memcpy(line + 16 + nd, "\r\n", 2);
+    gw_buf_append(b, line, 18 + nd);
   } else {
     len = 0;
   }

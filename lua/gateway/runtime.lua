@@ -228,56 +228,63 @@ local function finish_error(req, e)
   send_error(req, 500, "internal error")
 end
 
+local function send_text(req, body)
+  local r, s = req._r, req._s
+  if C.gw_ffi_resp_start(r, s, 200) ~= OK then error(base.FINISHED, 0) end
+  C.gw_ffi_resp_header(r, s, "content-type", 12, TEXT, #TEXT)
+  C.gw_ffi_resp_send(r, s, body, #body)
+end
+
 local function dispatch(req)
-  local route, params, allow = router:match(req.method, req.host, req.path)
+  local route, params, allow = router:match(req.method, state.host_routes and req.host or nil, req.path)
+  local res
   if route then
     rawset(req, "params", params)
     rawset(req, "route", route.pattern)
     local pat = route.pattern
     C.gw_ffi_req_set_route(req._r, req._s, pat, #pat)
     if #route.mws == 0 and #state.global_mw == 0 and #state.prefix_mw == 0 then
-      return normalize(route.handler(req))
+      -- No middleware can look at the answer: a string goes out as it is.
+      res = route.handler(req)
+      if type(res) == "string" then return send_text(req, res) end
+      return send(req, normalize(res))
     end
     local chain, n = build_chain(req, route)
-    return run_step(req, chain, 1, n)
+    res = run_step(req, chain, 1, n)
+  else
+    local chain, n = build_chain(req, nil, params == 405 and allow or nil)
+    res = run_step(req, chain, 1, n)
   end
-  local chain, n = build_chain(req, nil, params == 405 and allow or nil)
-  return run_step(req, chain, 1, n)
+  return send(req, res)
 end
 
 local function handle(req)
-  local ok, res = xpcall(dispatch, on_handler_error, req)
-  if ok then
-    ok, res = xpcall(send, on_handler_error, req, res)
-    if ok then return end
-  end
-  if C.gw_ffi_resp_sent(req._r, req._s) == 0 then finish_error(req, res) end
+  local ok, err = xpcall(dispatch, on_handler_error, req)
+  if not ok and C.gw_ffi_resp_sent(req._r, req._s) == 0 then finish_error(req, err) end
 end
 
 -- The body of request coroutines; reused across requests (see lua_vm.c).
-function _M.request_entry(task_lud, task_serial, req_lud, req_serial)
+function _M.request_entry(task_addr, task_serial, req_addr, req_serial)
   while true do
-    local ctx = sched.new_ctx(task_lud, task_serial)
-    sched.set_current(ctx)
-    handle(request.new(req_lud, req_serial))
-    sched.set_current(nil)
-    task_lud, task_serial, req_lud, req_serial = yield(DONE)
+    sched.begin(task_addr, task_serial)
+    handle(request.new(req_addr, req_serial))
+    sched.finish()
+    task_addr, task_serial, req_addr, req_serial = yield(DONE)
   end
 end
 
 -- The body of timer coroutines.
-function _M.timer_entry(task_lud, task_serial, id)
+function _M.timer_entry(task_addr, task_serial, id)
   while true do
     local t = state.timers[id]
     if t then
       if not t.every then state.timers[id] = nil end
-      local ctx = sched.new_ctx(task_lud, task_serial)
-      sched.set_current(ctx)
+      sched.begin(task_addr, task_serial)
       local ok, err = xpcall(t.fn, traceback)
-      sched.set_current(nil)
+      sched.finish()
       if not ok then log_error("timer failed: " .. tostring(err)) end
     end
-    task_lud, task_serial, id = yield(DONE)
+    task_addr, task_serial, id = yield(DONE)
   end
 end
 

@@ -30,20 +30,40 @@ local WAIT, DONE = 1, 0
 
 local _M = { WAIT = WAIT, DONE = DONE }
 
-local current = nil           -- the ctx of the running task
+local current = nil           -- the ctx of the running task, made on first need
+local cur_task, cur_serial, cur_root = nil, nil, nil -- the running task, until then
 local thread_of = setmetatable({}, { __mode = "k" }) -- coroutine -> thread
 
-function _M.new_ctx(task_lud, task_serial)
+local function new_ctx(task_addr, task_serial, root)
   return {
-    task = base.ffi.cast(base.task_ptr, task_lud),
+    task = base.ffi.cast(base.task_ptr, task_addr),
     ts = task_serial,
-    root = running(),
+    root = root or running(),
     waiting = nil,  -- waiter id -> thread, made on first use
   }
 end
+_M.new_ctx = new_ctx
+
+-- Called by the entries at the start of each task, in its root coroutine.
+-- Most requests never wait, so the ctx table is made only when asked for.
+function _M.begin(task_addr, task_serial)
+  current, cur_task, cur_serial, cur_root = nil, task_addr, task_serial, running()
+end
+
+function _M.finish() current, cur_task, cur_root = nil, nil, nil end
 
 function _M.set_current(ctx) current = ctx end
-function _M.current() return current end
+
+-- The running task's ctx (nil outside a task).
+local function get_current()
+  local ctx = current
+  if ctx then return ctx end
+  if cur_task == nil then return nil end
+  ctx = new_ctx(cur_task, cur_serial, cur_root)
+  current = ctx
+  return ctx
+end
+_M.current = get_current
 
 local Thread = {}
 Thread.__index = Thread
@@ -115,7 +135,7 @@ end
 
 -- gw.sleep(seconds)
 function _M.sleep(seconds)
-  local ctx = current
+  local ctx = get_current()
   if type(seconds) ~= "number" or seconds < 0 then
     error("gw.sleep: seconds must be a number >= 0", 2)
   end
@@ -139,7 +159,7 @@ end
 -- at once until it first waits. Returns the thread.
 function _M.spawn(fn, ...)
   if type(fn) ~= "function" then error("gw.spawn: a function is required", 2) end
-  local ctx = current
+  local ctx = get_current()
   if not ctx then error("gw.spawn: only inside a request or a timer", 2) end
   local th = setmetatable({ ctx = ctx, done = false }, Thread)
   th.co = create(thread_body)
