@@ -237,4 +237,16 @@ gw.timer = {
 
 function gw.worker_id() return C.gw_ffi_worker_index() end
 
+-- gw.mw.NAME: built-in middleware factories, one module each under
+-- lua/gateway/mw/, loaded on first use.
+gw.mw = setmetatable({}, {
+  __index = function(t, name)
+    local modname = "gateway.mw." .. tostring(name)
+    if not package.preload[modname] then error("gw.mw." .. tostring(name) .. ": no such middleware", 2) end
+    local m = require(modname)
+    rawset(t, name, m)
+    return m
+  end,
+})
+
 return gw

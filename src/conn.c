@@ -273,8 +273,16 @@ static void process(gw_conn_t *c) {
   c->in_process = 0;
 }
 
+/* Whether the parser has something to do: new bytes, or (when finishing a
+ * message or reading a body) a state change it makes without input, such as
+ * completing a message that has no body. */
+static int parser_has_work(const gw_conn_t *c) {
+  if (c->state == GW_CONN_CLOSING || c->state == GW_CONN_LINGER) return 0;
+  return c->parsed < c->rbuf.len || c->state == GW_CONN_DISCARD || c->state == GW_CONN_BODY;
+}
+
 static void parse_loop(gw_conn_t *c) {
-  while (c->state != GW_CONN_CLOSING && c->state != GW_CONN_LINGER && c->parsed < c->rbuf.len) {
+  while (parser_has_work(c)) {
     if (c->state == GW_CONN_HANDLING) return; /* the next request waits its turn */
     if (c->state == GW_CONN_IDLE) {
       c->state = GW_CONN_HEAD;
@@ -310,7 +318,7 @@ static void parse_loop(gw_conn_t *c) {
             gw_waiter_wake(wt, NULL, NULL);
             conn_unref(c);
           }
-          return;
+          continue; /* the handler may have answered: look at the next request */
         }
         if (c->state == GW_CONN_DISCARD) {
           if (res == GW_HTTP1_UPGRADE) {
@@ -337,7 +345,7 @@ static void parse_loop(gw_conn_t *c) {
             gw_waiter_wake(wt, NULL, NULL);
             conn_unref(c);
           }
-          return;
+          continue;
         }
         if (c->state == GW_CONN_DISCARD) {
           gw_conn_close(c);
@@ -482,6 +490,7 @@ static void start_next(gw_conn_t *c) {
   drop_request(c);
   gw_buf_consume(&c->rbuf, c->parsed);
   c->parsed = 0;
+  c->http.discard_body = 0;
   c->state = GW_CONN_IDLE;
   if (c->worker->draining) {
     close_gracefully(c);

@@ -41,6 +41,7 @@ static int on_url(llhttp_t *p, const char *at, size_t len) {
   gw_req_t *r = h->req;
   if (r->url_len == 0) r->url_off = (uint32_t)(at - h->base);
   r->url_len += (uint32_t)len;
+  h->last_end = (size_t)(at - h->base) + len;
   if (r->url_len > h->limits->header_bytes) return reject(h, 414, "request target too long");
   return 0;
 }
@@ -70,6 +71,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   }
   r->headers[r->nheaders - 1].name_len += (uint32_t)len;
   h->last_was_value = 0;
+  h->last_end = (size_t)(at - h->base) + len;
   return 0;
 }
 
@@ -89,6 +91,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   }
   hd->value_len += (uint32_t)len;
   h->last_was_value = 1;
+  h->last_end = (size_t)(at - h->base) + len;
   if (memchr(at, '\r', len) || memchr(at, '\n', len)) return reject(h, 400, "obsolete line folding");
   return 0;
 }
@@ -104,8 +107,16 @@ static int value_is(const gw_http1_t *h, const gw_header_t *hd, const char *valu
 }
 
 static int inspect_headers(gw_http1_t *h, gw_req_t *r) {
+  /* A head that arrived in one read was never measured by execute: measure
+   * it here, from the target to the end of the last header. */
+  if (h->last_end > r->url_off && h->last_end - r->url_off > h->limits->header_bytes)
+    return reject(h, 431, "request head too large");
   for (uint32_t i = 0; i < r->nheaders; i++) {
     gw_header_t *hd = &r->headers[i];
+    /* llhttp lets "Name : value" through; a name must be a token (RFC 9110
+     * 5.1), and a proxy that trims such a name invites smuggling. */
+    if (!gw_header_valid(h->base + hd->name_off, hd->name_len, NULL, 0))
+      return reject(h, 400, "invalid header name");
     if (header_is(h, hd, "host")) {
       if (r->host_index) return reject(h, 400, "more than one Host header");
       r->host_index = i + 1;

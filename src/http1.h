@@ -37,6 +37,7 @@ typedef struct gw_http1_s {
   uint8_t between_messages;   /* the last message completed; none has begun */
   uint8_t paused_at;          /* GW_HTTP1_HEAD or GW_HTTP1_MESSAGE: why llhttp paused */
   size_t head_bytes;          /* bytes of the current head so far */
+  size_t last_end;            /* offset just past the last head part parsed */
   int status;                 /* on GW_HTTP1_ERROR: 400, 413, 414 or 431 */
   const char *reason;         /* on GW_HTTP1_ERROR: why, static storage */
 } gw_http1_t;

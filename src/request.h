@@ -88,7 +88,7 @@ typedef struct gw_req_s {
   size_t resp_bytes;          /* bytes of the response, head included */
   gw_buf_t resp_head;         /* response head under construction */
   uint64_t start_ns;          /* uv_hrtime() when the head started */
-  char id[40];                /* request id, "" until made or set */
+  char id[129];               /* request id, "" until made or set (incoming ids up to 128 bytes) */
   char *route;                /* matched pattern (pool), or NULL */
 } gw_req_t;
 
