@@ -1,0 +1,129 @@
+"""The command line: -t checks a configuration (with file:line errors, also
+from required modules), -v prints versions, bad configurations fail to start."""
+
+import re
+import subprocess
+
+from gwtest import PRELUDE, Gateway, GatewayError, eq, gw_bin, line_of, run_cli
+
+GOOD = PRELUDE + r'''
+local helper = require "helper"
+gw.get("/x", function(req) return helper.greet() end)
+'''
+HELPER = 'local M = {}\nfunction M.greet() return "hi" end\nreturn M\n'
+
+
+def test_check_good_config():
+    rc, out, err, d = run_cli(["-t", "-c", "$DIR/good.lua"], {"good.lua": GOOD, "helper.lua": HELPER})
+    both = out + err
+    assert "configuration %s/good.lua is ok" % d in both, "output: %r" % both
+    eq(rc, 0, "exit status")
+
+
+def test_check_does_not_listen():
+    # -t only loads and checks: it must work while the port is taken.
+    import socket
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    port = s.getsockname()[1]
+    try:
+        cfg = GOOD.replace("$PORT", str(port))
+        rc, out, err, d = run_cli(["-t", "-c", "$DIR/good.lua"], {"good.lua": cfg, "helper.lua": HELPER})
+        assert "is ok" in out + err, out + err
+        eq(rc, 0, "exit status with the port in use")
+    finally:
+        s.close()
+
+
+def test_check_default_config_path():
+    rc, out, err, d = run_cli(["-t"], {"gateway.lua": GOOD, "helper.lua": HELPER})
+    both = out + err
+    assert re.search(r"configuration \S*gateway\.lua is ok", both), "output: %r" % both
+    eq(rc, 0, "exit status")
+
+
+def test_check_syntax_error():
+    bad = PRELUDE + 'gw.get("/x", function(req)\n  local x = = 1\n  return "x"\nend)\n'
+    line = line_of(bad, "local x = = 1")
+    rc, out, err, d = run_cli(["-t", "-c", "$DIR/bad.lua"], {"bad.lua": bad})
+    both = out + err
+    assert "bad.lua:%d:" % line in both, "want bad.lua:%d in %r" % (line, both)
+    assert "is ok" not in both, both
+    eq(rc, 1, "exit status")
+
+
+def test_check_runtime_error_in_config():
+    bad = PRELUDE + 'gw.get("/x", function(req) return "x" end)\nlocal n = nil\nprint(n.field)\n'
+    line = line_of(bad, "n.field")
+    rc, out, err, d = run_cli(["-t", "-c", "$DIR/bad.lua"], {"bad.lua": bad})
+    both = out + err
+    assert "bad.lua:%d:" % line in both, "want bad.lua:%d in %r" % (line, both)
+    eq(rc, 1, "exit status")
+
+
+def test_check_bad_route_blames_the_config_line():
+    bad = PRELUDE + 'gw.get("/ok", function(req) return "x" end)\ngw.get("no-slash", function(req) return "x" end)\n'
+    line = line_of(bad, "no-slash")
+    rc, out, err, d = run_cli(["-t", "-c", "$DIR/bad.lua"], {"bad.lua": bad})
+    both = out + err
+    assert "bad.lua:%d:" % line in both, "want bad.lua:%d in %r" % (line, both)
+    eq(rc, 1, "exit status")
+
+
+def test_check_error_in_required_module():
+    mod = 'local M = {}\nerror("mylib is broken")\nreturn M\n'
+    cfg = PRELUDE + 'local mylib = require "mylib"\n'
+    rc, out, err, d = run_cli(["-t", "-c", "$DIR/cfg.lua"], {"cfg.lua": cfg, "mylib.lua": mod})
+    both = out + err
+    assert "mylib.lua:2:" in both, "want mylib.lua:2 in %r" % both
+    assert "mylib is broken" in both, both
+    eq(rc, 1, "exit status")
+
+
+def test_check_syntax_error_in_required_module():
+    mod = 'local M = {}\n\nfunction M.f(\nreturn M\n'
+    cfg = PRELUDE + 'local mylib = require "mylib"\n'
+    rc, out, err, d = run_cli(["-t", "-c", "$DIR/cfg.lua"], {"cfg.lua": cfg, "mylib.lua": mod})
+    both = out + err
+    assert re.search(r"mylib\.lua:\d+:", both), "want mylib.lua:N in %r" % both
+    eq(rc, 1, "exit status")
+
+
+def test_check_missing_file():
+    rc, out, err, d = run_cli(["-t", "-c", "$DIR/nope.lua"])
+    both = out + err
+    assert "nope.lua" in both, both
+    eq(rc, 1, "exit status")
+
+
+def test_version():
+    for flag in ("-v", "--version"):
+        rc, out, err, d = run_cli([flag])
+        both = (out + err).lower()
+        eq(rc, 0, "%s exit status" % flag)
+        for name in ("gateway", "luajit", "libuv", "llhttp", "openssl"):
+            assert re.search(r"^.*%s.*\d+\.\d+" % name, both, re.M), \
+                "%s: no line naming %s with a version in %r" % (flag, name, both)
+
+
+def test_start_with_bad_config_fails_fast():
+    bad = PRELUDE + 'gw.get("/x", function(req)\n  return "x"\n'   # missing end
+    g = Gateway(bad, start_timeout=8)
+    try:
+        g.start()
+        raise AssertionError("gateway started with a broken configuration")
+    except GatewayError as e:
+        msg = str(e)
+        assert "exited with" in msg, msg
+        assert "gateway.lua:" in msg, "stderr lacks the file:line: %s" % msg
+        assert g.proc.returncode != 0, g.proc.returncode
+    finally:
+        g.close()
+
+
+def test_unknown_option():
+    p = subprocess.run([gw_bin(), "--no-such-option"], capture_output=True, timeout=10,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode != 0, "unknown option accepted"

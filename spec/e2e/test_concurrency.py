@@ -1,0 +1,183 @@
+"""Coroutines on one worker: gw.sleep does not block other requests; gw.all,
+gw.spawn, gw.timer.after/every and gw.now.
+
+These are behaviour checks with generous margins, not benchmarks."""
+
+import json
+import threading
+import time
+
+from gwtest import PRELUDE, Gateway, eq
+
+APP = PRELUDE + r'''
+gw.get("/slow", function(req) gw.sleep(1); return "slow" end)
+gw.get("/fast", function(req) return "fast" end)
+
+gw.get("/all", function(req)
+  local t0 = gw.now()
+  local r, errs = gw.all {
+    a = function() gw.sleep(0.3); return "A" end,
+    b = function() gw.sleep(0.3); return { n = 2 } end,
+    c = function() gw.sleep(0.3); error("branch c failed") end,
+  }
+  return { json = {
+    a = r.a, b = r.b, c_is_nil = r.c == nil,
+    err_c = errs and errs.c and tostring(errs.c) or false,
+    err_a_nil = errs == nil or errs.a == nil,
+    err_b_nil = errs == nil or errs.b == nil,
+    took = gw.now() - t0,
+  } }
+end)
+
+gw.get("/spawn", function(req)
+  local t0 = gw.now()
+  local t1 = gw.spawn(function() gw.sleep(0.3); return 42 end)
+  local t2 = gw.spawn(function() gw.sleep(0.3); return "x" end)
+  local bad = gw.spawn(function() gw.sleep(0.1); error("spawned failure") end)
+  local v1 = t1:wait()
+  local v2 = t2:wait()
+  local bv, berr = bad:wait()
+  return { json = { v1 = v1, v2 = v2, bad_nil = bv == nil,
+                    berr = berr and tostring(berr) or false, took = gw.now() - t0 } }
+end)
+
+local fired = false
+gw.get("/arm", function(req)
+  fired = false
+  gw.timer.after(0.1, function() fired = true end)
+  return "armed"
+end)
+gw.get("/fired", function(req) return tostring(fired) end)
+
+local ticks = 0
+gw.get("/every", function(req)
+  ticks = 0
+  gw.timer.every(0.1, function() ticks = ticks + 1 end)
+  return "started"
+end)
+gw.get("/ticks", function(req) return tostring(ticks) end)
+
+gw.get("/now", function(req)
+  local a = gw.now()
+  gw.sleep(0.2)
+  local b = gw.now()
+  return { json = { a = a, b = b } }
+end)
+'''
+
+
+def test_sleep_does_not_block_other_requests():
+    with Gateway(APP, workers=1) as g:
+        slow = {}
+
+        def run():
+            t0 = time.monotonic()
+            slow["res"] = g.get("/slow", timeout=10)
+            slow["took"] = time.monotonic() - t0
+        th = threading.Thread(target=run, daemon=True)
+        th.start()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        st, _, body = g.get("/fast")
+        took = time.monotonic() - t0
+        eq((st, body), (200, b"fast"), "fast request")
+        assert took < 0.5, "fast request took %.2fs while another slept" % took
+        th.join(10)
+        st, _, body = slow["res"]
+        eq((st, body), (200, b"slow"), "slow request")
+        assert slow["took"] >= 0.9, "gw.sleep(1) returned after %.2fs" % slow["took"]
+
+
+def test_many_sleepers_in_parallel():
+    with Gateway(APP, workers=1) as g:
+        results = []
+
+        def run():
+            results.append(g.get("/slow", timeout=10))
+        t0 = time.monotonic()
+        ths = [threading.Thread(target=run, daemon=True) for _ in range(20)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join(10)
+        took = time.monotonic() - t0
+        eq(sorted((r[0], r[2]) for r in results), [(200, b"slow")] * 20, "20 sleepers")
+        assert took < 3, "20 concurrent gw.sleep(1) took %.2fs on one worker" % took
+
+
+def test_many_keepalive_clients():
+    from gwtest import Conn, req_bytes
+    with Gateway(APP, workers=2) as g:
+        errors = []
+
+        def client(k):
+            try:
+                with Conn(g.port, timeout=10) as c:
+                    for i in range(20):
+                        c.send(req_bytes("GET", "/fast"))
+                        r = c.read_response()
+                        if (r.status, r.body) != (200, b"fast"):
+                            errors.append((k, i, r.status, r.body))
+            except Exception as e:
+                errors.append((k, repr(e)))
+        ths = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(50)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join(20)
+        eq(errors, [], "errors among 50 clients x 20 keep-alive requests")
+
+
+def test_gw_all():
+    with Gateway(APP) as g:
+        t0 = time.monotonic()
+        st, _, body = g.get("/all")
+        took = time.monotonic() - t0
+        eq(st, 200, "status")
+        d = json.loads(body)
+        eq(d["a"], "A", "result a")
+        eq(d["b"], {"n": 2}, "result b")
+        eq(d["c_is_nil"], True, "no result for the failed branch")
+        assert d["err_c"] and "branch c failed" in d["err_c"], "errors.c: %r" % d["err_c"]
+        eq((d["err_a_nil"], d["err_b_nil"]), (True, True), "no errors for a and b")
+        assert took < 0.8, "three 0.3 s branches took %.2fs" % took
+        assert 0.25 <= d["took"] < 0.8, "gw.now() delta %.3f" % d["took"]
+
+
+def test_gw_spawn_wait():
+    with Gateway(APP) as g:
+        st, _, body = g.get("/spawn")
+        eq(st, 200, "status")
+        d = json.loads(body)
+        eq((d["v1"], d["v2"]), (42, "x"), "values from :wait()")
+        eq(d["bad_nil"], True, "failed thread: first value nil")
+        assert d["berr"] and "spawned failure" in d["berr"], "error from :wait(): %r" % d["berr"]
+        assert 0.25 <= d["took"] < 0.6, "two 0.3 s threads took %.3f" % d["took"]
+
+
+def test_timer_after():
+    with Gateway(APP) as g:
+        eq(g.get("/arm")[2], b"armed", "arm")
+        eq(g.get("/fired")[2], b"false", "not yet fired")
+        time.sleep(0.4)
+        eq(g.get("/fired")[2], b"true", "fired after 0.1 s")
+
+
+def test_timer_every():
+    with Gateway(APP) as g:
+        eq(g.get("/every")[2], b"started", "start")
+        time.sleep(0.55)
+        n = int(g.get("/ticks")[2])
+        assert 3 <= n <= 7, "ticks after 0.55 s at 0.1 s: %d" % n
+        time.sleep(0.3)
+        m = int(g.get("/ticks")[2])
+        assert m > n, "timer stopped ticking (%d then %d)" % (n, m)
+
+
+def test_gw_now():
+    with Gateway(APP) as g:
+        before = time.time()
+        d = json.loads(g.get("/now")[2])
+        after = time.time()
+        assert before - 1 <= d["a"] <= after + 1, "gw.now() %r not wall-clock seconds (%r)" % (d["a"], before)
+        assert 0.15 <= d["b"] - d["a"] <= 0.6, "gw.now() across gw.sleep(0.2): %r" % (d["b"] - d["a"])

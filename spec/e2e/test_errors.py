@@ -1,0 +1,112 @@
+"""Script errors become a 500 JSON answer for that request only, with the
+traceback in the log; header values with CR/LF never reach the client."""
+
+import json
+
+from gwtest import PRELUDE, Conn, Gateway, eq, line_of, raw, req_bytes
+
+ERRORS = PRELUDE + r'''
+gw.get("/boom", function(req)
+  error("boom in handler")
+end)
+gw.get("/nilindex", function(req)
+  local t = nil
+  return t.field
+end)
+gw.use("/mw", function(req, next)
+  error("boom in middleware")
+end)
+gw.get("/mw/x", function(req) return "unreachable" end)
+gw.get("/ok", function(req) return "ok" end)
+'''
+
+
+def _check_500(st, h, body):
+    eq(st, 500, "status")
+    assert h.get("content-type", "").startswith("application/json"), h
+    doc = json.loads(body)
+    assert isinstance(doc.get("error"), str) and doc["error"], doc
+    assert isinstance(doc.get("request_id"), str) and doc["request_id"], doc
+    text = body.decode("utf-8", "replace")
+    # The traceback goes to the log, never to the client.
+    for leak in ("boom in", "gateway.lua", "traceback", "stack"):
+        assert leak not in text.lower(), "500 body leaks %r: %s" % (leak, text)
+    return doc
+
+
+def test_script_error_is_500_and_logged():
+    with Gateway(ERRORS) as g:
+        line = line_of(g.config_text, 'error("boom in handler")')
+        st, h, body = g.get("/boom")
+        _check_500(st, h, body)
+        err = g.wait_stderr("gateway.lua:%d" % line)
+        assert "gateway.lua:%d" % line in err, "stderr lacks gateway.lua:%d:\n%s" % (line, err)
+        assert "boom in handler" in err, err
+        # The same (only) worker keeps serving.
+        eq(g.get("/ok")[:3:2], (200, b"ok"), "next request")
+
+
+def test_runtime_error_and_keepalive_survives():
+    with Gateway(ERRORS) as g:
+        line = line_of(g.config_text, "return t.field")
+        with Conn(g.port) as c:
+            c.send(req_bytes("GET", "/nilindex"))
+            r = c.read_response()
+            _check_500(r.status, r.headers, r.body)
+            # A script error is not a protocol error: the connection may stay.
+            if not c.eof and r.headers.get("connection", "").lower() != "close":
+                c.send(req_bytes("GET", "/ok"))
+                r2 = c.read_response()
+                eq((r2.status, r2.body), (200, b"ok"), "next request on the same connection")
+        err = g.wait_stderr("gateway.lua:%d" % line)
+        assert "gateway.lua:%d" % line in err, "stderr lacks gateway.lua:%d:\n%s" % (line, err)
+        eq(g.get("/ok")[:3:2], (200, b"ok"), "next request")
+
+
+def test_middleware_error_is_500():
+    with Gateway(ERRORS) as g:
+        line = line_of(g.config_text, 'error("boom in middleware")')
+        st, h, body = g.get("/mw/x")
+        _check_500(st, h, body)
+        err = g.wait_stderr("gateway.lua:%d" % line)
+        assert "gateway.lua:%d" % line in err, err
+        eq(g.get("/ok")[:3:2], (200, b"ok"), "next request")
+
+
+def test_error_request_id_is_logged():
+    with Gateway(ERRORS) as g:
+        st, h, body = g.get("/boom")
+        rid = json.loads(body)["request_id"]
+        err = g.wait_stderr(rid)
+        assert rid in err, "request id %s not in the error log:\n%s" % (rid, err)
+
+
+BAD_HEADERS = PRELUDE + r'''
+gw.get("/crlf-value", function(req)
+  return { status = 200, headers = { ["x-bad"] = "a\r\nInjected: yes" }, body = "x" }
+end)
+gw.get("/lf-value", function(req)
+  return { status = 200, headers = { ["x-bad"] = "a\nInjected: yes" }, body = "x" }
+end)
+gw.get("/cr-name", function(req)
+  return { status = 200, headers = { ["x-bad\r\nInjected"] = "yes" }, body = "x" }
+end)
+gw.use("/mw", function(req, next)
+  local res = next()
+  res.headers["x-bad"] = "v\r\nInjected: yes"
+  return res
+end)
+gw.get("/mw/x", function(req) return "x" end)
+gw.get("/ok", function(req) return "ok" end)
+'''
+
+
+def test_crlf_in_response_header_is_500():
+    with Gateway(BAD_HEADERS) as g:
+        for path in ("/crlf-value", "/lf-value", "/cr-name", "/mw/x"):
+            data = raw(g.port, req_bytes("GET", path, [("Connection", "close")]))
+            assert b"Injected" not in data, "%s: injected header reached the client:\n%r" % (path, data)
+            assert data.startswith(b"HTTP/1.1 500 "), "%s: want a 500, got %r" % (path, data[:300])
+        err = g.stderr_text().lower()
+        assert "x-bad" in err or "header" in err, "the log does not say why:\n" + err
+        eq(g.get("/ok")[:3:2], (200, b"ok"), "next request")

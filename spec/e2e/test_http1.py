@@ -1,0 +1,261 @@
+"""HTTP/1.1 on the wire: keep-alive, pipelining, chunked bodies, HTTP/1.0,
+Expect: 100-continue, limits (408/413/414/431) and refused smuggling (400)."""
+
+import socket
+import struct
+import time
+
+from gwtest import PRELUDE, Conn, Gateway, check_error, eq, parse_all, raw, req_bytes
+
+APP = r'''
+gw.get("/hello", function(req) return "hello" end)
+gw.get("/seq/:n", function(req)
+  local n = tonumber(req.params.n)
+  gw.sleep(0.1 * (4 - n))          -- the first request is the slowest
+  return "r" .. n
+end)
+gw.post("/echo", function(req) return { status = 200, body = req:body() } end)
+gw.post("/ignore", function(req) return "ignored" end)
+'''
+
+BASIC = PRELUDE + APP
+
+LIMITS = r'''local gw = require "gateway"
+gw.config {
+  listen = { "127.0.0.1:$PORT" },
+  limits = { header_bytes = 1024, headers = 20, body_bytes = 1024 },
+  timeouts = { header = 1 },
+}
+''' + APP
+
+
+def test_keepalive():
+    with Gateway(BASIC) as g:
+        with Conn(g.port) as c:
+            c.send(req_bytes("GET", "/hello"))
+            r1 = c.read_response()
+            eq((r1.status, r1.body), (200, b"hello"), "first")
+            assert r1.headers.get("connection", "").lower() != "close", r1.headers
+            time.sleep(0.2)
+            c.send(req_bytes("GET", "/hello"))
+            r2 = c.read_response()
+            eq((r2.status, r2.body), (200, b"hello"), "second on the same socket")
+            c.send(req_bytes("GET", "/hello", [("Connection", "close")]))
+            r3 = c.read_response()
+            eq(r3.status, 200, "third")
+            assert c.closed_by_peer(2), "server kept the connection after Connection: close"
+
+
+def test_idle_keepalive_timeout():
+    cfg = r'''local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT" }, timeouts = { idle = 1 } }
+''' + APP
+    with Gateway(cfg) as g:
+        with Conn(g.port) as c:
+            c.send(req_bytes("GET", "/hello"))
+            eq(c.read_response().status, 200, "first")
+            time.sleep(0.5)
+            c.send(req_bytes("GET", "/hello"))
+            eq(c.read_response().status, 200, "second, within the idle timeout")
+            t0 = time.monotonic()
+            assert c.closed_by_peer(4), "idle keep-alive connection not closed (timeouts.idle = 1)"
+            took = time.monotonic() - t0
+            assert 0.7 <= took <= 3, "closed after %.2fs idle" % took
+            eq(c.buf, b"", "nothing sent on an idle close")
+
+
+def test_pipelining():
+    with Gateway(BASIC) as g:
+        with Conn(g.port) as c:
+            c.send(req_bytes("GET", "/seq/1") + req_bytes("GET", "/seq/2")
+                   + req_bytes("GET", "/seq/3"))
+            got = [c.read_response() for _ in range(3)]
+            eq([(r.status, r.body) for r in got],
+               [(200, b"r1"), (200, b"r2"), (200, b"r3")], "answers in order")
+
+
+def test_pipelining_deep():
+    with Gateway(BASIC) as g:
+        with Conn(g.port) as c:
+            n = 100
+            c.send(b"".join(req_bytes("GET", "/hello" if i % 2 else "/nope") for i in range(n)))
+            got = [c.read_response(timeout=10).status for _ in range(n)]
+            eq(got, [404 if i % 2 == 0 else 200 for i in range(n)], "100 pipelined answers")
+
+
+def test_pipelined_post_bodies():
+    with Gateway(BASIC) as g:
+        with Conn(g.port) as c:
+            c.send(req_bytes("POST", "/echo", [("Content-Length", "3")], b"one")
+                   + req_bytes("POST", "/ignore", [("Content-Length", "5")], b"GET /")
+                   + req_bytes("POST", "/echo", [("Transfer-Encoding", "chunked")],
+                               b"3\r\ntwo\r\n0\r\n\r\n")
+                   + req_bytes("GET", "/hello"))
+            got = [c.read_response() for _ in range(4)]
+            eq([(r.status, r.body) for r in got],
+               [(200, b"one"), (200, b"ignored"), (200, b"two"), (200, b"hello")],
+               "bodies (read or not) are framed correctly")
+
+
+def test_chunked_request_body():
+    with Gateway(BASIC) as g:
+        with Conn(g.port) as c:
+            c.send(req_bytes("POST", "/echo", [("Transfer-Encoding", "chunked")]))
+            for part in (b"4\r\nabcd\r\n", b"A\r\n0123456789\r\n", b"0\r\n", b"\r\n"):
+                time.sleep(0.05)
+                c.send(part)
+            r = c.read_response()
+            eq((r.status, r.body), (200, b"abcd0123456789"), "chunked body in pieces")
+
+
+def test_http10_client():
+    with Gateway(BASIC) as g:
+        data = raw(g.port, req_bytes("GET", "/hello", version="HTTP/1.0", host=None), timeout=3)
+        rs = parse_all(data)
+        eq(len(rs), 1, "one response then close")
+        eq((rs[0].status, rs[0].body), (200, b"hello"), "HTTP/1.0 answer")
+        assert "chunked" not in rs[0].headers.get("transfer-encoding", ""), rs[0].headers
+        # With keep-alive asked, the connection stays open.
+        with Conn(g.port) as c:
+            c.send(req_bytes("GET", "/hello", [("Connection", "keep-alive")], version="HTTP/1.0"))
+            r1 = c.read_response()
+            eq((r1.status, r1.body), (200, b"hello"), "HTTP/1.0 keep-alive answer")
+            eq(r1.headers.get("connection", "").lower(), "keep-alive", "Connection header")
+            c.send(req_bytes("GET", "/hello", version="HTTP/1.0"))
+            r2 = c.read_response()
+            eq((r2.status, r2.body), (200, b"hello"), "second request on the 1.0 connection")
+            assert c.closed_by_peer(2), "closed after a 1.0 request without keep-alive"
+
+
+def test_expect_100_continue():
+    with Gateway(BASIC) as g:
+        with Conn(g.port) as c:
+            c.send(req_bytes("POST", "/echo", [("Content-Length", "5"),
+                                               ("Expect", "100-continue")]))
+            r = c.read_response(timeout=3)
+            eq(r.status, 100, "interim response before the body is sent")
+            c.send(b"hello")
+            r = c.read_response()
+            eq((r.status, r.body), (200, b"hello"), "final response")
+
+
+def test_expect_100_too_large_is_413():
+    with Gateway(LIMITS) as g:
+        with Conn(g.port) as c:
+            c.send(req_bytes("POST", "/echo", [("Content-Length", "5000"),
+                                               ("Expect", "100-continue")]))
+            r = c.read_response(timeout=3)
+            check_error(r, 413)
+
+
+def _status(data):
+    return int(data[9:12]) if data.startswith(b"HTTP/1.") else data[:80]
+
+
+def test_limit_414_long_target():
+    with Gateway(LIMITS) as g:
+        data = raw(g.port, req_bytes("GET", "/hello?" + "a" * 2000))
+        check_error(data, 414)
+        eq(g.get("/hello")[0], 200, "still serving")
+
+
+def test_limit_431_head_too_big():
+    with Gateway(LIMITS) as g:
+        data = raw(g.port, req_bytes("GET", "/hello", [("X-Big", "b" * 2000)]))
+        check_error(data, 431)
+
+
+def test_limit_431_too_many_headers():
+    with Gateway(LIMITS) as g:
+        data = raw(g.port, req_bytes("GET", "/hello", [("X-H%d" % i, "v") for i in range(30)]))
+        check_error(data, 431)
+        # 10 headers is under the limit.
+        data = raw(g.port, req_bytes("GET", "/hello", [("X-H%d" % i, "v") for i in range(10)]
+                                     + [("Connection", "close")]))
+        eq(_status(data), 200, "under the limit")
+
+
+def test_limit_413_body():
+    with Gateway(LIMITS) as g:
+        data = raw(g.port, req_bytes("POST", "/echo", [("Content-Length", "2048")], b"x" * 2048))
+        check_error(data, 413)
+        chunks = b"".join(b"100\r\n" + b"y" * 256 + b"\r\n" for _ in range(8)) + b"0\r\n\r\n"
+        data = raw(g.port, req_bytes("POST", "/echo", [("Transfer-Encoding", "chunked")], chunks))
+        check_error(data, 413)
+        st, _, body = g.http("POST", "/echo", body=b"z" * 1000)
+        eq((st, body), (200, b"z" * 1000), "body under the limit")
+
+
+def test_limit_408_header_timeout():
+    with Gateway(LIMITS) as g:
+        with Conn(g.port) as c:
+            t0 = time.monotonic()
+            c.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n")
+            data = c.read_until_close(timeout=5)
+            took = time.monotonic() - t0
+        check_error(data, 408)
+        assert 0.8 <= took <= 3.5, "closed after %.2fs with timeouts.header = 1" % took
+
+
+# Requests that could smuggle another one past a proxy: each must be refused
+# with 400 and the connection closed, and nothing after it may be answered.
+SMUGGLE = {
+    "cl_and_te": req_bytes("POST", "/echo", [("Content-Length", "45"),
+                                             ("Transfer-Encoding", "chunked")],
+                           b"0\r\n\r\nGET /hello HTTP/1.1\r\nHost: t\r\n\r\n"),
+    "duplicate_cl": req_bytes("POST", "/echo", [("Content-Length", "5"),
+                                                ("Content-Length", "6")], b"hello!"),
+    "cl_list": req_bytes("POST", "/echo", [("Content-Length", "5, 6")], b"hello!"),
+    "bad_chunk_size": req_bytes("POST", "/echo", [("Transfer-Encoding", "chunked")],
+                                b"zz\r\nhello\r\n0\r\n\r\n"),
+    "chunk_size_overflow": req_bytes("POST", "/echo", [("Transfer-Encoding", "chunked")],
+                                     b"1" + b"0" * 20 + b"\r\nhello\r\n0\r\n\r\n"),
+    "te_not_chunked_last": req_bytes("POST", "/echo", [("Transfer-Encoding", "chunked, identity")],
+                                     b"5\r\nhello\r\n0\r\n\r\n"),
+    "obs_fold": b"GET /hello HTTP/1.1\r\nHost: t\r\nX-A: a\r\n folded\r\n\r\n",
+    "bare_cr_in_value": b"GET /hello HTTP/1.1\r\nHost: t\r\nX-A: a\rb\r\n\r\n",
+    "bare_cr_line_end": b"GET /hello HTTP/1.1\r\nHost: t\rX-A: b\r\n\r\n",
+    "space_before_colon": b"GET /hello HTTP/1.1\r\nHost: t\r\nX-A : b\r\n\r\n",
+    "http11_without_host": b"GET /hello HTTP/1.1\r\nX-A: b\r\n\r\n",
+}
+
+
+def _make_smuggle_test(case, data):
+    def test():
+        with Gateway(BASIC) as g:
+            follow = req_bytes("GET", "/hello")
+            got = raw(g.port, data + follow, timeout=5)
+            rs = parse_all(got)
+            assert rs, "%s: no response at all: %r" % (case, got[:300])
+            check_error(rs[0], 400)
+            eq(len(rs), 1, "%s: responses after the 400 (%r)" % (case, got[:600]))
+            eq(g.get("/hello")[0], 200, "still serving")
+    test.__name__ = "test_smuggle_" + case
+    return test
+
+
+for _case, _data in SMUGGLE.items():
+    globals()["test_smuggle_" + _case] = _make_smuggle_test(_case, _data)
+
+
+def test_bad_request_line_is_400():
+    with Gateway(BASIC) as g:
+        for bad in (b"GARBAGE\r\n\r\n", b"GET /hello HTTP/9.9\r\nHost: t\r\n\r\n",
+                    b"GET hello world HTTP/1.1\r\nHost: t\r\n\r\n"):
+            check_error(raw(g.port, bad), 400)
+        eq(g.get("/hello")[0], 200, "still serving")
+
+
+def test_client_closes_mid_request():
+    with Gateway(BASIC) as g:
+        for part in (b"GET /hel", b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc"):
+            s = socket.create_connection(("127.0.0.1", g.port), timeout=2)
+            s.sendall(part)
+            s.close()
+        s = socket.create_connection(("127.0.0.1", g.port), timeout=2)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.sendall(b"GET /seq/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        s.close()  # RST while the handler sleeps
+        time.sleep(0.5)
+        eq(g.get("/hello")[:3:2], (200, b"hello"), "still serving")
+        assert g.proc.poll() is None, "gateway died"

@@ -1,0 +1,119 @@
+"""Middleware: order (global, prefix, route), short-circuit, changing the
+response after next(), global middleware before a 404."""
+
+import json
+
+from gwtest import PRELUDE, Gateway, eq
+
+# Each middleware appends its letter to req.ctx.trace on the way in and to the
+# x-out response header on the way out.
+TRACE = PRELUDE + r'''
+local function mark(letter)
+  return function(req, next)
+    req.ctx.trace = (req.ctx.trace or "") .. letter
+    local res = next()
+    res.headers["x-out"] = (res.headers["x-out"] or "") .. letter
+    return res
+  end
+end
+gw.use(mark("a"))
+gw.use(mark("b"))
+gw.use("/api", mark("p"))
+gw.get("/plain", function(req) return { status = 200, body = req.ctx.trace } end)
+gw.get("/api/x", function(req) return { status = 200, body = req.ctx.trace } end)
+gw.route("GET", "/api/r", mark("1"), mark("2"), function(req)
+  return { status = 200, body = req.ctx.trace }
+end)
+gw.route { method = "GET", path = "/tbl", use = { mark("t") },
+           handler = function(req) return { status = 200, body = req.ctx.trace } end }
+'''
+
+
+def test_global_order():
+    with Gateway(TRACE) as g:
+        st, h, body = g.get("/plain")
+        eq((st, body), (200, b"ab"), "trace for /plain")
+        eq(h.get("x-out"), "ba", "x-out: inner middleware finishes first")
+
+
+def test_prefix_middleware():
+    with Gateway(TRACE) as g:
+        st, h, body = g.get("/api/x")
+        eq((st, body), (200, b"abp"), "global then prefix")
+        eq(h.get("x-out"), "pba", "x-out")
+        eq(g.get("/plain")[2], b"ab", "prefix mw not applied outside /api")
+
+
+def test_route_middleware():
+    with Gateway(TRACE) as g:
+        st, h, body = g.get("/api/r")
+        eq((st, body), (200, b"abp12"), "global, prefix, then route middleware in order")
+        eq(h.get("x-out"), "21pba", "x-out")
+        st, h, body = g.get("/tbl")
+        eq((st, body), (200, b"abt"), "table form use = {...}")
+
+
+def test_short_circuit():
+    cfg = PRELUDE + r'''
+local hits = 0
+gw.use(function(req, next)
+  if req.headers["x-key"] ~= "ok" then
+    return { status = 401, json = { error = "no key" } }
+  end
+  return next()
+end)
+gw.get("/protected", function(req) hits = hits + 1; return "in" end)
+gw.get("/hits", function(req) return tostring(hits) end)
+'''
+    with Gateway(cfg) as g:
+        st, h, body = g.get("/protected")
+        eq(st, 401, "short-circuit status")
+        eq(json.loads(body), {"error": "no key"}, "short-circuit body")
+        st, _, body = g.get("/protected", {"X-Key": "ok"})
+        eq((st, body), (200, b"in"), "passes with key")
+        eq(g.get("/hits", {"X-Key": "ok"})[2], b"1", "handler ran only once")
+
+
+def test_change_response_after_next():
+    cfg = PRELUDE + r'''
+gw.use(function(req, next)
+  local res = next()
+  res.status = 201
+  res.headers["x-foo"] = "bar"
+  return res
+end)
+gw.get("/t", function(req) return { status = 200, body = "table" } end)
+gw.get("/s", function(req) return "string" end)
+gw.get("/j", function(req) return { json = { a = 1 } } end)
+'''
+    with Gateway(cfg) as g:
+        st, h, body = g.get("/t")
+        eq((st, h.get("x-foo"), body), (201, "bar", b"table"), "table response changed")
+        st, h, body = g.get("/s")
+        eq((st, h.get("x-foo"), body), (201, "bar", b"string"), "string response changed")
+        assert h.get("content-type", "").startswith("text/plain"), h
+        st, h, body = g.get("/j")
+        eq((st, h.get("x-foo")), (201, "bar"), "json response changed")
+        eq(json.loads(body), {"a": 1}, "json body")
+
+
+def test_global_middleware_runs_before_404():
+    cfg = PRELUDE + r'''
+gw.use(function(req, next)
+  if req.path == "/blocked" then return { status = 403, body = "blocked" } end
+  local res = next()
+  res.headers["x-global"] = "seen"
+  return res
+end)
+gw.get("/exists", function(req) return "yes" end)
+'''
+    with Gateway(cfg) as g:
+        st, h, body = g.get("/blocked")
+        eq((st, body), (403, b"blocked"), "global mw answers an unrouted path")
+        st, h, body = g.get("/missing")
+        eq(st, 404, "404 status")
+        eq(h.get("x-global"), "seen", "global mw saw the 404 response")
+        doc = json.loads(body)
+        assert doc.get("error") and doc.get("request_id"), doc
+        st, h, body = g.http("POST", "/exists")
+        eq((st, h.get("x-global")), (405, "seen"), "global mw saw the 405 response")
