@@ -186,6 +186,34 @@ def test_limit_413_body():
         eq((st, body), (200, b"z" * 1000), "body under the limit")
 
 
+def test_limit_boundaries():
+    with Gateway(LIMITS) as g:
+        # Host + 19 = 20 headers is the limit itself; 21 is over.
+        hdrs = [("X-H%d" % i, "v") for i in range(18)] + [("Connection", "close")]
+        eq(_status(raw(g.port, req_bytes("GET", "/hello", hdrs))), 200, "exactly limits.headers")
+        check_error(raw(g.port, req_bytes("GET", "/hello", hdrs + [("X-One-More", "v")])), 431)
+        st, _, body = g.http("POST", "/echo", body=b"b" * 1024)
+        eq((st, len(body)), (200, 1024), "body of exactly body_bytes")
+        check_error(raw(g.port, req_bytes("POST", "/echo", [("Content-Length", "1025")], b"b" * 1025)), 413)
+
+
+def test_body_timeout_closes():
+    cfg = r'''local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT" }, timeouts = { body = 1 } }
+''' + APP
+    with Gateway(cfg) as g:
+        with Conn(g.port) as c:
+            t0 = time.monotonic()
+            c.send(req_bytes("POST", "/echo", [("Content-Length", "10")], b"abc"))
+            data = c.read_until_close(timeout=5)
+            took = time.monotonic() - t0
+        assert took <= 3.5, "stalled body kept for %.2fs with timeouts.body = 1" % took
+        rs = parse_all(data)
+        if rs:
+            assert rs[0].status >= 400, "stalled body answered %d" % rs[0].status
+        eq(g.get("/hello")[0], 200, "still serving")
+
+
 def test_limit_408_header_timeout():
     with Gateway(LIMITS) as g:
         with Conn(g.port) as c:
