@@ -36,6 +36,7 @@ local state = {
   timers = {},      -- id -> { fn, every }
   next_timer = 0,
   pending_timers = {}, -- ids declared while loading, started by runtime.start
+  upstreams = {},   -- name -> upstream object
   loading = true,
 }
 gw._state = state
@@ -236,6 +237,13 @@ gw.timer = {
 }
 
 function gw.worker_id() return C.gw_ffi_worker_index() end
+
+-- gw.upstream(NAME, spec): see lua/gateway/upstream.lua and docs/upstreams.md.
+function gw.upstream(name, spec)
+  local up = require("gateway.upstream").declare(name, spec)
+  state.upstreams[name] = up
+  return up
+end
 
 -- gw.mw.NAME: built-in middleware factories, one module each under
 -- lua/gateway/mw/, loaded on first use.

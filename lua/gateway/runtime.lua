@@ -18,7 +18,7 @@ local OK, BAD_CONTEXT = base.OK, base.BAD_CONTEXT
 local yield = coroutine.yield
 local type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset =
   type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset
-local sub, lower, byte, format = string.sub, string.lower, string.byte, string.format
+local sub, lower, byte, format, find = string.sub, string.lower, string.byte, string.format, string.find
 local traceback = debug.traceback
 local encode = cjson.encode
 
@@ -151,9 +151,31 @@ end
 
 -- chain[1..n-1] are middleware, chain[n] the terminal handler. `next` for
 -- step i runs step i+1 and returns its normalized response.
+local function error_response(req, status, message, headers)
+  local id = req.id
+  headers = headers or {}
+  headers["X-Request-Id"] = id
+  return { status = status, headers = headers, json = { error = message, request_id = id } }
+end
+
+-- A handler that returns nil and an upstream error answers 502, 503 or 504.
+local function status_for(err)
+  if find(err, "timed out", 1, true) or err == "timeout" then return 504 end
+  if err == "no healthy server" or err == "breaker open" then return 503 end
+  return 502
+end
+
+local function handler_result(req, res, err)
+  if res == nil and err ~= nil then
+    local msg = tostring(err)
+    return error_response(req, status_for(msg), msg)
+  end
+  return normalize(res)
+end
+
 local function run_step(req, chain, i, n)
   local f = chain[i]
-  if i == n then return normalize(f(req)) end
+  if i == n then return handler_result(req, f(req)) end
   local called = false
   local res = f(req, function()
     if called then error("next() called twice", 2) end
@@ -166,13 +188,6 @@ end
 local function path_has_prefix(path, prefix)
   local n = #prefix
   return sub(path, 1, n) == prefix and (#path == n or byte(path, n + 1) == 47)
-end
-
-local function error_response(req, status, message, headers)
-  local id = req.id
-  headers = headers or {}
-  headers["X-Request-Id"] = id
-  return { status = status, headers = headers, json = { error = message, request_id = id } }
 end
 
 local function not_found(req) return error_response(req, 404, "no route") end
@@ -245,9 +260,10 @@ local function dispatch(req)
     C.gw_ffi_req_set_route(req._r, req._s, pat, #pat)
     if #route.mws == 0 and #state.global_mw == 0 and #state.prefix_mw == 0 then
       -- No middleware can look at the answer: a string goes out as it is.
-      res = route.handler(req)
+      local err
+      res, err = route.handler(req)
       if type(res) == "string" then return send_text(req, res) end
-      return send(req, normalize(res))
+      return send(req, handler_result(req, res, err))
     end
     local chain, n = build_chain(req, route)
     res = run_step(req, chain, 1, n)

@@ -1,0 +1,467 @@
+/*
+ * client.c: upstream connections, their pools, and exchanges (client.h).
+ *
+ * One timer per connection serves every phase: connect (t_connect), send
+ * (t_send), waiting for and reading the response (t_read between reads,
+ * or the exchange's own timeout), and the idle time in the pool
+ * (keepalive.timeout). An idle pooled connection keeps reading, so a close
+ * by the server is seen at once and the connection leaves the pool.
+ */
+#include "client.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "errors.h"
+#include "log.h"
+#include "mem.h"
+#include "worker.h"
+
+#define READ_CHUNK 16384
+
+static void start_try(gw_exchange_t *x);
+static void fail(gw_exchange_t *x, int err, const char *msg);
+static void uconn_close(gw_uconn_t *uc);
+static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static uint64_t ms(double s) { return s <= 0 ? 1 : (uint64_t)(s * 1000.0); }
+
+/* ---- the request ---- */
+
+void gw_exchange_set_request(gw_exchange_t *x, const char *method, size_t mlen, const char *target,
+                             size_t tlen) {
+  free(x->method);
+  free(x->target);
+  x->method = gw_xstrndup(method, mlen);
+  x->target = gw_xstrndup(target, tlen);
+  x->head_request = mlen == 4 && memcmp(method, "HEAD", 4) == 0;
+  /* RFC 9110 9.2.2: these may be repeated without changing the outcome. */
+  static const char *idem[] = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"};
+  x->idempotent = 0;
+  for (size_t i = 0; i < sizeof idem / sizeof idem[0]; i++)
+    if (strlen(idem[i]) == mlen && memcmp(idem[i], method, mlen) == 0) x->idempotent = 1;
+}
+
+static int is(const char *name, size_t nlen, const char *what) {
+  size_t n = strlen(what);
+  return nlen == n && strncasecmp(name, what, n) == 0;
+}
+
+void gw_exchange_add_header(gw_exchange_t *x, const char *name, size_t nlen, const char *value,
+                            size_t vlen) {
+  /* Hop-by-hop headers (RFC 9110 7.6.1) and framing belong to this hop. */
+  if (is(name, nlen, "connection") || is(name, nlen, "keep-alive") || is(name, nlen, "te") ||
+      is(name, nlen, "trailer") || is(name, nlen, "transfer-encoding") || is(name, nlen, "upgrade") ||
+      is(name, nlen, "content-length") || is(name, nlen, "proxy-connection") ||
+      is(name, nlen, "proxy-authenticate") || is(name, nlen, "proxy-authorization"))
+    return;
+  if (is(name, nlen, "host")) x->has_host = 1;
+  gw_buf_t *b = &x->header_lines;
+  gw_buf_reserve(b, nlen + vlen + 4);
+  memcpy(b->base + b->len, name, nlen);
+  b->len += nlen;
+  memcpy(b->base + b->len, ": ", 2);
+  b->len += 2;
+  memcpy(b->base + b->len, value, vlen);
+  b->len += vlen;
+  memcpy(b->base + b->len, "\r\n", 2);
+  b->len += 2;
+}
+
+void gw_exchange_set_body(gw_exchange_t *x, const char *body, size_t len) {
+  x->body.len = 0;
+  gw_buf_append(&x->body, body, len);
+  x->has_body = 1;
+}
+
+static void serialise(gw_exchange_t *x) {
+  gw_buf_t *o = &x->out;
+  char num[64];
+  o->len = 0;
+  gw_buf_append_str(o, x->method);
+  gw_buf_append(o, " ", 1);
+  gw_buf_append_str(o, x->target);
+  gw_buf_append_str(o, " HTTP/1.1\r\n");
+  if (!x->has_host) {
+    gw_buf_append_str(o, "Host: ");
+    gw_buf_append_str(o, x->server->addr);
+    gw_buf_append(o, "\r\n", 2);
+  }
+  gw_buf_append(o, x->header_lines.base, x->header_lines.len);
+  if (x->has_body || x->body.len) {
+    int n = snprintf(num, sizeof num, "Content-Length: %zu\r\n", x->body.len);
+    gw_buf_append(o, num, (size_t)n);
+  }
+  gw_buf_append(o, "\r\n", 2);
+  gw_buf_append(o, x->body.base, x->body.len);
+}
+
+/* ---- connections ---- */
+
+static void on_uconn_closed(uv_handle_t *h) {
+  gw_uconn_t *uc = h->data;
+  if (--uc->handles_open > 0) return;
+  gw_buf_free(&uc->rbuf);
+  free(uc);
+}
+
+static void pool_remove(gw_uconn_t *uc) {
+  if (!uc->in_pool) return;
+  gw_server_t *s = uc->server;
+  if (uc->prev_idle) uc->prev_idle->next_idle = uc->next_idle;
+  else s->idle = uc->next_idle;
+  if (uc->next_idle) uc->next_idle->prev_idle = uc->prev_idle;
+  uc->next_idle = uc->prev_idle = NULL;
+  uc->in_pool = 0;
+  s->nidle--;
+}
+
+static void uconn_close(gw_uconn_t *uc) {
+  if (uc->closing) return;
+  uc->closing = 1;
+  pool_remove(uc);
+  uc->x = NULL;
+  uv_close((uv_handle_t *)&uc->timer, on_uconn_closed);
+  uv_close((uv_handle_t *)&uc->tcp, on_uconn_closed);
+}
+
+static void on_idle_timeout(uv_timer_t *t) { uconn_close(t->data); }
+
+/* Puts a connection whose exchange ended cleanly back in its server's pool. */
+static void pool_put(gw_uconn_t *uc) {
+  gw_server_t *s = uc->server;
+  gw_upstream_t *up = uc->up;
+  uc->x = NULL;
+  if (s->retired || s->nidle >= up->keepalive_idle || up->keepalive_idle <= 0 ||
+      (gw__worker && gw__worker->draining)) {
+    uconn_close(uc);
+    return;
+  }
+  uc->rbuf.len = 0;
+  uc->parsed = 0;
+  uc->in_pool = 1;
+  uc->prev_idle = NULL;
+  uc->next_idle = s->idle;
+  if (s->idle) s->idle->prev_idle = uc;
+  s->idle = uc;
+  s->nidle++;
+  uv_timer_start(&uc->timer, on_idle_timeout, ms(up->keepalive_timeout), 0);
+  /* Keep reading: EOF (the server closed it) takes it out of the pool. */
+  uv_unref((uv_handle_t *)&uc->tcp);
+  uv_unref((uv_handle_t *)&uc->timer);
+}
+
+static gw_uconn_t *pool_get(gw_server_t *s) {
+  gw_uconn_t *uc = s->idle;
+  if (!uc) return NULL;
+  pool_remove(uc);
+  uv_ref((uv_handle_t *)&uc->tcp);
+  uv_ref((uv_handle_t *)&uc->timer);
+  uv_timer_stop(&uc->timer);
+  return uc;
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  gw_uconn_t *uc = h->data;
+  gw_buf_reserve(&uc->rbuf, READ_CHUNK);
+  buf->base = uc->rbuf.base + uc->rbuf.len;
+  buf->len = uc->rbuf.cap - uc->rbuf.len;
+}
+
+static gw_uconn_t *uconn_new(gw_exchange_t *x) {
+  gw_uconn_t *uc = gw_xcalloc(1, sizeof *uc);
+  uc->server = x->server;
+  uc->up = x->up;
+  uv_tcp_init(gw__worker->loop, &uc->tcp);
+  uv_timer_init(gw__worker->loop, &uc->timer);
+  uc->tcp.data = uc;
+  uc->timer.data = uc;
+  uc->connect_req.data = uc;
+  uc->handles_open = 2;
+  return uc;
+}
+
+/* ---- one try ---- */
+
+static void on_timeout(uv_timer_t *t) {
+  gw_uconn_t *uc = t->data;
+  gw_exchange_t *x = uc->x;
+  if (!x) {
+    uconn_close(uc);
+    return;
+  }
+  const char *what = x->state == GW_X_CONNECTING ? "connect timed out"
+                     : x->state == GW_X_SENDING  ? "send timed out"
+                                                 : "timeout";
+  fail(x, GW_ETIMEDOUT, what);
+}
+
+static void arm(gw_exchange_t *x, double seconds) {
+  uv_timer_start(&x->uc->timer, on_timeout, ms(seconds), 0);
+}
+
+static double read_timeout(const gw_exchange_t *x) { return x->timeout > 0 ? x->timeout : x->up->t_read; }
+
+/* Ends the exchange: the connection goes back to the pool or is closed. */
+static void finish(gw_exchange_t *x, int err, const char *msg) {
+  gw_uconn_t *uc = x->uc;
+  x->uc = NULL;
+  x->state = GW_X_DONE;
+  if (x->server) x->server->active--;
+  /* The header slices stay readable through on_done: a pooled buffer is
+   * only written again by a later read, a closed one freed on a later turn. */
+  if (uc) x->resp_base = uc->rbuf.base;
+  if (uc) {
+    uv_timer_stop(&uc->timer);
+    int reusable = err == 0 && x->parser.keep_alive && uc->parsed == uc->rbuf.len && !uc->closing;
+    if (reusable) pool_put(uc);
+    else uconn_close(uc);
+  }
+  if (x->server) {
+    double latency = (double)(gw_now_ms() - x->started_ms);
+    /* Only failures of the server count against it, not a response that
+     * was simply too large for the caller. */
+    gw_server_report(x->up, x->server, err == 0 || err == GW_ETOOBIG, latency);
+  }
+  x->ops->on_done(x, err, msg);
+}
+
+static int retryable(const gw_exchange_t *x) {
+  return x->idempotent && !x->got_bytes && x->tries <= x->up->retries;
+}
+
+static void fail(gw_exchange_t *x, int err, const char *msg) {
+  gw_uconn_t *uc = x->uc;
+  int stale = uc && uc->exchanges > 1 && !x->got_bytes && err != GW_ETIMEDOUT;
+  if (stale && x->idempotent) {
+    /* A pooled connection the server had already closed: try again on a
+     * fresh connection, without counting it as a retry. */
+    x->uc = NULL;
+    uconn_close(uc);
+    x->server->active--;
+    x->tries--;
+    start_try(x);
+    return;
+  }
+  if (uc && x->server) {
+    x->uc = NULL;
+    uconn_close(uc);
+    x->server->active--;
+    if (err != GW_ETOOBIG) gw_server_report(x->up, x->server, 0, 0);
+    if (retryable(x)) {
+      start_try(x);
+      return;
+    }
+    x->server->active++; /* finish() balances it */
+  }
+  finish(x, err, msg);
+}
+
+static int on_body(gw_http1c_t *p, const char *at, size_t len) {
+  gw_exchange_t *x = p->data;
+  x->in_callback = 1;
+  int pause = x->ops->on_body(x, at, len);
+  x->in_callback = 0;
+  if (pause < 0) {
+    x->body_error = 1;
+    p->reason = "upstream response too large";
+    return -1;
+  }
+  if (pause) x->paused = 1;
+  return pause ? HPE_PAUSED : 0;
+}
+
+/* Parses what is buffered and acts on it. */
+static void parse(gw_exchange_t *x) {
+  gw_uconn_t *uc = x->uc;
+  while (x->uc == uc && !x->paused && x->state != GW_X_DONE) {
+    size_t used = 0;
+    gw_http1c_result_t res = gw_http1c_execute(&x->parser, uc->rbuf.base, uc->parsed, uc->rbuf.len, &used);
+    uc->parsed += used;
+    switch (res) {
+      case GW_HTTP1C_NEED_MORE:
+        /* Body bytes were handed on: drop them, keep only the head. */
+        if (x->state == GW_X_BODY && uc->parsed > x->parser.head_end) {
+          size_t keep = x->parser.head_end;
+          memmove(uc->rbuf.base + keep, uc->rbuf.base + uc->parsed, uc->rbuf.len - uc->parsed);
+          uc->rbuf.len -= uc->parsed - keep;
+          uc->parsed = keep;
+        }
+        return;
+      case GW_HTTP1C_HEAD: {
+        x->state = GW_X_BODY;
+        x->resp_base = uc->rbuf.base;
+        gw_http1c_resume(&x->parser);
+        x->in_callback = 1;
+        int pause = x->ops->on_head(x);
+        x->in_callback = 0;
+        if (x->abort_pending) return;
+        if (pause) x->paused = 1;
+        arm(x, read_timeout(x));
+        break;
+      }
+      case GW_HTTP1C_PAUSED:
+        gw_http1c_resume(&x->parser);
+        break;
+      case GW_HTTP1C_DONE:
+        if (x->state != GW_X_BODY) {
+          /* A HEAD answer completes without pausing at its head. */
+          x->state = GW_X_BODY;
+          x->parser.head_end = uc->parsed;
+          x->resp_base = uc->rbuf.base;
+          x->in_callback = 1;
+          x->ops->on_head(x);
+          x->in_callback = 0;
+          if (x->abort_pending) return;
+        }
+        finish(x, 0, NULL);
+        return;
+      case GW_HTTP1C_ERROR:
+        fail(x, x->body_error ? GW_ETOOBIG : GW_EPARSE, x->parser.reason);
+        return;
+    }
+  }
+}
+
+static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  gw_uconn_t *uc = s->data;
+  gw_exchange_t *x = uc->x;
+  if (nread == 0) return;
+  if (!x) {
+    /* Idle in the pool: any byte or EOF means the connection is done for. */
+    uconn_close(uc);
+    return;
+  }
+  if (nread < 0) {
+    if (nread == UV_EOF && x->state == GW_X_BODY) {
+      if (gw_http1c_finish(&x->parser) == GW_HTTP1C_DONE) {
+        x->parser.keep_alive = 0;
+        finish(x, 0, NULL);
+        return;
+      }
+    }
+    fail(x, (int)nread, nread == UV_EOF ? "upstream closed the connection" : "upstream read failed");
+    return;
+  }
+  uc->rbuf.len += (size_t)nread;
+  x->got_bytes = 1;
+  arm(x, read_timeout(x));
+  parse(x);
+}
+
+static void on_written(uv_write_t *req, int status) {
+  gw_exchange_t *x = req->data;
+  x->writing = 0;
+  if (x->abort_pending) {
+    gw_exchange_release(x);
+    return;
+  }
+  if (x->state != GW_X_SENDING) return;
+  if (status < 0) {
+    fail(x, status, "upstream write failed");
+    return;
+  }
+  x->state = GW_X_HEAD;
+  arm(x, read_timeout(x));
+}
+
+static void send_request(gw_exchange_t *x) {
+  gw_uconn_t *uc = x->uc;
+  x->state = GW_X_SENDING;
+  arm(x, x->up->t_send);
+  if (!uc->reading) {
+    uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_uconn_read);
+    uc->reading = 1;
+  }
+  uv_buf_t b = uv_buf_init(x->out.base, (unsigned)x->out.len);
+  x->write_req.data = x;
+  x->writing = 1;
+  int rc = uv_write(&x->write_req, (uv_stream_t *)&uc->tcp, &b, 1, on_written);
+  if (rc != 0) {
+    x->writing = 0;
+    fail(x, rc, "upstream write failed");
+  }
+}
+
+static void on_connect(uv_connect_t *req, int status) {
+  gw_uconn_t *uc = req->data;
+  gw_exchange_t *x = uc->x;
+  if (!x) return; /* closed meanwhile */
+  if (status < 0) {
+    fail(x, status, status == UV_ECONNREFUSED ? "connection refused" : "connect failed");
+    return;
+  }
+  uc->connected = 1;
+  uv_tcp_nodelay(&uc->tcp, 1);
+  send_request(x);
+}
+
+static void start_try(gw_exchange_t *x) {
+  const gw_server_t *avoid = x->tries > 0 ? x->server : NULL;
+  gw_server_t *s = gw_upstream_pick(x->up, x->hash_key, x->hash_key_len, avoid);
+  x->tries++;
+  if (!s) {
+    x->server = NULL;
+    finish(x, GW_ESTATE, "no healthy server");
+    return;
+  }
+  x->server = s;
+  s->active++;
+  s->requests++;
+  x->got_bytes = 0;
+  x->started_ms = gw_now_ms();
+  gw_http1c_init(&x->parser, x->head_request, on_body, x);
+  serialise(x);
+  gw_uconn_t *uc = pool_get(s);
+  if (uc) {
+    uc->x = x;
+    uc->exchanges++;
+    x->uc = uc;
+    send_request(x);
+    return;
+  }
+  uc = uconn_new(x);
+  uc->x = x;
+  uc->exchanges = 1;
+  x->uc = uc;
+  x->state = GW_X_CONNECTING;
+  arm(x, x->up->t_connect);
+  int rc = uv_tcp_connect(&uc->connect_req, &uc->tcp, (const struct sockaddr *)&s->sa, on_connect);
+  if (rc != 0) fail(x, rc, "connect failed");
+}
+
+
+int gw_exchange_start(gw_exchange_t *x) {
+  if (!gw__worker) return GW_ESTATE;
+  x->tries = 0;
+  x->state = GW_X_IDLE;
+  start_try(x);
+  return 0;
+}
+
+void gw_exchange_resume(gw_exchange_t *x) {
+  if (!x->paused) return;
+  x->paused = 0;
+  if (x->uc && x->state != GW_X_DONE) parse(x);
+}
+
+void gw_exchange_abort(gw_exchange_t *x) {
+  if (x->state == GW_X_DONE || x->state == GW_X_IDLE) return;
+  gw_uconn_t *uc = x->uc;
+  x->uc = NULL;
+  if (x->server) x->server->active--;
+  x->state = GW_X_DONE;
+  if (uc) uconn_close(uc);
+}
+
+void gw_exchange_release(gw_exchange_t *x) {
+  free(x->method);
+  free(x->target);
+  x->method = x->target = NULL;
+  gw_buf_free(&x->header_lines);
+  gw_buf_free(&x->body);
+  gw_buf_free(&x->out);
+  free(x->hash_key);
+  x->hash_key = NULL;
+}

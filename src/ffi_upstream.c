@@ -1,0 +1,198 @@
+/*
+ * ffi_upstream.c: upstream groups and buffered exchanges for Lua
+ * (gw.upstream, up:request, up:get, up:post).
+ *
+ * A buffered exchange (fetch_t) collects the whole response, bounded by the
+ * group's max_body, then wakes the waiting coroutine with
+ * (status, headers table, body) or (nil, error). The fetch belongs to the
+ * waiting task: if the task ends first (the client went away), its cancel
+ * hook aborts the exchange and frees it.
+ */
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "errors.h"
+#include "ffi.h"
+#include "lua_vm.h"
+#include "mem.h"
+#include "request.h"
+#include "upstream.h"
+
+/* ---- declaring groups ---- */
+
+GW_FFI_EXPORT gw_upstream_t *gw_ffi_upstream_declare(const char *name, const char **addrs,
+                                                     const int *weights, int n, int balance,
+                                                     int keepalive_idle, double keepalive_timeout,
+                                                     double t_connect, double t_send, double t_read,
+                                                     int retries, int passive_failures,
+                                                     double passive_cooldown, double max_body,
+                                                     char *err, size_t errlen) {
+  gw_upstream_t *up = gw_upstream_get(name);
+  gw_balance_t old_balance = up->balance;
+  up->balance = (gw_balance_t)balance;
+  if (gw_upstream_set_servers(up, addrs, weights, (size_t)n, err, errlen) != 0) {
+    up->balance = old_balance;
+    return NULL;
+  }
+  up->keepalive_idle = keepalive_idle;
+  up->keepalive_timeout = keepalive_timeout;
+  up->t_connect = t_connect;
+  up->t_send = t_send;
+  up->t_read = t_read;
+  up->retries = retries;
+  up->passive_failures = passive_failures;
+  up->passive_cooldown = passive_cooldown;
+  up->max_body = (size_t)max_body;
+  return up;
+}
+
+/* ---- header lines from Lua ---- */
+
+/* Adds "Name: value\r\n" lines to `x`, checking each. Returns 0 or -1. */
+int gw__exchange_add_lines(gw_exchange_t *x, const char *lines, size_t len);
+int gw__exchange_add_lines(gw_exchange_t *x, const char *lines, size_t len) {
+  const char *p = lines, *end = lines + len;
+  while (p < end) {
+    const char *eol = NULL;
+    for (const char *q = p; q + 1 < end; q++)
+      if (q[0] == '\r' && q[1] == '\n') {
+        eol = q;
+        break;
+      }
+    if (!eol) return -1;
+    const char *colon = memchr(p, ':', (size_t)(eol - p));
+    if (!colon) return -1;
+    const char *v = colon + 1;
+    while (v < eol && (*v == ' ' || *v == '\t')) v++;
+    if (!gw_header_valid(p, (size_t)(colon - p), v, (size_t)(eol - v))) return -1;
+    gw_exchange_add_header(x, p, (size_t)(colon - p), v, (size_t)(eol - v));
+    p = eol + 2;
+  }
+  return 0;
+}
+
+/* Pushes the response headers as a table with lower-case names; repeated
+ * names are joined with ", " except Set-Cookie, which becomes a list. */
+void gw__push_response_headers(lua_State *L, const gw_http1c_t *p, const char *base);
+void gw__push_response_headers(lua_State *L, const gw_http1c_t *p, const char *base) {
+  lua_createtable(L, 0, (int)p->nheaders);
+  char name[256];
+  for (uint32_t i = 0; i < p->nheaders; i++) {
+    const gw_header_t *h = &p->headers[i];
+    size_t n = h->name_len < sizeof name ? h->name_len : sizeof name - 1;
+    for (size_t k = 0; k < n; k++) {
+      char c = base[h->name_off + k];
+      name[k] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    }
+    lua_pushlstring(L, name, n);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3);
+    int seen = !lua_isnil(L, -1);
+    int is_cookie = n == 10 && memcmp(name, "set-cookie", 10) == 0;
+    if (!seen) {
+      lua_pop(L, 1);
+      lua_pushlstring(L, base + h->value_off, h->value_len);
+      if (is_cookie) {
+        lua_createtable(L, 1, 0);
+        lua_insert(L, -2);
+        lua_rawseti(L, -2, 1);
+      }
+    } else if (is_cookie) {
+      lua_pushlstring(L, base + h->value_off, h->value_len);
+      lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);
+    } else {
+      lua_pushliteral(L, ", ");
+      lua_pushlstring(L, base + h->value_off, h->value_len);
+      lua_concat(L, 3);
+    }
+    lua_rawset(L, -3);
+  }
+}
+
+/* ---- buffered exchanges ---- */
+
+/* Owned by the waiting task until woken or cancelled; then freed. */
+typedef struct {
+  gw_waiter_t w;       /* first */
+  gw_exchange_t x;
+  gw_buf_t body;       /* the response body so far */
+  int err;             /* result */
+  const char *msg;
+} fetch_t;
+
+static int fetch_on_head(gw_exchange_t *x) { return 0; }
+
+static int fetch_on_body(gw_exchange_t *x, const char *p, size_t n) {
+  fetch_t *f = x->data;
+  if (f->body.len + n > x->up->max_body) return -1;
+  gw_buf_append(&f->body, p, n);
+  return 0;
+}
+
+static int push_fetch(lua_State *L, void *arg) {
+  fetch_t *f = arg;
+  if (f->err) {
+    lua_pushnil(L);
+    lua_pushstring(L, f->msg ? f->msg : gw_strerror(f->err));
+    return 2;
+  }
+  lua_pushinteger(L, f->x.parser.status);
+  gw__push_response_headers(L, &f->x.parser, f->x.resp_base);
+  lua_pushlstring(L, f->body.base ? f->body.base : "", f->body.len);
+  return 3;
+}
+
+static void fetch_free(fetch_t *f) {
+  gw_exchange_release(&f->x);
+  gw_buf_free(&f->body);
+  free(f);
+}
+
+static void fetch_on_done(gw_exchange_t *x, int err, const char *msg) {
+  fetch_t *f = x->data;
+  f->err = err;
+  f->msg = msg;
+  gw_waiter_wake(&f->w, push_fetch, f);
+  fetch_free(f);
+}
+
+static const gw_exchange_ops_t fetch_ops = {fetch_on_head, fetch_on_body, fetch_on_done};
+
+static void cancel_fetch(gw_waiter_t *w) {
+  fetch_t *f = (fetch_t *)w;
+  gw_exchange_abort(&f->x);
+  fetch_free(f);
+}
+
+GW_FFI_EXPORT int gw_ffi_upstream_fetch(gw_task_t *t, uint32_t ts, gw_upstream_t *up,
+                                        const char *method, size_t mlen, const char *target,
+                                        size_t tlen, const char *lines, size_t llen,
+                                        const char *body, size_t blen, int has_body,
+                                        const char *key, size_t klen, double timeout,
+                                        uint32_t *wait_id, const char **err) {
+  if (!gw_task_check(t, ts)) return GW_FFI_BAD_CONTEXT;
+  fetch_t *f = gw_xcalloc(1, sizeof *f);
+  f->x.up = up;
+  f->x.ops = &fetch_ops;
+  f->x.data = f;
+  f->x.timeout = timeout;
+  gw_exchange_set_request(&f->x, method, mlen, target, tlen);
+  if (gw__exchange_add_lines(&f->x, lines, llen) != 0) {
+    fetch_free(f);
+    *err = "invalid request header (CR, LF or a bad name)";
+    return GW_FFI_ERROR;
+  }
+  if (has_body) gw_exchange_set_body(&f->x, body, blen);
+  if (klen) {
+    f->x.hash_key = gw_xstrndup(key, klen);
+    f->x.hash_key_len = klen;
+  }
+  f->w.cancel = cancel_fetch;
+  gw_waiter_add(t, &f->w);
+  *wait_id = f->w.id;
+  gw_exchange_start(&f->x);
+  return GW_FFI_AGAIN;
+}

@@ -1,0 +1,195 @@
+/*
+ * upstream.c: the registry of upstream groups, their servers, name
+ * resolution and passive health (see upstream.h).
+ *
+ * Hostnames are resolved with libuv's getaddrinfo (a thread pool), never on
+ * the loop, and again every RESOLVE_EVERY_MS; until a first answer the
+ * server is skipped by the balancer.
+ */
+#include "upstream.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "balancer.h"
+#include "errors.h"
+#include "log.h"
+#include "mem.h"
+#include "worker.h"
+
+#define RESOLVE_EVERY_MS 30000
+
+static gw_upstream_t **registry;
+static size_t nregistry;
+
+uint64_t gw_now_ms(void) { return uv_hrtime() / 1000000; }
+
+gw_upstream_t *gw_upstream_get(const char *name) {
+  for (size_t i = 0; i < nregistry; i++)
+    if (strcmp(registry[i]->name, name) == 0) return registry[i];
+  gw_upstream_t *up = gw_xcalloc(1, sizeof *up);
+  up->name = gw_xstrndup(name, strlen(name));
+  up->keepalive_idle = 32;
+  up->keepalive_timeout = 60;
+  up->t_connect = 5;
+  up->t_send = 30;
+  up->t_read = 30;
+  up->retries = 1;
+  up->max_body = 8 * 1024 * 1024;
+  registry = gw_xrealloc(registry, (nregistry + 1) * sizeof *registry);
+  registry[nregistry++] = up;
+  return up;
+}
+
+/* ---- resolution ---- */
+
+typedef struct {
+  uv_getaddrinfo_t req;
+  gw_server_t *server;
+} resolve_t;
+
+static void resolve_later(gw_server_t *s);
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  resolve_t *r = req->data;
+  gw_server_t *s = r->server;
+  if (status == 0 && res) {
+    memcpy(&s->sa, res->ai_addr, res->ai_addrlen);
+    if (s->sa.ss_family == AF_INET) ((struct sockaddr_in *)&s->sa)->sin_port = htons((uint16_t)s->port);
+    else ((struct sockaddr_in6 *)&s->sa)->sin6_port = htons((uint16_t)s->port);
+    s->resolved = 1;
+  } else if (!s->resolved) {
+    gw_log_warn("upstream server %s: cannot resolve: %s", s->addr, gw_strerror(status));
+  }
+  uv_freeaddrinfo(res);
+  free(r);
+  if (!s->retired) resolve_later(s);
+}
+
+static void start_resolve(gw_server_t *s) {
+  if (!gw__worker) return; /* configuration check or master: nothing to connect */
+  resolve_t *r = gw_xcalloc(1, sizeof *r);
+  r->server = s;
+  r->req.data = r;
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  if (uv_getaddrinfo(gw__worker->loop, &r->req, on_resolved, s->host, NULL, &hints) != 0) free(r);
+}
+
+static void on_resolve_timer(uv_timer_t *t) {
+  gw_server_t *s = t->data;
+  uv_close((uv_handle_t *)t, (uv_close_cb)free);
+  start_resolve(s);
+}
+
+static void resolve_later(gw_server_t *s) {
+  uv_timer_t *t = gw_xmalloc(sizeof *t);
+  uv_timer_init(gw__worker->loop, t);
+  t->data = s;
+  uv_timer_start(t, on_resolve_timer, RESOLVE_EVERY_MS, 0);
+  uv_unref((uv_handle_t *)t);
+}
+
+/* ---- servers ---- */
+
+static int parse_addr(const char *addr, gw_server_t *s, char *err, size_t errlen) {
+  if (strncmp(addr, "https://", 8) == 0) {
+    snprintf(err, errlen, "server %s: https upstreams are not supported by this build yet", addr);
+    return GW_ECONFIG;
+  }
+  if (strncmp(addr, "http://", 7) == 0) addr += 7;
+  const char *colon = strrchr(addr, ':');
+  const char *host = addr;
+  size_t hlen = colon ? (size_t)(colon - addr) : strlen(addr);
+  int port = 80;
+  if (colon) {
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end != '\0' && *end != '/') p = 0;
+    if (p < 1 || p > 65535) {
+      snprintf(err, errlen, "server %s: bad port", addr);
+      return GW_ECONFIG;
+    }
+    port = (int)p;
+  }
+  if (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']') {
+    host++;
+    hlen -= 2;
+  }
+  if (hlen == 0) {
+    snprintf(err, errlen, "server %s: no host", addr);
+    return GW_ECONFIG;
+  }
+  s->host = gw_xstrndup(host, hlen);
+  s->port = port;
+  if (uv_ip4_addr(s->host, port, (struct sockaddr_in *)&s->sa) == 0 ||
+      uv_ip6_addr(s->host, port, (struct sockaddr_in6 *)&s->sa) == 0)
+    s->resolved = 1;
+  return 0;
+}
+
+static gw_server_t *find_server(gw_upstream_t *up, const char *addr) {
+  for (size_t i = 0; i < up->nservers; i++)
+    if (strcmp(up->servers[i]->addr, addr) == 0) return up->servers[i];
+  return NULL;
+}
+
+int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *weights, size_t n,
+                            char *err, size_t errlen) {
+  gw_server_t **list = gw_xcalloc(n ? n : 1, sizeof *list);
+  for (size_t i = 0; i < n; i++) {
+    gw_server_t *s = find_server(up, addrs[i]);
+    if (!s) {
+      s = gw_xcalloc(1, sizeof *s);
+      if (parse_addr(addrs[i], s, err, errlen) != 0) {
+        free(s->host);
+        free(s);
+        for (size_t k = 0; k < i; k++)
+          if (!find_server(up, list[k]->addr)) free(list[k]);
+        free(list);
+        return GW_ECONFIG;
+      }
+      s->addr = gw_xstrndup(addrs[i], strlen(addrs[i]));
+      if (!s->resolved) start_resolve(s);
+    }
+    s->weight = weights[i] > 0 ? weights[i] : 1;
+    s->retired = 0;
+    list[i] = s;
+  }
+  /* Servers the new list dropped stay allocated for exchanges in flight. */
+  for (size_t i = 0; i < up->nservers; i++) {
+    int kept = 0;
+    for (size_t k = 0; k < n; k++) kept |= list[k] == up->servers[i];
+    if (!kept) up->servers[i]->retired = 1;
+  }
+  free(up->servers);
+  up->servers = list;
+  up->nservers = n;
+  gw_balancer_rebuild(up);
+  return 0;
+}
+
+gw_server_t *gw_upstream_pick(gw_upstream_t *up, const char *key, size_t keylen,
+                              const gw_server_t *avoid) {
+  return gw_balancer_pick(up, key, keylen, avoid, gw_now_ms());
+}
+
+void gw_server_report(gw_upstream_t *up, gw_server_t *s, int ok, double latency_ms) {
+  uint64_t now = gw_now_ms();
+  if (ok) {
+    s->fails = 0;
+    gw_balancer_observe(s, latency_ms, now);
+    return;
+  }
+  s->fails++;
+  if (up->passive_failures > 0 && s->fails >= up->passive_failures) {
+    s->down_until = now + (uint64_t)(up->passive_cooldown * 1000);
+    s->fails = 0;
+    gw_log_warn("upstream %s: server %s marked down for %.1f s after failures", up->name, s->addr,
+                up->passive_cooldown);
+  }
+}

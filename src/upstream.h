@@ -1,0 +1,87 @@
+/*
+ * upstream.h: upstream groups and their servers, as a worker knows them.
+ *
+ * gw.upstream(NAME, spec) declares a group in the configuration. The C side
+ * keeps one gw_upstream_t per name for the life of the worker process, so a
+ * reload that declares the group again finds it, with its servers' idle
+ * connections and health: a server with the same address keeps its state.
+ * Groups and servers are never freed while the worker runs (a removed
+ * server is only marked `retired`), so an exchange in flight never holds a
+ * dangling pointer.
+ *
+ * Choosing a server (gw_upstream_pick) skips servers marked down by passive
+ * health and applies the group's balancer (balancer.c).
+ */
+#ifndef GW_UPSTREAM_H
+#define GW_UPSTREAM_H
+
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+typedef struct gw_uconn_s gw_uconn_t;
+
+typedef enum {
+  GW_BALANCE_ROUND_ROBIN = 0, /* smooth weighted round robin (nginx's) */
+  GW_BALANCE_LEAST_CONN,      /* fewest exchanges in flight, weighted */
+  GW_BALANCE_HASH,            /* consistent hash of a key (ring with virtual nodes) */
+  GW_BALANCE_EWMA             /* peak-EWMA latency x (in flight + 1) */
+} gw_balance_t;
+
+/* Owned by its group; never freed while the worker runs. */
+typedef struct gw_server_s {
+  char *addr;                 /* "host:port" as declared */
+  char *host;                 /* host part, for the Host header and SNI */
+  int port;
+  struct sockaddr_storage sa; /* resolved address */
+  int resolved;               /* sa is valid */
+  int weight;                 /* >= 1 */
+  int current_weight;         /* smooth round robin state */
+  int active;                 /* exchanges in flight */
+  double ewma_ms;             /* peak-EWMA of response latency */
+  uint64_t ewma_stamp;        /* ms of the last update */
+  int fails;                  /* consecutive failures (passive health) */
+  uint64_t down_until;        /* ms; passive health cools down until then */
+  int retired;                /* dropped by a reload; kept for exchanges in flight */
+  gw_uconn_t *idle;           /* pooled keep-alive connections (LIFO) */
+  int nidle;
+  uint64_t requests;          /* exchanges started, for status */
+} gw_server_t;
+
+/* Owned by the registry; never freed while the worker runs. */
+typedef struct gw_upstream_s {
+  char *name;
+  gw_server_t **servers;      /* nservers pointers */
+  size_t nservers;
+  gw_balance_t balance;
+  uint32_t *ring;             /* consistent-hash ring: hashes */
+  uint32_t *ring_server;      /* ... and the server index of each point */
+  size_t nring;
+  int keepalive_idle;         /* idle connections kept per server */
+  double keepalive_timeout;   /* seconds an idle connection is kept */
+  double t_connect, t_send, t_read; /* seconds */
+  int retries;                /* extra tries for idempotent requests */
+  int passive_failures;       /* failures that mark a server down (0: off) */
+  double passive_cooldown;    /* seconds it stays down */
+  size_t max_body;            /* buffered answers larger than this fail */
+} gw_upstream_t;
+
+/* The group named `name`, made empty on first use. */
+gw_upstream_t *gw_upstream_get(const char *name);
+/* Replaces the group's server list with `addrs` (weights alongside); keeps
+ * the state of servers whose address did not change. Returns 0, or
+ * GW_ECONFIG with `err` filled (bad address, https:// not supported yet). */
+int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *weights, size_t n,
+                            char *err, size_t errlen);
+/* Picks a server for a new exchange; `key` is used by the hash balancer;
+ * `avoid` (may be NULL) is skipped when another server is available (retries).
+ * Returns NULL when every server is down. */
+gw_server_t *gw_upstream_pick(gw_upstream_t *up, const char *key, size_t keylen,
+                              const gw_server_t *avoid);
+/* Passive health: the outcome of one exchange with `s`. */
+void gw_server_report(gw_upstream_t *up, gw_server_t *s, int ok, double latency_ms);
+
+uint64_t gw_now_ms(void);
+
+#endif
