@@ -23,6 +23,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "mem.h"
+#include "proxy.h"
 #include "response.h"
 #include "worker.h"
 
@@ -50,7 +51,9 @@ static uint64_t secs_ms(double s) { return s <= 0 ? 1 : (uint64_t)(s * 1000.0); 
 
 static void on_timeout(uv_timer_t *t);
 
-static void arm_timer(gw_conn_t *c, uint64_t ms) { uv_timer_start(&c->timer, on_timeout, ms, 0); }
+static void arm_timer(gw_conn_t *c, uint64_t ms) {
+  uv_timer_start(&c->timer, on_timeout, c->write_failed ? 0 : ms, 0);
+}
 
 static void read_start(gw_conn_t *c);
 static void read_stop(gw_conn_t *c) {
@@ -96,6 +99,10 @@ static void drop_request(gw_conn_t *c) {
   if (!r) return;
   c->req = NULL;
   c->http.req = NULL;
+  if (r->proxy) {
+    gw_proxy_destroy(r->proxy);
+    r->proxy = NULL;
+  }
   if (r->task) {
     gw_task_t *t = r->task;
     r->task = NULL;
@@ -156,26 +163,42 @@ typedef struct {
   char data[];     /* the bytes the socket did not take at once */
 } pending_write_t;
 
+/* A failed write closes the connection from the timer, never from inside
+ * gw_conn_write: its callers (Lua through the FFI, the proxy inside an
+ * upstream callback) must not see the request vanish under them. */
+static void close_soon(gw_conn_t *c) {
+  if (c->state == GW_CONN_CLOSING) return;
+  c->write_failed = 1;
+  arm_timer(c, 0);
+}
+
 static void on_write(uv_write_t *req, int status) {
   gw_conn_t *c = req->data;
-  free(req);
+  pending_write_t *pw = (pending_write_t *)req;
   c->writes_pending--;
+  c->write_bytes_pending -= pw->len;
+  free(req);
   if (status < 0) {
     gw_conn_close(c);
     return;
+  }
+  if (c->req && c->req->proxy && c->write_bytes_pending < GW_PROXY_LOW_WATER) {
+    conn_ref(c);
+    gw_proxy_client_drained(c->req->proxy);
+    conn_unref(c);
   }
   if (c->writes_pending == 0 && c->state == GW_CONN_LINGER && !c->reading) close_gracefully(c);
 }
 
 void gw_conn_write(gw_conn_t *c, const uv_buf_t *bufs, unsigned n) {
-  if (c->state == GW_CONN_CLOSING) return;
+  if (c->state == GW_CONN_CLOSING || c->write_failed) return;
   size_t total = 0, written = 0;
   for (unsigned i = 0; i < n; i++) total += bufs[i].len;
   if (c->writes_pending == 0) {
     int rc = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
     if (rc >= 0) written = (size_t)rc;
     else if (rc != UV_EAGAIN) {
-      gw_conn_close(c);
+      close_soon(c);
       return;
     }
   }
@@ -197,10 +220,11 @@ void gw_conn_write(gw_conn_t *c, const uv_buf_t *bufs, unsigned n) {
   uv_buf_t b = uv_buf_init(pw->data, (unsigned)pw->len);
   if (uv_write(&pw->req, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
     free(pw);
-    gw_conn_close(c);
+    close_soon(c);
     return;
   }
   c->writes_pending++;
+  c->write_bytes_pending += pw->len;
 }
 
 /* ---- requests ---- */
@@ -219,7 +243,8 @@ static void task_done(void *owner, gw_task_t *t) {
   if (r->resp_state == GW_RESP_NONE)
     gw_response_error(r, 500, t->failed ? "internal error" : "the handler sent no response");
   gw_task_free(t);
-  gw_conn_request_done(c);
+  /* A proxied body still flowing ends the request when it ends (proxy.c). */
+  if (!gw_proxy_streaming(r->proxy)) gw_conn_request_done(c);
 }
 
 static const gw_task_owner_t request_task_ops = {task_enter, task_leave, task_done};
@@ -396,6 +421,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 
 static void on_timeout(uv_timer_t *t) {
   gw_conn_t *c = t->data;
+  if (c->write_failed) {
+    gw_conn_close(c);
+    return;
+  }
   conn_ref(c);
   switch (c->state) {
     case GW_CONN_IDLE:

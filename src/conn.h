@@ -48,10 +48,12 @@ struct gw_conn_s {
   int refs;              /* callbacks in progress; close waits for 0 */
   int handles_open;      /* libuv handles not yet closed */
   int writes_pending;    /* uv_write requests not yet completed */
+  size_t write_bytes_pending; /* bytes in those requests */
   unsigned requests;     /* requests served, for the log */
   uint8_t close_scheduled; /* close when refs reach 0 */
   uint8_t reading;       /* uv_read_start is in effect */
   uint8_t in_process;    /* process() is on the stack: it will look again */
+  uint8_t write_failed;  /* a write failed: close on the next timer turn */
   char ip[48];           /* the peer address, text */
 };
 

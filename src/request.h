@@ -90,6 +90,7 @@ typedef struct gw_req_s {
   uint64_t start_ns;          /* uv_hrtime() when the head started */
   char id[129];               /* request id, "" until made or set (incoming ids up to 128 bytes) */
   char *route;                /* matched pattern (pool), or NULL */
+  struct gw_proxy_s *proxy;   /* up:proxy in progress, or NULL; freed with the request */
 } gw_req_t;
 
 /* Takes a request from the free list (or makes one) for `conn`. */

@@ -114,30 +114,29 @@ int gw_response_header(gw_req_t *r, const char *name, size_t nlen, const char *v
 /* 1xx, 204 and 304 answers carry no body and no Content-Length (RFC 9110 8.6). */
 static int status_has_body(int status) { return !(status < 200 || status == 204 || status == 304); }
 
-int gw_response_send(gw_req_t *r, const char *body, size_t len) {
-  if (r->resp_state != GW_RESP_NONE) return GW_ESTATE;
-  gw_conn_t *c = r->conn;
-  int keep = r->keep_alive && !r->close_after && !gw__worker->draining;
+static void append_length(gw_buf_t *b, uint64_t len) {
+  /* Formatted by hand: this runs for every answer and snprintf is slow. */
+  char line[48], digits[24], *d = digits + sizeof digits;
+  uint64_t v = len;
+  do {
+    *--d = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  size_t nd = (size_t)(digits + sizeof digits - d);
+  memcpy(line, "Content-Length: ", 16);
+  memcpy(line + 16, d, nd);
+  memcpy(line + 16 + nd, "\r\n", 2);
+  gw_buf_append(b, line, 18 + nd);
+}
+
+/* Appends Date, framing and Connection headers and the blank line. */
+static void finish_head(gw_req_t *r, gw_framing_t framing, uint64_t length) {
+  int keep = r->keep_alive && !r->close_after && !gw__worker->draining && framing != GW_FRAMING_CLOSE;
   refresh_date();
   gw_buf_t *b = &r->resp_head;
   gw_buf_append(b, date_cache.text, date_cache.len);
-  char line[64];
-  if (status_has_body(r->status)) {
-    /* Formatted by hand: this runs for every answer and snprintf is slow. */
-    char digits[24], *d = digits + sizeof digits;
-    size_t v = len;
-    do {
-      *--d = (char)('0' + v % 10);
-      v /= 10;
-    } while (v);
-    size_t nd = (size_t)(digits + sizeof digits - d);
-    memcpy(line, "Content-Length: ", 16);
-    memcpy(line + 16, d, nd);
-    memcpy(line + 16 + nd, "\r\n", 2);
-    gw_buf_append(b, line, 18 + nd);
-  } else {
-    len = 0;
-  }
+  if (framing == GW_FRAMING_LENGTH) append_length(b, length);
+  else if (framing == GW_FRAMING_CHUNKED) gw_buf_append_str(b, "Transfer-Encoding: chunked\r\n");
   if (!keep) {
     gw_buf_append_str(b, "Connection: close\r\n\r\n");
     r->close_after = 1;
@@ -147,11 +146,31 @@ int gw_response_send(gw_req_t *r, const char *body, size_t len) {
     gw_buf_append(b, "\r\n", 2);
   }
   r->resp_state = GW_RESP_SENT;
+}
+
+int gw_response_send_head(gw_req_t *r, gw_framing_t framing, uint64_t length) {
+  if (r->resp_state != GW_RESP_NONE) return GW_ESTATE;
+  finish_head(r, framing, length);
+  uv_buf_t b = uv_buf_init(r->resp_head.base, (unsigned)r->resp_head.len);
+  r->resp_bytes = r->resp_head.len;
+  gw_conn_write(r->conn, &b, 1);
+  return 0;
+}
+
+int gw_response_send(gw_req_t *r, const char *body, size_t len) {
+  if (r->resp_state != GW_RESP_NONE) return GW_ESTATE;
+  if (status_has_body(r->status)) {
+    finish_head(r, GW_FRAMING_LENGTH, len);
+  } else {
+    finish_head(r, GW_FRAMING_NONE, 0);
+    len = 0;
+  }
   /* HEAD gets the head a GET would get, without the body (RFC 9110 9.3.2). */
   if (r->method == HTTP_HEAD) len = 0;
+  gw_buf_t *b = &r->resp_head;
   uv_buf_t bufs[2] = {uv_buf_init(b->base, (unsigned)b->len), uv_buf_init((char *)body, (unsigned)len)};
   r->resp_bytes = b->len + len;
-  gw_conn_write(c, bufs, len ? 2 : 1);
+  gw_conn_write(r->conn, bufs, len ? 2 : 1);
   return 0;
 }
 

@@ -22,6 +22,16 @@ int gw_response_start(gw_req_t *r, int status);
  * Returns GW_EHEADER when the name or value is invalid. */
 int gw_response_header(gw_req_t *r, const char *name, size_t nlen, const char *value,
                        size_t vlen);
+typedef enum {
+  GW_FRAMING_LENGTH = 0, /* Content-Length: length */
+  GW_FRAMING_CHUNKED,    /* Transfer-Encoding: chunked; the caller frames the body */
+  GW_FRAMING_CLOSE,      /* the body ends when the connection closes */
+  GW_FRAMING_NONE        /* no body and no length (1xx, 204, 304) */
+} gw_framing_t;
+
+/* Finishes and writes the head only; the caller writes the body itself
+ * (streaming). Marks the response sent. */
+int gw_response_send_head(gw_req_t *r, gw_framing_t framing, uint64_t length);
 /* Finishes the head and writes head and body. The body is copied if the
  * socket cannot take it at once, so the caller's memory is free after. */
 int gw_response_send(gw_req_t *r, const char *body, size_t len);

@@ -16,8 +16,8 @@ local cjson = require "cjson"
 local ffi, C = base.ffi, base.C
 local OK, BAD_CONTEXT = base.OK, base.BAD_CONTEXT
 local yield = coroutine.yield
-local type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset =
-  type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset
+local type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset, rawget =
+  type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset, rawget
 local sub, lower, byte, format, find = string.sub, string.lower, string.byte, string.format, string.find
 local traceback = debug.traceback
 local encode = cjson.encode
@@ -125,9 +125,22 @@ local function send_header(r, s, k, v)
   end
 end
 
+local upstream_mod -- loaded on first proxied response
 local function send(req, res)
   local r, s = req._r, req._s
   local status = res.status
+  if res._proxy and res._req == req then
+    upstream_mod = upstream_mod or require "gateway.upstream"
+    return upstream_mod.send_proxied(req, res)
+  end
+  if res._proxy then
+    -- A proxied response whose body a script read goes out buffered.
+    local b, err = res:body()
+    if b == nil then error("reading the proxied body failed: " .. tostring(err), 0) end
+    res.body = b
+  elseif rawget(res, "body") == nil and rawget(res, "_body") ~= nil then
+    res.body = res._body -- an upstream response returned as it is
+  end
   if type(status) ~= "number" or status < 100 or status > 999 or status % 1 ~= 0 then
     error("response status must be a whole number 100-999, not " .. tostring(status), 0)
   end

@@ -28,6 +28,13 @@ int gw_ffi_upstream_fetch(gw_task_t *t, uint32_t ts, gw_upstream_t *up, const ch
     size_t mlen, const char *target, size_t tlen, const char *lines, size_t llen,
     const char *body, size_t blen, int has_body, const char *key, size_t klen, double timeout,
     uint32_t *wait_id, const char **err);
+int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs, gw_upstream_t *up,
+    const char *target, size_t tlen, const char *lines, size_t llen, const char *key, size_t klen,
+    uint32_t *wait_id, const char **err);
+int gw_ffi_proxy_read_body(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs, uint32_t *wait_id,
+    const char **err);
+int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const char *lines, size_t llen,
+    const char **err);
 ]]
 
 local _M = {}
@@ -50,10 +57,29 @@ local Headers = {
 local Response = {}
 Response.__index = Response
 
-function Response:body() return self._body or "" end
+-- res:body(): the whole body. For a proxied response it is read (and
+-- buffered, bounded by max_body) on this first call: the response then goes
+-- to the client as a buffered answer instead of being streamed.
+function Response:body()
+  local b = self._body
+  if b then return b end
+  local req = self._req
+  if not req then return "" end
+  local ctx = sched.current()
+  local rc = C.gw_ffi_proxy_read_body(ctx.task, ctx.ts, req._r, req._s, base.out_wait, base.out_err)
+  if rc == BAD_CONTEXT then error(base.FINISHED, 2) end
+  if rc ~= AGAIN then return nil, ffi_string(base.out_err[0]) end
+  local body, err = sched.wait(ctx, base.out_wait[0])
+  if body == nil then return nil, err end
+  self._body = body
+  self._req = nil
+  return body
+end
 
 function Response:json()
-  local v, err = cjson.decode(self._body or "")
+  local body, err0 = self:body()
+  if body == nil then return nil, err0 end
+  local v, err = cjson.decode(body)
   if v == nil then return nil, "invalid JSON: " .. tostring(err) end
   return v
 end
@@ -223,6 +249,76 @@ function Upstream:post(path, body, opts)
   opts = opts or {}
   return self:request { method = "POST", path = path, body = body, query = opts.query,
                         headers = opts.headers, timeout = opts.timeout, json = opts.json }
+end
+
+-- up:proxy(req [, { path=, query=, headers= }]): forwards the client's
+-- request (method, path, query, headers, body) and returns the response
+-- (status and headers now; the body streams to the client when the handler
+-- returns it), or nil and an error.
+function Upstream:proxy(req, opts)
+  if type(req) ~= "table" or req._r == nil then error("up:proxy: the request is required", 2) end
+  local ctx = sched.current()
+  opts = opts or {}
+  -- The body is read first (bounded by limits.body_bytes) so that a retry
+  -- can send it again.
+  local h = req.headers
+  if h["content-length"] or h["transfer-encoding"] then req:body() end
+  local target
+  if opts.path or opts.query then
+    local path = opts.path or req.path
+    if opts.query ~= nil then
+      target = target_of(path, opts.query)
+    else
+      local uri = req.uri
+      local q = find(uri, "?", 1, true)
+      target = q and (path .. uri:sub(q)) or path
+      if byte(target, 1) ~= 47 then error("up:proxy: path must start with '/'", 2) end
+    end
+  else
+    target = req.uri
+  end
+  local lines, n = {}, 0
+  n = header_lines(opts.headers, lines, n)
+  local blob = concat(lines, "", 1, n)
+  local key = ""
+  if self.hash_key then key = tostring(self.hash_key(req) or "") end
+  local rc = C.gw_ffi_upstream_proxy(ctx.task, ctx.ts, req._r, req._s, self._up, target, #target,
+    blob, #blob, key, #key, base.out_wait, base.out_err)
+  if rc == BAD_CONTEXT then error(base.FINISHED, 2) end
+  if rc ~= AGAIN then error("up:proxy: " .. ffi_string(base.out_err[0]), 2) end
+  local status, headers = sched.wait(ctx, base.out_wait[0])
+  if status == nil then return nil, headers end
+  local res = setmetatable({ status = status, headers = setmetatable(headers, Headers), _req = req,
+                             _proxy = true }, Response)
+  return res
+end
+
+-- Hop-by-hop headers of a proxied answer stay on the upstream hop.
+local HOP = { connection = true, ["keep-alive"] = true, te = true, trailer = true,
+              ["transfer-encoding"] = true, upgrade = true, ["proxy-connection"] = true,
+              ["content-length"] = true, date = true }
+
+-- Sends a proxied response whose body has not been read: the head as the
+-- response object now says, then the body streamed by C.
+function _M.send_proxied(req, res)
+  local lines, n = {}, 0
+  for k, v in pairs(res.headers) do
+    if not HOP[lower(k)] then
+      if type(v) == "table" then
+        for _, x in ipairs(v) do
+          n = n + 1
+          lines[n] = k .. ": " .. tostring(x) .. "\r\n"
+        end
+      else
+        n = n + 1
+        lines[n] = k .. ": " .. tostring(v) .. "\r\n"
+      end
+    end
+  end
+  local blob = concat(lines, "", 1, n)
+  local rc = C.gw_ffi_resp_proxy(req._r, req._s, res.status, blob, #blob, base.out_err)
+  if rc == BAD_CONTEXT then error(base.FINISHED, 0) end
+  if rc ~= base.OK then error(ffi_string(base.out_err[0]), 0) end
 end
 
 _M.Upstream = Upstream

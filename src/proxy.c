@@ -1,0 +1,323 @@
+/*
+ * proxy.c: up:proxy (see proxy.h) and its FFI functions.
+ *
+ * Framing towards the client: an upstream body with a Content-Length keeps
+ * it and is copied through as is; a chunked or close-delimited body is sent
+ * chunked to an HTTP/1.1 client, and close-delimited to an HTTP/1.0 one.
+ * If the upstream fails in the middle of a body, the client connection is
+ * closed: after a partial body there is no honest way to answer.
+ */
+#include "proxy.h"
+
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "conn.h"
+#include "errors.h"
+#include "ffi.h"
+#include "log.h"
+#include "mem.h"
+#include "response.h"
+#include "worker.h"
+
+void gw__push_response_headers(lua_State *L, const gw_http1c_t *p, const char *base);
+int gw__exchange_add_lines(gw_exchange_t *x, const char *lines, size_t len);
+
+static int push_head(lua_State *L, void *arg) {
+  gw_proxy_t *p = arg;
+  if (p->err) {
+    lua_pushnil(L);
+    lua_pushstring(L, p->msg ? p->msg : gw_strerror(p->err));
+    return 2;
+  }
+  lua_pushinteger(L, p->x.parser.status);
+  gw__push_response_headers(L, &p->x.parser, p->x.resp_base);
+  return 2;
+}
+
+static int push_body(lua_State *L, void *arg) {
+  gw_proxy_t *p = arg;
+  if (p->err) {
+    lua_pushnil(L);
+    lua_pushstring(L, p->msg ? p->msg : gw_strerror(p->err));
+    return 2;
+  }
+  lua_pushlstring(L, p->body.base ? p->body.base : "", p->body.len);
+  return 1;
+}
+
+static void wake(gw_proxy_t *p, gw_push_cb push) {
+  if (!p->waiting) return;
+  p->waiting = 0;
+  gw_waiter_wake(&p->w, push, p);
+}
+
+/* ---- exchange callbacks ---- */
+
+static int on_head(gw_exchange_t *x) {
+  gw_proxy_t *p = x->data;
+  p->state = GW_PROXY_HEAD_READY;
+  wake(p, push_head);
+  /* Lua may have decided already, inside the wake (the usual case: the
+   * handler returns the response at once). Otherwise hold the body. */
+  return p->state == GW_PROXY_HEAD_READY;
+}
+
+static void write_chunk(gw_conn_t *c, const char *data, size_t n) {
+  char size[24];
+  int len = snprintf(size, sizeof size, "%zx\r\n", n);
+  uv_buf_t bufs[3] = {uv_buf_init(size, (unsigned)len), uv_buf_init((char *)data, (unsigned)n),
+                      uv_buf_init("\r\n", 2)};
+  gw_conn_write(c, bufs, 3);
+}
+
+static int on_body(gw_exchange_t *x, const char *data, size_t n) {
+  gw_proxy_t *p = x->data;
+  if (p->state == GW_PROXY_BUFFERING) {
+    if (p->body.len + n > x->up->max_body) return -1;
+    gw_buf_append(&p->body, data, n);
+    return 0;
+  }
+  if (p->state != GW_PROXY_STREAMING || n == 0) return 0;
+  gw_conn_t *c = p->req->conn;
+  p->req->resp_bytes += n;
+  if (p->chunked_out) {
+    write_chunk(c, data, n);
+  } else {
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)n);
+    gw_conn_write(c, &b, 1);
+  }
+  if (c->write_bytes_pending > GW_PROXY_HIGH_WATER) {
+    p->client_paused = 1;
+    return 1;
+  }
+  return 0;
+}
+
+static void on_done(gw_exchange_t *x, int err, const char *msg) {
+  gw_proxy_t *p = x->data;
+  gw_proxy_state_t was = p->state;
+  p->state = GW_PROXY_DONE;
+  p->err = err;
+  p->msg = msg;
+  switch (was) {
+    case GW_PROXY_WAIT_HEAD:
+      wake(p, push_head);
+      break;
+    case GW_PROXY_BUFFERING:
+      wake(p, push_body);
+      break;
+    case GW_PROXY_STREAMING: {
+      gw_req_t *r = p->req;
+      gw_conn_t *c = r->conn;
+      if (err) {
+        gw_log_warn("proxy: upstream %s failed mid-body: %s", x->up->name, msg ? msg : gw_strerror(err));
+        r->close_after = 1;
+      } else if (p->chunked_out) {
+        uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
+        gw_conn_write(c, &b, 1);
+      }
+      /* The handler finished long ago; the request ends now. */
+      if (!r->task) gw_conn_request_done(c);
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+static const gw_exchange_ops_t proxy_ops = {on_head, on_body, on_done};
+
+static void cancel_wait(gw_waiter_t *w) {
+  /* The task ended while waiting; the request still owns the proxy. */
+  ((gw_proxy_t *)w)->waiting = 0;
+}
+
+void gw_proxy_destroy(gw_proxy_t *p) {
+  gw_exchange_abort(&p->x);
+  gw_exchange_release(&p->x);
+  gw_buf_free(&p->body);
+  free(p);
+}
+
+void gw_proxy_client_drained(gw_proxy_t *p) {
+  if (!p->client_paused) return;
+  p->client_paused = 0;
+  gw_exchange_resume(&p->x);
+}
+
+int gw_proxy_streaming(const gw_proxy_t *p) { return p && p->state == GW_PROXY_STREAMING; }
+
+/* ---- building the upstream request ---- */
+
+static int name_in(const char *name, size_t n, const char *lines, size_t llen) {
+  /* Is there a line "name:" in the caller's override block? */
+  const char *p = lines, *end = lines + llen;
+  while (p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    if (!eol) eol = end;
+    if ((size_t)(eol - p) > n && p[n] == ':' && strncasecmp(p, name, n) == 0) return 1;
+    p = eol + 1;
+  }
+  return 0;
+}
+
+static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines, size_t llen) {
+  const char *buf = gw_req_buffer(r);
+  for (uint32_t i = 0; i < r->nheaders; i++) {
+    const gw_header_t *h = &r->headers[i];
+    const char *name = buf + h->name_off;
+    if (name_in(name, h->name_len, lines, llen)) continue;
+    if (h->name_len == 15 && strncasecmp(name, "x-forwarded-for", 15) == 0) continue;
+    size_t vlen;
+    /* Through gw_req_header so that script edits win (and removals vanish). */
+    const char *v = gw_req_header(r, name, h->name_len, &vlen);
+    if (!v) continue;
+    int dup = 0; /* a name repeated in the request was joined: send it once */
+    for (uint32_t k = 0; k < i; k++)
+      if (r->headers[k].name_len == h->name_len && strncasecmp(buf + r->headers[k].name_off, name, h->name_len) == 0)
+        dup = 1;
+    if (!dup) gw_exchange_add_header(x, name, h->name_len, v, vlen);
+  }
+  for (const gw_header_edit_t *e = r->edits; e; e = e->next) {
+    if (!e->value || name_in(e->name, e->name_len, lines, llen)) continue;
+    int original = 0, newest = 1;
+    for (uint32_t i = 0; i < r->nheaders; i++)
+      if (r->headers[i].name_len == e->name_len && strncasecmp(buf + r->headers[i].name_off, e->name, e->name_len) == 0)
+        original = 1;
+    for (const gw_header_edit_t *o = r->edits; o != e; o = o->next)
+      if (o->name_len == e->name_len && memcmp(o->name, e->name, e->name_len) == 0) newest = 0;
+    if (!original && newest) gw_exchange_add_header(x, e->name, e->name_len, e->value, e->value_len);
+  }
+  /* X-Forwarded-For: the client's chain plus the client itself. */
+  size_t flen = 0;
+  const char *fwd = gw_req_header(r, "x-forwarded-for", 15, &flen);
+  gw_buf_t v;
+  gw_buf_init(&v);
+  if (fwd) {
+    gw_buf_append(&v, fwd, flen);
+    gw_buf_append(&v, ", ", 2);
+  }
+  gw_buf_append_str(&v, r->conn->ip);
+  if (!name_in("x-forwarded-for", 15, lines, llen)) gw_exchange_add_header(x, "X-Forwarded-For", 15, v.base, v.len);
+  gw_buf_free(&v);
+  if (!name_in("x-forwarded-proto", 17, lines, llen)) gw_exchange_add_header(x, "X-Forwarded-Proto", 17, "http", 4);
+  size_t hlen = 0;
+  const char *host = gw_req_header(r, "host", 4, &hlen);
+  if (host && !name_in("x-forwarded-host", 16, lines, llen)) gw_exchange_add_header(x, "X-Forwarded-Host", 16, host, hlen);
+}
+
+GW_FFI_EXPORT int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs,
+                                        gw_upstream_t *up, const char *target, size_t tlen,
+                                        const char *lines, size_t llen, const char *key, size_t klen,
+                                        uint32_t *wait_id, const char **err) {
+  if (!gw_task_check(t, ts) || !gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
+  if (r->resp_state != GW_RESP_NONE) {
+    *err = "the response was already sent";
+    return GW_FFI_ERROR;
+  }
+  if (r->proxy) {
+    gw_proxy_destroy(r->proxy);
+    r->proxy = NULL;
+  }
+  gw_proxy_t *p = gw_xcalloc(1, sizeof *p);
+  p->req = r;
+  p->x.up = up;
+  p->x.ops = &proxy_ops;
+  p->x.data = p;
+  const char *method = llhttp_method_name((llhttp_method_t)r->method);
+  gw_exchange_set_request(&p->x, method, strlen(method), target, tlen);
+  if (gw__exchange_add_lines(&p->x, lines, llen) != 0) {
+    gw_proxy_destroy(p);
+    *err = "invalid request header (CR, LF or a bad name)";
+    return GW_FFI_ERROR;
+  }
+  add_client_headers(&p->x, r, lines, llen);
+  if (r->body_state == GW_BODY_DONE && (r->content_length > 0 || r->chunked))
+    gw_exchange_set_body(&p->x, r->body.base ? r->body.base : "", r->body.len);
+  if (klen) {
+    p->x.hash_key = gw_xstrndup(key, klen);
+    p->x.hash_key_len = klen;
+  }
+  r->proxy = p;
+  p->w.cancel = cancel_wait;
+  gw_waiter_add(t, &p->w);
+  p->waiting = 1;
+  *wait_id = p->w.id;
+  gw_exchange_start(&p->x);
+  return GW_FFI_AGAIN;
+}
+
+/* res:body() on a proxied response: buffers the rest of the body. */
+GW_FFI_EXPORT int gw_ffi_proxy_read_body(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs,
+                                         uint32_t *wait_id, const char **err) {
+  if (!gw_task_check(t, ts) || !gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
+  gw_proxy_t *p = r->proxy;
+  if (!p || (p->state != GW_PROXY_HEAD_READY)) {
+    *err = "the proxied body is no longer available";
+    return GW_FFI_ERROR;
+  }
+  p->state = GW_PROXY_BUFFERING;
+  gw_waiter_add(t, &p->w);
+  p->waiting = 1;
+  *wait_id = p->w.id;
+  gw_exchange_resume(&p->x);
+  return GW_FFI_AGAIN;
+}
+
+/* Sends the proxied response with the status and header lines Lua gives,
+ * then streams the body. */
+GW_FFI_EXPORT int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const char *lines,
+                                    size_t llen, const char **err) {
+  if (!gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
+  gw_proxy_t *p = r->proxy;
+  if (!p || p->state != GW_PROXY_HEAD_READY) {
+    *err = "the proxied response is no longer available";
+    return GW_FFI_ERROR;
+  }
+  if (gw_response_start(r, status) != 0) {
+    *err = "a response was already sent";
+    return GW_FFI_ERROR;
+  }
+  const char *q = lines, *end = lines + llen;
+  while (q < end) {
+    const char *eol = NULL;
+    for (const char *s = q; s + 1 < end; s++)
+      if (s[0] == '\r' && s[1] == '\n') {
+        eol = s;
+        break;
+      }
+    const char *colon = eol ? memchr(q, ':', (size_t)(eol - q)) : NULL;
+    if (!colon) {
+      *err = "invalid response header line";
+      return GW_FFI_ERROR;
+    }
+    const char *v = colon + 1;
+    while (v < eol && *v == ' ') v++;
+    if (gw_response_header(r, q, (size_t)(colon - q), v, (size_t)(eol - v)) != 0) {
+      *err = "invalid response header (CR, LF or a bad name)";
+      return GW_FFI_ERROR;
+    }
+    q = eol + 2;
+  }
+  gw_http1c_t *hp = &p->x.parser;
+  int no_body = status < 200 || status == 204 || status == 304;
+  if (no_body) {
+    gw_response_send_head(r, GW_FRAMING_NONE, 0);
+  } else if (hp->has_length || r->method == HTTP_HEAD) {
+    gw_response_send_head(r, GW_FRAMING_LENGTH, hp->content_length);
+  } else if (r->http_minor >= 1) {
+    p->chunked_out = 1;
+    gw_response_send_head(r, GW_FRAMING_CHUNKED, 0);
+  } else {
+    r->close_after = 1;
+    gw_response_send_head(r, GW_FRAMING_CLOSE, 0);
+  }
+  /* HEAD, 204 and 304 carry no body, whatever the upstream sends. */
+  p->state = (no_body || r->method == HTTP_HEAD) ? GW_PROXY_HEAD_READY : GW_PROXY_STREAMING;
+  if (p->state == GW_PROXY_STREAMING) gw_exchange_resume(&p->x);
+  return GW_FFI_OK;
+}
