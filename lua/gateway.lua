@@ -238,6 +238,13 @@ gw.timer = {
 
 function gw.worker_id() return C.gw_ffi_worker_index() end
 
+-- gw.aggregate(PATTERN, parts): a GET route merging several upstream JSON
+-- answers; see lua/gateway/aggregate.lua.
+function gw.aggregate(pattern, parts)
+  local handler = require("gateway.aggregate").handler(parts, state.upstreams, 2)
+  return add_route("GET", pattern, nil, {}, handler, 2)
+end
+
 -- gw.upstream(NAME, spec): see lua/gateway/upstream.lua and docs/upstreams.md.
 function gw.upstream(name, spec)
   local up = require("gateway.upstream").declare(name, spec)

@@ -1,0 +1,84 @@
+-- gateway.aggregate: gw.aggregate(PATTERN, parts), a KrakenD-style endpoint
+-- that fans out to several upstreams in parallel and merges their JSON.
+--
+-- parts = { name = { upstream = up_or_name, path = "/users/{id}", optional = bool,
+--                    timeout = seconds } }
+-- {param} in a path is replaced by the route parameter of that name (URL-
+-- escaped); a path may carry a query. The answer nests each part's decoded
+-- JSON under its name. A failed part (error, non-2xx status, or a body that
+-- is not JSON) that is optional is left out and the answer carries
+-- X-Partial: true; a failed required part makes the answer 502 with the
+-- errors of every failed part.
+local sched = require "gateway.sched"
+
+local type, error, pairs, tostring, format = type, error, pairs, tostring, string.format
+local gsub, byte = string.gsub, string.byte
+
+local _M = {}
+
+local function escape(s)
+  return (gsub(tostring(s), "[^%w%-%._~]", function(c) return format("%%%02X", byte(c)) end))
+end
+
+local function fill(path, params)
+  return (gsub(path, "{([%w_]+)}", function(name)
+    local v = params[name]
+    if v == nil then return "" end
+    return escape(v)
+  end))
+end
+
+-- Checks the parts at configuration time; `upstreams` maps names to objects.
+local function resolve_parts(parts, upstreams, level)
+  if type(parts) ~= "table" then error("gw.aggregate: a table of parts is required", level + 1) end
+  local list = {}
+  for name, p in pairs(parts) do
+    if type(p) ~= "table" then error("gw.aggregate: part '" .. tostring(name) .. "' must be a table", level + 1) end
+    local up = p.upstream
+    if type(up) == "string" then up = upstreams[up] end
+    if type(up) ~= "table" or not up.get then
+      error("gw.aggregate: part '" .. tostring(name) .. "': unknown upstream " .. tostring(p.upstream), level + 1)
+    end
+    if type(p.path) ~= "string" or byte(p.path, 1) ~= 47 then
+      error("gw.aggregate: part '" .. tostring(name) .. "': path must start with '/'", level + 1)
+    end
+    list[name] = { up = up, path = p.path, optional = p.optional and true or false, timeout = p.timeout }
+  end
+  if next(list) == nil then error("gw.aggregate: at least one part is required", level + 1) end
+  return list
+end
+
+-- Returns the route handler for `parts`.
+function _M.handler(parts, upstreams, level)
+  local list = resolve_parts(parts, upstreams, level + 1)
+  return function(req)
+    local fns = {}
+    for name, p in pairs(list) do
+      local path = fill(p.path, req.params)
+      fns[name] = function()
+        local res, err = p.up:get(path, { timeout = p.timeout, headers = { ["X-Request-Id"] = req.id } })
+        if not res then return nil, err end
+        if res.status < 200 or res.status > 299 then return nil, "status " .. res.status end
+        local doc, jerr = res:json()
+        if doc == nil then return nil, jerr end
+        return doc
+      end
+    end
+    local results, errors = sched.all(fns)
+    local failed, partial = nil, false
+    for name, e in pairs(errors) do
+      if list[name].optional then
+        partial = true
+      else
+        failed = failed or {}
+        failed[name] = tostring(e)
+      end
+    end
+    if failed then
+      return { status = 502, json = { error = "a required part failed", parts = failed, request_id = req.id } }
+    end
+    return { status = 200, headers = partial and { ["X-Partial"] = "true" } or {}, json = results }
+  end
+end
+
+return _M
