@@ -21,9 +21,11 @@
 #define READ_CHUNK 16384
 
 static void start_try(gw_exchange_t *x);
+static int aborted(gw_exchange_t *x);
 static void fail(gw_exchange_t *x, int err, const char *msg);
 static void uconn_close(gw_uconn_t *uc);
 static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 
 static uint64_t ms(double s) { return s <= 0 ? 1 : (uint64_t)(s * 1000.0); }
 
@@ -89,7 +91,12 @@ static void serialise(gw_exchange_t *x) {
     gw_buf_append(o, "\r\n", 2);
   }
   gw_buf_append(o, x->header_lines.base, x->header_lines.len);
-  if (x->has_body || x->body.len) {
+  if (x->stream_body && x->stream_length < 0) {
+    gw_buf_append_str(o, "Transfer-Encoding: chunked\r\n");
+  } else if (x->stream_body) {
+    int n = snprintf(num, sizeof num, "Content-Length: %lld\r\n", (long long)x->stream_length);
+    gw_buf_append(o, num, (size_t)n);
+  } else if (x->has_body || x->body.len) {
     int n = snprintf(num, sizeof num, "Content-Length: %zu\r\n", x->body.len);
     gw_buf_append(o, num, (size_t)n);
   }
@@ -233,7 +240,8 @@ static int retryable(const gw_exchange_t *x) {
 
 static void fail(gw_exchange_t *x, int err, const char *msg) {
   gw_uconn_t *uc = x->uc;
-  int stale = uc && uc->exchanges > 1 && !x->got_bytes && err != GW_ETIMEDOUT;
+  int stale = uc && uc->exchanges > 1 && !x->got_bytes && err != GW_ETIMEDOUT &&
+              (!x->stream_body || x->body_pending + x->body_q.len == 0);
   if (stale && x->idempotent) {
     /* A pooled connection the server had already closed: try again on a
      * fresh connection, without counting it as a retry. */
@@ -263,6 +271,7 @@ static int on_body(gw_http1c_t *p, const char *at, size_t len) {
   x->in_callback = 1;
   int pause = x->ops->on_body(x, at, len);
   x->in_callback = 0;
+  if (x->abort_pending) return -1; /* parse() hands it back */
   if (pause < 0) {
     x->body_error = 1;
     p->reason = "upstream response too large";
@@ -278,6 +287,7 @@ static void parse(gw_exchange_t *x) {
   while (x->uc == uc && !x->paused && x->state != GW_X_DONE) {
     size_t used = 0;
     gw_http1c_result_t res = gw_http1c_execute(&x->parser, uc->rbuf.base, uc->parsed, uc->rbuf.len, &used);
+    if (aborted(x)) return;
     uc->parsed += used;
     switch (res) {
       case GW_HTTP1C_NEED_MORE:
@@ -296,7 +306,7 @@ static void parse(gw_exchange_t *x) {
         x->in_callback = 1;
         int pause = x->ops->on_head(x);
         x->in_callback = 0;
-        if (x->abort_pending) return;
+        if (aborted(x)) return;
         if (pause) x->paused = 1;
         arm(x, read_timeout(x));
         break;
@@ -313,7 +323,7 @@ static void parse(gw_exchange_t *x) {
           x->in_callback = 1;
           x->ops->on_head(x);
           x->in_callback = 0;
-          if (x->abort_pending) return;
+          if (aborted(x)) return;
         }
         finish(x, 0, NULL);
         return;
@@ -321,6 +331,20 @@ static void parse(gw_exchange_t *x) {
         fail(x, x->body_error ? GW_ETOOBIG : GW_EPARSE, x->parser.reason);
         return;
     }
+  }
+}
+
+static void read_pause(gw_uconn_t *uc) {
+  if (uc->reading) {
+    uv_read_stop((uv_stream_t *)&uc->tcp);
+    uc->reading = 0;
+  }
+}
+
+static void read_resume(gw_uconn_t *uc) {
+  if (!uc->reading && !uc->closing) {
+    uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_uconn_read);
+    uc->reading = 1;
   }
 }
 
@@ -348,40 +372,135 @@ static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   x->got_bytes = 1;
   arm(x, read_timeout(x));
   parse(x);
+  /* A paused exchange (Lua deciding, or the client slow to read) must not
+   * pile the upstream's bytes up here: let them wait in the socket. */
+  if (x->uc == uc && x->paused) read_pause(uc);
 }
 
+/* A write to an upstream connection. Allocated per write and owned by
+ * libuv until its callback; it points at the connection, never at the
+ * exchange, which may be gone by then (aborted while the write was queued).
+ * Streamed body bytes are copied into `data`; the head is written straight
+ * from x->out, which outlives the write or is only freed after an abort,
+ * when libuv cancels the write without reading the buffer. */
+typedef struct {
+  uv_write_t req;  /* req.data is the gw_uconn_t */
+  size_t len;      /* bytes counted in x->body_pending */
+  int head;        /* this write carries the head (and a buffered body) */
+  char data[];
+} uwrite_t;
+
+static void flush_body(gw_exchange_t *x);
+
 static void on_written(uv_write_t *req, int status) {
-  gw_exchange_t *x = req->data;
-  x->writing = 0;
-  if (x->abort_pending) {
-    gw_exchange_release(x);
-    return;
-  }
-  if (x->state != GW_X_SENDING) return;
+  uwrite_t *w = (uwrite_t *)req;
+  gw_uconn_t *uc = req->data;
+  gw_exchange_t *x = uc->x;
+  int head = w->head;
+  size_t len = w->len;
+  free(w);
+  if (!x || uc->closing || x->state == GW_X_DONE) return;
   if (status < 0) {
     fail(x, status, "upstream write failed");
     return;
   }
-  x->state = GW_X_HEAD;
-  arm(x, read_timeout(x));
+  if (head) {
+    x->head_sent = 1;
+    if (x->state == GW_X_SENDING) x->state = GW_X_HEAD;
+  } else {
+    x->body_pending -= len;
+    x->body_writing = 0;
+  }
+  if (x->stream_body) {
+    flush_body(x);
+    /* While the client's body flows, the send timeout applies; the read
+     * timeout starts once all of it is out. */
+    if (!x->body_done_sent) arm(x, x->up->t_send);
+    else if (x->state == GW_X_HEAD) arm(x, read_timeout(x));
+    if (x->body_pending < GW_EXCHANGE_LOW_WATER && x->ops->on_drain) {
+      x->in_callback = 1;
+      x->ops->on_drain(x);
+      x->in_callback = 0;
+      aborted(x);
+    }
+    return;
+  }
+  if (x->state == GW_X_HEAD) arm(x, read_timeout(x));
+}
+
+static int write_to(gw_uconn_t *uc, uwrite_t *w, const char *data, size_t len) {
+  w->req.data = uc;
+  uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+  return uv_write(&w->req, (uv_stream_t *)&uc->tcp, &b, 1, on_written);
 }
 
 static void send_request(gw_exchange_t *x) {
   gw_uconn_t *uc = x->uc;
   x->state = GW_X_SENDING;
+  x->head_sent = 0;
   arm(x, x->up->t_send);
   if (!uc->reading) {
     uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_uconn_read);
     uc->reading = 1;
   }
-  uv_buf_t b = uv_buf_init(x->out.base, (unsigned)x->out.len);
-  x->write_req.data = x;
-  x->writing = 1;
-  int rc = uv_write(&x->write_req, (uv_stream_t *)&uc->tcp, &b, 1, on_written);
+  uwrite_t *w = gw_xcalloc(1, sizeof *w);
+  w->head = 1;
+  int rc = write_to(uc, w, x->out.base, x->out.len);
   if (rc != 0) {
-    x->writing = 0;
+    free(w);
     fail(x, rc, "upstream write failed");
   }
+}
+
+/* Writes what the client's body has queued, one write at a time. */
+static void flush_body(gw_exchange_t *x) {
+  if (!x->head_sent || x->body_writing || !x->uc || x->state == GW_X_DONE) return;
+  if (x->body_q.len == 0) return;
+  uwrite_t *w = gw_xmalloc(sizeof *w + x->body_q.len);
+  w->head = 0;
+  w->len = x->body_q.len;
+  memcpy(w->data, x->body_q.base, x->body_q.len);
+  x->body_q.len = 0;
+  x->body_writing = 1;
+  if (x->body_end_queued) x->body_done_sent = 1;
+  if (write_to(x->uc, w, w->data, w->len) != 0) {
+    free(w);
+    fail(x, UV_EPIPE, "upstream write failed");
+  }
+}
+
+size_t gw_exchange_write_body(gw_exchange_t *x, const char *data, size_t n) {
+  if (x->state == GW_X_DONE || n == 0) return x->body_pending;
+  if (x->stream_length < 0) {
+    char size[24];
+    int len = snprintf(size, sizeof size, "%zx\r\n", n);
+    gw_buf_append(&x->body_q, size, (size_t)len);
+    gw_buf_append(&x->body_q, data, n);
+    gw_buf_append(&x->body_q, "\r\n", 2);
+    x->body_pending += (size_t)len + n + 2;
+  } else {
+    gw_buf_append(&x->body_q, data, n);
+    x->body_pending += n;
+  }
+  /* Once a byte of the client's body is on its way it cannot be sent again. */
+  x->idempotent = 0;
+  flush_body(x);
+  return x->body_pending;
+}
+
+void gw_exchange_end_body(gw_exchange_t *x) {
+  if (x->state == GW_X_DONE || x->body_end_queued) return;
+  x->body_end_queued = 1;
+  if (x->stream_length < 0) {
+    gw_buf_append(&x->body_q, "0\r\n\r\n", 5);
+    x->body_pending += 5;
+  }
+  if (x->body_q.len == 0) {
+    x->body_done_sent = 1;
+    if (x->state == GW_X_HEAD) arm(x, read_timeout(x));
+    return;
+  }
+  flush_body(x);
 }
 
 static void on_connect(uv_connect_t *req, int status) {
@@ -443,16 +562,32 @@ int gw_exchange_start(gw_exchange_t *x) {
 void gw_exchange_resume(gw_exchange_t *x) {
   if (!x->paused) return;
   x->paused = 0;
-  if (x->uc && x->state != GW_X_DONE) parse(x);
+  if (x->in_callback) return; /* the parser is running: it goes on by itself */
+  gw_uconn_t *uc = x->uc;
+  if (!uc || x->state == GW_X_DONE) return;
+  parse(x);
+  if (x->uc == uc && !x->paused) read_resume(uc);
 }
 
-void gw_exchange_abort(gw_exchange_t *x) {
-  if (x->state == GW_X_DONE || x->state == GW_X_IDLE) return;
-  gw_uconn_t *uc = x->uc;
-  x->uc = NULL;
-  if (x->server) x->server->active--;
-  x->state = GW_X_DONE;
-  if (uc) uconn_close(uc);
+int gw_exchange_abort(gw_exchange_t *x) {
+  if (x->state != GW_X_DONE && x->state != GW_X_IDLE) {
+    gw_uconn_t *uc = x->uc;
+    x->uc = NULL;
+    if (x->server) x->server->active--;
+    x->state = GW_X_DONE;
+    if (uc) uconn_close(uc);
+  }
+  if (!x->in_callback) return 0;
+  x->abort_pending = 1;
+  return 1;
+}
+
+/* After a callback: if it aborted the exchange, hand it back to its owner
+ * and stop touching it. */
+static int aborted(gw_exchange_t *x) {
+  if (!x->abort_pending) return 0;
+  if (x->ops->on_aborted) x->ops->on_aborted(x);
+  return 1;
 }
 
 void gw_exchange_release(gw_exchange_t *x) {
@@ -462,6 +597,7 @@ void gw_exchange_release(gw_exchange_t *x) {
   gw_buf_free(&x->header_lines);
   gw_buf_free(&x->body);
   gw_buf_free(&x->out);
+  gw_buf_free(&x->body_q);
   free(x->hash_key);
   x->hash_key = NULL;
 }

@@ -34,7 +34,15 @@ typedef struct gw_exchange_ops_s {
   int (*on_body)(gw_exchange_t *x, const char *p, size_t n);
   /* The end: err 0, or a negative code with `msg` (static storage). */
   void (*on_done)(gw_exchange_t *x, int err, const char *msg);
+  /* A streamed request body drained below the low-water mark (may be NULL). */
+  void (*on_drain)(gw_exchange_t *x);
+  /* The exchange was aborted from inside one of these callbacks; the client
+   * is done with it now and the owner may free it (may be NULL if the owner
+   * never aborts from a callback). */
+  void (*on_aborted)(gw_exchange_t *x);
 } gw_exchange_ops_t;
+
+#define GW_EXCHANGE_LOW_WATER (64 * 1024)
 
 /* A connection to one server. Owned by its server's pool while idle, by
  * its exchange while in use; freed after its handles close. */
@@ -72,6 +80,15 @@ struct gw_exchange_s {
   uint8_t has_body;            /* send `body` with Content-Length (even if empty) */
   gw_buf_t body;
   gw_buf_t out;                /* the bytes of the current try */
+  /* A request body streamed from the client instead of `body`. */
+  uint8_t stream_body;         /* on: the body comes through write_body */
+  int64_t stream_length;       /* its Content-Length, or -1: chunked to the server */
+  gw_buf_t body_q;             /* framed body bytes not yet handed to libuv */
+  size_t body_pending;         /* queued or in-flight body bytes */
+  uint8_t body_writing;        /* a body write is in flight */
+  uint8_t body_end_queued;     /* the client's body is complete */
+  uint8_t body_done_sent;      /* ... and its last bytes are on their way */
+  uint8_t head_sent;           /* the head write completed */
   gw_http1c_t parser;
   const char *resp_base;       /* the buffer the parser's header slices point into;
                                   valid during on_head and on_done */
@@ -79,14 +96,12 @@ struct gw_exchange_s {
   size_t hash_key_len;
   double timeout;              /* overrides the read timeout when > 0 */
   uint64_t started_ms;         /* of the current try */
-  uv_write_t write_req;
   gw_exchange_state_t state;
   int tries;                   /* tries made */
   uint8_t idempotent;          /* may be retried */
   uint8_t head_request;        /* the method is HEAD */
   uint8_t got_bytes;           /* a response byte arrived on this try */
   uint8_t paused;              /* the caller paused reading */
-  uint8_t writing;             /* write_req in flight */
   uint8_t in_callback;         /* inside one of ops: no freeing */
   uint8_t abort_pending;
   uint8_t body_error;          /* on_body refused the body (too large) */
@@ -104,10 +119,19 @@ void gw_exchange_set_body(gw_exchange_t *x, const char *body, size_t len);
 /* Starts `x` (state IDLE, request set). Calls back later, never before
  * returning. Returns 0, or an error without calling back (no server). */
 int gw_exchange_start(gw_exchange_t *x);
+/* Streams request body bytes (stream_body on): queues them, framed, and
+ * returns how many bytes wait to be written, for the caller's backpressure.
+ * Body bytes may be given before the connection is up. */
+size_t gw_exchange_write_body(gw_exchange_t *x, const char *data, size_t n);
+/* The streamed body is complete. */
+void gw_exchange_end_body(gw_exchange_t *x);
 /* Resumes reading after a callback asked to pause. */
 void gw_exchange_resume(gw_exchange_t *x);
-/* Ends `x` without on_done; its connection is closed (not pooled). */
-void gw_exchange_abort(gw_exchange_t *x);
+/* Ends `x` without on_done; its connection is closed (not pooled).
+ * Returns 1 when called from inside one of x's callbacks: the client still
+ * uses `x` until it calls ops->on_aborted, and the owner must wait for
+ * that before freeing it. Returns 0 when `x` may be freed at once. */
+int gw_exchange_abort(gw_exchange_t *x);
 /* Frees buffers owned by `x` (after on_done or abort). */
 void gw_exchange_release(gw_exchange_t *x);
 

@@ -255,13 +255,6 @@ static void dispatch(gw_conn_t *c) {
   c->state = GW_CONN_HANDLING;
   uv_timer_stop(&c->timer);
   if (w->draining) r->close_after = 1;
-  if (r->content_length > r->conn->http.limits->body_bytes) {
-    /* Refused before any Lua runs: the body would be refused anyway. */
-    r->close_after = 1;
-    gw_response_error(r, 413, "body too large");
-    gw_conn_request_done(c);
-    return;
-  }
   gw_task_t *t = gw_task_start_request(w->vm, &request_task_ops, c, r, r->serial);
   if (!t->finished) {
     /* The handler waits: stop reading so that a client cannot pile up
@@ -288,6 +281,30 @@ static void compact_after_head(gw_conn_t *c, size_t head_end) {
   memmove(c->rbuf.base + head_end, c->rbuf.base + c->parsed, c->rbuf.len - c->parsed);
   c->rbuf.len -= drop;
   c->parsed = head_end;
+}
+
+/* The body being read (or streamed) ended: `state` is GW_BODY_DONE,
+ * GW_BODY_TOO_BIG or GW_BODY_FAILED. The request goes back to its handler:
+ * a coroutine waiting in req:body() is woken, a streaming sink is told. */
+static void body_finished(gw_conn_t *c, gw_body_state_t state) {
+  gw_req_t *r = c->req;
+  int streaming = r->body_state == GW_BODY_STREAMING;
+  r->body_state = state;
+  if (state != GW_BODY_DONE) r->close_after = 1;
+  c->state = GW_CONN_HANDLING;
+  read_stop(c);
+  uv_timer_stop(&c->timer);
+  conn_ref(c);
+  if (streaming && r->body_sink) {
+    int (*sink)(void *, const char *, size_t, int) = r->body_sink;
+    r->body_sink = NULL;
+    sink(r->body_sink_data, NULL, 0, state == GW_BODY_DONE ? 1 : -1);
+  } else if (r->body_waiter) {
+    gw_waiter_t *wt = r->body_waiter;
+    r->body_waiter = NULL;
+    gw_waiter_wake(wt, NULL, NULL);
+  }
+  conn_unref(c);
 }
 
 /* Runs the parser over buffered bytes and acts on what it finds. */
@@ -322,6 +339,8 @@ static void parse_loop(gw_conn_t *c) {
     switch (res) {
       case GW_HTTP1_NEED_MORE:
         if (c->state == GW_CONN_BODY || c->state == GW_CONN_DISCARD) compact_after_head(c, c->head_end);
+        /* A streaming sink that is full: the socket waits (gw_conn_resume_body). */
+        if (c->state == GW_CONN_BODY && c->http.sink_paused) read_stop(c);
         return;
       case GW_HTTP1_HEAD:
         c->head_end = c->parsed;
@@ -330,19 +349,8 @@ static void parse_loop(gw_conn_t *c) {
       case GW_HTTP1_MESSAGE:
       case GW_HTTP1_UPGRADE:
         if (c->state == GW_CONN_BODY) {
-          gw_req_t *r = c->req;
-          r->body_state = GW_BODY_DONE;
-          c->state = GW_CONN_HANDLING;
-          read_stop(c);
-          uv_timer_stop(&c->timer);
-          if (res == GW_HTTP1_UPGRADE) r->close_after = 1;
-          if (r->body_waiter) {
-            gw_waiter_t *wt = r->body_waiter;
-            r->body_waiter = NULL;
-            conn_ref(c);
-            gw_waiter_wake(wt, NULL, NULL);
-            conn_unref(c);
-          }
+          if (res == GW_HTTP1_UPGRADE) c->req->close_after = 1;
+          body_finished(c, GW_BODY_DONE);
           continue; /* the handler may have answered: look at the next request */
         }
         if (c->state == GW_CONN_DISCARD) {
@@ -357,19 +365,7 @@ static void parse_loop(gw_conn_t *c) {
         return;
       case GW_HTTP1_ERROR:
         if (c->state == GW_CONN_BODY) {
-          gw_req_t *r = c->req;
-          r->body_state = c->http.status == 413 ? GW_BODY_TOO_BIG : GW_BODY_FAILED;
-          r->close_after = 1;
-          c->state = GW_CONN_HANDLING;
-          read_stop(c);
-          uv_timer_stop(&c->timer);
-          if (r->body_waiter) {
-            gw_waiter_t *wt = r->body_waiter;
-            r->body_waiter = NULL;
-            conn_ref(c);
-            gw_waiter_wake(wt, NULL, NULL);
-            conn_unref(c);
-          }
+          body_finished(c, c->http.status == 413 ? GW_BODY_TOO_BIG : GW_BODY_FAILED);
           continue;
         }
         if (c->state == GW_CONN_DISCARD) {
@@ -387,17 +383,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0) return;
   if (nread < 0) {
     /* EOF or error. A half-read body fails; otherwise the peer is gone. */
-    if (c->state == GW_CONN_BODY && c->req && c->req->body_waiter) {
-      gw_req_t *r = c->req;
-      r->body_state = GW_BODY_FAILED;
-      r->close_after = 1;
-      c->state = GW_CONN_HANDLING;
-      read_stop(c);
-      gw_waiter_t *wt = r->body_waiter;
-      r->body_waiter = NULL;
-      conn_ref(c);
-      gw_waiter_wake(wt, NULL, NULL);
-      conn_unref(c);
+    if (c->state == GW_CONN_BODY && c->req) {
+      body_finished(c, GW_BODY_FAILED);
       return;
     }
     if (c->state == GW_CONN_HANDLING) {
@@ -434,16 +421,7 @@ static void on_timeout(uv_timer_t *t) {
       refuse(c, 408, "request head timed out");
       break;
     case GW_CONN_BODY:
-      if (c->req && c->req->body_waiter) {
-        gw_req_t *r = c->req;
-        r->body_state = GW_BODY_FAILED;
-        r->close_after = 1;
-        c->state = GW_CONN_HANDLING;
-        read_stop(c);
-        gw_waiter_t *wt = r->body_waiter;
-        r->body_waiter = NULL;
-        gw_waiter_wake(wt, NULL, NULL);
-      }
+      if (c->req) body_finished(c, GW_BODY_FAILED);
       break;
     case GW_CONN_DISCARD:
     case GW_CONN_LINGER:
@@ -471,8 +449,16 @@ int gw_conn_want_body(gw_conn_t *c) {
       return 0;
     case GW_BODY_READING:
       return 1;
+    case GW_BODY_STREAMING:
+      return GW_ESTATE;
     case GW_BODY_UNREAD:
       break;
+  }
+  if (r->content_length > c->http.limits->body_bytes) {
+    /* Refused without reading it; the connection closes after the answer. */
+    r->body_state = GW_BODY_TOO_BIG;
+    r->close_after = 1;
+    return 0;
   }
   if (!r->chunked && r->content_length == 0) {
     gw_http1_resume(&c->http); /* the message completes at once */
@@ -492,8 +478,6 @@ int gw_conn_want_body(gw_conn_t *c) {
   gw_http1_resume(&c->http);
   /* Parse what is buffered already; it may complete the body synchronously. */
   conn_ref(c);
-  size_t saved = c->parsed;
-  (void)saved;
   process(c);
   conn_unref(c);
   if (r->body_state != GW_BODY_READING) return 0;
@@ -507,6 +491,36 @@ void gw__conn_body_waiter(gw_conn_t *c, gw_waiter_t *w);
 void gw__conn_body_waiter(gw_conn_t *c, gw_waiter_t *w) {
   w->cancel = cancel_body_wait;
   c->req->body_waiter = w;
+}
+
+int gw_conn_stream_body(gw_conn_t *c, int (*sink)(void *, const char *, size_t, int), void *data) {
+  gw_req_t *r = c->req;
+  if (r->body_state != GW_BODY_UNREAD) return GW_ESTATE;
+  if (r->expect_continue) {
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1);
+    gw_conn_write(c, &b, 1);
+    r->expect_continue = 0;
+  }
+  r->body_sink = sink;
+  r->body_sink_data = data;
+  r->body_state = GW_BODY_STREAMING;
+  c->state = GW_CONN_BODY;
+  c->http.sink_paused = 0;
+  gw_http1_resume(&c->http);
+  arm_timer(c, secs_ms(c->worker->cfg->timeouts.body));
+  read_start(c);
+  /* Bytes already buffered flow on the next read callback or right now. */
+  conn_ref(c);
+  process(c);
+  conn_unref(c);
+  return 0;
+}
+
+void gw_conn_resume_body(gw_conn_t *c) {
+  if (!c->http.sink_paused) return;
+  c->http.sink_paused = 0;
+  if (c->state == GW_CONN_BODY) read_start(c);
 }
 
 /* ---- between requests ---- */

@@ -68,6 +68,11 @@ void gw_conn_write(gw_conn_t *c, const uv_buf_t *bufs, unsigned n);
  * 0 when the body is complete already, 1 when it will be announced through
  * gw_task_wake on req->body_waiter, or a negative error. */
 int gw_conn_want_body(gw_conn_t *c);
+/* Streams the body of c->req to `sink` instead of storing it (up:proxy).
+ * Returns GW_ESTATE if the body was already read. */
+int gw_conn_stream_body(gw_conn_t *c, int (*sink)(void *, const char *, size_t, int), void *data);
+/* The sink that asked to pause can take more. */
+void gw_conn_resume_body(gw_conn_t *c);
 /* The Lua layer is done with c->req (its answer is sent): log it, free it,
  * and go on with the next request or close. */
 void gw_conn_request_done(gw_conn_t *c);

@@ -159,12 +159,14 @@ static void fetch_on_done(gw_exchange_t *x, int err, const char *msg) {
   fetch_free(f);
 }
 
-static const gw_exchange_ops_t fetch_ops = {fetch_on_head, fetch_on_body, fetch_on_done};
+static void fetch_on_aborted(gw_exchange_t *x) { fetch_free(x->data); }
+
+static const gw_exchange_ops_t fetch_ops = {fetch_on_head, fetch_on_body, fetch_on_done, NULL,
+                                            fetch_on_aborted};
 
 static void cancel_fetch(gw_waiter_t *w) {
   fetch_t *f = (fetch_t *)w;
-  gw_exchange_abort(&f->x);
-  fetch_free(f);
+  if (!gw_exchange_abort(&f->x)) fetch_free(f);
 }
 
 GW_FFI_EXPORT int gw_ffi_upstream_fetch(gw_task_t *t, uint32_t ts, gw_upstream_t *up,

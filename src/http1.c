@@ -153,6 +153,12 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
   gw_http1_t *h = H(p);
   gw_req_t *r = h->req;
   if (h->discard_body || !r) return 0;
+  if (r->body_sink) {
+    /* Streamed to an upstream: not stored, so not bounded by body_bytes.
+     * A request to pause is acted on by the connection after this execute. */
+    if (r->body_sink(r->body_sink_data, at, len, 0) == 1) h->sink_paused = 1;
+    return 0;
+  }
   if (r->body.len + len > h->limits->body_bytes) return reject(h, 413, "body too large");
   if (gw_buf_try_reserve(&r->body, len) != 0) return reject(h, 413, "body too large");
   memcpy(r->body.base + r->body.len, at, len);

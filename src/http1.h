@@ -35,6 +35,7 @@ typedef struct gw_http1_s {
   uint8_t head_done;          /* the current message's head is complete */
   uint8_t discard_body;       /* drop body bytes instead of storing them */
   uint8_t between_messages;   /* the last message completed; none has begun */
+  uint8_t sink_paused;        /* the body sink asked to stop reading */
   uint8_t paused_at;          /* GW_HTTP1_HEAD or GW_HTTP1_MESSAGE: why llhttp paused */
   size_t head_bytes;          /* bytes of the current head so far */
   size_t last_end;            /* offset just past the last head part parsed */

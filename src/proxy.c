@@ -26,6 +26,8 @@
 void gw__push_response_headers(lua_State *L, const gw_http1c_t *p, const char *base);
 int gw__exchange_add_lines(gw_exchange_t *x, const char *lines, size_t len);
 
+static void free_proxy(gw_proxy_t *p);
+
 static int push_head(lua_State *L, void *arg) {
   gw_proxy_t *p = arg;
   if (p->err) {
@@ -112,6 +114,7 @@ static void on_done(gw_exchange_t *x, int err, const char *msg) {
       break;
     case GW_PROXY_STREAMING: {
       gw_req_t *r = p->req;
+      if (!r) break;
       gw_conn_t *c = r->conn;
       if (err) {
         gw_log_warn("proxy: upstream %s failed mid-body: %s", x->up->name, msg ? msg : gw_strerror(err));
@@ -129,18 +132,59 @@ static void on_done(gw_exchange_t *x, int err, const char *msg) {
   }
 }
 
-static const gw_exchange_ops_t proxy_ops = {on_head, on_body, on_done};
+/* The upstream took the queued client body: let the client send more. */
+static void on_drain(gw_exchange_t *x) {
+  gw_proxy_t *p = x->data;
+  if (p->client_body_paused && p->req->conn) {
+    p->client_body_paused = 0;
+    gw_conn_resume_body(p->req->conn);
+  }
+}
+
+static void on_aborted(gw_exchange_t *x) { free_proxy(x->data); }
+
+static const gw_exchange_ops_t proxy_ops = {on_head, on_body, on_done, on_drain, on_aborted};
+
+/* The client's body, as the connection decodes it (gw_conn_stream_body). */
+static int client_body_sink(void *data, const char *bytes, size_t n, int end) {
+  gw_proxy_t *p = data;
+  if (end > 0) {
+    gw_exchange_end_body(&p->x);
+    return 0;
+  }
+  if (end < 0) {
+    /* The client's body broke off: the upstream request cannot be finished. */
+    if (p->state == GW_PROXY_WAIT_HEAD) {
+      p->state = GW_PROXY_DONE;
+      p->err = GW_EPARSE;
+      p->msg = "the client body failed";
+      if (!gw_exchange_abort(&p->x)) wake(p, push_head);
+    }
+    return 0;
+  }
+  if (gw_exchange_write_body(&p->x, bytes, n) > GW_PROXY_HIGH_WATER) {
+    p->client_body_paused = 1;
+    return 1;
+  }
+  return 0;
+}
 
 static void cancel_wait(gw_waiter_t *w) {
   /* The task ended while waiting; the request still owns the proxy. */
   ((gw_proxy_t *)w)->waiting = 0;
 }
 
-void gw_proxy_destroy(gw_proxy_t *p) {
-  gw_exchange_abort(&p->x);
+static void free_proxy(gw_proxy_t *p) {
   gw_exchange_release(&p->x);
   gw_buf_free(&p->body);
   free(p);
+}
+
+void gw_proxy_destroy(gw_proxy_t *p) {
+  p->req = NULL;
+  /* From inside one of the exchange's own callbacks the client still uses
+   * it: on_aborted frees it when the client is done. */
+  if (!gw_exchange_abort(&p->x)) free_proxy(p);
 }
 
 void gw_proxy_client_drained(gw_proxy_t *p) {
@@ -236,8 +280,16 @@ GW_FFI_EXPORT int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, 
     return GW_FFI_ERROR;
   }
   add_client_headers(&p->x, r, lines, llen);
-  if (r->body_state == GW_BODY_DONE && (r->content_length > 0 || r->chunked))
+  int has_body = r->content_length > 0 || r->chunked;
+  int stream = has_body && r->body_state == GW_BODY_UNREAD;
+  if (has_body && r->body_state == GW_BODY_DONE) {
     gw_exchange_set_body(&p->x, r->body.base ? r->body.base : "", r->body.len);
+  } else if (stream) {
+    /* Not read by the script: stream it, with the client's own framing. */
+    p->x.stream_body = 1;
+    p->x.stream_length = r->chunked ? -1 : (int64_t)r->content_length;
+    p->x.idempotent = 0;
+  }
   if (klen) {
     p->x.hash_key = gw_xstrndup(key, klen);
     p->x.hash_key_len = klen;
@@ -248,6 +300,7 @@ GW_FFI_EXPORT int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, 
   p->waiting = 1;
   *wait_id = p->w.id;
   gw_exchange_start(&p->x);
+  if (stream) gw_conn_stream_body(r->conn, client_body_sink, p);
   return GW_FFI_AGAIN;
 }
 

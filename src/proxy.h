@@ -38,6 +38,7 @@ typedef struct gw_proxy_s {
   uint8_t waiting;        /* w is registered with a task */
   uint8_t chunked_out;    /* the client gets chunked framing */
   uint8_t client_paused;  /* upstream reads wait for the client to drain */
+  uint8_t client_body_paused; /* client reads wait for the upstream to drain */
 } gw_proxy_t;
 
 /* Client writes queued past this pause the upstream; below LOW resume it. */

@@ -45,6 +45,7 @@ typedef enum {
   GW_BODY_READING,    /* req:body() is waiting for it */
   GW_BODY_DONE,       /* all of it is in `body` */
   GW_BODY_TOO_BIG,    /* over limits.body_bytes: 413 */
+  GW_BODY_STREAMING,  /* flowing to body_sink (up:proxy), never stored */
   GW_BODY_FAILED      /* malformed (bad chunk) or connection lost */
 } gw_body_state_t;
 
@@ -79,6 +80,10 @@ typedef struct gw_req_s {
   gw_body_state_t body_state;
   gw_buf_t body;              /* decoded body bytes (chunked framing removed) */
   gw_waiter_t *body_waiter;   /* the coroutine waiting in req:body(), or NULL */
+  /* GW_BODY_STREAMING: body bytes go here as they are decoded; end is 1 when
+   * the body is complete, -1 when it failed. Returns 1 to pause reading. */
+  int (*body_sink)(void *data, const char *p, size_t n, int end);
+  void *body_sink_data;
 
   /* Processing and the response. */
   gw_task_t *task;            /* the coroutine running the handler, or NULL */

@@ -14,8 +14,8 @@ local cjson = require "cjson.safe"
 local ffi, C = base.ffi, base.C
 local ffi_string = ffi.string
 local AGAIN, BAD_CONTEXT = base.AGAIN, base.BAD_CONTEXT
-local type, error, pairs, ipairs, tostring, setmetatable, rawget, concat =
-  type, error, pairs, ipairs, tostring, setmetatable, rawget, table.concat
+local type, error, pairs, ipairs, tostring, tonumber, setmetatable, rawget, concat =
+  type, error, pairs, ipairs, tostring, tonumber, setmetatable, rawget, table.concat
 local lower, find, byte, format, gsub = string.lower, string.find, string.byte, string.format, string.gsub
 
 ffi.cdef [[
@@ -259,10 +259,11 @@ function Upstream:proxy(req, opts)
   if type(req) ~= "table" or req._r == nil then error("up:proxy: the request is required", 2) end
   local ctx = sched.current()
   opts = opts or {}
-  -- The body is read first (bounded by limits.body_bytes) so that a retry
-  -- can send it again.
-  local h = req.headers
-  if h["content-length"] or h["transfer-encoding"] then req:body() end
+  -- A small body is read first so that a retry can send it again; a larger
+  -- or chunked one (that no script has read) streams through C as it comes,
+  -- with backpressure, and is not bounded by limits.body_bytes.
+  local cl = tonumber(req.headers["content-length"])
+  if cl and cl > 0 and cl <= 65536 then req:body() end
   local target
   if opts.path or opts.query then
     local path = opts.path or req.path
