@@ -153,6 +153,12 @@ gw_server_t *gw_balancer_pick(gw_upstream_t *up, const char *key, size_t keylen,
   return s;
 }
 
+int gw_balancer_any_usable(const gw_upstream_t *up, uint64_t now) {
+  for (size_t i = 0; i < up->nservers; i++)
+    if (usable(up->servers[i], now)) return 1;
+  return 0;
+}
+
 void gw_balancer_observe(gw_server_t *s, double latency_ms, uint64_t now) {
   /* Peak EWMA: a slower sample is taken at once, faster ones decay in. */
   double e = s->ewma_ms;

@@ -42,6 +42,7 @@ int gw_buf_try_reserve(gw_buf_t *b, size_t extra) {
 }
 
 void gw_buf_append(gw_buf_t *b, const void *p, size_t n) {
+  if (n == 0) return; /* p may be NULL then; memcpy must not see it */
   gw_buf_reserve(b, n);
   memcpy(b->base + b->len, p, n);
   b->len += n;

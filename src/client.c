@@ -9,6 +9,8 @@
  */
 #include "client.h"
 
+#include "balancer.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -225,7 +227,7 @@ static void finish(gw_exchange_t *x, int err, const char *msg) {
     if (reusable) pool_put(uc);
     else uconn_close(uc);
   }
-  if (x->server) {
+  if (x->server && !x->reported) {
     double latency = (double)(gw_now_ms() - x->started_ms);
     /* Only failures of the server count against it, not a response that
      * was simply too large for the caller. */
@@ -257,7 +259,11 @@ static void fail(gw_exchange_t *x, int err, const char *msg) {
     uconn_close(uc);
     x->server->active--;
     if (err != GW_ETOOBIG) gw_server_report(x->up, x->server, 0, 0);
+    x->reported = 1;
     if (retryable(x)) {
+      x->retry_elsewhere = 1;
+      x->last_err = err;
+      x->last_msg = msg;
       start_try(x);
       return;
     }
@@ -373,8 +379,9 @@ static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   arm(x, read_timeout(x));
   parse(x);
   /* A paused exchange (Lua deciding, or the client slow to read) must not
-   * pile the upstream's bytes up here: let them wait in the socket. */
-  if (x->uc == uc && x->paused) read_pause(uc);
+   * pile the upstream's bytes up here: let them wait in the socket. parse()
+   * may have ended (and freed) x: ask the connection, which outlives it. */
+  if (uc->x == x && x->paused) read_pause(uc);
 }
 
 /* A write to an upstream connection. Allocated per write and owned by
@@ -517,9 +524,17 @@ static void on_connect(uv_connect_t *req, int status) {
 }
 
 static void start_try(gw_exchange_t *x) {
-  const gw_server_t *avoid = x->tries > 0 ? x->server : NULL;
+  const gw_server_t *avoid = x->retry_elsewhere ? x->server : NULL;
   gw_server_t *s = gw_upstream_pick(x->up, x->hash_key, x->hash_key_len, avoid);
+  if (avoid && s == avoid) {
+    /* A retry goes to another server; with none left, the last failure stands. */
+    x->server = NULL;
+    finish(x, x->last_err, x->last_msg);
+    return;
+  }
   x->tries++;
+  x->reported = 0;
+  x->retry_elsewhere = 0;
   if (!s) {
     x->server = NULL;
     finish(x, GW_ESTATE, "no healthy server");
@@ -551,9 +566,27 @@ static void start_try(gw_exchange_t *x) {
 }
 
 
+/* A first try that fails before any I/O (no healthy server) is reported
+ * on the next loop turn: on_done must never run inside gw_exchange_start,
+ * whose caller (a Lua wrapper) has not yielded yet. */
+static void on_deferred_start(uv_timer_t *t) {
+  gw_exchange_t *x = t->data;
+  uv_close((uv_handle_t *)t, (uv_close_cb)free);
+  x->deferred = NULL;
+  start_try(x);
+}
+
 int gw_exchange_start(gw_exchange_t *x) {
   if (!gw__worker) return GW_ESTATE;
   x->tries = 0;
+  x->state = GW_X_CONNECTING;
+  if (!gw_balancer_any_usable(x->up, gw_now_ms())) {
+    x->deferred = gw_xmalloc(sizeof *x->deferred);
+    uv_timer_init(gw__worker->loop, x->deferred);
+    x->deferred->data = x;
+    uv_timer_start(x->deferred, on_deferred_start, 0, 0);
+    return 0;
+  }
   x->state = GW_X_IDLE;
   start_try(x);
   return 0;
@@ -566,10 +599,15 @@ void gw_exchange_resume(gw_exchange_t *x) {
   gw_uconn_t *uc = x->uc;
   if (!uc || x->state == GW_X_DONE) return;
   parse(x);
-  if (x->uc == uc && !x->paused) read_resume(uc);
+  if (uc->x == x && !x->paused) read_resume(uc);
 }
 
 int gw_exchange_abort(gw_exchange_t *x) {
+  if (x->deferred) {
+    uv_close((uv_handle_t *)x->deferred, (uv_close_cb)free);
+    x->deferred = NULL;
+    x->state = GW_X_DONE;
+  }
   if (x->state != GW_X_DONE && x->state != GW_X_IDLE) {
     gw_uconn_t *uc = x->uc;
     x->uc = NULL;

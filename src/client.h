@@ -105,6 +105,11 @@ struct gw_exchange_s {
   uint8_t in_callback;         /* inside one of ops: no freeing */
   uint8_t abort_pending;
   uint8_t body_error;          /* on_body refused the body (too large) */
+  uint8_t reported;            /* this try's outcome went to passive health */
+  uint8_t retry_elsewhere;     /* the next try must use another server */
+  uv_timer_t *deferred;        /* a start reported on the next turn, or NULL */
+  int last_err;                /* the failure a retry tries to get past */
+  const char *last_msg;
 };
 
 /* Fills the request of `x`: method, target, header lines (the caller adds

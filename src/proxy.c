@@ -209,12 +209,28 @@ static int name_in(const char *name, size_t n, const char *lines, size_t llen) {
   return 0;
 }
 
+/* Is `name` one of the comma-separated tokens of a Connection value? Those
+ * headers are hop-by-hop too (RFC 9110 7.6.1). */
+static int named_in_connection(const char *name, size_t n, const char *conn, size_t clen) {
+  const char *p = conn, *end = conn + clen;
+  while (p < end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) p++;
+    const char *t = p;
+    while (p < end && *p != ',' && *p != ' ' && *p != '\t') p++;
+    if ((size_t)(p - t) == n && strncasecmp(t, name, n) == 0) return 1;
+  }
+  return 0;
+}
+
 static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines, size_t llen) {
   const char *buf = gw_req_buffer(r);
+  size_t clen = 0;
+  const char *conn = gw_req_header(r, "connection", 10, &clen);
   for (uint32_t i = 0; i < r->nheaders; i++) {
     const gw_header_t *h = &r->headers[i];
     const char *name = buf + h->name_off;
     if (name_in(name, h->name_len, lines, llen)) continue;
+    if (conn && named_in_connection(name, h->name_len, conn, clen)) continue;
     if (h->name_len == 15 && strncasecmp(name, "x-forwarded-for", 15) == 0) continue;
     size_t vlen;
     /* Through gw_req_header so that script edits win (and removals vanish). */

@@ -145,8 +145,10 @@ local function send(req, res)
     error("response status must be a whole number 100-999, not " .. tostring(status), 0)
   end
   local headers, body = res.headers, res.body
-  if res.json ~= nil then
-    body = encode(res.json)
+  -- rawget: an upstream response object has json (and body) methods.
+  local json = rawget(res, "json")
+  if json ~= nil then
+    body = encode(json)
     if not has_header(headers, "content-type") then headers["content-type"] = JSON end
   elseif body == nil then
     body = ""

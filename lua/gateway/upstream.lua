@@ -294,7 +294,8 @@ function Upstream:proxy(req, opts)
   return res
 end
 
--- Hop-by-hop headers of a proxied answer stay on the upstream hop.
+-- Hop-by-hop headers of a proxied answer stay on the upstream hop; Date is
+-- the gateway's own (as nginx does), so the upstream's is not repeated.
 local HOP = { connection = true, ["keep-alive"] = true, te = true, trailer = true,
               ["transfer-encoding"] = true, upgrade = true, ["proxy-connection"] = true,
               ["content-length"] = true, date = true }
@@ -303,8 +304,16 @@ local HOP = { connection = true, ["keep-alive"] = true, te = true, trailer = tru
 -- response object now says, then the body streamed by C.
 function _M.send_proxied(req, res)
   local lines, n = {}, 0
+  -- Headers the upstream named in its Connection header are hop-by-hop too.
+  local named
+  local conn = res.headers.connection
+  if type(conn) == "string" then
+    named = {}
+    for tok in conn:gmatch("[^%s,]+") do named[lower(tok)] = true end
+  end
   for k, v in pairs(res.headers) do
-    if not HOP[lower(k)] then
+    local lk = lower(k)
+    if not HOP[lk] and not (named and named[lk]) then
       if type(v) == "table" then
         for _, x in ipairs(v) do
           n = n + 1
