@@ -16,6 +16,7 @@
  */
 #include "conn.h"
 
+#include <lua.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,9 +52,23 @@ static uint64_t secs_ms(double s) { return s <= 0 ? 1 : (uint64_t)(s * 1000.0); 
 
 static void on_timeout(uv_timer_t *t);
 
+/* Timeouts are deadlines; the libuv timer is only moved when it would fire
+ * too late. A keep-alive connection that answers at once thus re-arms its
+ * timer about once per idle period instead of three times per request (each
+ * a heap operation). A timer that fires before the deadline re-arms itself
+ * for the rest (on_timeout). */
 static void arm_timer(gw_conn_t *c, uint64_t ms) {
-  uv_timer_start(&c->timer, on_timeout, c->write_failed ? 0 : ms, 0);
+  uint64_t now = uv_now(c->worker->loop);
+  if (c->write_failed) ms = 0;
+  c->deadline = now + ms;
+  if (c->timer_due == 0 || c->timer_due > c->deadline) {
+    uv_timer_start(&c->timer, on_timeout, ms, 0);
+    c->timer_due = c->deadline;
+  }
 }
+
+/* No timeout for now (a handler runs); a pending timer fires and finds none. */
+static void clear_timer(gw_conn_t *c) { c->deadline = 0; }
 
 static void read_start(gw_conn_t *c);
 static void read_stop(gw_conn_t *c) {
@@ -247,15 +262,35 @@ static void task_done(void *owner, gw_task_t *t) {
   if (!gw_proxy_streaming(r->proxy)) gw_conn_request_done(c);
 }
 
-static const gw_task_owner_t request_task_ops = {task_enter, task_leave, task_done};
+/* The entry yields DONE, route, and for a plain answer also status,
+ * content type and body: the answer is sent from here, straight from the
+ * coroutine's stack (cheaper than FFI calls from interpreted Lua). */
+static void task_result(void *owner, lua_State *co) {
+  gw_conn_t *c = owner;
+  gw_req_t *r = c->req;
+  size_t len;
+  const char *route = lua_tolstring(co, 2, &len);
+  if (route) r->route = gw_arena_strndup(&r->pool, route, len);
+  if (lua_type(co, 3) != LUA_TNUMBER || r->resp_state != GW_RESP_NONE) return;
+  size_t clen, blen;
+  const char *ctype = lua_tolstring(co, 4, &clen);
+  const char *body = lua_tolstring(co, 5, &blen);
+  gw_response_start(r, (int)lua_tointeger(co, 3));
+  if (ctype) gw_response_header(r, "Content-Type", 12, ctype, clen);
+  gw_response_send(r, body ? body : "", body ? blen : 0);
+}
+
+static const gw_task_owner_t request_task_ops = {task_enter, task_leave, task_done, task_result};
 
 static void dispatch(gw_conn_t *c) {
   gw_req_t *r = c->req;
   gw_worker_t *w = c->worker;
   c->state = GW_CONN_HANDLING;
-  uv_timer_stop(&c->timer);
+  clear_timer(c);
   if (w->draining) r->close_after = 1;
-  gw_task_t *t = gw_task_start_request(w->vm, &request_task_ops, c, r, r->serial);
+  const char *method = llhttp_method_name((llhttp_method_t)r->method);
+  gw_task_t *t = gw_task_start_request(w->vm, &request_task_ops, c, r, r->serial, method,
+                                       c->rbuf.base + r->url_off, r->path_len);
   if (!t->finished) {
     /* The handler waits: stop reading so that a client cannot pile up
      * pipelined requests meanwhile. A handler that answered at once (the
@@ -293,7 +328,7 @@ static void body_finished(gw_conn_t *c, gw_body_state_t state) {
   if (state != GW_BODY_DONE) r->close_after = 1;
   c->state = GW_CONN_HANDLING;
   read_stop(c);
-  uv_timer_stop(&c->timer);
+  clear_timer(c);
   conn_ref(c);
   if (streaming && r->body_sink) {
     int (*sink)(void *, const char *, size_t, int) = r->body_sink;
@@ -331,7 +366,7 @@ static void parse_loop(gw_conn_t *c) {
       c->req = gw_req_new(c);
       c->req->start_ns = uv_hrtime();
       c->http.req = c->req;
-      arm_timer(c, secs_ms(c->worker->cfg->timeouts.header));
+      c->head_timer_set = 0;
     }
     size_t used = 0;
     gw_http1_result_t res = gw_http1_execute(&c->http, c->rbuf.base, c->parsed, c->rbuf.len, &used);
@@ -341,6 +376,12 @@ static void parse_loop(gw_conn_t *c) {
         if (c->state == GW_CONN_BODY || c->state == GW_CONN_DISCARD) compact_after_head(c, c->head_end);
         /* A streaming sink that is full: the socket waits (gw_conn_resume_body). */
         if (c->state == GW_CONN_BODY && c->http.sink_paused) read_stop(c);
+        /* A head that did not come whole gets timeouts.header from now (its
+         * first byte arrived in this same read). One that did costs no timer. */
+        if (c->state == GW_CONN_HEAD && !c->head_timer_set) {
+          c->head_timer_set = 1;
+          arm_timer(c, secs_ms(c->worker->cfg->timeouts.header));
+        }
         return;
       case GW_HTTP1_HEAD:
         c->head_end = c->parsed;
@@ -408,10 +449,19 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 
 static void on_timeout(uv_timer_t *t) {
   gw_conn_t *c = t->data;
+  c->timer_due = 0;
   if (c->write_failed) {
     gw_conn_close(c);
     return;
   }
+  if (c->deadline == 0) return;
+  uint64_t now = uv_now(c->worker->loop);
+  if (now < c->deadline) {
+    uv_timer_start(&c->timer, on_timeout, c->deadline - now, 0);
+    c->timer_due = c->deadline;
+    return;
+  }
+  c->deadline = 0;
   conn_ref(c);
   switch (c->state) {
     case GW_CONN_IDLE:

@@ -54,6 +54,9 @@ struct gw_conn_s {
   uint8_t reading;       /* uv_read_start is in effect */
   uint8_t in_process;    /* process() is on the stack: it will look again */
   uint8_t write_failed;  /* a write failed: close on the next timer turn */
+  uint8_t head_timer_set; /* the current head's timeouts.header is armed */
+  uint64_t deadline;     /* loop ms when the current state times out; 0: none */
+  uint64_t timer_due;    /* loop ms when `timer` fires; 0: not armed */
   char ip[48];           /* the peer address, text */
 };
 

@@ -121,12 +121,6 @@ GW_FFI_EXPORT int gw_ffi_req_set_id(gw_req_t *r, uint32_t s, const char *id, siz
   return GW_FFI_OK;
 }
 
-GW_FFI_EXPORT int gw_ffi_req_set_route(gw_req_t *r, uint32_t s, const char *pattern, size_t len) {
-  if (!gw_req_check(r, s)) return GW_FFI_BAD_CONTEXT;
-  r->route = gw_arena_strndup(&r->pool, pattern, len);
-  return GW_FFI_OK;
-}
-
 /* Body reads: 0 with the body, GW_FFI_AGAIN with *wait_id, or GW_FFI_ERROR
  * with *err ("body too large" or "body read failed"). */
 void gw__conn_body_waiter(gw_conn_t *c, gw_waiter_t *w);
@@ -175,6 +169,16 @@ GW_FFI_EXPORT int gw_ffi_resp_header(gw_req_t *r, uint32_t s, const char *name, 
 
 GW_FFI_EXPORT int gw_ffi_resp_send(gw_req_t *r, uint32_t s, const char *body, size_t len) {
   if (!gw_req_check(r, s)) return GW_FFI_BAD_CONTEXT;
+  return gw_response_send(r, body, len) == 0 ? GW_FFI_OK : GW_FFI_ERROR;
+}
+
+/* A whole answer in one call: status, a Content-Type and a body (the hot
+ * path of handlers that return a string). */
+GW_FFI_EXPORT int gw_ffi_resp_simple(gw_req_t *r, uint32_t s, int status, const char *ctype,
+                                     size_t clen, const char *body, size_t len) {
+  if (!gw_req_check(r, s)) return GW_FFI_BAD_CONTEXT;
+  if (gw_response_start(r, status) != 0) return GW_FFI_ERROR;
+  if (gw_response_header(r, "Content-Type", 12, ctype, clen) != 0) return GW_FFI_ERROR;
   return gw_response_send(r, body, len) == 0 ? GW_FFI_OK : GW_FFI_ERROR;
 }
 

@@ -82,7 +82,7 @@ static void on_ltimer_closed(uv_handle_t *h) {
 
 static void timer_task_done(void *owner, gw_task_t *t) { gw_task_free(t); }
 
-static const gw_task_owner_t timer_task_ops = {NULL, NULL, timer_task_done};
+static const gw_task_owner_t timer_task_ops = {NULL, NULL, timer_task_done, NULL};
 
 static void on_ltimer(uv_timer_t *h) {
   gw_ltimer_t *lt = h->data;

@@ -24,7 +24,6 @@
 
 #define YIELD_DONE 0
 #define YIELD_WAIT 1
-#define IDLE_MAX 256
 
 struct gw_lua_module_s {
   const char *name, *chunk, *code;
@@ -173,8 +172,6 @@ gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, ch
       lua_pop(L, 1);
       vm->request_entry_ref = ref_field(L, runtime, "request_entry");
       vm->timer_entry_ref = ref_field(L, runtime, "timer_entry");
-      lua_newtable(L);
-      vm->idle_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     }
   } else {
     snprintf(err, errlen, "%s", lua_tostring(L, -1));
@@ -211,25 +208,19 @@ void gw_vm_unref(gw_vm_t *vm) {
 
 /* ---- tasks ---- */
 
+static struct gw_co_pool_s *pool_of(gw_vm_t *vm, int entry_ref) {
+  return entry_ref == vm->request_entry_ref ? &vm->request_pool : &vm->timer_pool;
+}
+
 /* Takes an idle coroutine (parked after DONE) or makes one running `entry`. */
 static lua_State *checkout_coroutine(gw_vm_t *vm, int entry_ref, int *ref) {
-  lua_State *L = vm->L;
-  /* Idle coroutines are kept per entry: the table holds entry_ref -> stack. */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->idle_ref);
-  lua_rawgeti(L, -1, entry_ref);
-  if (lua_istable(L, -1)) {
-    int n = (int)lua_objlen(L, -1);
-    if (n > 0) {
-      lua_rawgeti(L, -1, n);
-      lua_pushnil(L);
-      lua_rawseti(L, -3, n);
-      lua_State *co = lua_tothread(L, -1);
-      *ref = luaL_ref(L, LUA_REGISTRYINDEX);
-      lua_pop(L, 2);
-      return co;
-    }
+  struct gw_co_pool_s *pool = pool_of(vm, entry_ref);
+  if (pool->n > 0) {
+    pool->n--;
+    *ref = pool->ref[pool->n];
+    return pool->co[pool->n];
   }
-  lua_pop(L, 2);
+  lua_State *L = vm->L;
   lua_State *co = lua_newthread(L);
   *ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_rawgeti(L, LUA_REGISTRYINDEX, entry_ref);
@@ -238,23 +229,15 @@ static lua_State *checkout_coroutine(gw_vm_t *vm, int entry_ref, int *ref) {
 }
 
 /* Parks a coroutine that yielded DONE for the next task of the same entry. */
-static void park_coroutine(gw_vm_t *vm, int entry_ref, int ref) {
-  lua_State *L = vm->L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->idle_ref);
-  lua_rawgeti(L, -1, entry_ref);
-  if (!lua_istable(L, -1)) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_rawseti(L, -3, entry_ref);
+static void park_coroutine(gw_vm_t *vm, int entry_ref, lua_State *co, int ref) {
+  struct gw_co_pool_s *pool = pool_of(vm, entry_ref);
+  if (pool->n < (int)(sizeof pool->co / sizeof pool->co[0])) {
+    pool->co[pool->n] = co;
+    pool->ref[pool->n] = ref;
+    pool->n++;
+    return;
   }
-  int n = (int)lua_objlen(L, -1);
-  if (n < IDLE_MAX) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-    lua_rawseti(L, -2, n + 1);
-  }
-  lua_pop(L, 2);
-  luaL_unref(L, LUA_REGISTRYINDEX, ref);
+  luaL_unref(vm->L, LUA_REGISTRYINDEX, ref);
 }
 
 static gw_task_t *task_new(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner) {
@@ -299,13 +282,14 @@ static void task_resume(gw_task_t *t, int nargs) {
   int rc = lua_resume(t->co, nargs);
   t->running = 0;
   current_vm = saved;
-  if (rc == LUA_YIELD && lua_tointeger(t->co, -1) == YIELD_WAIT) {
+  if (rc == LUA_YIELD && lua_tointeger(t->co, 1) == YIELD_WAIT) {
     lua_settop(t->co, 0);
   } else {
     t->finished = 1;
     if (rc == LUA_YIELD) {
+      if (ops->result) ops->result(owner, t->co);
       lua_settop(t->co, 0);
-      park_coroutine(t->vm, t->entry_ref, t->co_ref);
+      park_coroutine(t->vm, t->entry_ref, t->co, t->co_ref);
     } else {
       if (rc != 0) {
         t->failed = 1;
@@ -322,7 +306,8 @@ static void task_resume(gw_task_t *t, int nargs) {
 }
 
 gw_task_t *gw_task_start_request(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner, void *req,
-                                 uint32_t req_serial) {
+                                 uint32_t req_serial, const char *method, const char *path,
+                                 size_t path_len) {
   gw_task_t *t = task_new(vm, ops, owner);
   t->entry_ref = vm->request_entry_ref;
   t->co = checkout_coroutine(vm, t->entry_ref, &t->co_ref);
@@ -332,7 +317,11 @@ gw_task_t *gw_task_start_request(gw_vm_t *vm, const gw_task_owner_t *ops, void *
   lua_pushnumber(t->co, t->serial);
   lua_pushnumber(t->co, (lua_Number)(uintptr_t)req);
   lua_pushnumber(t->co, req_serial);
-  task_resume(t, 4);
+  /* What routing needs is pushed here: cheaper than FFI calls from the
+   * (interpreted) entry. */
+  lua_pushstring(t->co, method);
+  lua_pushlstring(t->co, path, path_len);
+  task_resume(t, 6);
   return t;
 }
 

@@ -36,8 +36,11 @@ typedef struct gw_vm_s {
   unsigned generation;   /* 1 for the first load, +1 per reload */
   int request_entry_ref; /* registry ref: runtime.request_entry */
   int timer_entry_ref;   /* registry ref: runtime.timer_entry */
-  int idle_ref;          /* registry ref: table of idle coroutines (a stack) */
-  int nidle;             /* coroutines in that table */
+  struct gw_co_pool_s {  /* coroutines parked after DONE, for reuse */
+    lua_State *co[64];   /* a stack */
+    int ref[64];         /* their registry refs, which keep them alive */
+    int n;
+  } request_pool, timer_pool;
   gw_config_t config;    /* what gw.config said, merged over the defaults */
   char *path;            /* the configuration file */
 } gw_vm_t;
@@ -57,6 +60,10 @@ typedef struct gw_task_owner_s {
   void (*enter)(void *owner);                /* before each resume: take a ref */
   void (*leave)(void *owner);                /* after each resume */
   void (*done)(void *owner, gw_task_t *t);   /* the root finished or died */
+  /* The values the root yielded with DONE (stack slots 2..top of co), read
+   * before `done`; may be NULL. Request tasks answer through it when they
+   * can (see runtime.lua request_entry). */
+  void (*result)(void *owner, lua_State *co);
 } gw_task_owner_t;
 
 /* Owned by whoever started it; lives from gw_task_start until `done` has
@@ -90,7 +97,8 @@ struct gw_waiter_s {
 /* Starts `vm`'s request entry in a new task with the given handles.
  * Returns the task (possibly already finished: `done` was called). */
 gw_task_t *gw_task_start_request(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner,
-                                 void *req, uint32_t req_serial);
+                                 void *req, uint32_t req_serial, const char *method,
+                                 const char *path, size_t path_len);
 /* Starts `vm`'s timer entry for timer id `timer_id`. */
 gw_task_t *gw_task_start_timer(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner,
                                int timer_id);

@@ -29,7 +29,6 @@ int gw_ffi_req_header_at(gw_req_t *r, uint32_t s, int i, const char **name, size
 const char *gw_ffi_req_ip(gw_req_t *r, uint32_t s, size_t *len);
 const char *gw_ffi_req_id(gw_req_t *r, uint32_t s, size_t *len);
 int gw_ffi_req_set_id(gw_req_t *r, uint32_t s, const char *id, size_t len);
-int gw_ffi_req_set_route(gw_req_t *r, uint32_t s, const char *pattern, size_t len);
 int gw_ffi_req_body(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t s, const char **body,
                     size_t *len, const char **err, uint32_t *wait_id);
 int gw_ffi_resp_start(gw_req_t *r, uint32_t s, int status);
@@ -37,6 +36,8 @@ int gw_ffi_resp_header(gw_req_t *r, uint32_t s, const char *name, size_t nlen,
                        const char *value, size_t vlen);
 int gw_ffi_resp_send(gw_req_t *r, uint32_t s, const char *body, size_t len);
 int gw_ffi_resp_sent(gw_req_t *r, uint32_t s);
+int gw_ffi_resp_simple(gw_req_t *r, uint32_t s, int status, const char *ctype, size_t clen,
+                       const char *body, size_t len);
 void gw_ffi_log(int level, const char *msg, size_t len);
 double gw_ffi_now(void);
 double gw_ffi_monotonic(void);

@@ -229,16 +229,19 @@ end
 
 -- Makes the req of a new request; method and path are read at once (the
 -- router needs them), the rest on demand.
-function _M.new(r_lud, serial)
-  local r = ffi.cast(base.req_ptr, r_lud)
-  local h = base.head
-  C.gw_ffi_req_head(r, serial, h)
-  return setmetatable({
-    _r = r,
-    _s = serial,
-    method = ffi_string(h.method, h.method_len),
-    path = ffi_string(h.uri, h.path_len),
-  }, Req)
+-- Requests come from a free list in C, so the same few addresses recur:
+-- their pointer cdata are made once and kept (the serial, not the pointer,
+-- says whether a request is alive).
+local ptr_cache = setmetatable({}, { __mode = "v" })
+local cast, req_ptr = ffi.cast, base.req_ptr
+
+function _M.new(r_addr, serial, method, path)
+  local r = ptr_cache[r_addr]
+  if r == nil then
+    r = cast(req_ptr, r_addr)
+    ptr_cache[r_addr] = r
+  end
+  return setmetatable({ _r = r, _s = serial, method = method, path = path }, Req)
 end
 
 _M.Req = Req

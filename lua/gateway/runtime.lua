@@ -258,26 +258,19 @@ local function finish_error(req, e)
   send_error(req, 500, "internal error")
 end
 
-local function send_text(req, body)
-  local r, s = req._r, req._s
-  if C.gw_ffi_resp_start(r, s, 200) ~= OK then error(base.FINISHED, 0) end
-  C.gw_ffi_resp_header(r, s, "content-type", 12, TEXT, #TEXT)
-  C.gw_ffi_resp_send(r, s, body, #body)
-end
-
+-- Returns nothing when the answer went out through the FFI, or
+-- (status, content type, body) for request_entry to yield to C.
 local function dispatch(req)
   local route, params, allow = router:match(req.method, state.host_routes and req.host or nil, req.path)
   local res
   if route then
     rawset(req, "params", params)
     rawset(req, "route", route.pattern)
-    local pat = route.pattern
-    C.gw_ffi_req_set_route(req._r, req._s, pat, #pat)
     if #route.mws == 0 and #state.global_mw == 0 and #state.prefix_mw == 0 then
       -- No middleware can look at the answer: a string goes out as it is.
       local err
       res, err = route.handler(req)
-      if type(res) == "string" then return send_text(req, res) end
+      if type(res) == "string" then return 200, TEXT, res end
       return send(req, handler_result(req, res, err))
     end
     local chain, n = build_chain(req, route)
@@ -289,18 +282,24 @@ local function dispatch(req)
   return send(req, res)
 end
 
+-- Returns the matched route and, for a plain answer, what C should send.
 local function handle(req)
-  local ok, err = xpcall(dispatch, on_handler_error, req)
-  if not ok and C.gw_ffi_resp_sent(req._r, req._s) == 0 then finish_error(req, err) end
+  local ok, status, ctype, body = xpcall(dispatch, on_handler_error, req)
+  if ok then return rawget(req, "route"), status, ctype, body end
+  if C.gw_ffi_resp_sent(req._r, req._s) == 0 then finish_error(req, status) end
+  return rawget(req, "route")
 end
 
 -- The body of request coroutines; reused across requests (see lua_vm.c).
-function _M.request_entry(task_addr, task_serial, req_addr, req_serial)
+-- C resumes it with the task and request handles and the method and path;
+-- it yields DONE with the route and, for a plain answer, status, content
+-- type and body, which C sends (conn.c task_result).
+function _M.request_entry(task_addr, task_serial, req_addr, req_serial, method, path)
   while true do
     sched.begin(task_addr, task_serial)
-    handle(request.new(req_addr, req_serial))
+    local route, status, ctype, body = handle(request.new(req_addr, req_serial, method, path))
     sched.finish()
-    task_addr, task_serial, req_addr, req_serial = yield(DONE)
+    task_addr, task_serial, req_addr, req_serial, method, path = yield(DONE, route, status, ctype, body)
   end
 end
 

@@ -31,7 +31,7 @@ local WAIT, DONE = 1, 0
 local _M = { WAIT = WAIT, DONE = DONE }
 
 local current = nil           -- the ctx of the running task, made on first need
-local cur_task, cur_serial, cur_root = nil, nil, nil -- the running task, until then
+local cur_task, cur_serial = nil, nil -- the running task, until its ctx is made
 local thread_of = setmetatable({}, { __mode = "k" }) -- coroutine -> thread
 
 local function new_ctx(task_addr, task_serial, root)
@@ -47,10 +47,10 @@ _M.new_ctx = new_ctx
 -- Called by the entries at the start of each task, in its root coroutine.
 -- Most requests never wait, so the ctx table is made only when asked for.
 function _M.begin(task_addr, task_serial)
-  current, cur_task, cur_serial, cur_root = nil, task_addr, task_serial, running()
+  current, cur_task, cur_serial = nil, task_addr, task_serial
 end
 
-function _M.finish() current, cur_task, cur_root = nil, nil, nil end
+function _M.finish() current, cur_task = nil, nil end
 
 function _M.set_current(ctx) current = ctx end
 
@@ -59,7 +59,8 @@ local function get_current()
   local ctx = current
   if ctx then return ctx end
   if cur_task == nil then return nil end
-  ctx = new_ctx(cur_task, cur_serial, cur_root)
+  -- The first ctx use is in the root coroutine: threads exist only after it.
+  ctx = new_ctx(cur_task, cur_serial)
   current = ctx
   return ctx
 end
