@@ -24,6 +24,8 @@
 
 static void start_try(gw_exchange_t *x);
 static int aborted(gw_exchange_t *x);
+static void read_pause(gw_uconn_t *uc);
+static void read_resume(gw_uconn_t *uc);
 static void fail(gw_exchange_t *x, int err, const char *msg);
 static void uconn_close(gw_uconn_t *uc);
 static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -61,6 +63,11 @@ void gw_exchange_add_header(gw_exchange_t *x, const char *name, size_t nlen, con
       is(name, nlen, "proxy-authenticate") || is(name, nlen, "proxy-authorization"))
     return;
   if (is(name, nlen, "host")) x->has_host = 1;
+  gw_exchange_add_line(x, name, nlen, value, vlen);
+}
+
+void gw_exchange_add_line(gw_exchange_t *x, const char *name, size_t nlen, const char *value,
+                          size_t vlen) {
   gw_buf_t *b = &x->header_lines;
   gw_buf_reserve(b, nlen + vlen + 4);
   memcpy(b->base + b->len, name, nlen);
@@ -313,6 +320,18 @@ static void parse(gw_exchange_t *x) {
         int pause = x->ops->on_head(x);
         x->in_callback = 0;
         if (aborted(x)) return;
+        if (x->tunnel) {
+          /* Past a 101 the bytes are no longer HTTP: hand on what came
+           * after the head and leave the parser. */
+          size_t rest = uc->rbuf.len - uc->parsed;
+          const char *p = uc->rbuf.base + uc->parsed;
+          uc->rbuf.len = uc->parsed = 0;
+          if (rest && x->ops->on_body(x, p, rest) == 1) {
+            x->paused = 1;
+            read_pause(uc);
+          }
+          return;
+        }
         if (pause) x->paused = 1;
         arm(x, read_timeout(x));
         break;
@@ -354,10 +373,39 @@ static void read_resume(gw_uconn_t *uc) {
   }
 }
 
+/* The tunnel ended (EOF or error from the server, or a write failed). */
+static void tunnel_end(gw_exchange_t *x, int err, const char *msg) {
+  gw_uconn_t *uc = x->uc;
+  x->uc = NULL;
+  x->state = GW_X_DONE;
+  if (x->server) x->server->active--;
+  if (uc) uconn_close(uc);
+  x->ops->on_done(x, err, msg);
+}
+
+static void tunnel_read(gw_exchange_t *x, gw_uconn_t *uc, ssize_t nread) {
+  if (nread < 0) {
+    tunnel_end(x, nread == UV_EOF ? 0 : (int)nread, nread == UV_EOF ? NULL : "upstream read failed");
+    return;
+  }
+  x->in_callback = 1;
+  int pause = x->ops->on_body(x, uc->rbuf.base + uc->rbuf.len, (size_t)nread);
+  x->in_callback = 0;
+  if (aborted(x)) return;
+  if (pause == 1) {
+    x->paused = 1;
+    read_pause(uc);
+  }
+}
+
 static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   gw_uconn_t *uc = s->data;
   gw_exchange_t *x = uc->x;
   if (nread == 0) return;
+  if (x && x->tunnel) {
+    tunnel_read(x, uc, nread);
+    return;
+  }
   if (!x) {
     /* Idle in the pool: any byte or EOF means the connection is done for. */
     uconn_close(uc);
@@ -421,8 +469,10 @@ static void on_written(uv_write_t *req, int status) {
   if (x->stream_body) {
     flush_body(x);
     /* While the client's body flows, the send timeout applies; the read
-     * timeout starts once all of it is out. */
-    if (!x->body_done_sent) arm(x, x->up->t_send);
+     * timeout starts once all of it is out. A tunnel has no timeouts. */
+    if (x->tunnel) {
+      /* nothing to arm */
+    } else if (!x->body_done_sent) arm(x, x->up->t_send);
     else if (x->state == GW_X_HEAD) arm(x, read_timeout(x));
     if (x->body_pending < GW_EXCHANGE_LOW_WATER && x->ops->on_drain) {
       x->in_callback = 1;
@@ -592,9 +642,30 @@ int gw_exchange_start(gw_exchange_t *x) {
   return 0;
 }
 
+void gw_exchange_tunnel(gw_exchange_t *x) {
+  x->tunnel = 1;
+  x->stream_body = 1;
+  x->stream_length = 0; /* raw: no chunk framing */
+  x->head_sent = 1;
+  x->idempotent = 0;
+  if (x->uc) uv_timer_stop(&x->uc->timer);
+}
+
+static void on_tunnel_shutdown(uv_shutdown_t *req, int status) { free(req); }
+
+void gw_exchange_shutdown_write(gw_exchange_t *x) {
+  if (!x->uc || x->state == GW_X_DONE) return;
+  uv_shutdown_t *req = gw_xmalloc(sizeof *req);
+  if (uv_shutdown(req, (uv_stream_t *)&x->uc->tcp, on_tunnel_shutdown) != 0) free(req);
+}
+
 void gw_exchange_resume(gw_exchange_t *x) {
   if (!x->paused) return;
   x->paused = 0;
+  if (x->tunnel) {
+    if (x->uc && !x->in_callback) read_resume(x->uc);
+    return;
+  }
   if (x->in_callback) return; /* the parser is running: it goes on by itself */
   gw_uconn_t *uc = x->uc;
   if (!uc || x->state == GW_X_DONE) return;

@@ -106,6 +106,7 @@ struct gw_exchange_s {
   uint8_t abort_pending;
   uint8_t body_error;          /* on_body refused the body (too large) */
   uint8_t reported;            /* this try's outcome went to passive health */
+  uint8_t tunnel;              /* after a 101: raw bytes both ways */
   uint8_t retry_elsewhere;     /* the next try must use another server */
   uv_timer_t *deferred;        /* a start reported on the next turn, or NULL */
   int last_err;                /* the failure a retry tries to get past */
@@ -121,6 +122,9 @@ void gw_exchange_set_request(gw_exchange_t *x, const char *method, size_t mlen, 
 void gw_exchange_add_header(gw_exchange_t *x, const char *name, size_t nlen, const char *value,
                             size_t vlen);
 void gw_exchange_set_body(gw_exchange_t *x, const char *body, size_t len);
+/* Adds a header line without the hop-by-hop filter (Upgrade, Connection). */
+void gw_exchange_add_line(gw_exchange_t *x, const char *name, size_t nlen, const char *value,
+                          size_t vlen);
 /* Starts `x` (state IDLE, request set). Calls back later, never before
  * returning. Returns 0, or an error without calling back (no server). */
 int gw_exchange_start(gw_exchange_t *x);
@@ -130,6 +134,13 @@ int gw_exchange_start(gw_exchange_t *x);
 size_t gw_exchange_write_body(gw_exchange_t *x, const char *data, size_t n);
 /* The streamed body is complete. */
 void gw_exchange_end_body(gw_exchange_t *x);
+/* After a 101 answer (called from on_head): the connection carries raw
+ * bytes from now on. Bytes from the server arrive through on_body (n > 0),
+ * its EOF or an error through on_done; bytes to it go through
+ * gw_exchange_write_body, unframed. No timeouts apply. */
+void gw_exchange_tunnel(gw_exchange_t *x);
+/* The client side of a tunnel ended: shut the write side to the server. */
+void gw_exchange_shutdown_write(gw_exchange_t *x);
 /* Resumes reading after a callback asked to pause. */
 void gw_exchange_resume(gw_exchange_t *x);
 /* Ends `x` without on_done; its connection is closed (not pooled).

@@ -419,9 +419,26 @@ static void parse_loop(gw_conn_t *c) {
   }
 }
 
+static void tunnel_read(gw_conn_t *c, ssize_t nread) {
+  conn_ref(c);
+  if (nread < 0) {
+    read_stop(c);
+    c->tunnel_sink(c->tunnel_data, NULL, nread);
+  } else {
+    /* The bytes were read into rbuf; hand them on and forget them. */
+    const char *p = c->rbuf.base + c->rbuf.len;
+    if (c->tunnel_sink(c->tunnel_data, p, nread) == 1) read_stop(c);
+  }
+  conn_unref(c);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   gw_conn_t *c = s->data;
   if (nread == 0) return;
+  if (c->state == GW_CONN_TUNNEL) {
+    tunnel_read(c, nread);
+    return;
+  }
   if (nread < 0) {
     /* EOF or error. A half-read body fails; otherwise the peer is gone. */
     if (c->state == GW_CONN_BODY && c->req) {
@@ -571,6 +588,34 @@ void gw_conn_resume_body(gw_conn_t *c) {
   if (!c->http.sink_paused) return;
   c->http.sink_paused = 0;
   if (c->state == GW_CONN_BODY) read_start(c);
+}
+
+void gw_conn_tunnel(gw_conn_t *c, int (*sink)(void *, const char *, ssize_t), void *data) {
+  c->state = GW_CONN_TUNNEL;
+  c->tunnel_sink = sink;
+  c->tunnel_data = data;
+  clear_timer(c);
+  /* What the client sent after its head already belongs to the tunnel. */
+  size_t rest = c->rbuf.len - c->parsed;
+  if (rest > 0) {
+    int pause = sink(data, c->rbuf.base + c->parsed, (ssize_t)rest);
+    c->parsed = c->rbuf.len;
+    if (pause == 1) return;
+  }
+  c->rbuf.len = c->parsed = c->head_end = 0;
+  read_start(c);
+}
+
+void gw_conn_tunnel_resume(gw_conn_t *c) {
+  if (c->state == GW_CONN_TUNNEL) read_start(c);
+}
+
+static void on_tunnel_shutdown(uv_shutdown_t *req, int status) { free(req); }
+
+void gw_conn_shutdown_write(gw_conn_t *c) {
+  if (c->state == GW_CONN_CLOSING) return;
+  uv_shutdown_t *req = gw_xmalloc(sizeof *req);
+  if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_tunnel_shutdown) != 0) free(req);
 }
 
 /* ---- between requests ---- */

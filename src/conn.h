@@ -29,6 +29,7 @@ typedef enum {
   GW_CONN_HANDLING,  /* a request is with the Lua layer; reading paused */
   GW_CONN_BODY,      /* the Lua layer waits for the body; reading on */
   GW_CONN_DISCARD,   /* the answer is sent; dropping an unread body */
+  GW_CONN_TUNNEL,    /* after a 101: raw bytes both ways (proxy.c) */
   GW_CONN_LINGER,    /* write side shut; reading until EOF before closing */
   GW_CONN_CLOSING    /* handles are closing */
 } gw_conn_state_t;
@@ -55,6 +56,8 @@ struct gw_conn_s {
   uint8_t in_process;    /* process() is on the stack: it will look again */
   uint8_t write_failed;  /* a write failed: close on the next timer turn */
   uint8_t head_timer_set; /* the current head's timeouts.header is armed */
+  int (*tunnel_sink)(void *, const char *, ssize_t); /* GW_CONN_TUNNEL */
+  void *tunnel_data;
   uint64_t deadline;     /* loop ms when the current state times out; 0: none */
   uint64_t timer_due;    /* loop ms when `timer` fires; 0: not armed */
   char ip[48];           /* the peer address, text */
@@ -76,6 +79,13 @@ int gw_conn_want_body(gw_conn_t *c);
 int gw_conn_stream_body(gw_conn_t *c, int (*sink)(void *, const char *, size_t, int), void *data);
 /* The sink that asked to pause can take more. */
 void gw_conn_resume_body(gw_conn_t *c);
+/* After an upgrade (101): every byte read from now on, starting with what
+ * is buffered after the request head, goes to `sink` (n < 0 at EOF or error).
+ * The sink returns 1 to pause reading until gw_conn_tunnel_resume. */
+void gw_conn_tunnel(gw_conn_t *c, int (*sink)(void *, const char *, ssize_t), void *data);
+void gw_conn_tunnel_resume(gw_conn_t *c);
+/* Shuts the write side once queued writes are out (the tunnel's peer ended). */
+void gw_conn_shutdown_write(gw_conn_t *c);
 /* The Lua layer is done with c->req (its answer is sent): log it, free it,
  * and go on with the next request or close. */
 void gw_conn_request_done(gw_conn_t *c);

@@ -83,10 +83,10 @@ static int on_body(gw_exchange_t *x, const char *data, size_t n) {
     gw_buf_append(&p->body, data, n);
     return 0;
   }
-  if (p->state != GW_PROXY_STREAMING || n == 0) return 0;
+  if ((p->state != GW_PROXY_STREAMING && p->state != GW_PROXY_TUNNEL) || n == 0) return 0;
   gw_conn_t *c = p->req->conn;
   p->req->resp_bytes += n;
-  if (p->chunked_out) {
+  if (p->chunked_out && p->state == GW_PROXY_STREAMING) {
     write_chunk(c, data, n);
   } else {
     uv_buf_t b = uv_buf_init((char *)data, (unsigned)n);
@@ -127,6 +127,15 @@ static void on_done(gw_exchange_t *x, int err, const char *msg) {
       if (!r->task) gw_conn_request_done(c);
       break;
     }
+    case GW_PROXY_TUNNEL: {
+      /* The server ended its side: the connection to the client ends too
+       * (close_after shuts our write side once queued bytes are out). */
+      gw_req_t *r = p->req;
+      if (!r) break;
+      r->close_after = 1;
+      if (!r->task) gw_conn_request_done(r->conn);
+      break;
+    }
     default:
       break;
   }
@@ -135,10 +144,26 @@ static void on_done(gw_exchange_t *x, int err, const char *msg) {
 /* The upstream took the queued client body: let the client send more. */
 static void on_drain(gw_exchange_t *x) {
   gw_proxy_t *p = x->data;
-  if (p->client_body_paused && p->req->conn) {
+  if (p->client_body_paused && p->req && p->req->conn) {
     p->client_body_paused = 0;
-    gw_conn_resume_body(p->req->conn);
+    if (p->state == GW_PROXY_TUNNEL) gw_conn_tunnel_resume(p->req->conn);
+    else gw_conn_resume_body(p->req->conn);
   }
+}
+
+/* Bytes from the client of a tunnel (n < 0: its EOF or an error). */
+static int client_tunnel_sink(void *data, const char *bytes, ssize_t n) {
+  gw_proxy_t *p = data;
+  if (n < 0) {
+    p->client_eof = 1;
+    gw_exchange_shutdown_write(&p->x);
+    return 0;
+  }
+  if (gw_exchange_write_body(&p->x, bytes, (size_t)n) > GW_PROXY_HIGH_WATER) {
+    p->client_body_paused = 1;
+    return 1;
+  }
+  return 0;
 }
 
 static void on_aborted(gw_exchange_t *x) { free_proxy(x->data); }
@@ -193,7 +218,9 @@ void gw_proxy_client_drained(gw_proxy_t *p) {
   gw_exchange_resume(&p->x);
 }
 
-int gw_proxy_streaming(const gw_proxy_t *p) { return p && p->state == GW_PROXY_STREAMING; }
+int gw_proxy_streaming(const gw_proxy_t *p) {
+  return p && (p->state == GW_PROXY_STREAMING || p->state == GW_PROXY_TUNNEL);
+}
 
 /* ---- building the upstream request ---- */
 
@@ -296,6 +323,16 @@ GW_FFI_EXPORT int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, 
     return GW_FFI_ERROR;
   }
   add_client_headers(&p->x, r, lines, llen);
+  if (r->upgrade) {
+    /* Upgrade and Connection are hop-by-hop, but an upgrade asks the next
+     * hop for the same switch: forward them explicitly. */
+    size_t ulen = 0;
+    const char *up_value = gw_req_header(r, "upgrade", 7, &ulen);
+    if (up_value) {
+      gw_exchange_add_line(&p->x, "Upgrade", 7, up_value, ulen);
+      gw_exchange_add_line(&p->x, "Connection", 10, "Upgrade", 7);
+    }
+  }
   int has_body = r->content_length > 0 || r->chunked;
   int stream = has_body && r->body_state == GW_BODY_UNREAD;
   if (has_body && r->body_state == GW_BODY_DONE) {
@@ -373,6 +410,28 @@ GW_FFI_EXPORT int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const 
     q = eol + 2;
   }
   gw_http1c_t *hp = &p->x.parser;
+  if (status == 101) {
+    if (!r->upgrade) {
+      *err = "101 for a request that asked for no upgrade";
+      return GW_FFI_ERROR;
+    }
+    const char *v = NULL;
+    size_t vlen = 0;
+    for (uint32_t i = 0; i < hp->nheaders; i++) {
+      const gw_header_t *h = &hp->headers[i];
+      if (h->name_len == 7 && strncasecmp(p->x.resp_base + h->name_off, "upgrade", 7) == 0) {
+        v = p->x.resp_base + h->value_off;
+        vlen = h->value_len;
+      }
+    }
+    gw_response_add_raw(r, "Upgrade", v ? v : "", v ? vlen : 0);
+    gw_response_add_raw(r, "Connection", "Upgrade", 7);
+    gw_response_send_head(r, GW_FRAMING_UPGRADE, 0);
+    p->state = GW_PROXY_TUNNEL;
+    gw_exchange_tunnel(&p->x);
+    gw_conn_tunnel(r->conn, client_tunnel_sink, p);
+    return GW_FFI_OK;
+  }
   int no_body = status < 200 || status == 204 || status == 304;
   if (no_body) {
     gw_response_send_head(r, GW_FRAMING_NONE, 0);

@@ -24,6 +24,7 @@ typedef enum {
   GW_PROXY_HEAD_READY,    /* the head is in; reading upstream is paused */
   GW_PROXY_STREAMING,     /* the body flows to the client */
   GW_PROXY_BUFFERING,     /* the body is being buffered for res:body() */
+  GW_PROXY_TUNNEL,        /* after a 101: raw bytes both ways */
   GW_PROXY_DONE,          /* the exchange ended */
 } gw_proxy_state_t;
 
@@ -39,6 +40,7 @@ typedef struct gw_proxy_s {
   uint8_t chunked_out;    /* the client gets chunked framing */
   uint8_t client_paused;  /* upstream reads wait for the client to drain */
   uint8_t client_body_paused; /* client reads wait for the upstream to drain */
+  uint8_t client_eof;     /* the tunnel's client side ended */
 } gw_proxy_t;
 
 /* Client writes queued past this pause the upstream; below LOW resume it. */

@@ -129,8 +129,23 @@ static void append_length(gw_buf_t *b, uint64_t len) {
   gw_buf_append(b, line, 18 + nd);
 }
 
+void gw_response_add_raw(gw_req_t *r, const char *name, const char *value, size_t vlen) {
+  gw_buf_t *b = &r->resp_head;
+  gw_buf_append_str(b, name);
+  gw_buf_append(b, ": ", 2);
+  gw_buf_append(b, value, vlen);
+  gw_buf_append(b, "\r\n", 2);
+}
+
 /* Appends Date, framing and Connection headers and the blank line. */
 static void finish_head(gw_req_t *r, gw_framing_t framing, uint64_t length) {
+  if (framing == GW_FRAMING_UPGRADE) {
+    refresh_date();
+    gw_buf_append(&r->resp_head, date_cache.text, date_cache.len);
+    gw_buf_append(&r->resp_head, "\r\n", 2);
+    r->resp_state = GW_RESP_SENT;
+    return;
+  }
   int keep = r->keep_alive && !r->close_after && !gw__worker->draining && framing != GW_FRAMING_CLOSE;
   refresh_date();
   gw_buf_t *b = &r->resp_head;

@@ -26,9 +26,13 @@ typedef enum {
   GW_FRAMING_LENGTH = 0, /* Content-Length: length */
   GW_FRAMING_CHUNKED,    /* Transfer-Encoding: chunked; the caller frames the body */
   GW_FRAMING_CLOSE,      /* the body ends when the connection closes */
-  GW_FRAMING_NONE        /* no body and no length (1xx, 204, 304) */
+  GW_FRAMING_NONE,       /* no body and no length (1xx, 204, 304) */
+  GW_FRAMING_UPGRADE     /* a 101: no Connection header of ours, no framing */
 } gw_framing_t;
 
+/* Adds a header without the filter of gw_response_header (for the
+ * Connection: Upgrade of a 101). The caller checked name and value. */
+void gw_response_add_raw(gw_req_t *r, const char *name, const char *value, size_t vlen);
 /* Finishes and writes the head only; the caller writes the body itself
  * (streaming). Marks the response sent. */
 int gw_response_send_head(gw_req_t *r, gw_framing_t framing, uint64_t length);
