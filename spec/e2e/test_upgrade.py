@@ -1,0 +1,147 @@
+"""Upgrade (WebSocket-style) requests through up:proxy: the Upgrade and
+Connection headers reach the upstream, its 101 reaches the client, then raw
+bytes flow both ways (early data included), with half-close."""
+import socket
+import threading
+import time
+
+from gwtest import Gateway, eq, free_port
+
+
+class EchoUpgradeServer:
+    """Answers an upgrade request with 101, then echoes upper-cased bytes."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen()
+        self.sock.settimeout(0.1)  # so that stop() ends the accept loop at once
+        self.heads = []
+        self.threads = []
+        self.stopping = False
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(c,), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _serve(self, c):
+        c.settimeout(10)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                d = c.recv(4096)
+                if not d:
+                    return
+                data += d
+            head, rest = data.split(b"\r\n\r\n", 1)
+            self.heads.append(head.decode("latin1"))
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n"
+                      b"Connection: Upgrade\r\n\r\nready;")
+            if rest:
+                c.sendall(rest.upper())
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    break
+                c.sendall(d.upper())
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def stop(self):
+        self.stopping = True
+        self.acceptor.join(5)
+        self.sock.close()
+        for t in self.threads:
+            t.join(5)
+
+
+CONFIG = r'''
+local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT" } }
+local be = gw.upstream("ws", { servers = { "127.0.0.1:@WS@" } })
+gw.get("/ws", function(req) return be:proxy(req) end)
+gw.get("/plain", function(req) return be:proxy(req) end)
+'''
+
+
+def read_until(s, n, timeout=5):
+    s.settimeout(timeout)
+    got = b""
+    while len(got) < n:
+        d = s.recv(65536)
+        if not d:
+            break
+        got += d
+    return got
+
+
+def test_upgrade_tunnel_both_ways():
+    ws = EchoUpgradeServer()
+    try:
+        with Gateway(CONFIG.replace("@WS@", str(ws.port))) as g:
+            s = socket.create_connection(("127.0.0.1", g.port))
+            try:
+                s.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: echo\r\n"
+                          b"Connection: Upgrade\r\n\r\nearly")
+                head = read_until(s, 1)
+                while b"\r\n\r\n" not in head:
+                    more = s.recv(4096)
+                    assert more, "closed before the 101 head: %r" % head
+                    head += more
+                h, _, rest = head.partition(b"\r\n\r\n")
+                lines = h.decode("latin1").split("\r\n")
+                eq(lines[0], "HTTP/1.1 101 Switching Protocols", "status line")
+                low = [l.lower() for l in lines]
+                assert "upgrade: echo" in low, lines
+                assert "connection: upgrade" in low, lines
+                want = b"ready;EARLY"
+                rest += read_until(s, len(want) - len(rest))
+                eq(rest, want, "101 trailing bytes and the early data echoed")
+                payload = bytes(range(97, 123)) * 40000  # about 1 MB
+                s.sendall(payload)
+                got = read_until(s, len(payload), timeout=10)
+                eq(got, payload.upper(), "1 MB through the tunnel both ways")
+                s.shutdown(socket.SHUT_WR)
+                s.settimeout(5)
+                eq(s.recv(100), b"", "half-close reaches the server, whose close reaches us")
+            finally:
+                s.close()
+            up_head = ws.heads[0].lower()
+            assert "upgrade: echo" in up_head and "connection: upgrade" in up_head, up_head
+            assert "x-forwarded-for: 127.0.0.1" in up_head, up_head
+    finally:
+        ws.stop()
+
+
+def test_upgrade_then_normal_requests_still_work():
+    ws = EchoUpgradeServer()
+    try:
+        with Gateway(CONFIG.replace("@WS@", str(ws.port))) as g:
+            for _ in range(3):
+                s = socket.create_connection(("127.0.0.1", g.port))
+                s.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+                got = read_until(s, 40)
+                assert got.startswith(b"HTTP/1.1 101"), got
+                s.sendall(b"ping")
+                deadline = time.monotonic() + 5
+                while b"PING" not in got and time.monotonic() < deadline:
+                    got += s.recv(100)
+                assert b"PING" in got, got
+                s.close()
+            eq(len(ws.heads), 3, "three tunnels, three upstream connections")
+    finally:
+        ws.stop()
