@@ -188,12 +188,16 @@ local function split(path, limit)
 end
 
 -- Depth-first search with backtracking: static child, then parameter child,
--- then catch-all. `i` is the index of the next segment to consume, `n` the
--- number of segments. Returns the route record for the first leaf (in
--- priority order) that accepts `method`; otherwise nil, hit where hit is true
--- when some leaf matched the path under other methods.
-local function search(node, i, n, method)
-    if i > n then
+-- then catch-all. Segments are cut from the path as the search descends
+-- (no split loop: the request path stays loop-free for the JIT's sake):
+-- `pos` is where the segment of depth `d` starts, `plen` the path length;
+-- pos == plen + 2 means every segment is consumed. SEG/START record the
+-- segments of the current branch for build_params. Returns the route record
+-- for the first leaf (in priority order) that accepts `method`; otherwise
+-- nil, hit where hit is true when some leaf matched the path under other
+-- methods.
+local function search(node, path, pos, plen, d, method)
+    if pos > plen + 1 then
         local h = node.handlers
         if h then
             local rt = h[method]
@@ -208,27 +212,32 @@ local function search(node, i, n, method)
         end
         return nil, false
     end
-    local seg = SEG[i]
+    local st, child, catch = node.static, node.param, node.catch
+    if not (st or child or catch) then return nil, false end
+    local j = find(path, "/", pos, true)
+    local nextpos = j and j + 1 or plen + 2
+    local seg = sub(path, pos, nextpos - 2)
+    SEG[d] = seg
+    START[d] = pos
     local hit = false
-    local st = node.static
     if st then
-        local child = st[seg]
-        if child then
-            local rt, h = search(child, i + 1, n, method)
+        local c = st[seg]
+        if c then
+            local rt, h = search(c, path, nextpos, plen, d + 1, method)
             if rt then return rt end
             if h then hit = true end
         end
     end
-    local child = node.param
     if child and seg ~= "" then
-        local rt, h = search(child, i + 1, n, method)
+        SEG[d] = seg -- a failed static branch may have overwritten deeper slots only
+        local rt, h = search(child, path, nextpos, plen, d + 1, method)
         if rt then return rt end
         if h then hit = true end
     end
-    child = node.catch
-    if child then
+    if catch then
         -- A catch-all leaf consumes every remaining segment (possibly "").
-        local hd = child.handlers
+        START[d] = pos
+        local hd = catch.handlers
         local rt = hd[method]
         if not rt and method == "HEAD" then rt = hd.GET end
         if not rt then rt = hd["*"] end
@@ -263,8 +272,17 @@ local function build_params(rt, path)
     if np == 0 and not rt.cname then return EMPTY end
     local params = {}
     local idx = rt.pidx
-    for k = 1, np do
-        params[names[k]] = SEG[idx[k]]
+    -- One or two parameters (the common shapes) without a loop, which
+    -- keeps the request path a single compiled trace.
+    if np == 1 then
+        params[names[1]] = SEG[idx[1]]
+    elseif np == 2 then
+        params[names[1]] = SEG[idx[1]]
+        params[names[2]] = SEG[idx[2]]
+    else
+        for k = 1, np do
+            params[names[k]] = SEG[idx[k]]
+        end
     end
     if rt.cname then
         params[rt.cname] = sub(path, START[rt.cidx])
@@ -434,14 +452,14 @@ function Router:match(method, host, path)
     if type(path) ~= "string" or byte(path, 1) ~= SLASH then
         return nil, 404
     end
-    local n = split(path, self.maxdepth)
+    local plen = #path
     local hit = false
     local rt, h
     if host and (self.nhosts > 0 or self.nwild > 0) then
         host = normalize_host(host)
         local t = self.hosts[host]
         if t then
-            rt, h = search(t, 1, n, method)
+            rt, h = search(t, path, 2, plen, 1, method)
             if rt then return rt.data, build_params(rt, path), rt.pattern end
             if h then hit = true end
         end
@@ -452,7 +470,7 @@ function Router:match(method, host, path)
             while p do
                 t = self.wild[sub(host, p)]
                 if t then
-                    rt, h = search(t, 1, n, method)
+                    rt, h = search(t, path, 2, plen, 1, method)
                     if rt then
                         return rt.data, build_params(rt, path), rt.pattern
                     end
@@ -464,10 +482,11 @@ function Router:match(method, host, path)
     else
         host = nil
     end
-    rt, h = search(self.default, 1, n, method)
+    rt, h = search(self.default, path, 2, plen, 1, method)
     if rt then return rt.data, build_params(rt, path), rt.pattern end
     if h or hit then
-        return nil, 405, allow_header(self, host, n)
+        -- Rare: only now is the whole path split, for collect().
+        return nil, 405, allow_header(self, host, split(path, self.maxdepth))
     end
     return nil, 404
 end
