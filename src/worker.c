@@ -128,8 +128,13 @@ int gw_worker_run(const char *path, int index, int workers_override) {
     gw_log_error("%s", err);
     return 2;
   }
-  w->cfg = &w->vm->config;
+  gw_config_copy(&w->config, &w->vm->config);
+  w->cfg = &w->config;
   if (open_logs(w->cfg) != 0 || open_listeners(w) != 0) return 2;
+  if (gw_vm_start(w->vm, err, sizeof err) != 0) {
+    gw_log_error("%s", err);
+    return 2;
+  }
   watch_signal(w, &w->sig_term, SIGTERM);
   watch_signal(w, &w->sig_int, SIGINT);
   watch_signal(w, &w->sig_usr1, SIGUSR1);

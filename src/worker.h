@@ -20,7 +20,9 @@ typedef struct gw_conn_s gw_conn_t;
 typedef struct gw_worker_s {
   uv_loop_t *loop;         /* the process's loop */
   gw_vm_t *vm;             /* current generation; new requests take a ref */
-  const gw_config_t *cfg;  /* vm->config of the generation that started the worker */
+  gw_config_t config;      /* the worker's own copy of the settings: it outlives every
+                            * generation; limits and timeouts change in place on reload */
+  const gw_config_t *cfg;  /* always &config (connections point into it) */
   int index;               /* 0..workers-1, given by the master */
   uv_tcp_t *listeners;     /* one per cfg->listen entry */
   size_t nlisteners;
