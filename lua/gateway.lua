@@ -11,6 +11,7 @@
 local base = require "gateway.base"
 local sched = require "gateway.sched"
 local router_mod = require "gateway.router"
+local shared = require "gateway.shared"
 local cjson = require "cjson"
 
 local C = base.C
@@ -36,6 +37,9 @@ local state = {
   timers = {},      -- id -> { fn, every }
   next_timer = 0,
   pending_timers = {}, -- ids declared while loading, started by runtime.start
+  dicts = {},       -- gw.shared_dict declarations in order: { name =, size = }
+  dict_sizes = {},  -- name -> bytes
+  mode = nil,       -- "check", "master" or "worker", set by runtime.load_config
   loading = true,
 }
 gw._state = state
@@ -191,6 +195,23 @@ function gw.use(prefix, mw)
   if #prefix > 1 and sub(prefix, -1) == "/" then prefix = sub(prefix, 1, -2) end
   state.prefix_mw[#state.prefix_mw + 1] = { prefix, mw }
 end
+
+-- ---- shared dicts ----
+
+-- gw.shared_dict(NAME, SIZE): declares a dict shared by all workers.
+function gw.shared_dict(name, size)
+  check_loading("gw.shared_dict")
+  shared.declare(state, name, size, 2)
+end
+
+-- gw.shared.NAME: the dict object (methods with a colon; see gateway.shared).
+gw.shared = setmetatable({}, {
+  __index = function(t, name)
+    local d = shared.open(state, name)
+    rawset(t, name, d)
+    return d
+  end,
+})
 
 -- ---- helpers for handlers ----
 

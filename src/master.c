@@ -1,6 +1,10 @@
 /*
  * master.c: the master process (see master.h).
  *
+ * Before forking, the master loads the configuration once (in its own,
+ * throw-away VM) to learn the worker count and the shared dicts, and makes
+ * the shared memory zone (shm.h) every worker inherits.
+ *
  * The master runs no event loop: it blocks every signal it handles and waits
  * in sigsuspend, so a signal can only arrive there and the handlers only set
  * flags. That keeps fork() simple (no loop state to hand over) and the
@@ -25,6 +29,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "mem.h"
+#include "shm.h"
 #include "worker.h"
 
 #define START_GRACE_MS 1000
@@ -135,6 +140,12 @@ int gw_master_run(const char *path, int workers) {
   double drain = vm->config.timeouts.drain;
   if (gw_log_open_error(vm->config.error_log) != 0) {
     fprintf(stderr, "gateway: cannot open error log %s\n", vm->config.error_log);
+    return 1;
+  }
+  /* The shared memory (worker slots, shared dicts) must exist before the
+   * first fork so that every worker inherits the same mapping. */
+  if (gw_shm_create((unsigned)n, &vm->config, err, sizeof err) != 0) {
+    fprintf(stderr, "gateway: %s\n", err);
     return 1;
   }
   gw_vm_unref(vm);

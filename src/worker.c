@@ -21,6 +21,7 @@
 #include "listener.h"
 #include "log.h"
 #include "mem.h"
+#include "shm.h"
 
 gw_worker_t *gw__worker;
 
@@ -108,6 +109,24 @@ static int open_listeners(gw_worker_t *w) {
   return 0;
 }
 
+/* Takes over this worker's shared memory slot (see shm.h: one writer per slot). */
+static void publish_start(gw_worker_t *w) {
+  gw_shm_worker_t *s = gw_shm_worker((unsigned)w->index);
+  if (!s) return;
+  /* A predecessor killed while writing left seq odd: make it even again. */
+  if (s->seq & 1) gw_shm_info_end(s);
+  s->pid = (int32_t)getpid();
+  gw_shm_store32(&s->generation, w->vm->generation);
+  gw_shm_store32(&s->generations_alive, gw_vm_live_count());
+  gw_shm_store(&s->connections, 0);
+  gw_shm_info_begin(s);
+  uv_timeval64_t tv;
+  uv_gettimeofday(&tv);
+  s->info.started_at = (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+  s->info.loaded_at = s->info.started_at;
+  gw_shm_info_end(s);
+}
+
 int gw_worker_run(const char *path, int index, int workers_override) {
   char role[32];
   snprintf(role, sizeof role, "worker %d", index);
@@ -130,6 +149,7 @@ int gw_worker_run(const char *path, int index, int workers_override) {
   }
   gw_config_copy(&w->config, &w->vm->config);
   w->cfg = &w->config;
+  publish_start(w);
   if (open_logs(w->cfg) != 0 || open_listeners(w) != 0) return 2;
   if (gw_vm_start(w->vm, err, sizeof err) != 0) {
     gw_log_error("%s", err);

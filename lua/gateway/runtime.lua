@@ -39,6 +39,7 @@ end
 -- gw.config table; raises the error text (file:line first) on failure.
 function _M.load_config(path, mode)
   _M.mode = mode
+  state.mode = mode
   local chunk, err = loadfile(path)
   if not chunk then error(err, 0) end
   local ok, e = xpcall(chunk, config_traceback)
@@ -54,6 +55,7 @@ function _M.load_config(path, mode)
     error_log = cfg.error_log,
     limits = cfg.limits,
     timeouts = cfg.timeouts,
+    dicts = state.dicts,
   }
 end
 
