@@ -241,11 +241,15 @@ local function add_timer(name, after, every, fn)
   state.timers[id] = { fn = fn, every = every, after = after }
   if state.loading then
     state.pending_timers[#state.pending_timers + 1] = id
-  elseif C.gw_ffi_timer_start(id, after, every or 0) ~= base.OK then
-    state.timers[id] = nil
-    error("gw.timer." .. name .. ": timers run only in a worker", 3)
+    return id
   end
-  return id
+  local rc = C.gw_ffi_timer_start(id, after, every or 0)
+  if rc == base.OK then return id end
+  state.timers[id] = nil
+  if rc == base.DECLINED then error("gw.timer." .. name .. ": timers run only in a worker", 3) end
+  -- This configuration was replaced by a reload: it finishes what it has
+  -- begun but starts nothing new.
+  return nil, "reloaded"
 end
 
 gw.timer = {

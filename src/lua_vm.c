@@ -152,8 +152,31 @@ static int ref_field(lua_State *L, int idx, const char *name) {
 
 static const char *mode_names[] = {"check", "master", "worker"};
 
-gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, char *err,
-                    size_t errlen) {
+void gw_vm_files_free(gw_vm_files_t *f) {
+  for (size_t i = 0; i < f->n; i++) free(f->paths[i]);
+  free(f->paths);
+  f->paths = NULL;
+  f->n = 0;
+}
+
+/* Copies runtime.files (the table at `runtime`) into `out`. */
+static void collect_files(lua_State *L, int runtime, gw_vm_files_t *out) {
+  lua_getfield(L, runtime, "files");
+  size_t n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+  out->paths = gw_xcalloc(n ? n : 1, sizeof *out->paths);
+  out->n = 0;
+  for (size_t i = 0; i < n; i++) {
+    lua_rawgeti(L, -1, (int)i + 1);
+    size_t len;
+    const char *p = lua_tolstring(L, -1, &len);
+    if (p) out->paths[out->n++] = gw_xstrndup(p, len);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, gw_vm_files_t *files,
+                    char *err, size_t errlen) {
   lua_State *L = luaL_newstate();
   if (!L) {
     snprintf(err, errlen, "cannot create a Lua state (out of memory)");
@@ -181,6 +204,7 @@ gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, ch
     rc = lua_pcall(L, 2, 1, 0);
     if (rc == 0) rc = config_from_lua(L, lua_gettop(L), &vm->config, err, errlen) ? -1 : 0;
     else snprintf(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "unknown error");
+    if (files) collect_files(L, runtime, files);
     if (rc == 0) {
       lua_pop(L, 1);
       vm->request_entry_ref = ref_field(L, runtime, "request_entry");
@@ -191,6 +215,11 @@ gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, ch
     }
   } else {
     snprintf(err, errlen, "%s", lua_tostring(L, -1));
+    if (files) {
+      files->paths = gw_xcalloc(1, sizeof *files->paths);
+      files->paths[0] = gw_xstrndup(path, strlen(path));
+      files->n = 1;
+    }
   }
   current_vm = saved;
   if (rc != 0) {

@@ -46,12 +46,23 @@ typedef struct gw_vm_s {
   struct gw_vm_s *prev, *next; /* the list of live generations */
 } gw_vm_t;
 
+/* The Lua files a load read: the configuration first, then each file it
+ * loaded with require (from the configuration's folder), loadfile or
+ * dofile, as the paths Lua used. Owned by the caller (gw_vm_files_free). */
+typedef struct gw_vm_files_s {
+  char **paths; /* n gw_xmalloc'd strings */
+  size_t n;
+} gw_vm_files_t;
+void gw_vm_files_free(gw_vm_files_t *f);
+
 /* Loads `path` into a fresh state. On failure returns NULL and writes the
  * error (with file:line) into err. Nothing runs yet in a worker: the
  * configuration's timers start with gw_vm_start, once the caller has
- * decided to use this generation. */
-gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, char *err,
-                    size_t errlen);
+ * decided to use this generation. If `files` is not NULL it receives the
+ * files the load read, also when it failed (a broken module is watched so
+ * that fixing it reloads). */
+gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, gw_vm_files_t *files,
+                    char *err, size_t errlen);
 /* Starts the timers the configuration declared (a worker, once). Returns 0,
  * or GW_ELUA with the error in err. */
 int gw_vm_start(gw_vm_t *vm, char *err, size_t errlen);

@@ -28,7 +28,10 @@ typedef struct {
   size_t size;            /* bytes of the mapping */
   size_t workers_off;     /* gw_shm_worker_t[nworkers] */
   size_t ndicts;
-  size_t dicts_off[];     /* offset of each dict's area */
+  struct {
+    size_t off;           /* where the dict's area starts */
+    size_t declared;      /* the size gw.shared_dict asked for (the area is rounded up) */
+  } dicts[];
 } zone_t;
 
 static zone_t *zone; /* NULL until gw_shm_create; inherited across fork */
@@ -42,7 +45,7 @@ static double realtime(void) {
 }
 
 int gw_shm_create(unsigned nworkers, const gw_config_t *cfg, char *err, size_t errlen) {
-  size_t head = round_up(sizeof(zone_t) + cfg->ndicts * sizeof(size_t), 64);
+  size_t head = round_up(sizeof(zone_t) + cfg->ndicts * sizeof(zone->dicts[0]), 64);
   size_t workers_off = head;
   size_t off = round_up(workers_off + nworkers * sizeof(gw_shm_worker_t), AREA_ALIGN);
   size_t dicts_start = off;
@@ -71,9 +74,10 @@ int gw_shm_create(unsigned nworkers, const gw_config_t *cfg, char *err, size_t e
   /* Each dict gets its declared size rounded up to whole pages. */
   for (size_t i = 0, at = dicts_start; i < cfg->ndicts; i++) {
     size_t size = round_up(cfg->dicts[i].size, AREA_ALIGN);
-    z->dicts_off[i] = at;
+    z->dicts[i].off = at;
+    z->dicts[i].declared = cfg->dicts[i].size;
     at += size;
-    if (!gw_shdict_init((char *)mem + z->dicts_off[i], size, cfg->dicts[i].name)) {
+    if (!gw_shdict_init((char *)mem + at - size, size, cfg->dicts[i].name)) {
       snprintf(err, errlen, "shared dict '%s': cannot make its process-shared lock", cfg->dicts[i].name);
       munmap(mem, off);
       return GW_ECONFIG;
@@ -97,16 +101,25 @@ size_t gw_shm_ndicts(void) { return zone ? zone->ndicts : 0; }
 
 gw_shdict_t *gw_shm_dict_at(size_t i) {
   if (!zone || i >= zone->ndicts) return NULL;
-  return (gw_shdict_t *)((char *)zone + zone->dicts_off[i]);
+  return (gw_shdict_t *)((char *)zone + zone->dicts[i].off);
+}
+
+static size_t dict_index(const char *name, size_t len) {
+  for (size_t i = 0; i < gw_shm_ndicts(); i++) {
+    const char *n = gw_shdict_name(gw_shm_dict_at(i));
+    if (strlen(n) == len && memcmp(n, name, len) == 0) return i;
+  }
+  return SIZE_MAX;
 }
 
 gw_shdict_t *gw_shm_dict(const char *name, size_t len) {
-  for (size_t i = 0; i < gw_shm_ndicts(); i++) {
-    gw_shdict_t *d = gw_shm_dict_at(i);
-    const char *n = gw_shdict_name(d);
-    if (strlen(n) == len && memcmp(n, name, len) == 0) return d;
-  }
-  return NULL;
+  size_t i = dict_index(name, len);
+  return i == SIZE_MAX ? NULL : gw_shm_dict_at(i);
+}
+
+size_t gw_shm_dict_declared(const char *name, size_t len) {
+  size_t i = dict_index(name, len);
+  return i == SIZE_MAX ? 0 : zone->dicts[i].declared;
 }
 
 void gw_shm_info_begin(gw_shm_worker_t *s) {

@@ -80,6 +80,8 @@ double gw_shm_started_at(void);
 gw_shm_worker_t *gw_shm_worker(unsigned i);
 /* The dict called `name`, or NULL. */
 gw_shdict_t *gw_shm_dict(const char *name, size_t len);
+/* The size gw.shared_dict declared for `name` at start, or 0 if none. */
+size_t gw_shm_dict_declared(const char *name, size_t len);
 size_t gw_shm_ndicts(void);
 gw_shdict_t *gw_shm_dict_at(size_t i);
 

@@ -5,7 +5,8 @@
  * logs and the listeners, then run the loop. SIGTERM/SIGINT start a drain:
  * listeners close at once, idle connections close, busy ones close after
  * their current answer, and the loop ends when none is left or when
- * timeouts.drain has passed. SIGUSR1 reopens the log files.
+ * timeouts.drain has passed. SIGUSR1 reopens the log files; SIGHUP reloads
+ * the configuration (reload.h).
  */
 #include "worker.h"
 
@@ -21,6 +22,7 @@
 #include "listener.h"
 #include "log.h"
 #include "mem.h"
+#include "reload.h"
 #include "shm.h"
 
 gw_worker_t *gw__worker;
@@ -38,6 +40,18 @@ static void stop_loop_if_idle(gw_worker_t *w) {
 
 void gw_worker_conn_closed(gw_worker_t *w) { stop_loop_if_idle(w); }
 
+void gw_worker_publish(gw_worker_t *w) {
+  gw_shm_worker_t *s = gw_shm_worker((unsigned)w->index);
+  if (!s) return;
+  gw_shm_store32(&s->generation, w->vm->generation);
+  gw_shm_store32(&s->generations_alive, gw_vm_live_count());
+  gw_shm_store(&s->requests, w->requests);
+  gw_shm_store(&s->connections, w->nconns);
+  gw_shm_store(&s->lua_memory, gw_vm_live_memory());
+}
+
+static void on_stats_timer(uv_timer_t *t) { gw_worker_publish(t->data); }
+
 static void on_drain_timeout(uv_timer_t *t) {
   gw_worker_t *w = t->data;
   gw_log_warn("drain timeout: closing %zu connection(s) with requests in flight", w->nconns);
@@ -47,6 +61,7 @@ static void on_drain_timeout(uv_timer_t *t) {
 static void start_drain(gw_worker_t *w) {
   if (w->draining) return;
   w->draining = 1;
+  gw_reload_stop(w);
   for (size_t i = 0; i < w->nlisteners; i++) uv_close((uv_handle_t *)&w->listeners[i], NULL);
   w->nlisteners = 0;
   for (gw_conn_t *c = w->conns, *next; c; c = next) {
@@ -70,9 +85,11 @@ static void on_signal(uv_signal_t *s, int signum) {
     case SIGUSR1:
       if (gw_log_reopen() != 0) gw_log_error("reopening the logs failed");
       break;
-    case SIGHUP:
-      gw_log_warn("reload: not available in this build yet; restart to apply changes");
+    case SIGHUP: {
+      char err[4096];
+      gw_reload(w, "SIGHUP", err, sizeof err); /* logs and publishes the outcome */
       break;
+    }
   }
 }
 
@@ -116,15 +133,12 @@ static void publish_start(gw_worker_t *w) {
   /* A predecessor killed while writing left seq odd: make it even again. */
   if (s->seq & 1) gw_shm_info_end(s);
   s->pid = (int32_t)getpid();
-  gw_shm_store32(&s->generation, w->vm->generation);
-  gw_shm_store32(&s->generations_alive, gw_vm_live_count());
-  gw_shm_store(&s->connections, 0);
   gw_shm_info_begin(s);
   uv_timeval64_t tv;
   uv_gettimeofday(&tv);
   s->info.started_at = (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
-  s->info.loaded_at = s->info.started_at;
   gw_shm_info_end(s);
+  gw_worker_publish(w);
 }
 
 int gw_worker_run(const char *path, int index, int workers_override) {
@@ -140,9 +154,12 @@ int gw_worker_run(const char *path, int index, int workers_override) {
   gw__worker = w;
   w->index = index;
   w->loop = uv_default_loop();
+  w->path = path;
+  w->workers_override = workers_override;
 
   char err[4096];
-  w->vm = gw_vm_load(path, GW_VM_WORKER, 1, err, sizeof err);
+  gw_vm_files_t files = {NULL, 0};
+  w->vm = gw_vm_load(path, GW_VM_WORKER, 1, &files, err, sizeof err);
   if (!w->vm) {
     gw_log_error("%s", err);
     return 2;
@@ -155,11 +172,16 @@ int gw_worker_run(const char *path, int index, int workers_override) {
     gw_log_error("%s", err);
     return 2;
   }
+  gw_reload_init(w, &files);
+  gw_vm_files_free(&files);
   watch_signal(w, &w->sig_term, SIGTERM);
   watch_signal(w, &w->sig_int, SIGINT);
   watch_signal(w, &w->sig_usr1, SIGUSR1);
   watch_signal(w, &w->sig_hup, SIGHUP);
-  (void)workers_override;
+  uv_timer_init(w->loop, &w->stats_timer);
+  w->stats_timer.data = w;
+  uv_timer_start(&w->stats_timer, on_stats_timer, 1000, 1000);
+  uv_unref((uv_handle_t *)&w->stats_timer);
   uv_run(w->loop, UV_RUN_DEFAULT);
   return 0;
 }

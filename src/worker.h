@@ -16,9 +16,12 @@
 #include "lua_vm.h"
 
 typedef struct gw_conn_s gw_conn_t;
+typedef struct gw_watch_s gw_watch_t;
 
 typedef struct gw_worker_s {
   uv_loop_t *loop;         /* the process's loop */
+  const char *path;        /* the configuration file (argv, lives as long as the process) */
+  int workers_override;    /* -w N, or 0: then a change of `workers` needs a restart */
   gw_vm_t *vm;             /* current generation; new requests take a ref */
   gw_config_t config;      /* the worker's own copy of the settings: it outlives every
                             * generation; limits and timeouts change in place on reload */
@@ -31,6 +34,8 @@ typedef struct gw_worker_s {
   uint8_t draining;        /* SIGTERM seen: no new requests, exit when idle */
   uv_signal_t sig_term, sig_int, sig_usr1, sig_hup;
   uv_timer_t drain_timer;  /* forces exit after timeouts.drain */
+  uv_timer_t stats_timer;  /* publishes gauges to the shared memory slot every second */
+  gw_watch_t *watch;       /* the configuration's files (reload.c); NULL when draining */
   uint64_t requests;       /* requests finished, for status */
 } gw_worker_t;
 
@@ -41,5 +46,8 @@ extern gw_worker_t *gw__worker;
 int gw_worker_run(const char *path, int index, int workers_override);
 /* A connection closed: the worker may now be done draining. */
 void gw_worker_conn_closed(gw_worker_t *w);
+/* Writes the worker's counters and gauges (generation, requests,
+ * connections, Lua memory) to its shared memory slot. */
+void gw_worker_publish(gw_worker_t *w);
 
 #endif
