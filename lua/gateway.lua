@@ -68,8 +68,12 @@ local function check_value(key, kind, v, level)
     if type(v) ~= "number" or v <= 0 then bad(key, "a number > 0", v, level) end
   elseif kind == "string" then
     if type(v) ~= "string" then bad(key, "a string", v, level) end
-  elseif kind == "string_or_false" or kind == "addr_or_false" then
+  elseif kind == "string_or_false" then
     if v ~= false and type(v) ~= "string" then bad(key, "a string or false", v, level) end
+  elseif kind == "addr_or_false" then
+    if v ~= false and (type(v) ~= "string" or not v:match("^.*:%d+$")) then
+      bad(key, '"host:port" or false', v, level)
+    end
   elseif kind == "listen" then
     if type(v) == "string" then v = { v } end
     if type(v) ~= "table" or #v == 0 then bad(key, "an address or a list of addresses", v, level) end
@@ -106,6 +110,12 @@ function gw.config(t)
       end
     else
       cfg[k] = check_value(k, kind, v, 2)
+    end
+  end
+  -- The admin endpoints must never be reachable on a public listener.
+  if cfg.admin then
+    for _, a in ipairs(cfg.listen) do
+      if a == cfg.admin then error("gw.config: admin must not be one of the listen addresses (" .. a .. ")", 2) end
     end
   end
 end

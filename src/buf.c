@@ -2,6 +2,8 @@
 #include "buf.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,4 +58,36 @@ void gw_buf_consume(gw_buf_t *b, size_t n) {
   }
   memmove(b->base, b->base + n, b->len - n);
   b->len -= n;
+}
+
+void gw_buf_printf(gw_buf_t *b, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  if (n <= 0) return;
+  gw_buf_reserve(b, (size_t)n + 1);
+  va_start(ap, fmt);
+  vsnprintf(b->base + b->len, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  b->len += (size_t)n;
+}
+
+void gw_buf_append_json(gw_buf_t *b, const char *s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  gw_buf_reserve(b, n + 2);
+  b->base[b->len++] = '"';
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch == '"' || ch == '\\') {
+      char e[2] = {'\\', (char)ch};
+      gw_buf_append(b, e, 2);
+    } else if (ch < 0x20 || ch == 0x7f) {
+      char e[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
+      gw_buf_append(b, e, 6);
+    } else {
+      gw_buf_append(b, &s[i], 1);
+    }
+  }
+  gw_buf_append(b, "\"", 1);
 }

@@ -19,10 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
 #include "errors.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "mem.h"
+#include "metrics.h"
 #include "response.h"
 #include "worker.h"
 
@@ -234,6 +236,12 @@ static void dispatch(gw_conn_t *c) {
     /* Refused before any Lua runs: the body would be refused anyway. */
     r->close_after = 1;
     gw_response_error(r, 413, "body too large");
+    gw_conn_request_done(c);
+    return;
+  }
+  if (c->admin) {
+    /* The admin listener: answered in C (admin.c), never by the Lua router. */
+    gw_admin_handle(r);
     gw_conn_request_done(c);
     return;
   }
@@ -504,6 +512,8 @@ void gw_conn_request_done(gw_conn_t *c) {
   gw_req_t *r = c->req;
   conn_ref(c);
   access_log(c, r);
+  /* Every request ends here once: count it (admin requests are not counted). */
+  if (!c->admin) gw_metrics_request(r->route, r->status, r->start_ns ? (double)(uv_hrtime() - r->start_ns) / 1e9 : 0);
   c->requests++;
   c->worker->requests++;
   int keep = r->keep_alive && !r->close_after && !c->worker->draining;
@@ -587,6 +597,7 @@ int gw_conn_accept(gw_worker_t *w, uv_stream_t *server) {
   c->worker = w;
   uv_timer_init(w->loop, &c->timer);
   c->handles_open = 2;
+  c->admin = server == (uv_stream_t *)&w->admin_listener; /* see dispatch() */
   c->next = w->conns;
   if (w->conns) w->conns->prev = c;
   w->conns = c;

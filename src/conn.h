@@ -52,6 +52,7 @@ struct gw_conn_s {
   uint8_t close_scheduled; /* close when refs reach 0 */
   uint8_t reading;       /* uv_read_start is in effect */
   uint8_t in_process;    /* process() is on the stack: it will look again */
+  uint8_t admin;         /* accepted on the admin listener: admin.c answers, never Lua */
   char ip[48];           /* the peer address, text */
 };
 

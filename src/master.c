@@ -41,6 +41,17 @@ typedef struct {
 } worker_slot_t;
 
 static volatile sig_atomic_t got_chld, got_term, got_hup, got_usr1, got_alarm;
+/* The worker index a pending HUP came from (POST /reload: that worker has
+ * reloaded already), or -1 for a HUP every worker must act on. */
+static volatile sig_atomic_t hup_from = -1;
+
+static void on_hup(int sig, siginfo_t *si, void *uctx) {
+  int from = -1;
+  if (si->si_code == SI_QUEUE && si->si_value.sival_int > 0) from = si->si_value.sival_int - 1;
+  /* Two HUPs before the loop ran: reload everyone (a repeat is harmless). */
+  hup_from = got_hup ? -1 : from;
+  got_hup = 1;
+}
 
 static void on_signal(int sig) {
   switch (sig) {
@@ -71,6 +82,10 @@ static void install_handlers(sigset_t *blocked) {
     sigaddset(blocked, handled[i]);
     sigaction(handled[i], &sa, NULL);
   }
+  sa.sa_handler = NULL;
+  sa.sa_sigaction = on_hup;
+  sa.sa_flags = SA_SIGINFO;
+  sigaction(SIGHUP, &sa, NULL);
   signal(SIGPIPE, SIG_IGN);
   sigprocmask(SIG_BLOCK, blocked, NULL);
 }
@@ -190,8 +205,11 @@ int gw_master_run(const char *path, int workers) {
       alarm((unsigned)drain + 5);
     }
     if (got_hup) {
+      int from = hup_from;
       got_hup = 0;
-      signal_all(slots, n, SIGHUP);
+      hup_from = -1;
+      for (int i = 0; i < n; i++)
+        if (i != from && slots[i].pid > 0) kill(slots[i].pid, SIGHUP);
     }
     if (got_usr1) {
       got_usr1 = 0;

@@ -27,6 +27,7 @@ typedef struct {
   double started_at;      /* realtime seconds */
   size_t size;            /* bytes of the mapping */
   size_t workers_off;     /* gw_shm_worker_t[nworkers] */
+  size_t metrics_off;     /* gw_metrics_slot_t[nworkers] */
   size_t ndicts;
   struct {
     size_t off;           /* where the dict's area starts */
@@ -47,7 +48,8 @@ static double realtime(void) {
 int gw_shm_create(unsigned nworkers, const gw_config_t *cfg, char *err, size_t errlen) {
   size_t head = round_up(sizeof(zone_t) + cfg->ndicts * sizeof(zone->dicts[0]), 64);
   size_t workers_off = head;
-  size_t off = round_up(workers_off + nworkers * sizeof(gw_shm_worker_t), AREA_ALIGN);
+  size_t metrics_off = round_up(workers_off + nworkers * sizeof(gw_shm_worker_t), 64);
+  size_t off = round_up(metrics_off + nworkers * sizeof(gw_metrics_slot_t), AREA_ALIGN);
   size_t dicts_start = off;
   for (size_t i = 0; i < cfg->ndicts; i++) {
     if (cfg->dicts[i].size < GW_SHDICT_MIN_SIZE) {
@@ -70,6 +72,7 @@ int gw_shm_create(unsigned nworkers, const gw_config_t *cfg, char *err, size_t e
   z->started_at = realtime();
   z->size = off;
   z->workers_off = workers_off;
+  z->metrics_off = metrics_off;
   z->ndicts = cfg->ndicts;
   /* Each dict gets its declared size rounded up to whole pages. */
   for (size_t i = 0, at = dicts_start; i < cfg->ndicts; i++) {
@@ -95,6 +98,11 @@ double gw_shm_started_at(void) { return zone ? zone->started_at : 0; }
 gw_shm_worker_t *gw_shm_worker(unsigned i) {
   if (!zone || i >= zone->nworkers) return NULL;
   return (gw_shm_worker_t *)((char *)zone + zone->workers_off) + i;
+}
+
+gw_metrics_slot_t *gw_shm_metrics(unsigned i) {
+  if (!zone || i >= zone->nworkers) return NULL;
+  return (gw_metrics_slot_t *)((char *)zone + zone->metrics_off) + i;
 }
 
 size_t gw_shm_ndicts(void) { return zone ? zone->ndicts : 0; }

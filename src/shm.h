@@ -31,6 +31,7 @@
 #include <sys/types.h>
 
 #include "config.h"
+#include "metrics.h"
 #include "shdict.h"
 
 #define GW_SHM_ERROR_MAX 1024
@@ -78,6 +79,8 @@ double gw_shm_started_at(void);
 
 /* Slot `i` (0 <= i < nworkers). */
 gw_shm_worker_t *gw_shm_worker(unsigned i);
+/* The metrics area of worker `i` (0 <= i < nworkers). */
+gw_metrics_slot_t *gw_shm_metrics(unsigned i);
 /* The dict called `name`, or NULL. */
 gw_shdict_t *gw_shm_dict(const char *name, size_t len);
 /* The size gw.shared_dict declared for `name` at start, or 0 if none. */

@@ -22,6 +22,7 @@
 #include "listener.h"
 #include "log.h"
 #include "mem.h"
+#include "metrics.h"
 #include "reload.h"
 #include "shm.h"
 
@@ -32,20 +33,25 @@ static void on_connection(uv_stream_t *server, int status) {
   if (status < 0 || w->draining) return;
   int rc = gw_conn_accept(w, server);
   if (rc != 0 && rc != UV_EAGAIN) gw_log_warn("accept: %s", gw_strerror(rc));
+  gw_shm_worker_t *s = gw_shm_worker((unsigned)w->index);
+  if (s) gw_shm_store(&s->connections, w->nconns);
 }
 
 static void stop_loop_if_idle(gw_worker_t *w) {
   if (w->draining && w->nconns == 0) uv_stop(w->loop);
 }
 
-void gw_worker_conn_closed(gw_worker_t *w) { stop_loop_if_idle(w); }
+void gw_worker_conn_closed(gw_worker_t *w) {
+  gw_shm_worker_t *s = gw_shm_worker((unsigned)w->index);
+  if (s) gw_shm_store(&s->connections, w->nconns);
+  stop_loop_if_idle(w);
+}
 
 void gw_worker_publish(gw_worker_t *w) {
   gw_shm_worker_t *s = gw_shm_worker((unsigned)w->index);
   if (!s) return;
   gw_shm_store32(&s->generation, w->vm->generation);
   gw_shm_store32(&s->generations_alive, gw_vm_live_count());
-  gw_shm_store(&s->requests, w->requests);
   gw_shm_store(&s->connections, w->nconns);
   gw_shm_store(&s->lua_memory, gw_vm_live_memory());
 }
@@ -64,6 +70,8 @@ static void start_drain(gw_worker_t *w) {
   gw_reload_stop(w);
   for (size_t i = 0; i < w->nlisteners; i++) uv_close((uv_handle_t *)&w->listeners[i], NULL);
   w->nlisteners = 0;
+  if (w->admin_open) uv_close((uv_handle_t *)&w->admin_listener, NULL);
+  w->admin_open = 0;
   for (gw_conn_t *c = w->conns, *next; c; c = next) {
     next = c->next;
     gw_conn_drain(c);
@@ -123,7 +131,20 @@ static int open_listeners(gw_worker_t *w) {
     w->listeners[i].data = w;
     w->nlisteners++;
   }
-  return 0;
+  if (!w->cfg->admin) return 0;
+  /* The admin listener: same accept path; conn.c tells its connections
+   * apart by the server handle and hands their requests to admin.c. */
+  gw_listen_t addr = {NULL, 0};
+  int rc = gw_listen_parse(w->cfg->admin, &addr);
+  if (rc == 0) rc = gw_listener_open(w->loop, &w->admin_listener, &addr, on_connection);
+  if (rc) {
+    gw_log_error("cannot listen on admin address %s: %s", w->cfg->admin, gw_strerror(rc));
+  } else {
+    w->admin_listener.data = w;
+    w->admin_open = 1;
+  }
+  free(addr.host);
+  return rc;
 }
 
 /* Takes over this worker's shared memory slot (see shm.h: one writer per slot). */
@@ -166,6 +187,7 @@ int gw_worker_run(const char *path, int index, int workers_override) {
   }
   gw_config_copy(&w->config, &w->vm->config);
   w->cfg = &w->config;
+  gw_metrics_init((unsigned)index);
   publish_start(w);
   if (open_logs(w->cfg) != 0 || open_listeners(w) != 0) return 2;
   if (gw_vm_start(w->vm, err, sizeof err) != 0) {

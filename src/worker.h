@@ -29,6 +29,8 @@ typedef struct gw_worker_s {
   int index;               /* 0..workers-1, given by the master */
   uv_tcp_t *listeners;     /* one per cfg->listen entry */
   size_t nlisteners;
+  uv_tcp_t admin_listener; /* cfg->admin's socket when admin_open; conn.c compares to it */
+  uint8_t admin_open;
   gw_conn_t *conns;        /* every open connection */
   size_t nconns;
   uint8_t draining;        /* SIGTERM seen: no new requests, exit when idle */
