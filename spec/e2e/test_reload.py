@@ -209,3 +209,200 @@ def test_limits_change_in_place_listen_change_needs_restart():
         err = g.wait_stderr("listen changed")
         assert "restart" in err, err
         eq(g.get("/v")[:3:2], (200, b"v3"), "the old address serves the new routes")
+
+
+# ---- under load, memory, latency (these use the admin listener) ----
+
+ADMIN = ('local gw = require "gateway"\n'
+         'gw.config { listen = { "127.0.0.1:$PORT" }, admin = "127.0.0.1:$PORT2", access_log = false }\n')
+
+
+def admin_json(g, method, path):
+    import json
+    from gwtest import http
+    st, _, body = http(g.port2, method, path)
+    return st, json.loads(body)
+
+
+def wait_admin(g):
+    import socket
+
+    def up():
+        try:
+            socket.create_connection(("127.0.0.1", g.port2), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+    assert wait_for(up, 5), "admin listener not up"
+
+
+def realistic_app(tag):
+    return ADMIN + '''
+local lib = require "lib"
+gw.shared_dict("counts", "1m")
+gw.use(gw.mw.request_id())
+gw.use("/api", function(req, next)
+  local res = next()
+  res.headers["x-tag"] = "%s"
+  return res
+end)
+gw.timer.every(0.05, function() gw.shared.counts:incr("ticks", 1, 0) end)
+for i = 1, 50 do
+  gw.get("/api/r" .. i .. "/:id", function(req) return { json = { i = i, id = req.params.id } } end)
+end
+gw.get("/v", function(req) return lib.wrap("%s") end)
+gw.get("/count", function(req) return tostring(gw.shared.counts:incr("n", 1, 0)) end)
+''' % (tag, tag)
+
+
+LIB = 'local M = {}\nfunction M.wrap(s) return s end\nreturn M\n'
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
+def test_no_leak_over_500_reloads():
+    with Gateway(realistic_app("v1"), files={"lib.lua": LIB}) as g:
+        wait_admin(g)
+        [pid] = g.wait_workers(1)
+
+        def reloads(n):
+            for _ in range(n):
+                st, doc = admin_json(g, "POST", "/reload")
+                eq((st, doc["result"]), (200, "ok"), "POST /reload")
+                eq(g.get("/api/r7/x")[0], 200, "a request between reloads")
+        reloads(10)
+        after_10 = rss_kb(pid)
+        reloads(490)
+        after_500 = rss_kb(pid)
+        st, doc = admin_json(g, "GET", "/status")
+        w = doc["workers"][0]
+        print("     RSS after 10 reloads: %d kB, after 500: %d kB (%+.1f%%); generation %d, "
+              "generations alive %d, Lua heap %d kB"
+              % (after_10, after_500, 100.0 * (after_500 - after_10) / after_10, w["generation"],
+                 w["generations_alive"], w["lua_memory_bytes"] // 1024))
+        eq(w["generation"], 501, "generation after 500 reloads")
+        eq(w["reloads"]["ok"], 500, "one reload per POST (the master does not repeat it)")
+        assert wait_for(lambda: admin_json(g, "GET", "/status")[1]["workers"][0]["generations_alive"] == 1, 3), \
+            "retired generations still alive"
+        assert after_500 <= after_10 * 1.10, \
+            "RSS grew from %d kB after 10 reloads to %d kB after 500" % (after_10, after_500)
+
+
+test_no_leak_over_500_reloads.timeout = 120
+
+
+def _load_clients(port, seconds, nconns, paths, out):
+    """Runs in a child process (so that the GIL of the clients cannot delay
+    the reloads): nconns keep-alive connections asking in a loop for
+    `seconds`; sends {"ok", "bad", "errors"} to the pipe `out`."""
+    stop_at = time.monotonic() + seconds
+    lock = threading.Lock()
+    stats = {"ok": 0, "bad": [], "errors": []}
+
+    def client(n):
+        conn, i = None, 0
+        while time.monotonic() < stop_at:
+            try:
+                if conn is None:
+                    conn = Conn(port, timeout=10)
+                conn.send(req_bytes("GET", paths[(n + i) % len(paths)]))
+                r = conn.read_response()
+                i += 1
+                with lock:
+                    if 200 <= r.status < 300:
+                        stats["ok"] += 1
+                    else:
+                        stats["bad"].append((r.status, r.body[:200]))
+            except Exception as e:  # counted: must stay zero
+                with lock:
+                    stats["errors"].append(repr(e))
+                if conn:
+                    conn.close()
+                conn = None
+        if conn:
+            conn.close()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(nconns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 15)
+    out.send(stats)
+    out.close()
+
+
+def test_load_with_reloads_every_200ms():
+    """50 keep-alive connections hammer the gateway while it reloads every
+    200 ms for 10 s (file edits, HUP and POST /reload in turn): every answer
+    must be a 2xx and no connection may fail."""
+    import multiprocessing
+    with Gateway(realistic_app("v1"), workers=2, files={"lib.lua": LIB}) as g:
+        wait_admin(g)
+        eq(len(g.wait_workers(2)), 2, "workers")
+        ctx = multiprocessing.get_context("fork")
+        rx, tx = ctx.Pipe(duplex=False)
+        paths = ["/v", "/api/r3/abc", "/count", "/api/r50/1"]
+        clients = ctx.Process(target=_load_clients, args=(g.port, 10.5, 50, paths, tx))
+        clients.start()
+        tx.close()
+        try:
+            time.sleep(0.3)
+            reloads, t0 = 0, time.monotonic()
+            while time.monotonic() - t0 < 10:
+                reloads += 1
+                time.sleep(max(0, t0 + 0.2 * reloads - time.monotonic()))
+                kind = reloads % 3
+                if kind == 0:
+                    write_config(g, realistic_app("v%d" % reloads), rename=True)
+                elif kind == 1:
+                    g.send_signal(signal.SIGHUP)
+                else:
+                    st, _ = admin_json(g, "POST", "/reload")
+                    eq(st, 200, "POST /reload")
+            assert rx.poll(30), "the client process did not report"
+            stats = rx.recv()
+        finally:
+            clients.join(5)
+            if clients.is_alive():
+                clients.kill()
+        time.sleep(0.5)
+        st, doc = admin_json(g, "GET", "/status")
+        gens = [w["generation"] for w in doc["workers"]]
+        failed = sum(w["reloads"]["failed"] for w in doc["workers"])
+        print("     %d reloads triggered in 10 s; %d answers, %d non-2xx, %d socket errors; "
+              "generations now %r; %d failed reloads"
+              % (reloads, stats["ok"], len(stats["bad"]), len(stats["errors"]), gens, failed))
+        eq(stats["bad"][:5], [], "non-2xx answers")
+        eq(stats["errors"][:5], [], "socket errors")
+        assert stats["ok"] > 1000, "too few answers: %d" % stats["ok"]
+        # A file write and a HUP close together may be seen as one reload.
+        assert min(gens) > 35, "workers reloaded too rarely: %r after %d triggers" % (gens, reloads)
+        eq(failed, 0, "failed reloads")
+        assert g.proc.poll() is None and len(g.worker_pids()) == 2, "a process died"
+
+
+test_load_with_reloads_every_200ms.timeout = 90
+
+
+def test_measure_reload_latency():
+    """Measures (does not assert) the time from writing the file to the first
+    answer of the new logic, on a held connection polling as fast as it can."""
+    with Gateway(version_app("v0")) as g:
+        samples = []
+        with Conn(g.port) as c:
+            for i in range(1, 21):
+                time.sleep(0.15)  # let the previous burst settle
+                t0 = time.monotonic()
+                write_config(g, version_app("v%d" % i), rename=(i % 2 == 0))
+                got = wait_answer(c, "v%d" % i, timeout=5)
+                eq(got, (200, "v%d" % i), "new answer")
+                samples.append((time.monotonic() - t0) * 1000)
+        samples.sort()
+        p50 = samples[len(samples) // 2]
+        print("     reload latency, file write -> first new answer (20 samples): "
+              "p50 %.1f ms, min %.1f ms, max %.1f ms" % (p50, samples[0], samples[-1]))
