@@ -219,7 +219,10 @@ static void reload(gw_req_t *r, gw_worker_t *w) {
    * master that this one has already (see master.c). Sent even after a
    * failure, so that every worker reports the same outcome. */
   union sigval v = {.sival_int = w->index + 1};
-  if (sigqueue(getppid(), SIGHUP, v) != 0) gw_log_warn("POST /reload: cannot signal the master");
+  pid_t master = gw_shm_master_pid();
+  /* If the master just died the parent is init now: never signal that. */
+  if (getppid() != master || sigqueue(master, SIGHUP, v) != 0)
+    gw_log_warn("POST /reload: cannot signal the master; only this worker reloaded");
   gw_buf_t b;
   gw_buf_init(&b);
   if (rc == 0) {
