@@ -16,6 +16,7 @@
 
 #include "buf.h"
 #include "errors.h"
+#include "ffi_time.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "mem.h"
@@ -55,12 +56,6 @@ static void json_time(gw_buf_t *b, double t) {
   gmtime_r(&sec, &tm);
   gw_buf_printf(b, "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
                 tm.tm_hour, tm.tm_min, tm.tm_sec, (int)((t - (double)sec) * 1000));
-}
-
-static double now_real(void) {
-  uv_timeval64_t tv;
-  uv_gettimeofday(&tv);
-  return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
 }
 
 /* Writes "message", "file" and "line" members for a Lua error text: the
@@ -124,7 +119,7 @@ static void status(gw_req_t *r, gw_worker_t *w) {
   gw_buf_printf(&b, "{\"version\":\"%s\",\"ffi_abi\":%d,\"master_pid\":%d,\"started_at\":", GW_VERSION, GW_FFI_ABI,
                 (int)gw_shm_master_pid());
   json_time(&b, started);
-  gw_buf_printf(&b, ",\"uptime\":%.3f", now_real() - started);
+  gw_buf_printf(&b, ",\"uptime\":%.3f", gw_ffi_now() - started);
 
   /* The configuration as this worker runs it. */
   const gw_shm_info_t *mine = &info[w->index];

@@ -8,6 +8,9 @@
 
 #include "lua_vm.h"
 
+/* Wall-clock time in seconds (gw.now() in Lua); C uses it for timestamps. */
+double gw_ffi_now(void);
+
 /* Stops and releases every repeating timer of `vm`, a generation a reload
  * replaced (call gw_vm_retire first). Each held a reference on `vm`, so the
  * generation can be freed once its requests and one-shot timers are done.

@@ -13,6 +13,7 @@
  */
 #include "reload.h"
 
+#include <libgen.h>
 #include <limits.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@
 #include <string.h>
 #include <uv.h>
 
+#include "buf.h"
 #include "errors.h"
 #include "ffi_time.h"
 #include "log.h"
@@ -27,12 +29,6 @@
 #include "shm.h"
 #include "watch.h"
 #include "worker.h"
-
-static double realtime(void) {
-  uv_timeval64_t tv;
-  uv_gettimeofday(&tv);
-  return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
-}
 
 /* sha256 of the file at `path` as 64 hex digits, or "" if it cannot be read. */
 static void sha256_file(const char *path, char hex[65]) {
@@ -66,13 +62,9 @@ static int inside(const char *dir, const char *path) {
 /* Watches the configuration and the files it loaded from its folder. */
 static void watch_files(gw_worker_t *w, const gw_vm_files_t *files) {
   if (!w->watch || files->n == 0) return;
-  char dir[PATH_MAX], real_dir[PATH_MAX];
-  snprintf(dir, sizeof dir, "%s", files->paths[0]);
-  char *slash = strrchr(dir, '/');
-  if (!slash) snprintf(dir, sizeof dir, ".");
-  else if (slash == dir) dir[1] = '\0';
-  else *slash = '\0';
-  int have_dir = realpath(dir, real_dir) != NULL;
+  char copy[PATH_MAX], real_dir[PATH_MAX];
+  snprintf(copy, sizeof copy, "%s", files->paths[0]);
+  int have_dir = realpath(dirname(copy), real_dir) != NULL;
   char **keep = gw_xcalloc(files->n, sizeof *keep);
   size_t n = 0;
   keep[n++] = files->paths[0];
@@ -93,7 +85,7 @@ static void publish_loaded(gw_worker_t *w, const char *hash, const char *trigger
   gw_shm_worker_t *s = gw_shm_worker((unsigned)w->index);
   if (!s) return;
   gw_shm_info_begin(s);
-  s->info.loaded_at = realtime();
+  s->info.loaded_at = gw_ffi_now();
   snprintf(s->info.config_hash, sizeof s->info.config_hash, "%s", hash);
   if (trigger) {
     snprintf(s->info.last_trigger, sizeof s->info.last_trigger, "%s", trigger);
@@ -111,7 +103,7 @@ static void publish_failed(gw_worker_t *w, const char *trigger, unsigned generat
   if (!s) return;
   gw_shm_info_begin(s);
   snprintf(s->info.last_trigger, sizeof s->info.last_trigger, "%s", trigger);
-  s->info.last_reload_at = s->info.last_error_at = realtime();
+  s->info.last_reload_at = s->info.last_error_at = gw_ffi_now();
   s->info.last_reload_ok = 0;
   s->info.last_error_generation = generation;
   snprintf(s->info.last_error, sizeof s->info.last_error, "%s", err);
@@ -125,30 +117,23 @@ static int same_str(const char *a, const char *b) {
   return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
 }
 
-/* Describes, in `out`, what `next` changes that only a restart applies. */
+/* Describes, in `out`, what `next` changes that only a restart applies
+ * ("" when nothing). */
 static void restart_needed(const gw_worker_t *w, const gw_config_t *next, char *out, size_t outlen) {
   const gw_config_t *cur = &w->config;
-  size_t n = 0;
-  out[0] = '\0';
-#define NOTE(...)                                                   \
-  do {                                                              \
-    if (n < outlen) {                                               \
-      int k = snprintf(out + n, outlen - n, "%s", n ? "; " : "");   \
-      if (k > 0) n += (size_t)k;                                    \
-      if (n < outlen && (k = snprintf(out + n, outlen - n, __VA_ARGS__)) > 0) n += (size_t)k; \
-    }                                                               \
-  } while (0)
-  if (!gw_config_same_listen(cur, next)) NOTE("listen changed");
+  gw_buf_t b;
+  gw_buf_init(&b);
+  if (!gw_config_same_listen(cur, next)) gw_buf_append_str(&b, "; listen changed");
   if (w->workers_override <= 0 && cur->workers != next->workers)
-    NOTE("workers changed (%d -> %d)", cur->workers, next->workers);
-  if (!same_str(cur->admin, next->admin)) NOTE("admin changed");
+    gw_buf_printf(&b, "; workers changed (%d -> %d)", cur->workers, next->workers);
+  if (!same_str(cur->admin, next->admin)) gw_buf_append_str(&b, "; admin changed");
   for (size_t i = 0; i < next->ndicts; i++) {
     const char *name = next->dicts[i].name;
     size_t had = gw_shm_dict_declared(name, strlen(name));
-    if (had && had != next->dicts[i].size) NOTE("shared dict '%s' size changed", name);
+    if (had && had != next->dicts[i].size) gw_buf_printf(&b, "; shared dict '%s' size changed", name);
   }
-#undef NOTE
-  if (n >= outlen && outlen > 4) snprintf(out + outlen - 4, 4, "...");
+  snprintf(out, outlen, "%.*s", b.len > 2 ? (int)b.len - 2 : 0, b.len > 2 ? b.base + 2 : "");
+  gw_buf_free(&b);
 }
 
 /* Applies what can change in place; returns with w->config updated. */

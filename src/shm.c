@@ -11,10 +11,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "errors.h"
+#include "ffi_time.h"
 
 #define MAGIC 0x67777368u /* "gwsh" */
 #define AREA_ALIGN 4096
@@ -38,12 +38,6 @@ typedef struct {
 static zone_t *zone; /* NULL until gw_shm_create; inherited across fork */
 
 static size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
-
-static double realtime(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 int gw_shm_create(unsigned nworkers, const gw_config_t *cfg, char *err, size_t errlen) {
   size_t head = round_up(sizeof(zone_t) + cfg->ndicts * sizeof(zone->dicts[0]), 64);
@@ -69,7 +63,7 @@ int gw_shm_create(unsigned nworkers, const gw_config_t *cfg, char *err, size_t e
   z->magic = MAGIC;
   z->nworkers = nworkers;
   z->master_pid = getpid();
-  z->started_at = realtime();
+  z->started_at = gw_ffi_now();
   z->size = off;
   z->workers_off = workers_off;
   z->metrics_off = metrics_off;

@@ -19,6 +19,7 @@
 
 #include "conn.h"
 #include "errors.h"
+#include "ffi_time.h"
 #include "listener.h"
 #include "log.h"
 #include "mem.h"
@@ -155,9 +156,7 @@ static void publish_start(gw_worker_t *w) {
   if (s->seq & 1) gw_shm_info_end(s);
   s->pid = (int32_t)getpid();
   gw_shm_info_begin(s);
-  uv_timeval64_t tv;
-  uv_gettimeofday(&tv);
-  s->info.started_at = (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+  s->info.started_at = gw_ffi_now();
   gw_shm_info_end(s);
   gw_worker_publish(w);
 }

@@ -38,7 +38,8 @@ typedef struct gw_worker_s {
   uv_timer_t drain_timer;  /* forces exit after timeouts.drain */
   uv_timer_t stats_timer;  /* publishes gauges to the shared memory slot every second */
   gw_watch_t *watch;       /* the configuration's files (reload.c); NULL when draining */
-  uint64_t requests;       /* requests finished, for status */
+  uint64_t requests;       /* requests finished, admin ones included (/status shows the
+                            * shared slot's count, kept by metrics.c without them) */
 } gw_worker_t;
 
 extern gw_worker_t *gw__worker;
