@@ -41,8 +41,10 @@ static void send_json(gw_req_t *r, int status, const gw_buf_t *body) {
 /* ---- small JSON helpers ---- */
 
 static void json_str(gw_buf_t *b, const char *s) {
-  if (s) gw_buf_append_json(b, s, strlen(s));
-  else gw_buf_append_str(b, "null");
+  if (s)
+    gw_buf_append_json(b, s, strlen(s));
+  else
+    gw_buf_append_str(b, "null");
 }
 
 /* Realtime seconds as an RFC 3339 UTC time string, or null for 0. */
@@ -80,10 +82,14 @@ static void json_error_fields(gw_buf_t *b, const char *text) {
   gw_buf_append_str(b, "\"message\":");
   gw_buf_append_json(b, text, first);
   gw_buf_append_str(b, ",\"file\":");
-  if (file_end) gw_buf_append_json(b, text, (size_t)(file_end - text));
-  else gw_buf_append_str(b, "null");
-  if (file_end) gw_buf_printf(b, ",\"line\":%ld", line);
-  else gw_buf_append_str(b, ",\"line\":null");
+  if (file_end)
+    gw_buf_append_json(b, text, (size_t)(file_end - text));
+  else
+    gw_buf_append_str(b, "null");
+  if (file_end)
+    gw_buf_printf(b, ",\"line\":%ld", line);
+  else
+    gw_buf_append_str(b, ",\"line\":null");
   gw_buf_append_str(b, ",\"detail\":");
   json_str(b, text);
 }
@@ -102,8 +108,9 @@ static void status_dicts(gw_buf_t *b) {
     gw_shdict_stats(d, &st);
     gw_buf_append_str(b, i ? ",{\"name\":" : "{\"name\":");
     json_str(b, gw_shdict_name(d));
-    gw_buf_printf(b, ",\"size\":%zu,\"items\":%llu,\"used_bytes\":%llu,\"evictions\":%llu}", gw_shdict_size(d),
-                  (unsigned long long)st.items, (unsigned long long)st.used, (unsigned long long)st.evictions);
+    gw_buf_printf(b, ",\"size\":%zu,\"items\":%llu,\"used_bytes\":%llu,\"evictions\":%llu}",
+                  gw_shdict_size(d), (unsigned long long)st.items, (unsigned long long)st.used,
+                  (unsigned long long)st.evictions);
   }
   gw_buf_append_str(b, "]");
 }
@@ -116,8 +123,8 @@ static void status(gw_req_t *r, gw_worker_t *w) {
   gw_buf_t b;
   gw_buf_init(&b);
   double started = gw_shm_started_at();
-  gw_buf_printf(&b, "{\"version\":\"%s\",\"ffi_abi\":%d,\"master_pid\":%d,\"started_at\":", GW_VERSION, GW_FFI_ABI,
-                (int)gw_shm_master_pid());
+  gw_buf_printf(&b, "{\"version\":\"%s\",\"ffi_abi\":%d,\"master_pid\":%d,\"started_at\":", GW_VERSION,
+                GW_FFI_ABI, (int)gw_shm_master_pid());
   json_time(&b, started);
   gw_buf_printf(&b, ",\"uptime\":%.3f", gw_ffi_now() - started);
 
@@ -167,14 +174,15 @@ static void status(gw_req_t *r, gw_worker_t *w) {
   gw_buf_append_str(&b, ",\"workers\":[");
   for (unsigned i = 0; i < n; i++) {
     gw_shm_worker_t *s = gw_shm_worker(i);
-    gw_buf_printf(&b,
-                  "%s{\"index\":%u,\"pid\":%d,\"generation\":%u,\"generations_alive\":%u,\"requests\":%llu,"
-                  "\"connections\":%llu,\"lua_memory_bytes\":%llu,\"reloads\":{\"ok\":%llu,\"failed\":%llu}"
-                  ",\"config_hash\":",
-                  i ? "," : "", i, (int)s->pid, gw_shm_load32(&s->generation), gw_shm_load32(&s->generations_alive),
-                  (unsigned long long)gw_shm_load(&s->requests), (unsigned long long)gw_shm_load(&s->connections),
-                  (unsigned long long)gw_shm_load(&s->lua_memory), (unsigned long long)gw_shm_load(&s->reloads_ok),
-                  (unsigned long long)gw_shm_load(&s->reloads_failed));
+    gw_buf_printf(
+        &b,
+        "%s{\"index\":%u,\"pid\":%d,\"generation\":%u,\"generations_alive\":%u,\"requests\":%llu,"
+        "\"connections\":%llu,\"lua_memory_bytes\":%llu,\"reloads\":{\"ok\":%llu,\"failed\":%llu}"
+        ",\"config_hash\":",
+        i ? "," : "", i, (int)s->pid, gw_shm_load32(&s->generation), gw_shm_load32(&s->generations_alive),
+        (unsigned long long)gw_shm_load(&s->requests), (unsigned long long)gw_shm_load(&s->connections),
+        (unsigned long long)gw_shm_load(&s->lua_memory), (unsigned long long)gw_shm_load(&s->reloads_ok),
+        (unsigned long long)gw_shm_load(&s->reloads_failed));
     json_str(&b, info[i].config_hash);
     gw_buf_append_str(&b, ",\"started_at\":");
     json_time(&b, info[i].started_at);
@@ -255,14 +263,20 @@ void gw_admin_handle(gw_req_t *r) {
   int get = r->method == HTTP_GET || r->method == HTTP_HEAD;
 #define IS(p) (len == sizeof(p) - 1 && memcmp(path, p, len) == 0)
   if (IS("/status")) {
-    if (get) status(r, w);
-    else method_not_allowed(r, "GET, HEAD");
+    if (get)
+      status(r, w);
+    else
+      method_not_allowed(r, "GET, HEAD");
   } else if (IS("/metrics")) {
-    if (get) metrics(r, w);
-    else method_not_allowed(r, "GET, HEAD");
+    if (get)
+      metrics(r, w);
+    else
+      method_not_allowed(r, "GET, HEAD");
   } else if (IS("/reload")) {
-    if (r->method == HTTP_POST) reload(r, w);
-    else method_not_allowed(r, "POST");
+    if (r->method == HTTP_POST)
+      reload(r, w);
+    else
+      method_not_allowed(r, "POST");
   } else {
     gw_response_error(r, 404, "no such admin endpoint (try /status, /metrics, POST /reload)");
   }

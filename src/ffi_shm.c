@@ -21,10 +21,10 @@
 
 /* Mirrors gw_shvalue_t for the cdef in lua/gateway/base.lua. */
 typedef struct gw_ffi_shval_s {
-  int type;
-  double num;
-  const char *str;
-  size_t len;
+  int type;        /* gw_shv_type_t */
+  double num;      /* number, or 0/1 for a boolean */
+  const char *str; /* string bytes, borrowed until the next call */
+  size_t len;      /* string length */
 } gw_ffi_shval_t;
 
 _Static_assert(sizeof(gw_ffi_shval_t) == sizeof(gw_shvalue_t), "gw_ffi_shval_t mirrors gw_shvalue_t");

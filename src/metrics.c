@@ -16,15 +16,14 @@
 #include "shdict.h"
 #include "shm.h"
 
-static const double bounds[GW_METRICS_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                                 0.5,   1,    2.5,   5,    10};
+static const double bounds[GW_METRICS_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 static const char *const bound_text[GW_METRICS_BUCKETS] = {"0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
                                                            "0.5",   "1",    "2.5",   "5",    "10"};
 
 #define OTHER_ROUTE (GW_METRICS_ROUTES - 1) /* where routes go once the table is full */
 
-static gw_metrics_slot_t *self;       /* this worker's slot, NULL outside a worker */
-static gw_shm_worker_t *self_status;  /* this worker's status slot (requests counter) */
+static gw_metrics_slot_t *self;      /* this worker's slot, NULL outside a worker */
+static gw_shm_worker_t *self_status; /* this worker's status slot (requests counter) */
 
 static uint32_t hash_bytes(const char *s, size_t n) {
   uint32_t h = 2166136261u;
@@ -95,9 +94,9 @@ void gw_metrics_request(const char *route, int status, double seconds) {
 /* ---- rendering ---- */
 
 typedef struct {
-  const gw_metrics_route_t *route; /* names the route; counters are summed below */
-  uint64_t buckets[GW_METRICS_BUCKETS + 1], count, sum_ns;
-  int status;                      /* for series */
+  const gw_metrics_route_t *route;                         /* names the route; counters are summed below */
+  uint64_t buckets[GW_METRICS_BUCKETS + 1], count, sum_ns; /* summed over workers */
+  int status;                                              /* for series */
 } row_t;
 
 static int by_name(const row_t *a, const row_t *b) {
@@ -118,10 +117,14 @@ static int cmp_series(const void *x, const void *y) {
 static void label(gw_buf_t *out, const char *s, size_t n) {
   gw_buf_append(out, "\"", 1);
   for (size_t i = 0; i < n; i++) {
-    if (s[i] == '\\') gw_buf_append(out, "\\\\", 2);
-    else if (s[i] == '"') gw_buf_append(out, "\\\"", 2);
-    else if (s[i] == '\n') gw_buf_append(out, "\\n", 2);
-    else gw_buf_append(out, &s[i], 1);
+    if (s[i] == '\\')
+      gw_buf_append(out, "\\\\", 2);
+    else if (s[i] == '"')
+      gw_buf_append(out, "\\\"", 2);
+    else if (s[i] == '\n')
+      gw_buf_append(out, "\\n", 2);
+    else
+      gw_buf_append(out, &s[i], 1);
   }
   gw_buf_append(out, "\"", 1);
 }

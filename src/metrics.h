@@ -29,26 +29,26 @@
 
 /* One route of one worker: its latency histogram. */
 typedef struct gw_metrics_route_s {
-  uint32_t used;                    /* 1 once name is published */
-  uint32_t len;                     /* bytes of name */
-  char name[GW_METRICS_ROUTE_MAX];  /* the pattern, NUL-terminated */
+  uint32_t used;                            /* 1 once name is published */
+  uint32_t len;                             /* bytes of name */
+  char name[GW_METRICS_ROUTE_MAX];          /* the pattern, NUL-terminated */
   uint64_t buckets[GW_METRICS_BUCKETS + 1]; /* requests per bucket, not cumulative; last: above all bounds */
-  uint64_t count;                   /* requests */
-  uint64_t sum_ns;                  /* their summed duration */
+  uint64_t count;                           /* requests */
+  uint64_t sum_ns;                          /* their summed duration */
 } gw_metrics_route_t;
 
 /* One (route, status) request counter of one worker. */
 typedef struct gw_metrics_series_s {
-  uint32_t key;    /* (route index + 1) << 10 | status; 0 while free */
-  uint32_t _pad;
-  uint64_t count;  /* requests */
+  uint32_t key;   /* (route index + 1) << 10 | status; 0 while free */
+  uint32_t _pad;  /* keeps count 8-byte aligned */
+  uint64_t count; /* requests */
 } gw_metrics_series_t;
 
 /* Lives in the shared zone, one per worker index; see the file comment. */
 typedef struct gw_metrics_slot_s {
-  gw_metrics_route_t routes[GW_METRICS_ROUTES];
-  gw_metrics_series_t series[GW_METRICS_SERIES];
-  uint64_t dropped; /* requests not counted by (route, status): no room */
+  gw_metrics_route_t routes[GW_METRICS_ROUTES];  /* open addressing by name; the last is "(other)" */
+  gw_metrics_series_t series[GW_METRICS_SERIES]; /* open addressing by key */
+  uint64_t dropped;                              /* requests not counted by (route, status): no room */
 } gw_metrics_slot_t;
 
 /* This process writes to worker slot `index` from now on. */

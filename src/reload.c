@@ -183,7 +183,8 @@ int gw_reload(gw_worker_t *w, const char *trigger, char *err, size_t errlen) {
   }
   char restart[GW_SHM_NOTE_MAX];
   restart_needed(w, &next->config, restart, sizeof restart);
-  if (restart[0]) gw_log_warn("reload (%s): %s: restart the gateway to apply (ignored until then)", trigger, restart);
+  if (restart[0])
+    gw_log_warn("reload (%s): %s: restart the gateway to apply (ignored until then)", trigger, restart);
   apply_settings(w, &next->config);
 
   gw_vm_t *old = w->vm;

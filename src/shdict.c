@@ -29,35 +29,35 @@
 
 /* Placed at the start of the area by gw_shdict_init; shared by every process. */
 struct gw_shdict_s {
-  pthread_mutex_t lock;    /* process-shared, robust: guards everything below */
-  char name[GW_SHDICT_NAME_MAX + 1];
-  size_t size;             /* bytes of the whole area, header included */
-  uint32_t busy;           /* 1 while a holder of the lock may be changing things */
-  uint32_t nbuckets;       /* a power of two */
-  size_t buckets_off;      /* size_t[nbuckets], 0 for an empty bucket */
-  size_t heap_off;         /* first block */
-  size_t heap_end;         /* one past the last block */
-  size_t free_head;        /* first free block, 0 if none */
-  size_t lru_head;         /* most recently used entry's block */
-  size_t lru_tail;         /* least recently used entry's block */
-  uint64_t items;          /* entries stored */
-  uint64_t used;           /* bytes of blocks in use */
-  uint64_t evictions;      /* entries evicted for room */
-  uint64_t resets;         /* emptied after a holder died */
+  pthread_mutex_t lock;              /* process-shared, robust: guards everything below */
+  char name[GW_SHDICT_NAME_MAX + 1]; /* as declared, NUL-terminated */
+  size_t size;                       /* bytes of the whole area, header included */
+  uint32_t busy;                     /* 1 while a holder of the lock may be changing things */
+  uint32_t nbuckets;                 /* a power of two */
+  size_t buckets_off;                /* size_t[nbuckets], 0 for an empty bucket */
+  size_t heap_off;                   /* first block */
+  size_t heap_end;                   /* one past the last block */
+  size_t free_head;                  /* first free block, 0 if none */
+  size_t lru_head;                   /* most recently used entry's block */
+  size_t lru_tail;                   /* least recently used entry's block */
+  uint64_t items;                    /* entries stored */
+  uint64_t used;                     /* bytes of blocks in use */
+  uint64_t evictions;                /* entries evicted for room */
+  uint64_t resets;                   /* emptied after a holder died */
 };
 
 /* The payload of a used block. Owned by the dict; freed by remove_entry. */
 typedef struct {
-  size_t hnext;    /* next entry's block in the same bucket, 0 at the end */
-  size_t lprev;    /* LRU neighbour towards the head (more recent), 0 at the head */
-  size_t lnext;    /* LRU neighbour towards the tail, 0 at the tail */
-  double expires;  /* CLOCK_MONOTONIC seconds, 0 for never */
-  double num;      /* number value, or 0/1 for a boolean */
-  uint32_t hash;   /* of the key */
-  uint32_t vlen;   /* bytes of a string value */
-  uint16_t klen;   /* bytes of the key */
-  uint8_t type;    /* gw_shv_type_t */
-  char data[];     /* the key, then a string value */
+  size_t hnext;   /* next entry's block in the same bucket, 0 at the end */
+  size_t lprev;   /* LRU neighbour towards the head (more recent), 0 at the head */
+  size_t lnext;   /* LRU neighbour towards the tail, 0 at the tail */
+  double expires; /* CLOCK_MONOTONIC seconds, 0 for never */
+  double num;     /* number value, or 0/1 for a boolean */
+  uint32_t hash;  /* of the key */
+  uint32_t vlen;  /* bytes of a string value */
+  uint16_t klen;  /* bytes of the key */
+  uint8_t type;   /* gw_shv_type_t */
+  char data[];    /* the key, then a string value */
 } entry_t;
 
 /* The payload of a free block: its links on the free list. */
@@ -111,8 +111,10 @@ static void free_push(gw_shdict_t *d, size_t b) {
 
 static void free_unlink(gw_shdict_t *d, size_t b) {
   freelink_t *l = link_of(d, b);
-  if (l->prev) link_of(d, l->prev)->next = l->next;
-  else d->free_head = l->next;
+  if (l->prev)
+    link_of(d, l->prev)->next = l->next;
+  else
+    d->free_head = l->next;
   if (l->next) link_of(d, l->next)->prev = l->prev;
 }
 
@@ -168,10 +170,14 @@ static void reset(gw_shdict_t *d) {
 
 static void lru_unlink(gw_shdict_t *d, size_t b) {
   entry_t *e = entry_of(d, b);
-  if (e->lprev) entry_of(d, e->lprev)->lnext = e->lnext;
-  else d->lru_head = e->lnext;
-  if (e->lnext) entry_of(d, e->lnext)->lprev = e->lprev;
-  else d->lru_tail = e->lprev;
+  if (e->lprev)
+    entry_of(d, e->lprev)->lnext = e->lnext;
+  else
+    d->lru_head = e->lnext;
+  if (e->lnext)
+    entry_of(d, e->lnext)->lprev = e->lprev;
+  else
+    d->lru_tail = e->lprev;
 }
 
 static void lru_push(gw_shdict_t *d, size_t b) {
@@ -327,8 +333,7 @@ int gw_shdict_get(gw_shdict_t *d, const char *key, size_t klen, gw_shvalue_t *ou
   return 0;
 }
 
-int gw_shdict_set(gw_shdict_t *d, const char *key, size_t klen, const gw_shvalue_t *v, double ttl,
-                  int add) {
+int gw_shdict_set(gw_shdict_t *d, const char *key, size_t klen, const gw_shvalue_t *v, double ttl, int add) {
   uint32_t hash = hash_key(key, klen);
   double now = now_mono();
   lock(d);
@@ -344,8 +349,8 @@ int gw_shdict_set(gw_shdict_t *d, const char *key, size_t klen, const gw_shvalue
   return rc;
 }
 
-int gw_shdict_incr(gw_shdict_t *d, const char *key, size_t klen, double by, const double *init,
-                   double ttl, double *out) {
+int gw_shdict_incr(gw_shdict_t *d, const char *key, size_t klen, double by, const double *init, double ttl,
+                   double *out) {
   uint32_t hash = hash_key(key, klen);
   double now = now_mono();
   lock(d);

@@ -60,15 +60,14 @@ int gw_shdict_get(gw_shdict_t *d, const char *key, size_t klen, gw_shvalue_t *ou
 /* Stores `v` under `key` for `ttl` seconds (0: no expiry). With `add`, fails
  * with GW_EEXISTS when a live value is there. A GW_SHV_NIL value deletes.
  * Returns 0, GW_EEXISTS, or GW_ENOSPACE (bigger than the whole dict). */
-int gw_shdict_set(gw_shdict_t *d, const char *key, size_t klen, const gw_shvalue_t *v, double ttl,
-                  int add);
+int gw_shdict_set(gw_shdict_t *d, const char *key, size_t klen, const gw_shvalue_t *v, double ttl, int add);
 
 /* Adds `by` to the number under `key` and stores the sum in *out. A missing
  * key is created with *init + by and `ttl` when init is not NULL, else it
  * fails with GW_ENOTFOUND. An existing entry keeps its expiry. Returns 0,
  * GW_ENOTFOUND, GW_ENOTNUM (the value is not a number) or GW_ENOSPACE. */
-int gw_shdict_incr(gw_shdict_t *d, const char *key, size_t klen, double by, const double *init,
-                   double ttl, double *out);
+int gw_shdict_incr(gw_shdict_t *d, const char *key, size_t klen, double by, const double *init, double ttl,
+                   double *out);
 
 /* Removes `key`. Returns 0, or GW_ENOTFOUND when it was not there. */
 int gw_shdict_delete(gw_shdict_t *d, const char *key, size_t klen);

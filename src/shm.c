@@ -21,18 +21,18 @@
 
 /* The zone's first bytes. Written by the master before forking, then only read. */
 typedef struct {
-  uint32_t magic;
-  uint32_t nworkers;
-  pid_t master_pid;
-  double started_at;      /* realtime seconds */
-  size_t size;            /* bytes of the mapping */
-  size_t workers_off;     /* gw_shm_worker_t[nworkers] */
-  size_t metrics_off;     /* gw_metrics_slot_t[nworkers] */
-  size_t ndicts;
+  uint32_t magic;     /* MAGIC */
+  uint32_t nworkers;  /* worker slots */
+  pid_t master_pid;   /* the process that made the zone */
+  double started_at;  /* realtime seconds */
+  size_t size;        /* bytes of the mapping */
+  size_t workers_off; /* gw_shm_worker_t[nworkers] */
+  size_t metrics_off; /* gw_metrics_slot_t[nworkers] */
+  size_t ndicts;      /* entries in dicts */
   struct {
-    size_t off;           /* where the dict's area starts */
-    size_t declared;      /* the size gw.shared_dict asked for (the area is rounded up) */
-  } dicts[];
+    size_t off;      /* where the dict's area starts */
+    size_t declared; /* the size gw.shared_dict asked for (the area is rounded up) */
+  } dicts[];         /* in declaration order */
 } zone_t;
 
 static zone_t *zone; /* NULL until gw_shm_create; inherited across fork */

@@ -40,30 +40,30 @@
 /* What a worker last did about its configuration. Written under the slot's
  * seq by the slot's worker only; copied whole by readers (gw_shm_read_info). */
 typedef struct gw_shm_info_s {
-  double started_at;           /* realtime seconds: this worker process started */
-  double loaded_at;            /* realtime seconds: the current generation loaded */
-  char config_hash[65];        /* sha256 (hex) of the file the current generation loaded */
-  char last_trigger[24];       /* what asked for the last reload: "SIGHUP", "file change"... */
-  double last_reload_at;       /* realtime seconds of the last reload attempt, 0 if none */
-  int last_reload_ok;          /* 1 if it succeeded */
-  double last_error_at;        /* realtime seconds of the last failed reload, 0 if none */
-  unsigned last_error_generation; /* the generation that failed to load */
-  char last_error[GW_SHM_ERROR_MAX];   /* its error text, file:line first */
+  double started_at;                    /* realtime seconds: this worker process started */
+  double loaded_at;                     /* realtime seconds: the current generation loaded */
+  char config_hash[65];                 /* sha256 (hex) of the file the current generation loaded */
+  char last_trigger[24];                /* what asked for the last reload: "SIGHUP", "file change"... */
+  double last_reload_at;                /* realtime seconds of the last reload attempt, 0 if none */
+  int last_reload_ok;                   /* 1 if it succeeded */
+  double last_error_at;                 /* realtime seconds of the last failed reload, 0 if none */
+  unsigned last_error_generation;       /* the generation that failed to load */
+  char last_error[GW_SHM_ERROR_MAX];    /* its error text, file:line first */
   char restart_needed[GW_SHM_NOTE_MAX]; /* settings changed that only a restart applies, or "" */
 } gw_shm_info_t;
 
 /* One per worker index; see the file comment for who writes what. */
 typedef struct gw_shm_worker_s {
-  int32_t pid;                 /* the worker process now in this slot, 0 before its start */
-  uint32_t generation;         /* the current VM generation */
-  uint32_t generations_alive;  /* the current one plus retired ones still finishing */
-  uint32_t seq;                /* seqlock over `info` */
-  uint64_t requests;           /* requests finished by this slot's workers since start */
-  uint64_t connections;        /* connections open now */
-  uint64_t lua_memory;         /* bytes of Lua heap over live generations */
-  uint64_t reloads_ok;         /* reloads that succeeded */
-  uint64_t reloads_failed;     /* reloads that failed (the old generation kept serving) */
-  gw_shm_info_t info;          /* under seq */
+  int32_t pid;                /* the worker process now in this slot, 0 before its start */
+  uint32_t generation;        /* the current VM generation */
+  uint32_t generations_alive; /* the current one plus retired ones still finishing */
+  uint32_t seq;               /* seqlock over `info` */
+  uint64_t requests;          /* requests finished by this slot's workers since start */
+  uint64_t connections;       /* connections open now */
+  uint64_t lua_memory;        /* bytes of Lua heap over live generations */
+  uint64_t reloads_ok;        /* reloads that succeeded */
+  uint64_t reloads_failed;    /* reloads that failed (the old generation kept serving) */
+  gw_shm_info_t info;         /* under seq */
 } gw_shm_worker_t;
 
 /* Creates the zone for `nworkers` worker slots and the dicts declared in

@@ -21,22 +21,22 @@ typedef struct dir_watch_s {
   gw_watch_t *owner;        /* the watch; its handle count covers this handle */
   char *dir;                /* as passed to uv_fs_event_start */
   char **names;             /* entries of `dir` that matter */
-  size_t nnames;
+  size_t nnames;            /* entries in names */
   struct dir_watch_s *next; /* owner->dirs */
 } dir_watch_t;
 
 /* See watch.h for the lifetime. */
 struct gw_watch_s {
-  uv_loop_t *loop;
-  uv_timer_t timer;        /* the debounce timer */
-  uint64_t burst_start;    /* uv_now of the first event not yet acted on, 0 if none */
-  dir_watch_t *dirs;       /* directories watched now */
-  char **paths;            /* the set, as last given to gw_watch_set */
-  size_t npaths;
-  gw_watch_cb cb;
-  void *data;
-  int handles;             /* open libuv handles (timer + directories) */
-  int closing;             /* gw_watch_close was called */
+  uv_loop_t *loop;      /* the worker's loop */
+  uv_timer_t timer;     /* the debounce timer */
+  uint64_t burst_start; /* uv_now of the first event not yet acted on, 0 if none */
+  dir_watch_t *dirs;    /* directories watched now */
+  char **paths;         /* the set, as last given to gw_watch_set */
+  size_t npaths;        /* entries in paths */
+  gw_watch_cb cb;       /* called after a burst of changes */
+  void *data;           /* its argument */
+  int handles;          /* open libuv handles (timer + directories) */
+  int closing;          /* gw_watch_close was called */
 };
 
 static void free_strings(char **v, size_t n) {
@@ -128,9 +128,12 @@ static void add_entry(dir_watch_t **dirs, const char *dir, size_t dirlen, const 
 
 static void add_path(dir_watch_t **dirs, const char *path) {
   const char *slash = strrchr(path, '/');
-  if (!slash) add_entry(dirs, ".", 1, path);
-  else if (slash == path) add_entry(dirs, "/", 1, slash + 1);
-  else add_entry(dirs, path, (size_t)(slash - path), slash + 1);
+  if (!slash)
+    add_entry(dirs, ".", 1, path);
+  else if (slash == path)
+    add_entry(dirs, "/", 1, slash + 1);
+  else
+    add_entry(dirs, path, (size_t)(slash - path), slash + 1);
 }
 
 static int same_set(const gw_watch_t *w, char *const *paths, size_t n) {
