@@ -11,6 +11,7 @@
 local base = require "gateway.base"
 local sched = require "gateway.sched"
 local router_mod = require "gateway.router"
+local shared = require "gateway.shared"
 local cjson = require "cjson"
 
 local C = base.C
@@ -37,6 +38,9 @@ local state = {
   next_timer = 0,
   pending_timers = {}, -- ids declared while loading, started by runtime.start
   upstreams = {},   -- name -> upstream object
+  dicts = {},       -- gw.shared_dict declarations in order: { name =, size = }
+  dict_sizes = {},  -- name -> bytes
+  mode = nil,       -- "check", "master" or "worker", set by runtime.load_config
   loading = true,
 }
 gw._state = state
@@ -65,8 +69,12 @@ local function check_value(key, kind, v, level)
     if type(v) ~= "number" or v <= 0 then bad(key, "a number > 0", v, level) end
   elseif kind == "string" then
     if type(v) ~= "string" then bad(key, "a string", v, level) end
-  elseif kind == "string_or_false" or kind == "addr_or_false" then
+  elseif kind == "string_or_false" then
     if v ~= false and type(v) ~= "string" then bad(key, "a string or false", v, level) end
+  elseif kind == "addr_or_false" then
+    if v ~= false and (type(v) ~= "string" or not v:match("^.*:%d+$")) then
+      bad(key, '"host:port" or false', v, level)
+    end
   elseif kind == "listen" then
     if type(v) == "string" then v = { v } end
     if type(v) ~= "table" or #v == 0 then bad(key, "an address or a list of addresses", v, level) end
@@ -103,6 +111,12 @@ function gw.config(t)
       end
     else
       cfg[k] = check_value(k, kind, v, 2)
+    end
+  end
+  -- The admin endpoints must never be reachable on a public listener.
+  if cfg.admin then
+    for _, a in ipairs(cfg.listen) do
+      if a == cfg.admin then error("gw.config: admin must not be one of the listen addresses (" .. a .. ")", 2) end
     end
   end
 end
@@ -193,6 +207,23 @@ function gw.use(prefix, mw)
   state.prefix_mw[#state.prefix_mw + 1] = { prefix, mw }
 end
 
+-- ---- shared dicts ----
+
+-- gw.shared_dict(NAME, SIZE): declares a dict shared by all workers.
+function gw.shared_dict(name, size)
+  check_loading("gw.shared_dict")
+  shared.declare(state, name, size, 2)
+end
+
+-- gw.shared.NAME: the dict object (methods with a colon; see gateway.shared).
+gw.shared = setmetatable({}, {
+  __index = function(t, name)
+    local d = shared.open(state, name)
+    rawset(t, name, d)
+    return d
+  end,
+})
+
 -- ---- helpers for handlers ----
 
 gw.json = cjson
@@ -221,11 +252,15 @@ local function add_timer(name, after, every, fn)
   state.timers[id] = { fn = fn, every = every, after = after }
   if state.loading then
     state.pending_timers[#state.pending_timers + 1] = id
-  elseif C.gw_ffi_timer_start(id, after, every or 0) ~= base.OK then
-    state.timers[id] = nil
-    error("gw.timer." .. name .. ": timers run only in a worker", 3)
+    return id
   end
-  return id
+  local rc = C.gw_ffi_timer_start(id, after, every or 0)
+  if rc == base.OK then return id end
+  state.timers[id] = nil
+  if rc == base.DECLINED then error("gw.timer." .. name .. ": timers run only in a worker", 3) end
+  -- This configuration was replaced by a reload: it finishes what it has
+  -- begun but starts nothing new.
+  return nil, "reloaded"
 end
 
 gw.timer = {

@@ -25,5 +25,10 @@ void gw_buf_append(gw_buf_t *b, const void *p, size_t n);
 void gw_buf_append_str(gw_buf_t *b, const char *s);
 /* Drops the first `n` bytes, moving the rest to the front. */
 void gw_buf_consume(gw_buf_t *b, size_t n);
+/* Appends printf-style formatted text. */
+void gw_buf_printf(gw_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends `s` (n bytes) as a JSON string, quotes included: '"' and '\' are
+ * escaped, control bytes become \u00XX, other bytes pass as they are. */
+void gw_buf_append_json(gw_buf_t *b, const char *s, size_t n);
 
 #endif

@@ -13,7 +13,36 @@ void gw_config_free(gw_config_t *c) {
   free(c->admin);
   free(c->access_log);
   free(c->error_log);
+  for (size_t i = 0; i < c->ndicts; i++) free(c->dicts[i].name);
+  free(c->dicts);
   memset(c, 0, sizeof *c);
+}
+
+static char *dup_or_null(const char *s) { return s ? gw_xstrndup(s, strlen(s)) : NULL; }
+
+void gw_config_copy(gw_config_t *dst, const gw_config_t *src) {
+  *dst = *src;
+  dst->listen = gw_xcalloc(src->nlisten ? src->nlisten : 1, sizeof *dst->listen);
+  for (size_t i = 0; i < src->nlisten; i++) {
+    dst->listen[i].host = dup_or_null(src->listen[i].host);
+    dst->listen[i].port = src->listen[i].port;
+  }
+  dst->admin = dup_or_null(src->admin);
+  dst->access_log = dup_or_null(src->access_log);
+  dst->error_log = dup_or_null(src->error_log);
+  dst->dicts = gw_xcalloc(src->ndicts ? src->ndicts : 1, sizeof *dst->dicts);
+  for (size_t i = 0; i < src->ndicts; i++) {
+    dst->dicts[i].name = dup_or_null(src->dicts[i].name);
+    dst->dicts[i].size = src->dicts[i].size;
+  }
+}
+
+int gw_config_same_listen(const gw_config_t *a, const gw_config_t *b) {
+  if (a->nlisten != b->nlisten) return 0;
+  for (size_t i = 0; i < a->nlisten; i++)
+    if (a->listen[i].port != b->listen[i].port || strcmp(a->listen[i].host, b->listen[i].host) != 0)
+      return 0;
+  return 1;
 }
 
 int gw_listen_parse(const char *s, gw_listen_t *out) {

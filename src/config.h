@@ -29,6 +29,12 @@ typedef struct gw_listen_s {
   int port;   /* 1..65535 */
 } gw_listen_t;
 
+/* One gw.shared_dict(NAME, SIZE) declaration. */
+typedef struct gw_dict_decl_s {
+  char *name;  /* gw_xmalloc'd */
+  size_t size; /* bytes, already parsed from "10m" and the like */
+} gw_dict_decl_t;
+
 typedef struct gw_config_s {
   int workers;          /* resolved: "auto" becomes the number of cores */
   gw_listen_t *listen;  /* nlisten entries, gw_xmalloc'd */
@@ -38,9 +44,15 @@ typedef struct gw_config_s {
   char *error_log;      /* path or "stderr" */
   gw_limits_t limits;
   gw_timeouts_t timeouts;
+  gw_dict_decl_t *dicts; /* ndicts entries, gw_xmalloc'd, in declaration order */
+  size_t ndicts;
 } gw_config_t;
 
 void gw_config_free(gw_config_t *c);
+/* Makes `dst` a deep copy of `src`; `dst` owns its strings afterwards. */
+void gw_config_copy(gw_config_t *dst, const gw_config_t *src);
+/* 1 if the two configurations listen on the same addresses, in the same order. */
+int gw_config_same_listen(const gw_config_t *a, const gw_config_t *b);
 /* Parses "host:port", "[v6]:port" or ":port"; fills `out` (host gw_xmalloc'd). */
 int gw_listen_parse(const char *s, gw_listen_t *out);
 

@@ -20,10 +20,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin.h"
 #include "errors.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "mem.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "response.h"
 #include "worker.h"
@@ -288,6 +290,12 @@ static void dispatch(gw_conn_t *c) {
   c->state = GW_CONN_HANDLING;
   clear_timer(c);
   if (w->draining) r->close_after = 1;
+  if (c->admin) {
+    /* The admin listener: answered in C (admin.c), never by the Lua router. */
+    gw_admin_handle(r);
+    gw_conn_request_done(c);
+    return;
+  }
   const char *method = llhttp_method_name((llhttp_method_t)r->method);
   gw_task_t *t = gw_task_start_request(w->vm, &request_task_ops, c, r, r->serial, method,
                                        c->rbuf.base + r->url_off, r->path_len);
@@ -642,6 +650,8 @@ void gw_conn_request_done(gw_conn_t *c) {
   gw_req_t *r = c->req;
   conn_ref(c);
   access_log(c, r);
+  /* Every request ends here once: count it (admin requests are not counted). */
+  if (!c->admin) gw_metrics_request(r->route, r->status, r->start_ns ? (double)(uv_hrtime() - r->start_ns) / 1e9 : 0);
   c->requests++;
   c->worker->requests++;
   int keep = r->keep_alive && !r->close_after && !c->worker->draining;
@@ -725,6 +735,7 @@ int gw_conn_accept(gw_worker_t *w, uv_stream_t *server) {
   c->worker = w;
   uv_timer_init(w->loop, &c->timer);
   c->handles_open = 2;
+  c->admin = server == (uv_stream_t *)&w->admin_listener; /* see dispatch() */
   c->next = w->conns;
   if (w->conns) w->conns->prev = c;
   w->conns = c;

@@ -60,6 +60,7 @@ struct gw_conn_s {
   void *tunnel_data;
   uint64_t deadline;     /* loop ms when the current state times out; 0: none */
   uint64_t timer_due;    /* loop ms when `timer` fires; 0: not armed */
+  uint8_t admin;         /* accepted on the admin listener: admin.c answers, never Lua */
   char ip[48];           /* the peer address, text */
 };
 

@@ -19,7 +19,11 @@
   XX(EHEADER, -10007, "invalid header name or value")                 \
   XX(ESTATE, -10008, "operation not valid in this state")             \
   XX(ETIMEDOUT, -10009, "timed out")                                  \
-  XX(ECLOSED, -10010, "connection closed")
+  XX(ECLOSED, -10010, "connection closed")                            \
+  XX(ENOTFOUND, -10011, "not found")                                  \
+  XX(EEXISTS, -10012, "exists")                                       \
+  XX(ENOTNUM, -10013, "not a number")                                 \
+  XX(ENOSPACE, -10014, "no memory")
 
 typedef enum {
 #define XX(name, code, msg) GW_##name = code,

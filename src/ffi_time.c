@@ -8,12 +8,18 @@
  * in a new task. Timers made while a configuration loads in the master or
  * in `gateway -t` are not started (there is no loop): runtime.lua keeps them
  * and starts them in the worker.
+ *
+ * On a reload, the retired generation's repeating timers are stopped
+ * (gw_ltimers_retire): each holds a reference, so otherwise the old VM would
+ * never be freed. Its one-shot timers still fire once, as work in flight,
+ * and a retired generation cannot start new timers.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
 #include "ffi.h"
+#include "ffi_time.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "mem.h"
@@ -66,18 +72,36 @@ GW_FFI_EXPORT int gw_ffi_sleep(gw_task_t *t, uint32_t ts, double seconds, uint32
 /* ---- Lua timers ---- */
 
 /* Owned by itself: freed when its handle closes (after a one-shot fires, or
- * when its VM generation is retired). */
+ * when its VM generation is retired). Listed in `ltimers` until then. */
 typedef struct gw_ltimer_s {
   uv_timer_t handle;
   gw_vm_t *vm;     /* referenced until the timer is freed */
   int id;          /* key of the Lua function in runtime's timer table */
   int repeat;      /* gw.timer.every */
+  int closing;     /* uv_close was called */
+  struct gw_ltimer_s *prev, *next; /* the ltimers list */
 } gw_ltimer_t;
+
+static gw_ltimer_t *ltimers; /* every timer not yet freed */
 
 static void on_ltimer_closed(uv_handle_t *h) {
   gw_ltimer_t *lt = h->data;
+  if (lt->prev) lt->prev->next = lt->next;
+  else ltimers = lt->next;
+  if (lt->next) lt->next->prev = lt->prev;
   gw_vm_unref(lt->vm);
   free(lt);
+}
+
+static void ltimer_close(gw_ltimer_t *lt) {
+  if (lt->closing) return;
+  lt->closing = 1;
+  uv_close((uv_handle_t *)&lt->handle, on_ltimer_closed);
+}
+
+void gw_ltimers_retire(gw_vm_t *vm) {
+  for (gw_ltimer_t *lt = ltimers; lt; lt = lt->next)
+    if (lt->vm == vm && lt->repeat) ltimer_close(lt);
 }
 
 static void timer_task_done(void *owner, gw_task_t *t) { gw_task_free(t); }
@@ -88,7 +112,7 @@ static void on_ltimer(uv_timer_t *h) {
   gw_ltimer_t *lt = h->data;
   gw_vm_t *vm = lt->vm;
   int id = lt->id;
-  if (!lt->repeat) uv_close((uv_handle_t *)h, on_ltimer_closed);
+  if (!lt->repeat) ltimer_close(lt);
   if (gw__worker && gw__worker->draining) return;
   gw_vm_ref(vm);
   gw_task_start_timer(vm, &timer_task_ops, NULL, id);
@@ -96,11 +120,16 @@ static void on_ltimer(uv_timer_t *h) {
 }
 
 /* Starts timer `id` of the running VM. Returns GW_FFI_DECLINED outside a
- * worker (configuration check, master). */
+ * worker (configuration check, master), GW_FFI_ERROR in a generation that a
+ * reload retired. */
 GW_FFI_EXPORT int gw_ffi_timer_start(int id, double after, double every) {
   gw_vm_t *vm = gw_vm_current();
   if (!gw__worker || !vm) return GW_FFI_DECLINED;
+  if (vm->retired) return GW_FFI_ERROR;
   gw_ltimer_t *lt = gw_xcalloc(1, sizeof *lt);
+  lt->next = ltimers;
+  if (ltimers) ltimers->prev = lt;
+  ltimers = lt;
   uv_timer_init(gw__worker->loop, &lt->handle);
   lt->handle.data = lt;
   lt->vm = vm;

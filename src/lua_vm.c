@@ -34,6 +34,7 @@ int luaopen_cjson(lua_State *L);
 int luaopen_cjson_safe(lua_State *L);
 
 static gw_vm_t *current_vm;
+static gw_vm_t *live_vms;
 static gw_task_t *free_tasks;
 static uint32_t task_serial = 1;
 
@@ -129,6 +130,17 @@ static int config_from_lua(lua_State *L, int idx, gw_config_t *c, char *err, siz
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
+  lua_getfield(L, idx, "dicts");
+  n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+  c->dicts = gw_xcalloc(n ? n : 1, sizeof *c->dicts);
+  for (size_t i = 0; i < n; i++) {
+    lua_rawgeti(L, -1, (int)i + 1);
+    c->dicts[i].name = str_field(L, -1, "name");
+    c->dicts[i].size = (size_t)num_field(L, -1, "size", 0);
+    c->ndicts++;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
   return 0;
 }
 
@@ -139,8 +151,31 @@ static int ref_field(lua_State *L, int idx, const char *name) {
 
 static const char *mode_names[] = {"check", "master", "worker"};
 
-gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, char *err,
-                    size_t errlen) {
+void gw_vm_files_free(gw_vm_files_t *f) {
+  for (size_t i = 0; i < f->n; i++) free(f->paths[i]);
+  free(f->paths);
+  f->paths = NULL;
+  f->n = 0;
+}
+
+/* Copies runtime.files (the table at `runtime`) into `out`. */
+static void collect_files(lua_State *L, int runtime, gw_vm_files_t *out) {
+  lua_getfield(L, runtime, "files");
+  size_t n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+  out->paths = gw_xcalloc(n ? n : 1, sizeof *out->paths);
+  out->n = 0;
+  for (size_t i = 0; i < n; i++) {
+    lua_rawgeti(L, -1, (int)i + 1);
+    size_t len;
+    const char *p = lua_tolstring(L, -1, &len);
+    if (p) out->paths[out->n++] = gw_xstrndup(p, len);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, gw_vm_files_t *files,
+                    char *err, size_t errlen) {
   lua_State *L = luaL_newstate();
   if (!L) {
     snprintf(err, errlen, "cannot create a Lua state (out of memory)");
@@ -168,19 +203,19 @@ gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, ch
     rc = lua_pcall(L, 2, 1, 0);
     if (rc == 0) rc = config_from_lua(L, lua_gettop(L), &vm->config, err, errlen) ? -1 : 0;
     else snprintf(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "unknown error");
+    if (files) collect_files(L, runtime, files);
     if (rc == 0) {
       lua_pop(L, 1);
       vm->request_entry_ref = ref_field(L, runtime, "request_entry");
       vm->timer_entry_ref = ref_field(L, runtime, "timer_entry");
+      vm->start_ref = ref_field(L, runtime, "start");
     }
   } else {
     snprintf(err, errlen, "%s", lua_tostring(L, -1));
-  }
-  if (rc == 0 && mode == GW_VM_WORKER) {
-    lua_getfield(L, -1, "start");
-    if (lua_pcall(L, 0, 0, 0) != 0) {
-      snprintf(err, errlen, "%s", lua_tostring(L, -1));
-      rc = -1;
+    if (files) {
+      files->paths = gw_xcalloc(1, sizeof *files->paths);
+      files->paths[0] = gw_xstrndup(path, strlen(path));
+      files->n = 1;
     }
   }
   current_vm = saved;
@@ -193,13 +228,49 @@ gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, ch
     return NULL;
   }
   lua_settop(L, 0);
+  vm->next = live_vms;
+  if (live_vms) live_vms->prev = vm;
+  live_vms = vm;
   return vm;
+}
+
+int gw_vm_start(gw_vm_t *vm, char *err, size_t errlen) {
+  lua_State *L = vm->L;
+  gw_vm_t *saved = current_vm;
+  current_vm = vm;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, vm->start_ref);
+  int rc = lua_pcall(L, 0, 0, 0);
+  current_vm = saved;
+  if (rc != 0) {
+    snprintf(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "unknown error");
+    lua_settop(L, 0);
+    return GW_ELUA;
+  }
+  return 0;
+}
+
+void gw_vm_retire(gw_vm_t *vm) { vm->retired = 1; }
+
+unsigned gw_vm_live_count(void) {
+  unsigned n = 0;
+  for (gw_vm_t *vm = live_vms; vm; vm = vm->next) n++;
+  return n;
+}
+
+size_t gw_vm_live_memory(void) {
+  size_t bytes = 0;
+  for (gw_vm_t *vm = live_vms; vm; vm = vm->next)
+    bytes += (size_t)lua_gc(vm->L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(vm->L, LUA_GCCOUNTB, 0);
+  return bytes;
 }
 
 void gw_vm_ref(gw_vm_t *vm) { vm->refs++; }
 
 void gw_vm_unref(gw_vm_t *vm) {
   if (--vm->refs > 0) return;
+  if (vm->prev) vm->prev->next = vm->next;
+  else if (live_vms == vm) live_vms = vm->next;
+  if (vm->next) vm->next->prev = vm->prev;
   if (vm->L) lua_close(vm->L);
   gw_config_free(&vm->config);
   free(vm->path);

@@ -29,11 +29,13 @@ typedef struct gw_waiter_s gw_waiter_t;
 
 typedef enum { GW_VM_CHECK = 0, GW_VM_MASTER, GW_VM_WORKER } gw_vm_mode_t;
 
-/* Refcounted; made by gw_vm_load, closed when its last reference goes. */
+/* Refcounted; made by gw_vm_load, closed when its last reference goes.
+ * Every live generation of the process is on one list (gw_vm_live_*). */
 typedef struct gw_vm_s {
   lua_State *L;          /* the main state; NULL once closed */
   int refs;              /* the worker's "current" plus every task and timer */
   unsigned generation;   /* 1 for the first load, +1 per reload */
+  uint8_t retired;       /* a newer generation replaced it: no new timers */
   int request_entry_ref; /* registry ref: runtime.request_entry */
   int timer_entry_ref;   /* registry ref: runtime.timer_entry */
   struct gw_co_pool_s {  /* coroutines parked after DONE, for reuse */
@@ -41,17 +43,41 @@ typedef struct gw_vm_s {
     int ref[64];         /* their registry refs, which keep them alive */
     int n;
   } request_pool, timer_pool;
+  int start_ref;         /* registry ref: runtime.start */
   gw_config_t config;    /* what gw.config said, merged over the defaults */
   char *path;            /* the configuration file */
+  struct gw_vm_s *prev, *next; /* the list of live generations */
 } gw_vm_t;
 
+/* The Lua files a load read: the configuration first, then each file it
+ * loaded with require (from the configuration's folder), loadfile or
+ * dofile, as the paths Lua used. Owned by the caller (gw_vm_files_free). */
+typedef struct gw_vm_files_s {
+  char **paths; /* n gw_xmalloc'd strings */
+  size_t n;
+} gw_vm_files_t;
+void gw_vm_files_free(gw_vm_files_t *f);
+
 /* Loads `path` into a fresh state. On failure returns NULL and writes the
- * error (with file:line) into err. `mode` GW_VM_WORKER also starts the
- * timers the configuration declared. */
-gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, char *err,
-                    size_t errlen);
+ * error (with file:line) into err. Nothing runs yet in a worker: the
+ * configuration's timers start with gw_vm_start, once the caller has
+ * decided to use this generation. If `files` is not NULL it receives the
+ * files the load read, also when it failed (a broken module is watched so
+ * that fixing it reloads). */
+gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, gw_vm_files_t *files,
+                    char *err, size_t errlen);
+/* Starts the timers the configuration declared (a worker, once). Returns 0,
+ * or GW_ELUA with the error in err. */
+int gw_vm_start(gw_vm_t *vm, char *err, size_t errlen);
+/* Marks `vm` as replaced: it keeps serving what it has begun, but starts no
+ * new timers. Its repeating timers are stopped by their owner (ffi_time.h). */
+void gw_vm_retire(gw_vm_t *vm);
 void gw_vm_ref(gw_vm_t *vm);
 void gw_vm_unref(gw_vm_t *vm);
+/* Live generations in this process (the current one plus retired ones still
+ * finishing work), and the bytes their Lua heaps use. */
+unsigned gw_vm_live_count(void);
+size_t gw_vm_live_memory(void);
 /* The VM whose Lua code is running now (set around every call into Lua). */
 gw_vm_t *gw_vm_current(void);
 

@@ -1,6 +1,10 @@
 /*
  * master.c: the master process (see master.h).
  *
+ * Before forking, the master loads the configuration once (in its own,
+ * throw-away VM) to learn the worker count and the shared dicts, and makes
+ * the shared memory zone (shm.h) every worker inherits.
+ *
  * The master runs no event loop: it blocks every signal it handles and waits
  * in sigsuspend, so a signal can only arrive there and the handlers only set
  * flags. That keeps fork() simple (no loop state to hand over) and the
@@ -25,6 +29,7 @@
 #include "log.h"
 #include "lua_vm.h"
 #include "mem.h"
+#include "shm.h"
 #include "worker.h"
 
 #define START_GRACE_MS 1000
@@ -36,6 +41,17 @@ typedef struct {
 } worker_slot_t;
 
 static volatile sig_atomic_t got_chld, got_term, got_hup, got_usr1, got_alarm;
+/* The worker index a pending HUP came from (POST /reload: that worker has
+ * reloaded already), or -1 for a HUP every worker must act on. */
+static volatile sig_atomic_t hup_from = -1;
+
+static void on_hup(int sig, siginfo_t *si, void *uctx) {
+  int from = -1;
+  if (si->si_code == SI_QUEUE && si->si_value.sival_int > 0) from = si->si_value.sival_int - 1;
+  /* Two HUPs before the loop ran: reload everyone (a repeat is harmless). */
+  hup_from = got_hup ? -1 : from;
+  got_hup = 1;
+}
 
 static void on_signal(int sig) {
   switch (sig) {
@@ -66,6 +82,10 @@ static void install_handlers(sigset_t *blocked) {
     sigaddset(blocked, handled[i]);
     sigaction(handled[i], &sa, NULL);
   }
+  sa.sa_handler = NULL;
+  sa.sa_sigaction = on_hup;
+  sa.sa_flags = SA_SIGINFO;
+  sigaction(SIGHUP, &sa, NULL);
   signal(SIGPIPE, SIG_IGN);
   sigprocmask(SIG_BLOCK, blocked, NULL);
 }
@@ -126,7 +146,7 @@ static int reap(worker_slot_t *slots, int n, int stopping, int *ever_up, const c
 int gw_master_run(const char *path, int workers) {
   gw_log_set_role("master");
   char err[4096];
-  gw_vm_t *vm = gw_vm_load(path, GW_VM_MASTER, 0, err, sizeof err);
+  gw_vm_t *vm = gw_vm_load(path, GW_VM_MASTER, 0, NULL, err, sizeof err);
   if (!vm) {
     fprintf(stderr, "gateway: %s\n", err);
     return 1;
@@ -135,6 +155,12 @@ int gw_master_run(const char *path, int workers) {
   double drain = vm->config.timeouts.drain;
   if (gw_log_open_error(vm->config.error_log) != 0) {
     fprintf(stderr, "gateway: cannot open error log %s\n", vm->config.error_log);
+    return 1;
+  }
+  /* The shared memory (worker slots, shared dicts) must exist before the
+   * first fork so that every worker inherits the same mapping. */
+  if (gw_shm_create((unsigned)n, &vm->config, err, sizeof err) != 0) {
+    fprintf(stderr, "gateway: %s\n", err);
     return 1;
   }
   gw_vm_unref(vm);
@@ -179,8 +205,11 @@ int gw_master_run(const char *path, int workers) {
       alarm((unsigned)drain + 5);
     }
     if (got_hup) {
+      int from = hup_from;
       got_hup = 0;
-      signal_all(slots, n, SIGHUP);
+      hup_from = -1;
+      for (int i = 0; i < n; i++)
+        if (i != from && slots[i].pid > 0) kill(slots[i].pid, SIGHUP);
     }
     if (got_usr1) {
       got_usr1 = 0;

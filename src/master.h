@@ -1,6 +1,7 @@
 /*
  * master.h: the master process: reads the configuration once to learn how
- * many workers to run, forks them, restarts any that dies, and turns
+ * many workers to run and which shared dicts to make, makes the shared
+ * memory zone, forks the workers, restarts any that dies, and turns
  * signals into actions on the workers.
  */
 #ifndef GW_MASTER_H

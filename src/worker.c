@@ -5,7 +5,8 @@
  * logs and the listeners, then run the loop. SIGTERM/SIGINT start a drain:
  * listeners close at once, idle connections close, busy ones close after
  * their current answer, and the loop ends when none is left or when
- * timeouts.drain has passed. SIGUSR1 reopens the log files.
+ * timeouts.drain has passed. SIGUSR1 reopens the log files; SIGHUP reloads
+ * the configuration (reload.h).
  */
 #include "worker.h"
 
@@ -18,9 +19,13 @@
 
 #include "conn.h"
 #include "errors.h"
+#include "ffi_time.h"
 #include "listener.h"
 #include "log.h"
 #include "mem.h"
+#include "metrics.h"
+#include "reload.h"
+#include "shm.h"
 
 gw_worker_t *gw__worker;
 
@@ -29,13 +34,30 @@ static void on_connection(uv_stream_t *server, int status) {
   if (status < 0 || w->draining) return;
   int rc = gw_conn_accept(w, server);
   if (rc != 0 && rc != UV_EAGAIN) gw_log_warn("accept: %s", gw_strerror(rc));
+  gw_shm_worker_t *s = gw_shm_worker((unsigned)w->index);
+  if (s) gw_shm_store(&s->connections, w->nconns);
 }
 
 static void stop_loop_if_idle(gw_worker_t *w) {
   if (w->draining && w->nconns == 0) uv_stop(w->loop);
 }
 
-void gw_worker_conn_closed(gw_worker_t *w) { stop_loop_if_idle(w); }
+void gw_worker_conn_closed(gw_worker_t *w) {
+  gw_shm_worker_t *s = gw_shm_worker((unsigned)w->index);
+  if (s) gw_shm_store(&s->connections, w->nconns);
+  stop_loop_if_idle(w);
+}
+
+void gw_worker_publish(gw_worker_t *w) {
+  gw_shm_worker_t *s = gw_shm_worker((unsigned)w->index);
+  if (!s) return;
+  gw_shm_store32(&s->generation, w->vm->generation);
+  gw_shm_store32(&s->generations_alive, gw_vm_live_count());
+  gw_shm_store(&s->connections, w->nconns);
+  gw_shm_store(&s->lua_memory, gw_vm_live_memory());
+}
+
+static void on_stats_timer(uv_timer_t *t) { gw_worker_publish(t->data); }
 
 static void on_drain_timeout(uv_timer_t *t) {
   gw_worker_t *w = t->data;
@@ -46,8 +68,11 @@ static void on_drain_timeout(uv_timer_t *t) {
 static void start_drain(gw_worker_t *w) {
   if (w->draining) return;
   w->draining = 1;
+  gw_reload_stop(w);
   for (size_t i = 0; i < w->nlisteners; i++) uv_close((uv_handle_t *)&w->listeners[i], NULL);
   w->nlisteners = 0;
+  if (w->admin_open) uv_close((uv_handle_t *)&w->admin_listener, NULL);
+  w->admin_open = 0;
   for (gw_conn_t *c = w->conns, *next; c; c = next) {
     next = c->next;
     gw_conn_drain(c);
@@ -69,9 +94,11 @@ static void on_signal(uv_signal_t *s, int signum) {
     case SIGUSR1:
       if (gw_log_reopen() != 0) gw_log_error("reopening the logs failed");
       break;
-    case SIGHUP:
-      gw_log_warn("reload: not available in this build yet; restart to apply changes");
+    case SIGHUP: {
+      char err[4096];
+      gw_reload(w, "SIGHUP", err, sizeof err); /* logs and publishes the outcome */
       break;
+    }
   }
 }
 
@@ -105,7 +132,33 @@ static int open_listeners(gw_worker_t *w) {
     w->listeners[i].data = w;
     w->nlisteners++;
   }
-  return 0;
+  if (!w->cfg->admin) return 0;
+  /* The admin listener: same accept path; conn.c tells its connections
+   * apart by the server handle and hands their requests to admin.c. */
+  gw_listen_t addr = {NULL, 0};
+  int rc = gw_listen_parse(w->cfg->admin, &addr);
+  if (rc == 0) rc = gw_listener_open(w->loop, &w->admin_listener, &addr, on_connection);
+  if (rc) {
+    gw_log_error("cannot listen on admin address %s: %s", w->cfg->admin, gw_strerror(rc));
+  } else {
+    w->admin_listener.data = w;
+    w->admin_open = 1;
+  }
+  free(addr.host);
+  return rc;
+}
+
+/* Takes over this worker's shared memory slot (see shm.h: one writer per slot). */
+static void publish_start(gw_worker_t *w) {
+  gw_shm_worker_t *s = gw_shm_worker((unsigned)w->index);
+  if (!s) return;
+  /* A predecessor killed while writing left seq odd: make it even again. */
+  if (s->seq & 1) gw_shm_info_end(s);
+  s->pid = (int32_t)getpid();
+  gw_shm_info_begin(s);
+  s->info.started_at = gw_ffi_now();
+  gw_shm_info_end(s);
+  gw_worker_publish(w);
 }
 
 int gw_worker_run(const char *path, int index, int workers_override) {
@@ -121,20 +174,35 @@ int gw_worker_run(const char *path, int index, int workers_override) {
   gw__worker = w;
   w->index = index;
   w->loop = uv_default_loop();
+  w->path = path;
+  w->workers_override = workers_override;
 
   char err[4096];
-  w->vm = gw_vm_load(path, GW_VM_WORKER, 1, err, sizeof err);
+  gw_vm_files_t files = {NULL, 0};
+  w->vm = gw_vm_load(path, GW_VM_WORKER, 1, &files, err, sizeof err);
   if (!w->vm) {
     gw_log_error("%s", err);
     return 2;
   }
-  w->cfg = &w->vm->config;
+  gw_config_copy(&w->config, &w->vm->config);
+  w->cfg = &w->config;
+  gw_metrics_init((unsigned)index);
+  publish_start(w);
   if (open_logs(w->cfg) != 0 || open_listeners(w) != 0) return 2;
+  if (gw_vm_start(w->vm, err, sizeof err) != 0) {
+    gw_log_error("%s", err);
+    return 2;
+  }
+  gw_reload_init(w, &files);
+  gw_vm_files_free(&files);
   watch_signal(w, &w->sig_term, SIGTERM);
   watch_signal(w, &w->sig_int, SIGINT);
   watch_signal(w, &w->sig_usr1, SIGUSR1);
   watch_signal(w, &w->sig_hup, SIGHUP);
-  (void)workers_override;
+  uv_timer_init(w->loop, &w->stats_timer);
+  w->stats_timer.data = w;
+  uv_timer_start(&w->stats_timer, on_stats_timer, 1000, 1000);
+  uv_unref((uv_handle_t *)&w->stats_timer);
   uv_run(w->loop, UV_RUN_DEFAULT);
   return 0;
 }

@@ -6,7 +6,7 @@
 -- to load unless gw_ffi_abi_version() equals ABI below.
 local ffi = require "ffi"
 
-local ABI = 1
+local ABI = 3
 
 ffi.cdef [[
 typedef struct gw_req_s gw_req_t;
@@ -44,6 +44,17 @@ double gw_ffi_monotonic(void);
 int gw_ffi_sleep(gw_task_t *t, uint32_t ts, double seconds, uint32_t *wait_id);
 int gw_ffi_timer_start(int id, double after, double every);
 int gw_ffi_worker_index(void);
+
+typedef struct gw_shdict_s gw_shdict_t;
+typedef struct gw_ffi_shval_s { int type; double num; const char *str; size_t len; } gw_ffi_shval_t;
+size_t gw_ffi_shdict_min_size(void);
+gw_shdict_t *gw_ffi_shdict_find(const char *name, size_t len, size_t *size);
+int gw_ffi_shdict_get(gw_shdict_t *d, const char *key, size_t klen, gw_ffi_shval_t *out);
+int gw_ffi_shdict_set(gw_shdict_t *d, const char *key, size_t klen, int type, double num,
+                      const char *str, size_t len, double ttl, int add, const char **err);
+int gw_ffi_shdict_incr(gw_shdict_t *d, const char *key, size_t klen, double by, int has_init,
+                       double init, double ttl, double *out, const char **err);
+int gw_ffi_shdict_delete(gw_shdict_t *d, const char *key, size_t klen);
 ]]
 
 local C = ffi.C

@@ -35,10 +35,52 @@ local function config_traceback(err)
   return traceback(err, 2)
 end
 
+-- The Lua files this load reads, the configuration first (see
+-- track_files); the worker watches them for hot reload.
+_M.files = {}
+
+-- Records every file the configuration loads: modules found in its folder
+-- by require (a loader placed before the standard one, with the same
+-- search templates lua_vm.c put first on package.path), and files given to
+-- loadfile or dofile. C keeps those inside the configuration's folder.
+local function track_files(path)
+  local files, seen = _M.files, {}
+  local function note(file)
+    if type(file) == "string" and not seen[file] then
+      seen[file] = true
+      files[#files + 1] = file
+    end
+  end
+  note(path)
+  local dir = path:match("^(.*)/[^/]*$") or "."
+  local templates = dir .. "/?.lua;" .. dir .. "/?/init.lua"
+  local raw_loadfile, raw_dofile = loadfile, dofile
+  table.insert(package.loaders, 2, function(name)
+    local file = package.searchpath(name, templates)
+    if not file then return nil end
+    note(file)
+    local chunk, err = raw_loadfile(file)
+    -- The message starts with file:line, which /status and the log show.
+    if not chunk then error(err, 0) end
+    return chunk
+  end)
+  loadfile = function(file, ...)
+    note(file)
+    return raw_loadfile(file, ...)
+  end
+  dofile = function(file, ...)
+    note(file)
+    return raw_dofile(file, ...)
+  end
+  return raw_loadfile
+end
+
 -- Runs the configuration at `path` in this state. Returns the merged
 -- gw.config table; raises the error text (file:line first) on failure.
 function _M.load_config(path, mode)
   _M.mode = mode
+  state.mode = mode
+  local loadfile = track_files(path)
   local chunk, err = loadfile(path)
   if not chunk then error(err, 0) end
   local ok, e = xpcall(chunk, config_traceback)
@@ -54,6 +96,7 @@ function _M.load_config(path, mode)
     error_log = cfg.error_log,
     limits = cfg.limits,
     timeouts = cfg.timeouts,
+    dicts = state.dicts,
   }
 end
 
