@@ -16,6 +16,7 @@
 
 #include "buf.h"
 #include "errors.h"
+#include "health.h"
 #include "ffi_time.h"
 #include "log.h"
 #include "lua_vm.h"
@@ -24,6 +25,7 @@
 #include "reload.h"
 #include "response.h"
 #include "shm.h"
+#include "upstream.h"
 #include "version.h"
 #include "worker.h"
 
@@ -98,7 +100,39 @@ static void json_error_fields(gw_buf_t *b, const char *text) {
 
 /* Upstream servers and their health go here once the upstream module
  * lands (it will keep health in shared memory); until then: none. */
-static void status_upstreams(gw_buf_t *b) { gw_buf_append_str(b, "[]"); }
+/* Upstream groups as this worker knows them (every worker loads the same
+ * configuration), with the health all workers share. */
+static void status_upstreams(gw_buf_t *b) {
+  static const char *const breaker_names[] = {"closed", "open", "half-open"};
+  size_t n;
+  gw_upstream_t **ups = gw_upstream_all(&n);
+  uint64_t now = gw_now_ms();
+  gw_buf_append_str(b, "[");
+  for (size_t i = 0; i < n; i++) {
+    gw_upstream_t *up = ups[i];
+    gw_buf_append_str(b, i ? ",{\"name\":" : "{\"name\":");
+    json_str(b, up->name);
+    uint32_t br = gw_health_load32(&up->breaker->breaker);
+    gw_buf_printf(b, ",\"breaker\":\"%s\",\"servers\":[",
+                  up->breaker_failures > 0 && br <= 2 ? breaker_names[br] : "off");
+    for (size_t k = 0; k < up->nservers; k++) {
+      gw_server_t *s = up->servers[k];
+      const gw_health_t *h = s->health;
+      gw_buf_append_str(b, k ? ",{\"addr\":" : "{\"addr\":");
+      json_str(b, s->addr);
+      gw_buf_printf(b,
+                    ",\"weight\":%d,\"healthy\":%s,\"passive_down\":%s,\"active_down\":%s,"
+                    "\"resolved\":%s,\"requests\":%llu,\"failures\":%llu}",
+                    s->weight, s->resolved && !gw_health_down(h, now) ? "true" : "false",
+                    gw_health_load(&h->down_until) > now ? "true" : "false",
+                    gw_health_load32(&h->active_down) ? "true" : "false", s->resolved ? "true" : "false",
+                    (unsigned long long)gw_health_load(&h->requests),
+                    (unsigned long long)gw_health_load(&h->failures));
+    }
+    gw_buf_append_str(b, "]}");
+  }
+  gw_buf_append_str(b, "]");
+}
 
 static void status_dicts(gw_buf_t *b) {
   gw_buf_append_str(b, "[");

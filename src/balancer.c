@@ -1,6 +1,8 @@
 /* balancer.c: the balancing algorithms of balancer.h. */
 #include "balancer.h"
 
+#include "health.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +14,7 @@
 #define EWMA_DECAY_MS 10000.0
 
 static int usable(const gw_server_t *s, uint64_t now) {
-  return !s->retired && s->resolved && s->down_until <= now;
+  return !s->retired && s->resolved && !gw_health_down(s->health, now);
 }
 
 uint32_t gw_hash32(const char *p, size_t n) {

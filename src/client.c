@@ -234,17 +234,20 @@ static void finish(gw_exchange_t *x, int err, const char *msg) {
     if (reusable) pool_put(uc);
     else uconn_close(uc);
   }
-  if (x->server && !x->reported) {
+  if (x->server && !x->reported && !x->fixed_server) {
     double latency = (double)(gw_now_ms() - x->started_ms);
     /* Only failures of the server count against it, not a response that
      * was simply too large for the caller. */
     gw_server_report(x->up, x->server, err == 0 || err == GW_ETOOBIG, latency);
   }
+  /* The breaker counts whole exchanges (after retries), never its own refusals. */
+  if (!x->fixed_server && (!x->deferred_msg || x->probe))
+    gw_upstream_breaker_report(x->up, err == 0 || err == GW_ETOOBIG, x->probe);
   x->ops->on_done(x, err, msg);
 }
 
 static int retryable(const gw_exchange_t *x) {
-  return x->idempotent && !x->got_bytes && x->tries <= x->up->retries;
+  return x->idempotent && !x->got_bytes && x->tries <= x->up->retries && !x->fixed_server;
 }
 
 static void fail(gw_exchange_t *x, int err, const char *msg) {
@@ -265,7 +268,7 @@ static void fail(gw_exchange_t *x, int err, const char *msg) {
     x->uc = NULL;
     uconn_close(uc);
     x->server->active--;
-    if (err != GW_ETOOBIG) gw_server_report(x->up, x->server, 0, 0);
+    if (err != GW_ETOOBIG && !x->fixed_server) gw_server_report(x->up, x->server, 0, 0);
     x->reported = 1;
     if (retryable(x)) {
       x->retry_elsewhere = 1;
@@ -575,7 +578,9 @@ static void on_connect(uv_connect_t *req, int status) {
 
 static void start_try(gw_exchange_t *x) {
   const gw_server_t *avoid = x->retry_elsewhere ? x->server : NULL;
-  gw_server_t *s = gw_upstream_pick(x->up, x->hash_key, x->hash_key_len, avoid);
+  /* A health check asks one server, whatever its health, and never retries. */
+  gw_server_t *s = x->fixed_server ? x->fixed_server
+                                   : gw_upstream_pick(x->up, x->hash_key, x->hash_key_len, avoid);
   if (avoid && s == avoid) {
     /* A retry goes to another server; with none left, the last failure stands. */
     x->server = NULL;
@@ -623,14 +628,18 @@ static void on_deferred_start(uv_timer_t *t) {
   gw_exchange_t *x = t->data;
   uv_close((uv_handle_t *)t, (uv_close_cb)free);
   x->deferred = NULL;
-  start_try(x);
+  if (x->deferred_msg) finish(x, GW_ESTATE, x->deferred_msg);
+  else start_try(x);
 }
 
 int gw_exchange_start(gw_exchange_t *x) {
   if (!gw__worker) return GW_ESTATE;
   x->tries = 0;
   x->state = GW_X_CONNECTING;
-  if (!gw_balancer_any_usable(x->up, gw_now_ms())) {
+  int probe = 0;
+  if (!x->fixed_server && !gw_upstream_breaker_allow(x->up, &probe)) x->deferred_msg = "breaker open";
+  x->probe = (uint8_t)probe;
+  if (x->deferred_msg || (!x->fixed_server && !gw_balancer_any_usable(x->up, gw_now_ms()))) {
     x->deferred = gw_xmalloc(sizeof *x->deferred);
     uv_timer_init(gw__worker->loop, x->deferred);
     x->deferred->data = x;

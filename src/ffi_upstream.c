@@ -20,6 +20,7 @@
 #include "mem.h"
 #include "request.h"
 #include "upstream.h"
+#include "health_check.h"
 
 /* ---- declaring groups ---- */
 
@@ -29,6 +30,10 @@ GW_FFI_EXPORT gw_upstream_t *gw_ffi_upstream_declare(const char *name, const cha
                                                      double t_connect, double t_send, double t_read,
                                                      int retries, int passive_failures,
                                                      double passive_cooldown, double max_body,
+                                                     int breaker_failures, double breaker_window,
+                                                     double breaker_cooldown, const char *check_path,
+                                                     double check_interval, double check_timeout,
+                                                     int check_healthy, int check_unhealthy,
                                                      char *err, size_t errlen) {
   gw_upstream_t *up = gw_upstream_get(name);
   gw_balance_t old_balance = up->balance;
@@ -46,6 +51,11 @@ GW_FFI_EXPORT gw_upstream_t *gw_ffi_upstream_declare(const char *name, const cha
   up->passive_failures = passive_failures;
   up->passive_cooldown = passive_cooldown;
   up->max_body = (size_t)max_body;
+  up->breaker_failures = breaker_failures;
+  up->breaker_window = breaker_window;
+  up->breaker_cooldown = breaker_cooldown;
+  gw_health_check_configure(up, check_path, check_interval, check_timeout, check_healthy,
+                            check_unhealthy);
   return up;
 }
 

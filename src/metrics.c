@@ -12,9 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "health.h"
 #include "mem.h"
 #include "shdict.h"
 #include "shm.h"
+#include "upstream.h"
 
 static const double bounds[GW_METRICS_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 static const char *const bound_text[GW_METRICS_BUCKETS] = {"0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
@@ -267,9 +269,44 @@ static void render_dicts(gw_buf_t *out) {
   free(st);
 }
 
-/* Upstream health and latency go here once the upstream module lands
- * (gateway_upstream_*); until then there is nothing to report. */
-static void render_upstreams(gw_buf_t *out) { (void)out; }
+/* Upstream health from the shared table (one view for all workers): the
+ * counters there are already summed over the workers. */
+static void render_upstreams(gw_buf_t *out) {
+  size_t n;
+  gw_upstream_t **ups = gw_upstream_all(&n);
+  if (n == 0) return;
+  uint64_t now = gw_now_ms();
+  static const char *const names[] = {"gateway_upstream_healthy", "gateway_upstream_requests_total",
+                                      "gateway_upstream_failures_total"};
+  static const char *const help[] = {"1 if the server takes requests (passive and active health)",
+                                     "Exchanges with the server, all workers",
+                                     "Exchanges with the server that failed (connect, timeout, protocol)"};
+  for (int m = 0; m < 3; m++) {
+    gw_buf_printf(out, "# HELP %s %s.\n# TYPE %s %s\n", names[m], help[m], names[m], m ? "counter" : "gauge");
+    for (size_t i = 0; i < n; i++) {
+      for (size_t k = 0; k < ups[i]->nservers; k++) {
+        const gw_server_t *s = ups[i]->servers[k];
+        const gw_health_t *h = s->health;
+        uint64_t v = m == 0   ? (uint64_t)(s->resolved && !gw_health_down(h, now))
+                     : m == 1 ? gw_health_load(&h->requests)
+                              : gw_health_load(&h->failures);
+        gw_buf_printf(out, "%s{upstream=", names[m]);
+        label(out, ups[i]->name, strlen(ups[i]->name));
+        gw_buf_append_str(out, ",server=");
+        label(out, s->addr, strlen(s->addr));
+        gw_buf_printf(out, "} %llu\n", (unsigned long long)v);
+      }
+    }
+  }
+  gw_buf_append_str(out, "# HELP gateway_upstream_breaker_open 1 while the group's circuit breaker is open.\n"
+                         "# TYPE gateway_upstream_breaker_open gauge\n");
+  for (size_t i = 0; i < n; i++) {
+    gw_buf_append_str(out, "gateway_upstream_breaker_open{upstream=");
+    label(out, ups[i]->name, strlen(ups[i]->name));
+    gw_buf_printf(out, "} %d\n",
+                  ups[i]->breaker_failures > 0 && gw_health_load32(&ups[i]->breaker->breaker) != GW_BREAKER_CLOSED);
+  }
+}
 
 void gw_metrics_render(gw_buf_t *out) {
   unsigned n = gw_shm_nworkers();

@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "balancer.h"
+#include "health.h"
 #include "errors.h"
 #include "log.h"
 #include "mem.h"
@@ -38,6 +39,7 @@ gw_upstream_t *gw_upstream_get(const char *name) {
   up->t_read = 30;
   up->retries = 1;
   up->max_body = 8 * 1024 * 1024;
+  up->breaker = gw_health_get(name, "");
   registry = gw_xrealloc(registry, (nregistry + 1) * sizeof *registry);
   registry[nregistry++] = up;
   return up;
@@ -158,6 +160,10 @@ int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *we
     }
     s->weight = weights[i] > 0 ? weights[i] : 1;
     s->retired = 0;
+    /* Looked up again each time: a group declared before the shared zone
+     * existed (the master's own load, inherited by forked workers) must
+     * move to the shared entries. It is the same entry otherwise. */
+    s->health = gw_health_get(up->name, s->addr);
     list[i] = s;
   }
   /* Servers the new list dropped stay allocated for exchanges in flight. */
@@ -166,6 +172,7 @@ int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *we
     for (size_t k = 0; k < n; k++) kept |= list[k] == up->servers[i];
     if (!kept) up->servers[i]->retired = 1;
   }
+  up->breaker = gw_health_get(up->name, "");
   free(up->servers);
   up->servers = list;
   up->nservers = n;
@@ -180,16 +187,25 @@ gw_server_t *gw_upstream_pick(gw_upstream_t *up, const char *key, size_t keylen,
 
 void gw_server_report(gw_upstream_t *up, gw_server_t *s, int ok, double latency_ms) {
   uint64_t now = gw_now_ms();
-  if (ok) {
-    s->fails = 0;
-    gw_balancer_observe(s, latency_ms, now);
-    return;
-  }
-  s->fails++;
-  if (up->passive_failures > 0 && s->fails >= up->passive_failures) {
-    s->down_until = now + (uint64_t)(up->passive_cooldown * 1000);
-    s->fails = 0;
+  if (ok) gw_balancer_observe(s, latency_ms, now);
+  if (gw_health_report(s->health, ok, up->passive_failures, up->passive_cooldown, now))
     gw_log_warn("upstream %s: server %s marked down for %.1f s after failures", up->name, s->addr,
                 up->passive_cooldown);
-  }
+}
+
+int gw_upstream_breaker_allow(gw_upstream_t *up, int *probe) {
+  *probe = 0;
+  if (up->breaker_failures <= 0) return 1;
+  return gw_breaker_allow(up->breaker, gw_now_ms(), probe);
+}
+
+void gw_upstream_breaker_report(gw_upstream_t *up, int ok, int probe) {
+  if (up->breaker_failures <= 0) return;
+  gw_breaker_report(up->breaker, ok, probe, up->breaker_failures, up->breaker_window,
+                    up->breaker_cooldown, gw_now_ms());
+}
+
+gw_upstream_t **gw_upstream_all(size_t *n) {
+  *n = nregistry;
+  return registry;
 }

@@ -41,8 +41,7 @@ typedef struct gw_server_s {
   int active;                 /* exchanges in flight */
   double ewma_ms;             /* peak-EWMA of response latency */
   uint64_t ewma_stamp;        /* ms of the last update */
-  int fails;                  /* consecutive failures (passive health) */
-  uint64_t down_until;        /* ms; passive health cools down until then */
+  struct gw_health_s *health; /* passive/active health, shared by all workers */
   int retired;                /* dropped by a reload; kept for exchanges in flight */
   gw_uconn_t *idle;           /* pooled keep-alive connections (LIFO) */
   int nidle;
@@ -64,6 +63,10 @@ typedef struct gw_upstream_s {
   int retries;                /* extra tries for idempotent requests */
   int passive_failures;       /* failures that mark a server down (0: off) */
   double passive_cooldown;    /* seconds it stays down */
+  int breaker_failures;       /* failures within breaker_window that open the breaker (0: off) */
+  double breaker_window;      /* seconds */
+  double breaker_cooldown;    /* seconds open before a half-open probe */
+  struct gw_health_s *breaker; /* the group's breaker state, shared by all workers */
   size_t max_body;            /* buffered answers larger than this fail */
 } gw_upstream_t;
 
@@ -81,6 +84,12 @@ gw_server_t *gw_upstream_pick(gw_upstream_t *up, const char *key, size_t keylen,
                               const gw_server_t *avoid);
 /* Passive health: the outcome of one exchange with `s`. */
 void gw_server_report(gw_upstream_t *up, gw_server_t *s, int ok, double latency_ms);
+/* The breaker: may an exchange start? (*probe: it is the half-open probe) */
+int gw_upstream_breaker_allow(gw_upstream_t *up, int *probe);
+/* The breaker: one exchange's outcome. */
+void gw_upstream_breaker_report(gw_upstream_t *up, int ok, int probe);
+/* Every group of this process, for status and health checks. */
+gw_upstream_t **gw_upstream_all(size_t *n);
 
 uint64_t gw_now_ms(void);
 

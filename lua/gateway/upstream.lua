@@ -23,7 +23,9 @@ typedef struct gw_upstream_s gw_upstream_t;
 gw_upstream_t *gw_ffi_upstream_declare(const char *name, const char **addrs, const int *weights,
     int n, int balance, int keepalive_idle, double keepalive_timeout, double t_connect,
     double t_send, double t_read, int retries, int passive_failures, double passive_cooldown,
-    double max_body, char *err, size_t errlen);
+    double max_body, int breaker_failures, double breaker_window, double breaker_cooldown,
+    const char *check_path, double check_interval, double check_timeout, int check_healthy,
+    int check_unhealthy, char *err, size_t errlen);
 int gw_ffi_upstream_fetch(gw_task_t *t, uint32_t ts, gw_upstream_t *up, const char *method,
     size_t mlen, const char *target, size_t tlen, const char *lines, size_t llen,
     const char *body, size_t blen, int has_body, const char *key, size_t klen, double timeout,
@@ -133,10 +135,18 @@ function _M.declare(name, spec)
   if spec.balance == "hash" and type(spec.hash_key) ~= "function" then
     error("gw.upstream: balance = \"hash\" needs hash_key = function(req) ... end", 3)
   end
-  if spec.health and spec.health.active then
-    error("gw.upstream: active health checks are not supported by this build yet", 3)
+  local active = spec.health and spec.health.active
+  if active ~= nil then
+    if type(active) ~= "table" or type(active.path) ~= "string" or active.path:sub(1, 1) ~= "/" then
+      error("gw.upstream: health.active.path must be a path starting with '/'", 3)
+    end
   end
-  if spec.breaker then error("gw.upstream: the circuit breaker is not supported by this build yet", 3) end
+  active = active or {}
+  local breaker = spec.breaker or {}
+  if type(breaker) ~= "table" then error("gw.upstream: breaker must be a table", 3) end
+  if spec.breaker and (type(breaker.failures) ~= "number" or breaker.failures < 1) then
+    error("gw.upstream: breaker.failures must be a number >= 1", 3)
+  end
   local passive = spec.health and spec.health.passive or {}
   local errbuf = ffi.new("char[256]")
   local up = C.gw_ffi_upstream_declare(name, addrs, weights, n, balance,
@@ -144,7 +154,10 @@ function _M.declare(name, spec)
     sub_num(spec, "timeouts", "connect", 5, 2), sub_num(spec, "timeouts", "send", 30, 2),
     sub_num(spec, "timeouts", "read", 30, 2), num(spec, "retries", 1, 2),
     num(passive, "failures", 0, 2), num(passive, "cooldown", 10, 2),
-    num(spec, "max_body", 8 * 1024 * 1024, 2), errbuf, 256)
+    num(spec, "max_body", 8 * 1024 * 1024, 2), num(breaker, "failures", 0, 2),
+    num(breaker, "window", 10, 2), num(breaker, "cooldown", 30, 2),
+    active.path, num(active, "interval", 10, 2), num(active, "timeout", 2, 2),
+    num(active, "healthy", 2, 2), num(active, "unhealthy", 2, 2), errbuf, 256)
   if up == nil then error("gw.upstream " .. name .. ": " .. ffi_string(errbuf), 3) end
   keep = nil
   return setmetatable({ name = name, _up = up, hash_key = spec.hash_key }, Upstream)
