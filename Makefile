@@ -21,6 +21,8 @@ DEPS_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 DEPS_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CJSON_LIB   := /usr/lib/$(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)/liblua5.1-cjson.a
 
+# llhttp's strict mode: without it llhttp skips the byte after a bare CR ending a head.
+LLHTTP_FLAGS := -DLLHTTP_STRICT_MODE=1
 WARN    := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wpointer-arith -Wstrict-prototypes
 OPT     ?= -O2 -g
 CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) -Isrc -Ivendor/llhttp -I$(BUILD) $(DEPS_CFLAGS)
@@ -58,14 +60,14 @@ $(LLHTTP_SRCS): vendor/llhttp/llhttp.h
 # Rebuild everything when the flags change (as Redis's persist-settings does).
 $(BUILD)/flags: FORCE
 	@mkdir -p $(BUILD)
-	@echo '$(CFLAGS_ALL) $(LDFLAGS_ALL) $(LIBS)' | cmp -s - $@ || echo '$(CFLAGS_ALL) $(LDFLAGS_ALL) $(LIBS)' > $@
+	@echo '$(CFLAGS_ALL) $(LDFLAGS_ALL) $(LIBS) $(LLHTTP_FLAGS)' | cmp -s - $@ || echo '$(CFLAGS_ALL) $(LDFLAGS_ALL) $(LIBS) $(LLHTTP_FLAGS)' > $@
 FORCE:
 
 $(BUILD)/%.o: src/%.c $(BUILD)/flags vendor/llhttp/llhttp.h
 	$(QUIET_CC)$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
 
 $(BUILD)/llhttp_%.o: vendor/llhttp/%.c $(BUILD)/flags
-	$(QUIET_CC)$(CC) -std=c11 $(OPT) $(SAN) -w -Ivendor/llhttp -c $< -o $@
+	$(QUIET_CC)$(CC) -std=c11 $(OPT) $(SAN) $(LLHTTP_FLAGS) -w -Ivendor/llhttp -c $< -o $@
 
 # lua/ is compiled into the binary, so `require "gateway"` never finds a user's file.
 $(BUILD)/embed: tools/embed.c

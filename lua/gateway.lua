@@ -82,12 +82,16 @@ local function check_value(key, kind, v, level)
     for i, a in ipairs(v) do
       if type(a) == "table" then
         if a.tls then
-          error("gw.config: listen[" .. i .. "]: TLS listeners are not supported by this build yet", level + 1)
+          error("gw.config: listen[" .. i .. "]: TLS listeners are not supported by this build yet", level)
         end
         a = a.addr
       end
-      if type(a) ~= "string" or not a:match("^.*:%d+$") then
-        bad(key .. "[" .. i .. "]", '"host:port"', a, level)
+      local host, port
+      if type(a) == "string" then host, port = a:match("^(.*):(%d+)$") end
+      port = tonumber(port)
+      local numeric = host and (host:match("^%d+%.%d+%.%d+%.%d+$") or host:match("^%[[%x:.]+%]$") or host == "")
+      if not (host and numeric and port and port >= 1 and port <= 65535) then
+        bad(key .. "[" .. i .. "]", '"IPv4:port" or "[IPv6]:port" (a numeric address)', a, level)
       end
       out[#out + 1] = a
     end
@@ -107,10 +111,10 @@ function gw.config(t)
       for k2, v2 in pairs(v) do
         local kind2 = kind[k2]
         if kind2 == nil then error("gw.config: unknown option '" .. k .. "." .. tostring(k2) .. "'", 2) end
-        cfg[k][k2] = check_value(k .. "." .. k2, kind2, v2, 2)
+        cfg[k][k2] = check_value(k .. "." .. k2, kind2, v2, 3)
       end
     else
-      cfg[k] = check_value(k, kind, v, 2)
+      cfg[k] = check_value(k, kind, v, 3)
     end
   end
   -- The admin endpoints must never be reachable on a public listener.
@@ -167,14 +171,15 @@ function gw.route(method, pattern, ...)
     local t = method
     local mws = t.use or {}
     if type(mws) == "function" then mws = { mws } end
-    return add_route(t.method or "*", t.path, t.host, mws, t.handler, 2)
+    add_route(t.method or "*", t.path, t.host, mws, t.handler, 2)
+    return
   end
   local n = select("#", ...)
   if n == 0 then error("gw.route: a handler is required", 2) end
   local handler = select(n, ...)
   local mws = { ... }
   mws[n] = nil
-  return add_route(method, pattern, nil, mws, handler, 2)
+  add_route(method, pattern, nil, mws, handler, 2) -- not a tail call: levels count frames
 end
 
 for _, m in ipairs { "get", "post", "put", "patch", "delete", "head", "options" } do
@@ -185,7 +190,7 @@ for _, m in ipairs { "get", "post", "put", "patch", "delete", "head", "options" 
     local handler = select(n, ...)
     local mws = { ... }
     mws[n] = nil
-    return add_route(M, pattern, nil, mws, handler, 2)
+    add_route(M, pattern, nil, mws, handler, 2)
   end
 end
 
@@ -277,7 +282,7 @@ function gw.worker_id() return C.gw_ffi_worker_index() end
 -- answers; see lua/gateway/aggregate.lua.
 function gw.aggregate(pattern, parts)
   local handler = require("gateway.aggregate").handler(parts, state.upstreams, 2)
-  return add_route("GET", pattern, nil, {}, handler, 2)
+  add_route("GET", pattern, nil, {}, handler, 2)
 end
 
 -- gw.upstream(NAME, spec): see lua/gateway/upstream.lua and docs/upstreams.md.

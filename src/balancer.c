@@ -92,8 +92,10 @@ static gw_server_t *pick_round_robin(gw_upstream_t *up, const gw_server_t *avoid
 
 static gw_server_t *pick_least_conn(gw_upstream_t *up, const gw_server_t *avoid, uint64_t now) {
   gw_server_t *best = NULL;
-  for (size_t i = 0; i < up->nservers; i++) {
-    gw_server_t *s = up->servers[i];
+  /* Start one further each time, so that ties go round robin. */
+  size_t start = up->nservers ? up->rr_next++ % up->nservers : 0;
+  for (size_t k = 0; k < up->nservers; k++) {
+    gw_server_t *s = up->servers[(start + k) % up->nservers];
     if (!usable(s, now) || s == avoid) continue;
     /* Compare active/weight without division: a.active * b.weight. */
     if (!best || (long)s->active * best->weight < (long)best->active * s->weight) best = s;

@@ -95,9 +95,18 @@ static void serialise(gw_exchange_t *x) {
   gw_buf_append_str(o, x->target);
   gw_buf_append_str(o, " HTTP/1.1\r\n");
   if (!x->has_host) {
-    gw_buf_append_str(o, "Host: ");
-    gw_buf_append_str(o, x->server->addr);
-    gw_buf_append(o, "\r\n", 2);
+    /* host:port, never the declared form ("http://..."); IPv6 in brackets. */
+    int v6 = strchr(x->server->host, ':') != NULL;
+    int n = snprintf(num, sizeof num, v6 ? "Host: [%.40s]:%d\r\n" : "Host: %.40s:%d\r\n", x->server->host,
+                     x->server->port);
+    if (n > 0 && (size_t)n < sizeof num && strlen(x->server->host) <= 40) {
+      gw_buf_append(o, num, (size_t)n);
+    } else {
+      gw_buf_append_str(o, "Host: ");
+      gw_buf_append_str(o, x->server->host);
+      n = snprintf(num, sizeof num, ":%d\r\n", x->server->port);
+      gw_buf_append(o, num, (size_t)n);
+    }
   }
   gw_buf_append(o, x->header_lines.base, x->header_lines.len);
   if (x->stream_body && x->stream_length < 0) {
@@ -431,8 +440,12 @@ static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   parse(x);
   /* A paused exchange (Lua deciding, or the client slow to read) must not
    * pile the upstream's bytes up here: let them wait in the socket. parse()
-   * may have ended (and freed) x: ask the connection, which outlives it. */
-  if (uc->x == x && x->paused) read_pause(uc);
+   * may have ended (and freed) x: ask the connection, which outlives it.
+   * The read timeout does not run while we are the ones not reading. */
+  if (uc->x == x && x->paused) {
+    read_pause(uc);
+    uv_timer_stop(&uc->timer);
+  }
 }
 
 /* A write to an upstream connection. Allocated per write and owned by
@@ -679,7 +692,10 @@ void gw_exchange_resume(gw_exchange_t *x) {
   gw_uconn_t *uc = x->uc;
   if (!uc || x->state == GW_X_DONE) return;
   parse(x);
-  if (uc->x == x && !x->paused) read_resume(uc);
+  if (uc->x == x && !x->paused) {
+    read_resume(uc);
+    arm(x, read_timeout(x));
+  }
 }
 
 int gw_exchange_abort(gw_exchange_t *x) {

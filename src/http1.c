@@ -29,10 +29,21 @@ static int reject(gw_http1_t *h, int status, const char *reason) {
 static int on_message_begin(llhttp_t *p) {
   gw_http1_t *h = H(p);
   h->head_bytes = 0;
+  h->msg_started = 0;
+  h->url_done = 0;
+  h->field_done = 0;
   h->head_done = 0;
   h->last_was_value = 0;
-  h->in_url = 1;
   h->between_messages = 0;
+  return 0;
+}
+
+static int on_method(llhttp_t *p, const char *at, size_t len) {
+  gw_http1_t *h = H(p);
+  if (!h->msg_started) {
+    h->msg_start = (size_t)(at - h->base);
+    h->msg_started = 1;
+  }
   return 0;
 }
 
@@ -41,13 +52,20 @@ static int on_url(llhttp_t *p, const char *at, size_t len) {
   gw_req_t *r = h->req;
   if (r->url_len == 0) r->url_off = (uint32_t)(at - h->base);
   r->url_len += (uint32_t)len;
-  h->last_end = (size_t)(at - h->base) + len;
   if (r->url_len > h->limits->header_bytes) return reject(h, 414, "request target too long");
   return 0;
 }
 
+/* A header name is complete: the next name piece starts a new header, even
+ * when this one's value is empty (llhttp then delivers no value piece). */
+static int on_header_field_complete(llhttp_t *p) {
+  H(p)->field_done = 1;
+  H(p)->last_was_value = 0;
+  return 0;
+}
+
 static int on_url_complete(llhttp_t *p) {
-  H(p)->in_url = 0;
+  H(p)->url_done = 1;
   return 0;
 }
 
@@ -62,7 +80,7 @@ static void grow_headers(gw_req_t *r) {
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   gw_http1_t *h = H(p);
   gw_req_t *r = h->req;
-  if (r->nheaders == 0 || h->last_was_value) {
+  if (r->nheaders == 0 || h->field_done) {
     if (r->nheaders >= h->limits->headers) return reject(h, 431, "too many headers");
     if (r->nheaders == r->headers_cap) grow_headers(r);
     gw_header_t *hd = &r->headers[r->nheaders++];
@@ -71,7 +89,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   }
   r->headers[r->nheaders - 1].name_len += (uint32_t)len;
   h->last_was_value = 0;
-  h->last_end = (size_t)(at - h->base) + len;
+  h->field_done = 0;
   return 0;
 }
 
@@ -79,8 +97,16 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   gw_http1_t *h = H(p);
   gw_req_t *r = h->req;
   gw_header_t *hd = &r->headers[r->nheaders - 1];
+  /* An empty value may come as a zero-length piece placed anywhere (even
+   * past the line end): it adds nothing, and must not trip the fold check. */
+  if (len == 0) return 0;
   uint32_t off = (uint32_t)(at - h->base);
   if (!h->last_was_value) {
+    /* "Name:\r\n value" is a fold whose first line is empty: llhttp then
+     * delivers only the continuation. Between the colon and the value there
+     * may be blanks, never a line end. */
+    for (uint32_t k = hd->name_off + hd->name_len; k < off; k++)
+      if (h->base[k] == '\r' || h->base[k] == '\n') return reject(h, 400, "obsolete line folding");
     hd->value_off = off;
   } else if (off != hd->value_off + hd->value_len) {
     /* llhttp accepts obs-fold and delivers the continuation line as another
@@ -91,7 +117,6 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   }
   hd->value_len += (uint32_t)len;
   h->last_was_value = 1;
-  h->last_end = (size_t)(at - h->base) + len;
   if (memchr(at, '\r', len) || memchr(at, '\n', len)) return reject(h, 400, "obsolete line folding");
   return 0;
 }
@@ -107,12 +132,13 @@ static int value_is(const gw_http1_t *h, const gw_header_t *hd, const char *valu
 }
 
 static int inspect_headers(gw_http1_t *h, gw_req_t *r) {
-  /* A head that arrived in one read was never measured by execute: measure
-   * it here, from the target to the end of the last header. */
-  if (h->last_end > r->url_off && h->last_end - r->url_off > h->limits->header_bytes)
-    return reject(h, 431, "request head too large");
+  int saw_te = 0;
   for (uint32_t i = 0; i < r->nheaders; i++) {
     gw_header_t *hd = &r->headers[i];
+    /* Trailing blanks are not part of a value (RFC 9110 5.5); llhttp keeps them. */
+    while (hd->value_len > 0 &&
+           (h->base[hd->value_off + hd->value_len - 1] == ' ' || h->base[hd->value_off + hd->value_len - 1] == '\t'))
+      hd->value_len--;
     /* llhttp lets "Name : value" through; a name must be a token (RFC 9110
      * 5.1), and a proxy that trims such a name invites smuggling. */
     if (!gw_header_valid(h->base + hd->name_off, hd->name_len, NULL, 0))
@@ -120,6 +146,8 @@ static int inspect_headers(gw_http1_t *h, gw_req_t *r) {
     if (header_is(h, hd, "host")) {
       if (r->host_index) return reject(h, 400, "more than one Host header");
       r->host_index = i + 1;
+    } else if (header_is(h, hd, "transfer-encoding")) {
+      saw_te = 1;
     } else if (header_is(h, hd, "expect")) {
       if (!value_is(h, hd, "100-continue")) return reject(h, 417, "unsupported expectation");
       r->expect_continue = 1;
@@ -127,6 +155,9 @@ static int inspect_headers(gw_http1_t *h, gw_req_t *r) {
   }
   if (r->http_major == 1 && r->http_minor >= 1 && !r->host_index)
     return reject(h, 400, "missing Host header");
+  /* RFC 9112 6.3: a request whose Transfer-Encoding does not end in
+   * chunked has no knowable length; llhttp lets some through. */
+  if (saw_te && !r->chunked) return reject(h, 400, "Transfer-Encoding without chunked");
   return 0;
 }
 
@@ -170,15 +201,18 @@ static int on_message_complete(llhttp_t *p) {
   gw_http1_t *h = H(p);
   h->paused_at = GW_HTTP1_MESSAGE;
   h->head_done = 0;
+  h->head_bytes = 0;
   h->between_messages = 1;
   return HPE_PAUSED;
 }
 
 static const llhttp_settings_t settings = {
     .on_message_begin = on_message_begin,
+    .on_method = on_method,
     .on_url = on_url,
-    .on_url_complete = on_url_complete,
     .on_header_field = on_header_field,
+    .on_header_field_complete = on_header_field_complete,
+    .on_url_complete = on_url_complete,
     .on_header_value = on_header_value,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
@@ -216,13 +250,26 @@ gw_http1_result_t gw_http1_execute(gw_http1_t *h, const char *base, size_t from,
   if (!head_was_done) h->head_bytes += used;
   switch (err) {
     case HPE_OK:
-      if (!h->head_done && h->head_bytes > h->limits->header_bytes) {
-        h->status = h->in_url ? 414 : 431;
-        h->reason = h->in_url ? "request target too long" : "request head too large";
+      /* A head still arriving is refused as soon as what came of it is
+       * over the limit: the whole head would be too. The raw byte count
+       * stops bytes that never start a message (blank lines) as well. */
+      if (!h->head_done && !h->between_messages &&
+          /* While the target still arrives, on_url decides (414 past the limit). */
+          ((h->msg_started && h->url_done && to - h->msg_start > h->limits->header_bytes) ||
+           h->head_bytes > 2 * h->limits->header_bytes + 4096)) {
+        h->status = 431;
+        h->reason = "request head too large";
         return GW_HTTP1_ERROR;
       }
       return GW_HTTP1_NEED_MORE;
     case HPE_PAUSED:
+      /* limits.header_bytes counts the whole head, request line to the
+       * blank line, however the bytes were split into reads. */
+      if (h->paused_at == GW_HTTP1_HEAD && h->msg_started && from + used - h->msg_start > h->limits->header_bytes) {
+        h->status = 431;
+        h->reason = "request head too large";
+        return GW_HTTP1_ERROR;
+      }
       return (gw_http1_result_t)h->paused_at;
     case HPE_PAUSED_UPGRADE:
       return GW_HTTP1_UPGRADE;

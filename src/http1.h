@@ -31,14 +31,16 @@ typedef struct gw_http1_s {
   const char *base;           /* start of the buffer during execute, for offsets */
   const gw_limits_t *limits;  /* borrowed from the worker's configuration */
   uint8_t last_was_value;     /* which header part the previous callback delivered */
-  uint8_t in_url;             /* the request target is still arriving */
   uint8_t head_done;          /* the current message's head is complete */
   uint8_t discard_body;       /* drop body bytes instead of storing them */
   uint8_t between_messages;   /* the last message completed; none has begun */
   uint8_t sink_paused;        /* the body sink asked to stop reading */
   uint8_t paused_at;          /* GW_HTTP1_HEAD or GW_HTTP1_MESSAGE: why llhttp paused */
   size_t head_bytes;          /* bytes of the current head so far */
-  size_t last_end;            /* offset just past the last head part parsed */
+  size_t msg_start;           /* offset where the current message's method starts */
+  uint8_t msg_started;        /* msg_start is set */
+  uint8_t url_done;           /* the whole target has arrived */
+  uint8_t field_done;         /* the last header name is complete */
   int status;                 /* on GW_HTTP1_ERROR: 400, 413, 414 or 431 */
   const char *reason;         /* on GW_HTTP1_ERROR: why, static storage */
 } gw_http1_t;

@@ -57,6 +57,7 @@ typedef struct gw_upstream_s {
   uint32_t *ring;             /* consistent-hash ring: hashes */
   uint32_t *ring_server;      /* ... and the server index of each point */
   size_t nring;
+  size_t rr_next;             /* least_conn: where the next tie-break starts */
   int keepalive_idle;         /* idle connections kept per server */
   double keepalive_timeout;   /* seconds an idle connection is kept */
   double t_connect, t_send, t_read; /* seconds */

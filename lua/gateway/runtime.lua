@@ -184,6 +184,12 @@ local function send(req, res)
   elseif rawget(res, "body") == nil and rawget(res, "_body") ~= nil then
     res.body = res._body -- an upstream response returned as it is
   end
+  if rawget(res, "_body") ~= nil then
+    -- An upstream's answer goes out buffered: its hop-by-hop headers and
+    -- its Date stay behind (ours is added).
+    upstream_mod = upstream_mod or require "gateway.upstream"
+    res.headers = upstream_mod.end_to_end(res.headers)
+  end
   if type(status) ~= "number" or status < 100 or status > 999 or status % 1 ~= 0 then
     error("response status must be a whole number 100-999, not " .. tostring(status), 0)
   end
@@ -340,7 +346,9 @@ end
 function _M.request_entry(task_addr, task_serial, req_addr, req_serial, method, path)
   while true do
     sched.begin(task_addr, task_serial)
-    local route, status, ctype, body = handle(request.new(req_addr, req_serial, method, path))
+    local req = request.new(req_addr, req_serial, method, path)
+    sched.set_request(req)
+    local route, status, ctype, body = handle(req)
     sched.finish()
     task_addr, task_serial, req_addr, req_serial, method, path = yield(DONE, route, status, ctype, body)
   end

@@ -32,6 +32,7 @@ local _M = { WAIT = WAIT, DONE = DONE }
 
 local current = nil           -- the ctx of the running task, made on first need
 local cur_task, cur_serial = nil, nil -- the running task, until its ctx is made
+local cur_req = nil                  -- its request, if it is a request's task
 local thread_of = setmetatable({}, { __mode = "k" }) -- coroutine -> thread
 
 local function new_ctx(task_addr, task_serial, root)
@@ -50,7 +51,12 @@ function _M.begin(task_addr, task_serial)
   current, cur_task, cur_serial = nil, task_addr, task_serial
 end
 
-function _M.finish() current, cur_task = nil, nil end
+function _M.finish() current, cur_task, cur_req = nil, nil, nil end
+
+-- The request of the running task (nil in timers), for helpers that need
+-- it without being given it (an upstream's hash_key for up:get).
+function _M.set_request(req) cur_req = req end
+function _M.request() return cur_req end
 
 function _M.set_current(ctx) current = ctx end
 

@@ -95,18 +95,27 @@ _M.Response = Response
 
 -- ---- declaring ----
 
-local function num(spec, key, default, level)
+-- Option readers; errors point at the line that called gw.upstream, four
+-- frames up from num (num, declare, gw.upstream, that line).
+local USER = 4
+
+local function num(spec, key, default)
   local v = spec[key]
   if v == nil then return default end
-  if type(v) ~= "number" or v < 0 then error(format("gw.upstream: %s must be a number >= 0", key), level + 1) end
+  if type(v) ~= "number" or v < 0 then error(format("gw.upstream: %s must be a number >= 0", key), USER) end
   return v
 end
 
-local function sub_num(spec, tkey, key, default, level)
+local function sub_num(spec, tkey, key, default)
   local t = spec[tkey]
   if t == nil then return default end
-  if type(t) ~= "table" then error("gw.upstream: " .. tkey .. " must be a table", level + 1) end
-  return num(t, key, default, level + 1)
+  if type(t) ~= "table" then error("gw.upstream: " .. tkey .. " must be a table", USER) end
+  local v = t[key]
+  if v == nil then return default end
+  if type(v) ~= "number" or v < 0 then
+    error(format("gw.upstream: %s.%s must be a number >= 0", tkey, key), USER)
+  end
+  return v
 end
 
 function _M.declare(name, spec)
@@ -150,14 +159,14 @@ function _M.declare(name, spec)
   local passive = spec.health and spec.health.passive or {}
   local errbuf = ffi.new("char[256]")
   local up = C.gw_ffi_upstream_declare(name, addrs, weights, n, balance,
-    sub_num(spec, "keepalive", "idle", 32, 2), sub_num(spec, "keepalive", "timeout", 60, 2),
-    sub_num(spec, "timeouts", "connect", 5, 2), sub_num(spec, "timeouts", "send", 30, 2),
-    sub_num(spec, "timeouts", "read", 30, 2), num(spec, "retries", 1, 2),
-    num(passive, "failures", 0, 2), num(passive, "cooldown", 10, 2),
-    num(spec, "max_body", 8 * 1024 * 1024, 2), num(breaker, "failures", 0, 2),
-    num(breaker, "window", 10, 2), num(breaker, "cooldown", 30, 2),
-    active.path, num(active, "interval", 10, 2), num(active, "timeout", 2, 2),
-    num(active, "healthy", 2, 2), num(active, "unhealthy", 2, 2), errbuf, 256)
+    sub_num(spec, "keepalive", "idle", 32), sub_num(spec, "keepalive", "timeout", 60),
+    sub_num(spec, "timeouts", "connect", 5), sub_num(spec, "timeouts", "send", 30),
+    sub_num(spec, "timeouts", "read", 30), num(spec, "retries", 1),
+    num(passive, "failures", 0), num(passive, "cooldown", 10),
+    num(spec, "max_body", 8 * 1024 * 1024), num(breaker, "failures", 0),
+    num(breaker, "window", 10), num(breaker, "cooldown", 30),
+    active.path, num(active, "interval", 10), num(active, "timeout", 2),
+    num(active, "healthy", 2), num(active, "unhealthy", 2), errbuf, 256)
   if up == nil then error("gw.upstream " .. name .. ": " .. ffi_string(errbuf), 3) end
   keep = nil
   return setmetatable({ name = name, _up = up, hash_key = spec.hash_key }, Upstream)
@@ -239,7 +248,12 @@ function Upstream:request(opts)
     has_body = 1
   end
   local blob = concat(lines, "", 1, n)
-  local key = ""
+  local key = opts.hash_key
+  if key == nil and self.hash_key then
+    local req = sched.request()
+    key = req and self.hash_key(req)
+  end
+  key = key ~= nil and tostring(key) or ""
   local rc = C.gw_ffi_upstream_fetch(ctx.task, ctx.ts, self._up, method, #method, target, #target,
     blob, #blob, body, body and #body or 0, has_body, key, #key, opts.timeout or 0,
     base.out_wait, base.out_err)
@@ -254,14 +268,15 @@ end
 function Upstream:get(path, opts)
   opts = opts or {}
   return self:request { method = "GET", path = path, query = opts.query, headers = opts.headers,
-                        timeout = opts.timeout }
+                        timeout = opts.timeout, hash_key = opts.hash_key }
 end
 
 -- up:post(path, body [, opts])
 function Upstream:post(path, body, opts)
   opts = opts or {}
   return self:request { method = "POST", path = path, body = body, query = opts.query,
-                        headers = opts.headers, timeout = opts.timeout, json = opts.json }
+                        headers = opts.headers, timeout = opts.timeout, json = opts.json,
+                        hash_key = opts.hash_key }
 end
 
 -- up:proxy(req [, { path=, query=, headers= }]): forwards the client's
@@ -313,31 +328,28 @@ local HOP = { connection = true, ["keep-alive"] = true, te = true, trailer = tru
               ["transfer-encoding"] = true, upgrade = true, ["proxy-connection"] = true,
               ["content-length"] = true, date = true }
 
--- Sends a proxied response whose body has not been read: the head as the
--- response object now says, then the body streamed by C.
-function _M.send_proxied(req, res)
-  local lines, n = {}, 0
-  -- Headers the upstream named in its Connection header are hop-by-hop too.
+-- A copy of `headers` without hop-by-hop headers (and those the upstream
+-- named in its Connection header) and without Date.
+function _M.end_to_end(headers)
   local named
-  local conn = res.headers.connection
+  local conn = headers.connection
   if type(conn) == "string" then
     named = {}
     for tok in conn:gmatch("[^%s,]+") do named[lower(tok)] = true end
   end
-  for k, v in pairs(res.headers) do
+  local out = {}
+  for k, v in pairs(headers) do
     local lk = lower(k)
-    if not HOP[lk] and not (named and named[lk]) then
-      if type(v) == "table" then
-        for _, x in ipairs(v) do
-          n = n + 1
-          lines[n] = k .. ": " .. tostring(x) .. "\r\n"
-        end
-      else
-        n = n + 1
-        lines[n] = k .. ": " .. tostring(v) .. "\r\n"
-      end
-    end
+    if not HOP[lk] and not (named and named[lk]) then out[k] = v end
   end
+  return out
+end
+
+-- Sends a proxied response whose body has not been read: the head as the
+-- response object now says, then the body streamed by C.
+function _M.send_proxied(req, res)
+  local lines = {}
+  local n = header_lines(_M.end_to_end(res.headers), lines, 0)
   local blob = concat(lines, "", 1, n)
   local rc = C.gw_ffi_resp_proxy(req._r, req._s, res.status, blob, #blob, base.out_err)
   if rc == BAD_CONTEXT then error(base.FINISHED, 0) end
