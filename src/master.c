@@ -90,7 +90,10 @@ static void install_handlers(sigset_t *blocked) {
   sigprocmask(SIG_BLOCK, blocked, NULL);
 }
 
-/* In the child: default dispositions and an empty mask, then the worker. */
+/* In the child: default dispositions, then the worker. The signals stay
+ * blocked until the worker has its own handlers (gw_worker_run unblocks
+ * them): a HUP or TERM forwarded while it still loads its configuration
+ * then waits instead of killing it with the default action. */
 static pid_t spawn_worker(const char *path, int index, int workers, const sigset_t *blocked) {
   pid_t pid = fork();
   if (pid != 0) return pid;
@@ -98,7 +101,13 @@ static pid_t spawn_worker(const char *path, int index, int workers, const sigset
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = SIG_DFL;
   for (size_t i = 0; i < NHANDLED; i++) sigaction(handled[i], &sa, NULL);
-  sigprocmask(SIG_UNBLOCK, blocked, NULL);
+  /* SIGCHLD and SIGALRM are the master's; the worker needs them open. */
+  sigset_t open;
+  sigemptyset(&open);
+  sigaddset(&open, SIGCHLD);
+  sigaddset(&open, SIGALRM);
+  sigprocmask(SIG_UNBLOCK, &open, NULL);
+  (void)blocked;
   _exit(gw_worker_run(path, index, workers));
 }
 

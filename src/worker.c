@@ -199,6 +199,15 @@ int gw_worker_run(const char *path, int index, int workers_override) {
   watch_signal(w, &w->sig_int, SIGINT);
   watch_signal(w, &w->sig_usr1, SIGUSR1);
   watch_signal(w, &w->sig_hup, SIGHUP);
+  /* The master forked us with these blocked (master.c spawn_worker): now
+   * that the handlers are in place, let whatever arrived meanwhile in. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGUSR1);
+  sigaddset(&set, SIGHUP);
+  sigprocmask(SIG_UNBLOCK, &set, NULL);
   uv_timer_init(w->loop, &w->stats_timer);
   w->stats_timer.data = w;
   uv_timer_start(&w->stats_timer, on_stats_timer, 1000, 1000);
