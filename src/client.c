@@ -516,9 +516,23 @@ static void send_request(gw_exchange_t *x) {
     uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_uconn_read);
     uc->reading = 1;
   }
+  size_t done = 0;
+  if (!x->stream_body) {
+    /* Most requests fit the socket at once: a direct write spares libuv's
+     * write queue, its deferred callback and an epoll_ctl. */
+    uv_buf_t b = uv_buf_init(x->out.base, (unsigned)x->out.len);
+    int n = uv_try_write((uv_stream_t *)&uc->tcp, &b, 1);
+    if (n > 0) done = (size_t)n;
+    if (done == x->out.len) {
+      x->head_sent = 1;
+      x->state = GW_X_HEAD;
+      arm(x, read_timeout(x));
+      return;
+    }
+  }
   uwrite_t *w = gw_xcalloc(1, sizeof *w);
   w->head = 1;
-  int rc = write_to(uc, w, x->out.base, x->out.len);
+  int rc = write_to(uc, w, x->out.base + done, x->out.len - done);
   if (rc != 0) {
     free(w);
     fail(x, rc, "upstream write failed");

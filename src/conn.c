@@ -31,6 +31,8 @@
 #include "worker.h"
 
 #define READ_CHUNK 16384
+/* Bytes read ahead of the request being handled before reading pauses. */
+#define READ_AHEAD_MAX (64 * 1024)
 #define LINGER_MS 2000
 /* An unread body up to this size is read and dropped to keep the
  * connection; a larger one costs a new connection instead. */
@@ -300,11 +302,10 @@ static void dispatch(gw_conn_t *c) {
   gw_task_t *t = gw_task_start_request(w->vm, &request_task_ops, c, r, r->serial, method,
                                        c->rbuf.base + r->url_off, r->path_len);
   if (!t->finished) {
-    /* The handler waits: stop reading so that a client cannot pile up
-     * pipelined requests meanwhile. A handler that answered at once (the
-     * common case) leaves reading on, which saves two epoll_ctl calls. */
+    /* The handler waits. Reading stays on (stopping and restarting it costs
+     * epoll_ctl calls on every proxied request); on_read stops it if a
+     * client piles up more than READ_AHEAD_MAX bytes meanwhile. */
     r->task = t;
-    if (c->state == GW_CONN_HANDLING) read_stop(c);
   }
 }
 
@@ -464,6 +465,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   if (c->state == GW_CONN_LINGER) return; /* dropped: see on_shutdown */
   c->rbuf.len += (size_t)nread;
+  if (c->state == GW_CONN_HANDLING && c->rbuf.len - c->parsed > READ_AHEAD_MAX) {
+    /* Pipelined bytes beyond what we hold for a waiting handler wait in the
+     * socket instead (start_next reads again). */
+    read_stop(c);
+  }
   conn_ref(c);
   if (c->state == GW_CONN_BODY) arm_timer(c, secs_ms(c->worker->cfg->timeouts.body));
   process(c);

@@ -68,12 +68,12 @@ static int on_head(gw_exchange_t *x) {
   return p->state == GW_PROXY_HEAD_READY;
 }
 
-static void write_chunk(gw_conn_t *c, const char *data, size_t n) {
+static void write_chunk(gw_req_t *r, const char *data, size_t n) {
   char size[24];
   int len = snprintf(size, sizeof size, "%zx\r\n", n);
   uv_buf_t bufs[3] = {uv_buf_init(size, (unsigned)len), uv_buf_init((char *)data, (unsigned)n),
                       uv_buf_init("\r\n", 2)};
-  gw_conn_write(c, bufs, 3);
+  gw_response_flush_head(r, bufs, 3);
 }
 
 static int on_body(gw_exchange_t *x, const char *data, size_t n) {
@@ -86,11 +86,12 @@ static int on_body(gw_exchange_t *x, const char *data, size_t n) {
   if ((p->state != GW_PROXY_STREAMING && p->state != GW_PROXY_TUNNEL) || n == 0) return 0;
   gw_conn_t *c = p->req->conn;
   p->req->resp_bytes += n;
+  /* The head was held back so that it leaves with the first body bytes. */
   if (p->chunked_out && p->state == GW_PROXY_STREAMING) {
-    write_chunk(c, data, n);
+    write_chunk(p->req, data, n);
   } else {
     uv_buf_t b = uv_buf_init((char *)data, (unsigned)n);
-    gw_conn_write(c, &b, 1);
+    gw_response_flush_head(p->req, &b, 1);
   }
   if (c->write_bytes_pending > GW_PROXY_HIGH_WATER) {
     p->client_paused = 1;
@@ -116,13 +117,20 @@ static void on_done(gw_exchange_t *x, int err, const char *msg) {
       gw_req_t *r = p->req;
       if (!r) break;
       gw_conn_t *c = r->conn;
-      if (err) {
+      if (err && r->head_held) {
+        /* Nothing reached the client yet: it can still get an honest 502. */
+        r->head_held = 0;
+        r->resp_state = GW_RESP_NONE;
+        r->close_after = 1;
+        gw_response_error(r, 502, "upstream failed before the body");
+      } else if (err) {
         gw_log_warn("proxy: upstream %s failed mid-body: %s", x->up->name, msg ? msg : gw_strerror(err));
         r->close_after = 1;
       } else if (p->chunked_out) {
         uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
-        gw_conn_write(c, &b, 1);
+        gw_response_flush_head(r, &b, 1);
       }
+      gw_response_flush_head(r, NULL, 0); /* an empty body: the head alone */
       /* The handler finished long ago; the request ends now. */
       if (!r->task) gw_conn_request_done(c);
       break;
@@ -435,14 +443,17 @@ GW_FFI_EXPORT int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const 
   int no_body = status < 200 || status == 204 || status == 304;
   if (no_body) {
     gw_response_send_head(r, GW_FRAMING_NONE, 0);
-  } else if (hp->has_length || r->method == HTTP_HEAD) {
+  } else if (r->method == HTTP_HEAD) {
     gw_response_send_head(r, GW_FRAMING_LENGTH, hp->content_length);
+  } else if (hp->has_length) {
+    /* Held until the first body bytes (or the end of an empty body). */
+    gw_response_hold_head(r, GW_FRAMING_LENGTH, hp->content_length);
   } else if (r->http_minor >= 1) {
     p->chunked_out = 1;
-    gw_response_send_head(r, GW_FRAMING_CHUNKED, 0);
+    gw_response_hold_head(r, GW_FRAMING_CHUNKED, 0);
   } else {
     r->close_after = 1;
-    gw_response_send_head(r, GW_FRAMING_CLOSE, 0);
+    gw_response_hold_head(r, GW_FRAMING_CLOSE, 0);
   }
   /* HEAD, 204 and 304 carry no body, whatever the upstream sends. */
   p->state = (no_body || r->method == HTTP_HEAD) ? GW_PROXY_HEAD_READY : GW_PROXY_STREAMING;

@@ -90,6 +90,7 @@ typedef struct gw_req_s {
   gw_resp_state_t resp_state;
   int status;                 /* response status, for the log */
   uint8_t close_after;        /* close the connection after this response */
+  uint8_t head_held;          /* resp_head is finished but not written yet (proxy.c) */
   size_t resp_bytes;          /* bytes of the response, head included */
   gw_buf_t resp_head;         /* response head under construction */
   uint64_t start_ns;          /* uv_hrtime() when the head started */

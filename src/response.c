@@ -164,12 +164,28 @@ static void finish_head(gw_req_t *r, gw_framing_t framing, uint64_t length) {
 }
 
 int gw_response_send_head(gw_req_t *r, gw_framing_t framing, uint64_t length) {
+  int rc = gw_response_hold_head(r, framing, length);
+  if (rc == 0) gw_response_flush_head(r, NULL, 0);
+  return rc;
+}
+
+int gw_response_hold_head(gw_req_t *r, gw_framing_t framing, uint64_t length) {
   if (r->resp_state != GW_RESP_NONE) return GW_ESTATE;
   finish_head(r, framing, length);
-  uv_buf_t b = uv_buf_init(r->resp_head.base, (unsigned)r->resp_head.len);
   r->resp_bytes = r->resp_head.len;
-  gw_conn_write(r->conn, &b, 1);
+  r->head_held = 1;
   return 0;
+}
+
+void gw_response_flush_head(gw_req_t *r, const uv_buf_t *more, unsigned n) {
+  uv_buf_t bufs[8];
+  unsigned k = 0;
+  if (r->head_held) {
+    bufs[k++] = uv_buf_init(r->resp_head.base, (unsigned)r->resp_head.len);
+    r->head_held = 0;
+  }
+  for (unsigned i = 0; i < n && k < sizeof bufs / sizeof bufs[0]; i++) bufs[k++] = more[i];
+  if (k) gw_conn_write(r->conn, bufs, k);
 }
 
 int gw_response_send(gw_req_t *r, const char *body, size_t len) {

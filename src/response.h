@@ -11,6 +11,7 @@
 #define GW_RESPONSE_H
 
 #include <stddef.h>
+#include <uv.h>
 
 #include "request.h"
 
@@ -36,6 +37,11 @@ void gw_response_add_raw(gw_req_t *r, const char *name, const char *value, size_
 /* Finishes and writes the head only; the caller writes the body itself
  * (streaming). Marks the response sent. */
 int gw_response_send_head(gw_req_t *r, gw_framing_t framing, uint64_t length);
+/* The same, but the head is held back and goes out with the first body
+ * bytes given to gw_response_flush_head: one write instead of two. */
+int gw_response_hold_head(gw_req_t *r, gw_framing_t framing, uint64_t length);
+/* Writes the held head (if any) followed by `more` (up to 7 buffers). */
+void gw_response_flush_head(gw_req_t *r, const uv_buf_t *more, unsigned n);
 /* Finishes the head and writes head and body. The body is copied if the
  * socket cannot take it at once, so the caller's memory is free after. */
 int gw_response_send(gw_req_t *r, const char *body, size_t len);
