@@ -84,44 +84,6 @@ int gw__exchange_add_lines(gw_exchange_t *x, const char *lines, size_t len) {
   return 0;
 }
 
-/* Pushes the response headers as a table with lower-case names; repeated
- * names are joined with ", " except Set-Cookie, which becomes a list. */
-void gw__push_response_headers(lua_State *L, const gw_http1c_t *p, const char *base);
-void gw__push_response_headers(lua_State *L, const gw_http1c_t *p, const char *base) {
-  lua_createtable(L, 0, (int)p->nheaders);
-  char name[256];
-  for (uint32_t i = 0; i < p->nheaders; i++) {
-    const gw_header_t *h = &p->headers[i];
-    size_t n = h->name_len < sizeof name ? h->name_len : sizeof name - 1;
-    for (size_t k = 0; k < n; k++) {
-      char c = base[h->name_off + k];
-      name[k] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-    }
-    lua_pushlstring(L, name, n);
-    lua_pushvalue(L, -1);
-    lua_rawget(L, -3);
-    int seen = !lua_isnil(L, -1);
-    int is_cookie = n == 10 && memcmp(name, "set-cookie", 10) == 0;
-    if (!seen) {
-      lua_pop(L, 1);
-      lua_pushlstring(L, base + h->value_off, h->value_len);
-      if (is_cookie) {
-        lua_createtable(L, 1, 0);
-        lua_insert(L, -2);
-        lua_rawseti(L, -2, 1);
-      }
-    } else if (is_cookie) {
-      lua_pushlstring(L, base + h->value_off, h->value_len);
-      lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);
-    } else {
-      lua_pushliteral(L, ", ");
-      lua_pushlstring(L, base + h->value_off, h->value_len);
-      lua_concat(L, 3);
-    }
-    lua_rawset(L, -3);
-  }
-}
-
 /* ---- buffered exchanges ---- */
 
 /* Owned by the waiting task until woken or cancelled; then freed. */
@@ -149,8 +111,17 @@ static int push_fetch(lua_State *L, void *arg) {
     lua_pushstring(L, f->msg ? f->msg : gw_strerror(f->err));
     return 2;
   }
-  lua_pushinteger(L, f->x.parser.status);
-  gw__push_response_headers(L, &f->x.parser, f->x.resp_base);
+  /* The header lines go to Lua as one string, parsed only if a script
+   * reads res.headers (upstream.lua): most aggregations never do. */
+  const gw_http1c_t *p = &f->x.parser;
+  lua_pushinteger(L, p->status);
+  if (p->nheaders > 0) {
+    const gw_header_t *first = &p->headers[0], *last = &p->headers[p->nheaders - 1];
+    size_t end = last->value_len ? last->value_off + last->value_len : last->name_off + last->name_len + 1;
+    lua_pushlstring(L, f->x.resp_base + first->name_off, end - first->name_off);
+  } else {
+    lua_pushliteral(L, "");
+  }
   lua_pushlstring(L, f->body.base ? f->body.base : "", f->body.len);
   return 3;
 }

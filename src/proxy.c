@@ -23,10 +23,10 @@
 #include "response.h"
 #include "worker.h"
 
-void gw__push_response_headers(lua_State *L, const gw_http1c_t *p, const char *base);
 int gw__exchange_add_lines(gw_exchange_t *x, const char *lines, size_t len);
 
 static void free_proxy(gw_proxy_t *p);
+static int named_in_connection(const char *name, size_t n, const char *conn, size_t clen);
 
 static int push_head(lua_State *L, void *arg) {
   gw_proxy_t *p = arg;
@@ -35,9 +35,10 @@ static int push_head(lua_State *L, void *arg) {
     lua_pushstring(L, p->msg ? p->msg : gw_strerror(p->err));
     return 2;
   }
+  /* Only the status: the headers are read on demand (gw_ffi_proxy_header_at)
+   * from the copy on_head made, and most handlers never look. */
   lua_pushinteger(L, p->x.parser.status);
-  gw__push_response_headers(L, &p->x.parser, p->x.resp_base);
-  return 2;
+  return 1;
 }
 
 static int push_body(lua_State *L, void *arg) {
@@ -62,6 +63,10 @@ static void wake(gw_proxy_t *p, gw_push_cb push) {
 static int on_head(gw_exchange_t *x) {
   gw_proxy_t *p = x->data;
   p->state = GW_PROXY_HEAD_READY;
+  /* The head's bytes live in the upstream connection's buffer, which a
+   * body-less answer hands back to the pool at once: keep a copy. */
+  p->head.len = 0;
+  gw_buf_append(&p->head, x->resp_base, x->parser.head_end);
   wake(p, push_head);
   /* Lua may have decided already, inside the wake (the usual case: the
    * handler returns the response at once). Otherwise hold the body. */
@@ -210,6 +215,7 @@ static void cancel_wait(gw_waiter_t *w) {
 static void free_proxy(gw_proxy_t *p) {
   gw_exchange_release(&p->x);
   gw_buf_free(&p->body);
+  gw_buf_free(&p->head);
   free(p);
 }
 
@@ -324,6 +330,11 @@ GW_FFI_EXPORT int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, 
   p->x.ops = &proxy_ops;
   p->x.data = p;
   const char *method = llhttp_method_name((llhttp_method_t)r->method);
+  if (!target) {
+    /* The client's own target, as it came. */
+    target = gw_req_buffer(r) + r->url_off;
+    tlen = r->url_len;
+  }
   gw_exchange_set_request(&p->x, method, strlen(method), target, tlen);
   if (gw__exchange_add_lines(&p->x, lines, llen) != 0) {
     gw_proxy_destroy(p);
@@ -384,8 +395,57 @@ GW_FFI_EXPORT int gw_ffi_proxy_read_body(gw_task_t *t, uint32_t ts, gw_req_t *r,
 
 /* Sends the proxied response with the status and header lines Lua gives,
  * then streams the body. */
+/* Hop-by-hop headers (and the Date and framing ours replace) never pass. */
+static int end_to_end(const char *name, size_t n, const char *conn, size_t clen) {
+  static const char *const hop[] = {"connection", "keep-alive", "te", "trailer", "transfer-encoding",
+                                    "upgrade", "proxy-connection", "content-length", "date"};
+  for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
+    if (strlen(hop[i]) == n && strncasecmp(hop[i], name, n) == 0) return 0;
+  return !(conn && named_in_connection(name, n, conn, clen));
+}
+
+/* Adds the upstream's own end-to-end headers to the response head. */
+static void copy_upstream_headers(gw_proxy_t *p, gw_req_t *r) {
+  const gw_http1c_t *hp = &p->x.parser;
+  const char *base = p->head.base;
+  const char *conn = NULL;
+  size_t clen = 0;
+  for (uint32_t i = 0; i < hp->nheaders; i++)
+    if (hp->headers[i].name_len == 10 && strncasecmp(base + hp->headers[i].name_off, "connection", 10) == 0) {
+      conn = base + hp->headers[i].value_off;
+      clen = hp->headers[i].value_len;
+    }
+  for (uint32_t i = 0; i < hp->nheaders; i++) {
+    const gw_header_t *h = &hp->headers[i];
+    if (!end_to_end(base + h->name_off, h->name_len, conn, clen)) continue;
+    gw_response_header(r, base + h->name_off, h->name_len, base + h->value_off, h->value_len);
+  }
+}
+
+/* The i-th header of the proxied response head (0-based), for Lua's
+ * res.headers. GW_FFI_DECLINED past the end. */
+GW_FFI_EXPORT int gw_ffi_proxy_header_at(gw_req_t *r, uint32_t rs, int i, const char **name, size_t *nlen,
+                                         const char **value, size_t *vlen) {
+  if (!gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
+  gw_proxy_t *p = r->proxy;
+  if (!p || !p->head.base || i < 0 || (uint32_t)i >= p->x.parser.nheaders) return GW_FFI_DECLINED;
+  const gw_header_t *h = &p->x.parser.headers[i];
+  *name = p->head.base + h->name_off;
+  *nlen = h->name_len;
+  *value = p->head.base + h->value_off;
+  *vlen = h->value_len;
+  return GW_FFI_OK;
+}
+
+/* The request's body length for up:proxy's choice between reading it first
+ * and streaming it: the Content-Length, 0 without a body, -1 if chunked. */
+GW_FFI_EXPORT int64_t gw_ffi_req_body_length(gw_req_t *r, uint32_t rs) {
+  if (!gw_req_check(r, rs)) return 0;
+  return r->chunked ? -1 : (int64_t)r->content_length;
+}
+
 GW_FFI_EXPORT int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const char *lines,
-                                    size_t llen, const char **err) {
+                                    size_t llen, int upstream_headers, const char **err) {
   if (!gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
   gw_proxy_t *p = r->proxy;
   if (!p || p->state != GW_PROXY_HEAD_READY) {
@@ -417,6 +477,7 @@ GW_FFI_EXPORT int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const 
     }
     q = eol + 2;
   }
+  if (upstream_headers) copy_upstream_headers(p, r);
   gw_http1c_t *hp = &p->x.parser;
   if (status == 101) {
     if (!r->upgrade) {
@@ -427,8 +488,8 @@ GW_FFI_EXPORT int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const 
     size_t vlen = 0;
     for (uint32_t i = 0; i < hp->nheaders; i++) {
       const gw_header_t *h = &hp->headers[i];
-      if (h->name_len == 7 && strncasecmp(p->x.resp_base + h->name_off, "upgrade", 7) == 0) {
-        v = p->x.resp_base + h->value_off;
+      if (h->name_len == 7 && strncasecmp(p->head.base + h->name_off, "upgrade", 7) == 0) {
+        v = p->head.base + h->value_off;
         vlen = h->value_len;
       }
     }

@@ -136,6 +136,8 @@ local JSON = "application/json"
 local function normalize(res)
   local t = type(res)
   if t == "table" then
+    -- A proxied answer keeps its lazy headers (upstream.lua ProxyResponse).
+    if rawget(res, "_proxy") then return res end
     if res.status == nil then res.status = 200 end
     if res.headers == nil then res.headers = {} end
     return res

@@ -36,10 +36,14 @@ int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs, g
 int gw_ffi_proxy_read_body(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs, uint32_t *wait_id,
     const char **err);
 int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const char *lines, size_t llen,
-    const char **err);
+    int upstream_headers, const char **err);
+int gw_ffi_proxy_header_at(gw_req_t *r, uint32_t rs, int i, const char **name, size_t *nlen,
+    const char **value, size_t *vlen);
+int64_t gw_ffi_req_body_length(gw_req_t *r, uint32_t rs);
 ]]
 
 local _M = {}
+local EMPTY = {}
 local Upstream = {}
 Upstream.__index = Upstream
 
@@ -73,6 +77,7 @@ function Response:body()
   if rc ~= AGAIN then return nil, ffi_string(base.out_err[0]) end
   local body, err = sched.wait(ctx, base.out_wait[0])
   if body == nil then return nil, err end
+  local _ = self.headers -- read them from C while the request still holds them
   self._body = body
   self._req = nil
   return body
@@ -86,9 +91,64 @@ function Response:json()
   return v
 end
 
-local function new_response(status, headers, body)
-  return setmetatable({ status = status, headers = setmetatable(headers, Headers), _body = body },
-                      Response)
+-- Puts a header into a lower-case table: repeated names are joined with
+-- ", ", except Set-Cookie, which becomes a list.
+local function add_header(h, name, value)
+  local old = h[name]
+  if old == nil then
+    h[name] = name == "set-cookie" and { value } or value
+  elseif type(old) == "table" then
+    old[#old + 1] = value
+  else
+    h[name] = old .. ", " .. value
+  end
+end
+
+-- A proxied response reads its headers from C on first use of res.headers
+-- (and keeps them); one whose headers no script touched is sent with the
+-- upstream's headers copied in C, never turned into Lua strings at all.
+local ProxyResponse = {}
+ProxyResponse.__index = function(res, k)
+  if k ~= "headers" then return Response[k] end
+  local req = rawget(res, "_req")
+  local h = {}
+  local out_str, out_len, out_str2, out_len2 = base.out_str, base.out_len, base.out_str2, base.out_len2
+  local i = 0
+  while req do
+    local rc = C.gw_ffi_proxy_header_at(req._r, req._s, i, out_str, out_len, out_str2, out_len2)
+    if rc ~= base.OK then break end
+    i = i + 1
+    add_header(h, lower(ffi_string(out_str[0], out_len[0])), ffi_string(out_str2[0], out_len2[0]))
+  end
+  setmetatable(h, Headers)
+  rawset(res, "headers", h)
+  return h
+end
+
+-- A buffered response keeps its header lines as one string (from C) and
+-- parses them on first use of res.headers.
+local BufferedResponse = {}
+BufferedResponse.__index = function(res, k)
+  if k ~= "headers" then return Response[k] end
+  local h = {}
+  local raw = rawget(res, "_rawh") or ""
+  local pos, len = 1, #raw
+  while pos <= len do
+    local eol = find(raw, "\r\n", pos, true) or len + 1
+    local colon = find(raw, ":", pos, true)
+    if colon and colon < eol then
+      local value = raw:sub(colon + 1, eol - 1):match("^[ \t]*(.-)[ \t]*$")
+      add_header(h, lower(raw:sub(pos, colon - 1)), value)
+    end
+    pos = eol + 2
+  end
+  setmetatable(h, Headers)
+  rawset(res, "headers", h)
+  return h
+end
+
+local function new_response(status, rawh, body)
+  return setmetatable({ status = status, _rawh = rawh, _body = body }, BufferedResponse)
 end
 _M.new_response = new_response
 _M.Response = Response
@@ -286,12 +346,12 @@ end
 function Upstream:proxy(req, opts)
   if type(req) ~= "table" or req._r == nil then error("up:proxy: the request is required", 2) end
   local ctx = sched.current()
-  opts = opts or {}
+  opts = opts or EMPTY
   -- A small body is read first so that a retry can send it again; a larger
   -- or chunked one (that no script has read) streams through C as it comes,
   -- with backpressure, and is not bounded by limits.body_bytes.
-  local cl = tonumber(req.headers["content-length"])
-  if cl and cl > 0 and cl <= 65536 then req:body() end
+  local cl = C.gw_ffi_req_body_length(req._r, req._s)
+  if cl > 0 and cl <= 65536 then req:body() end
   local target
   if opts.path or opts.query then
     local path = opts.path or req.path
@@ -303,23 +363,22 @@ function Upstream:proxy(req, opts)
       target = q and (path .. uri:sub(q)) or path
       if byte(target, 1) ~= 47 then error("up:proxy: path must start with '/'", 2) end
     end
-  else
-    target = req.uri
   end
-  local lines, n = {}, 0
-  n = header_lines(opts.headers, lines, n)
-  local blob = concat(lines, "", 1, n)
+  -- No target: C sends the client's own, as it came.
+  local blob = ""
+  if opts.headers then
+    local lines = {}
+    blob = concat(lines, "", 1, header_lines(opts.headers, lines, 0))
+  end
   local key = ""
   if self.hash_key then key = tostring(self.hash_key(req) or "") end
-  local rc = C.gw_ffi_upstream_proxy(ctx.task, ctx.ts, req._r, req._s, self._up, target, #target,
-    blob, #blob, key, #key, base.out_wait, base.out_err)
+  local rc = C.gw_ffi_upstream_proxy(ctx.task, ctx.ts, req._r, req._s, self._up, target,
+    target and #target or 0, blob, #blob, key, #key, base.out_wait, base.out_err)
   if rc == BAD_CONTEXT then error(base.FINISHED, 2) end
   if rc ~= AGAIN then error("up:proxy: " .. ffi_string(base.out_err[0]), 2) end
-  local status, headers = sched.wait(ctx, base.out_wait[0])
-  if status == nil then return nil, headers end
-  local res = setmetatable({ status = status, headers = setmetatable(headers, Headers), _req = req,
-                             _proxy = true }, Response)
-  return res
+  local status, err = sched.wait(ctx, base.out_wait[0])
+  if status == nil then return nil, err end
+  return setmetatable({ status = status, _req = req, _proxy = true }, ProxyResponse)
 end
 
 -- Hop-by-hop headers of a proxied answer stay on the upstream hop; Date is
@@ -348,10 +407,18 @@ end
 -- Sends a proxied response whose body has not been read: the head as the
 -- response object now says, then the body streamed by C.
 function _M.send_proxied(req, res)
+  local headers = rawget(res, "headers")
+  if headers == nil then
+    -- Untouched: C copies the upstream's end-to-end headers itself.
+    local rc = C.gw_ffi_resp_proxy(req._r, req._s, res.status, "", 0, 1, base.out_err)
+    if rc == BAD_CONTEXT then error(base.FINISHED, 0) end
+    if rc ~= base.OK then error(ffi_string(base.out_err[0]), 0) end
+    return
+  end
   local lines = {}
-  local n = header_lines(_M.end_to_end(res.headers), lines, 0)
+  local n = header_lines(_M.end_to_end(headers), lines, 0)
   local blob = concat(lines, "", 1, n)
-  local rc = C.gw_ffi_resp_proxy(req._r, req._s, res.status, blob, #blob, base.out_err)
+  local rc = C.gw_ffi_resp_proxy(req._r, req._s, res.status, blob, #blob, 0, base.out_err)
   if rc == BAD_CONTEXT then error(base.FINISHED, 0) end
   if rc ~= base.OK then error(ffi_string(base.out_err[0]), 0) end
 end
