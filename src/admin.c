@@ -98,8 +98,6 @@ static void json_error_fields(gw_buf_t *b, const char *text) {
 
 /* ---- /status ---- */
 
-/* Upstream servers and their health go here once the upstream module
- * lands (it will keep health in shared memory); until then: none. */
 /* Upstream groups as this worker knows them (every worker loads the same
  * configuration), with the health all workers share. */
 static void status_upstreams(gw_buf_t *b) {
@@ -108,9 +106,12 @@ static void status_upstreams(gw_buf_t *b) {
   gw_upstream_t **ups = gw_upstream_all(&n);
   uint64_t now = gw_now_ms();
   gw_buf_append_str(b, "[");
+  int first = 1;
   for (size_t i = 0; i < n; i++) {
     gw_upstream_t *up = ups[i];
-    gw_buf_append_str(b, i ? ",{\"name\":" : "{\"name\":");
+    if (!gw_upstream_live(up)) continue;
+    gw_buf_append_str(b, first ? "{\"name\":" : ",{\"name\":");
+    first = 0;
     json_str(b, up->name);
     uint32_t br = gw_health_load32(&up->breaker->breaker);
     gw_buf_printf(b, ",\"breaker\":\"%s\",\"servers\":[",

@@ -249,9 +249,12 @@ static void finish(gw_exchange_t *x, int err, const char *msg) {
      * was simply too large for the caller. */
     gw_server_report(x->up, x->server, err == 0 || err == GW_ETOOBIG, latency);
   }
-  /* The breaker counts whole exchanges (after retries), never its own refusals. */
-  if (!x->fixed_server && (!x->deferred_msg || x->probe))
+  /* The breaker counts whole exchanges (after retries) that reached a
+   * server, never the gateway's own refusals (breaker open, no healthy
+   * server); a probe always reports, so that its slot is given back. */
+  if (!x->fixed_server && (err != GW_ESTATE || x->probe))
     gw_upstream_breaker_report(x->up, err == 0 || err == GW_ETOOBIG, x->probe);
+  x->probe = 0;
   x->ops->on_done(x, err, msg);
 }
 
@@ -713,6 +716,12 @@ void gw_exchange_resume(gw_exchange_t *x) {
 }
 
 int gw_exchange_abort(gw_exchange_t *x) {
+  if (x->probe) {
+    /* An abandoned half-open probe proves nothing: the breaker opens again
+     * for its cooldown instead of waiting for a verdict that never comes. */
+    gw_upstream_breaker_report(x->up, 0, 1);
+    x->probe = 0;
+  }
   if (x->deferred) {
     uv_close((uv_handle_t *)x->deferred, (uv_close_cb)free);
     x->deferred = NULL;

@@ -36,6 +36,8 @@ GW_FFI_EXPORT gw_upstream_t *gw_ffi_upstream_declare(const char *name, const cha
                                                      int check_healthy, int check_unhealthy,
                                                      char *err, size_t errlen) {
   gw_upstream_t *up = gw_upstream_get(name);
+  gw_vm_t *vm = gw_vm_current();
+  if (vm) up->declared_gen = vm->generation;
   gw_balance_t old_balance = up->balance;
   up->balance = (gw_balance_t)balance;
   if (gw_upstream_set_servers(up, addrs, weights, (size_t)n, err, errlen) != 0) {

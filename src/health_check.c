@@ -83,6 +83,12 @@ static const gw_exchange_ops_t check_ops = {check_on_head, check_on_body, check_
 
 static void on_round(uv_timer_t *t) {
   checker_t *ck = t->data;
+  if (!gw_upstream_live(ck->up)) {
+    /* The group was dropped by a reload: its checks stop, their verdicts go. */
+    uv_timer_stop(&ck->timer);
+    gw_health_check_clear(ck->up);
+    return;
+  }
   if (!ck->cfg.path || ck->in_flight > 0 || (gw__worker && gw__worker->draining)) return;
   gw_upstream_t *up = ck->up;
   for (size_t i = 0; i < up->nservers; i++) {
@@ -104,6 +110,16 @@ static void on_round(uv_timer_t *t) {
       gw_exchange_release(&c->x);
       free(c);
     }
+  }
+}
+
+void gw_health_check_clear(gw_upstream_t *up) {
+  /* Nobody checks these servers any more: what checks decided no longer holds. */
+  for (size_t i = 0; i < up->nservers; i++) {
+    gw_health_t *h = up->servers[i]->health;
+    __atomic_store_n(&h->active_down, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&h->active_ok, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&h->active_bad, 0, __ATOMIC_RELAXED);
   }
 }
 
@@ -130,5 +146,6 @@ void gw_health_check_configure(gw_upstream_t *up, const char *path, double inter
     uv_unref((uv_handle_t *)&ck->timer);
   } else {
     uv_timer_stop(&ck->timer);
+    gw_health_check_clear(up);
   }
 }

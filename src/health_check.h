@@ -27,4 +27,7 @@ typedef struct gw_active_check_s {
 void gw_health_check_configure(gw_upstream_t *up, const char *path, double interval, double timeout,
                                int healthy, int unhealthy);
 
+/* Forgets what active checks decided about the servers of `up`. */
+void gw_health_check_clear(gw_upstream_t *up);
+
 #endif

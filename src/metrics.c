@@ -284,6 +284,7 @@ static void render_upstreams(gw_buf_t *out) {
   for (int m = 0; m < 3; m++) {
     gw_buf_printf(out, "# HELP %s %s.\n# TYPE %s %s\n", names[m], help[m], names[m], m ? "counter" : "gauge");
     for (size_t i = 0; i < n; i++) {
+      if (!gw_upstream_live(ups[i])) continue;
       for (size_t k = 0; k < ups[i]->nservers; k++) {
         const gw_server_t *s = ups[i]->servers[k];
         const gw_health_t *h = s->health;
@@ -298,9 +299,10 @@ static void render_upstreams(gw_buf_t *out) {
       }
     }
   }
-  gw_buf_append_str(out, "# HELP gateway_upstream_breaker_open 1 while the group's circuit breaker is open.\n"
+  gw_buf_append_str(out, "# HELP gateway_upstream_breaker_open 1 while the group's circuit breaker is open or half-open.\n"
                          "# TYPE gateway_upstream_breaker_open gauge\n");
   for (size_t i = 0; i < n; i++) {
+    if (!gw_upstream_live(ups[i])) continue;
     gw_buf_append_str(out, "gateway_upstream_breaker_open{upstream=");
     label(out, ups[i]->name, strlen(ups[i]->name));
     gw_buf_printf(out, "} %d\n",

@@ -205,6 +205,12 @@ void gw_upstream_breaker_report(gw_upstream_t *up, int ok, int probe) {
                     up->breaker_cooldown, gw_now_ms());
 }
 
+int gw_upstream_live(const gw_upstream_t *up) {
+  /* Outside a worker (gateway -t, the master) every group is live. */
+  if (!gw__worker || !gw__worker->vm) return 1;
+  return up->declared_gen >= gw__worker->vm->generation;
+}
+
 gw_upstream_t **gw_upstream_all(size_t *n) {
   *n = nregistry;
   return registry;

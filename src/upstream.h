@@ -6,11 +6,12 @@
  * reload that declares the group again finds it, with its servers' idle
  * connections and health: a server with the same address keeps its state.
  * Groups and servers are never freed while the worker runs (a removed
- * server is only marked `retired`), so an exchange in flight never holds a
- * dangling pointer.
+ * server is only marked `retired`, a group a reload dropped is no longer
+ * `live`), so an exchange in flight never holds a dangling pointer.
  *
- * Choosing a server (gw_upstream_pick) skips servers marked down by passive
- * health and applies the group's balancer (balancer.c).
+ * Choosing a server (gw_upstream_pick) skips servers that health (health.h:
+ * passive, active checks, shared by all workers) has out, and applies the
+ * group's balancer (balancer.c).
  */
 #ifndef GW_UPSTREAM_H
 #define GW_UPSTREAM_H
@@ -58,6 +59,7 @@ typedef struct gw_upstream_s {
   uint32_t *ring_server;      /* ... and the server index of each point */
   size_t nring;
   size_t rr_next;             /* least_conn: where the next tie-break starts */
+  unsigned declared_gen;      /* the VM generation that last declared the group */
   int keepalive_idle;         /* idle connections kept per server */
   double keepalive_timeout;   /* seconds an idle connection is kept */
   double t_connect, t_send, t_read; /* seconds */
@@ -89,8 +91,12 @@ void gw_server_report(gw_upstream_t *up, gw_server_t *s, int ok, double latency_
 int gw_upstream_breaker_allow(gw_upstream_t *up, int *probe);
 /* The breaker: one exchange's outcome. */
 void gw_upstream_breaker_report(gw_upstream_t *up, int ok, int probe);
-/* Every group of this process, for status and health checks. */
+/* Every group of this process, for status and health checks; some may be
+ * dropped ones (gw_upstream_live). */
 gw_upstream_t **gw_upstream_all(size_t *n);
+/* 1 if the worker's current configuration declares `up` (a reload may have
+ * dropped it; it stays allocated for exchanges in flight). */
+int gw_upstream_live(const gw_upstream_t *up);
 
 uint64_t gw_now_ms(void);
 

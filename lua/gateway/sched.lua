@@ -31,14 +31,15 @@ local WAIT, DONE = 1, 0
 local _M = { WAIT = WAIT, DONE = DONE }
 
 local current = nil           -- the ctx of the running task, made on first need
+local cur_req = nil           -- the running task's request (nil in timers), until its ctx is made
 local cur_task, cur_serial = nil, nil -- the running task, until its ctx is made
-local cur_req = nil                  -- its request, if it is a request's task
 local thread_of = setmetatable({}, { __mode = "k" }) -- coroutine -> thread
 
 local function new_ctx(task_addr, task_serial, root)
   return {
     task = base.ffi.cast(base.task_ptr, task_addr),
     ts = task_serial,
+    req = cur_req, -- made before the task's first wait, so still its own
     root = root or running(),
     waiting = nil,  -- waiter id -> thread, made on first use
   }
@@ -56,7 +57,13 @@ function _M.finish() current, cur_task, cur_req = nil, nil, nil end
 -- The request of the running task (nil in timers), for helpers that need
 -- it without being given it (an upstream's hash_key for up:get).
 function _M.set_request(req) cur_req = req end
-function _M.request() return cur_req end
+function _M.request()
+  -- After a wait, `current` is this task's ctx again, while cur_req may
+  -- belong to whichever request ran meanwhile.
+  local ctx = current
+  if ctx then return ctx.req end
+  return cur_req
+end
 
 function _M.set_current(ctx) current = ctx end
 

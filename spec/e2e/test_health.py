@@ -110,3 +110,72 @@ def test_status_and_metrics_list_upstream_servers():
         text = body.decode()
         assert 'gateway_upstream_healthy{upstream="a",server="127.0.0.1:%s"} 1' % g.ports["$PORT2"] in text
         assert "gateway_upstream_requests_total{" in text and "gateway_upstream_failures_total{" in text
+
+
+BREAKER_PROBE = r'''
+local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT", "127.0.0.1:$PORT2" } }
+gw.get("/backend/slow", function(req) gw.sleep(1) return "late" end)
+local b = gw.upstream("b", { servers = { "127.0.0.1:$PORT2" }, retries = 0,
+  timeouts = { read = 0.2 }, breaker = { failures = 1, window = 10, cooldown = 0.3 } })
+gw.get("/call", function(req)
+  local r, e = b:get("/backend/slow")
+  return { json = { ok = r ~= nil, err = e or false } }
+end)
+-- The probe is started in a thread the handler does not wait for: it is
+-- abandoned when the request ends.
+gw.get("/abandon", function(req)
+  gw.spawn(function() b:get("/backend/slow") end)
+  return "gone"
+end)
+'''
+
+
+def test_breaker_abandoned_probe_does_not_wedge_it():
+    with Gateway(BREAKER_PROBE, workers=1) as g:
+        eq(getj(g, "/call")[1]["err"], "timeout", "a failure opens the breaker (failures = 1)")
+        eq(getj(g, "/call")[1]["err"], "breaker open", "open")
+        time.sleep(0.4)
+        st, _, body = http(g.port, "GET", "/abandon")
+        eq((st, body), (200, b"gone"), "the probe's request ended at once")
+        # The abandoned probe re-opened the breaker for one cooldown; after
+        # that a new probe is let through instead of "breaker open" for ever.
+        time.sleep(0.4)
+        eq(getj(g, "/call")[1]["err"], "timeout", "a new probe after the cooldown")
+
+
+HASH_AFTER_WAIT = r'''
+local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT", "127.0.0.1:$PORT2", "127.0.0.1:$PORT3" } }
+gw.get("/backend/who", function(req) return req.headers.host end)
+local h = gw.upstream("h", { servers = { "127.0.0.1:$PORT2", "127.0.0.1:$PORT3" }, balance = "hash",
+  hash_key = function(req) return req.headers["x-key"] end })
+gw.get("/k", function(req)
+  gw.sleep(tonumber(req.query.wait or "0"))
+  local r = h:get("/backend/who")
+  return r:body()
+end)
+'''
+
+
+def test_hash_key_sees_its_own_request_after_a_wait():
+    import threading
+    with Gateway(HASH_AFTER_WAIT, workers=1) as g:
+        def who(key, wait="0"):
+            return http(g.port, "GET", "/k?wait=" + wait, headers={"x-key": key})[2]
+        # Find two keys that go to different servers.
+        keys, seen = [], {}
+        for i in range(40):
+            k = "key-%d" % i
+            s = who(k)
+            if s not in seen:
+                seen[s] = k
+        eq(len(seen), 2, "two servers reached by hashing")
+        (s1, k1), (s2, k2) = sorted(seen.items())
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("slow", who(k1, "0.3")))
+        t.start()
+        time.sleep(0.1)
+        out["fast"] = who(k2)  # runs while the slow one waits
+        t.join(5)
+        eq(out, {"slow": s1, "fast": s2}, "each request hashed with its own key after its wait")
