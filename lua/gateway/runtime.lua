@@ -39,6 +39,7 @@ end
 -- gw.config table; raises the error text (file:line first) on failure.
 function _M.load_config(path, mode)
   _M.mode = mode
+  state.config_dir = path:match("^(.*)/[^/]*$") or "." -- relative key files are read from here
   local chunk, err = loadfile(path)
   if not chunk then error(err, 0) end
   local ok, e = xpcall(chunk, config_traceback)
@@ -172,6 +173,7 @@ local function error_response(req, status, message, headers)
   headers["X-Request-Id"] = id
   return { status = status, headers = headers, json = { error = message, request_id = id } }
 end
+_M.error_response = error_response
 
 -- A handler that returns nil and an upstream error answers 502, 503 or 504.
 local function status_for(err)
