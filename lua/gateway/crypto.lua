@@ -396,13 +396,23 @@ end
 local SALT_RATING = { [1] = "not a valid crypt(3) hash", [2] = "hash method disabled in libcrypt",
                       [3] = "legacy hash method (weak): use $y$, $2b$ or $6$" }
 
--- crypt_supported(hash): true if libcrypt can check passwords against hash
--- with a method it rates as strong; else false and why.
+-- The length of the final, hash part of a complete hash, by method id:
+-- crypt_checksalt accepts a bare setting ("$6$salt") too, which no password
+-- would ever match.
+local HASH_PART = { ["2a"] = 53, ["2b"] = 53, ["2y"] = 53, ["6"] = 86, y = 43, gy = 43, ["7"] = 43 }
+
+-- crypt_supported(hash): true if hash is a complete crypt(3) hash that
+-- libcrypt can check passwords against with a method it rates as strong;
+-- else false and why. Cheap: nothing is hashed.
 function _M.crypt_supported(hash)
   check_str(hash, "crypt_supported", "hash")
   if hash == "" or hash:find("\0", 1, true) then return false, SALT_RATING[1] end
   local why = SALT_RATING[C.gw_ffi_crypt_checksalt(hash)]
   if why then return false, why end
+  local want = HASH_PART[hash:match("^%$([^$]*)%$")]
+  if want and #(hash:match("([^$]*)$")) ~= want then
+    return false, "incomplete crypt(3) hash (a salt without the hash?)"
+  end
   return true
 end
 
