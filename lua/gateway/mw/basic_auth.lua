@@ -11,7 +11,7 @@
 -- Authorization header on every request pays for the hash once.
 --
 -- A request without valid credentials gets 401, the gateway's JSON error
--- and `WWW-Authenticate: Basic realm="<realm>", charset="UTF-8"`; any
+-- and `WWW-Authenticate: Basic realm="<realm>"`; any
 -- malformed Authorization header is a 401 too. Success sets
 -- req.consumer = { name = user }.
 --
@@ -84,7 +84,7 @@ return function(opts)
   local conf, err = configure(opts)
   if not conf then error(err, 2) end
   local secret, entries = conf.secret, conf.entries
-  local challenge = "Basic realm=" .. util.quote(conf.realm) .. ', charset="UTF-8"'
+  local challenge = "Basic realm=" .. util.quote(conf.realm)
   local passed, npassed = {}, 0 -- HMAC(user \0 password) -> true, for hashed users
 
   return function(req, next)
