@@ -245,3 +245,30 @@ def test_misuse_is_a_configuration_error():
                                   {"gateway.lua": PRELUDE + "\n" + snippet + "\n"})
         eq(rc, 1, snippet)
         assert "gateway.lua:4:" in err and want in err, "%s: %s" % (snippet, err)
+
+
+def test_crypt_client_gone_mid_hash():
+    # Clients leave while their hashes run or wait on the pool (more jobs than
+    # threads). The core lets a half-closed request finish, so each job ends
+    # normally and its answer goes nowhere; the worker lives on. (A task that
+    # ends while its job is queued or running is covered by
+    # spec/c/test_ffi_crypto.c.)
+    import socket
+    h = authkit.crypt_hash("2b", "pw").replace("$2b$04$", "$2b$12$")
+    body = json.dumps({"password": "pw", "hash": h}).encode()
+    with Gateway(CFG, workers=1) as g:
+        pids = g.worker_pids()
+        for _ in range(6):  # more than the pool's 4 threads: some jobs wait queued
+            s = socket.create_connection(("127.0.0.1", g.port))
+            s.sendall(b"POST /crypt HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            time.sleep(0.02)
+            s.close()
+        time.sleep(1.5)
+        eq(g.get("/fast")[0], 200, "still serving")
+        eq(g.worker_pids(), pids, "same worker")
+        r = json.loads(post(g, "/crypt", {"password": "pw", "hash": authkit.crypt_hash("y", "pw")})[2])
+        eq(r["ok"], True, "hashing still works")
+    assert "AddressSanitizer" not in g.stderr_text(), g.stderr_text()[-2000:]
+
+
+test_crypt_client_gone_mid_hash.timeout = 60
