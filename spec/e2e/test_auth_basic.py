@@ -148,6 +148,7 @@ def test_realm_option():
 BAD_OPTIONS = [
     ("users = {}", "users must be a non-empty table"),
     ('users = { ["a:b"] = "p" }', "without ':'"),
+    ('users = { ["a\\0b"] = "p" }', "or control characters"),
     ('users = { a = "" }', "password of user 'a' must be a non-empty string"),
     ('users = { a = 5 }', "password of user 'a' must be a non-empty string"),
     ('users = { a = "p" }, realm = \'say "hi"\'', "realm must be printable ASCII"),

@@ -51,8 +51,9 @@ local function configure(opts)
   local secret = crypto.random(32)
   local entries = {}
   for user, pw in pairs(users) do
-    if type(user) ~= "string" or user == "" or find(user, ":", 1, true) then
-      return nil, "basic_auth: user names must be non-empty strings without ':'"
+    -- No control character (RFC 7617 2): so "user\0password" below is unambiguous.
+    if type(user) ~= "string" or user == "" or find(user, "[:%c]") then
+      return nil, "basic_auth: user names must be non-empty strings without ':' or control characters"
     end
     if type(pw) ~= "string" or pw == "" then
       return nil, "basic_auth: the password of user '" .. user .. "' must be a non-empty string"
@@ -85,7 +86,9 @@ return function(opts)
   if not conf then error(err, 2) end
   local secret, entries = conf.secret, conf.entries
   local challenge = "Basic realm=" .. util.quote(conf.realm)
-  local passed, npassed = {}, 0 -- HMAC(user \0 password) -> true, for hashed users
+  -- HMAC(user \0 password) -> true, for hashed users: user names hold no
+  -- NUL, and only a configured user's name gets here.
+  local passed, npassed = {}, 0
 
   return function(req, next)
     local auth = req.headers["authorization"]
