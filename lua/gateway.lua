@@ -304,4 +304,7 @@ gw.mw = setmetatable({}, {
   end,
 })
 
+gw.crypto = require "gateway.crypto" -- sha256, hmac, random, equal, keys: docs/crypto.md
+gw.base64 = require "gateway.base64"
+
 return gw

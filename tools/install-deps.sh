@@ -6,8 +6,9 @@ need=""
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 # LuaJIT: either Debian's or OpenResty's branch (both ship luajit.pc).
 pkg-config --exists luajit 2>/dev/null || need="$need libluajit2-5.1-dev"
+# openssl: the command line makes the keys and signatures of the auth tests.
 for p in libuv1-dev libssl-dev lua-cjson-dev libhiredis-dev node-llhttp pkg-config \
-         make gcc curl python3 libcrypt-dev; do
+         make gcc curl python3 libcrypt-dev openssl; do
   have_pkg "$p" || need="$need $p"
 done
 command -v luajit >/dev/null 2>&1 || need="$need luajit2"   # runs the Lua unit tests

@@ -81,6 +81,7 @@ function _M.load_config(path, mode)
   _M.mode = mode
   state.mode = mode
   local loadfile = track_files(path)
+  state.config_dir = path:match("^(.*)/[^/]*$") or "." -- relative key files are read from here
   local chunk, err = loadfile(path)
   if not chunk then error(err, 0) end
   local ok, e = xpcall(chunk, config_traceback)
@@ -223,6 +224,7 @@ local function error_response(req, status, message, headers)
   headers["X-Request-Id"] = id
   return { status = status, headers = headers, json = { error = message, request_id = id } }
 end
+_M.error_response = error_response
 
 -- A handler that returns nil and an upstream error answers 502, 503 or 504.
 local function status_for(err)

@@ -72,7 +72,12 @@ end)
         after = wait_for(lambda: (lambda p: p if len(p) == 1 and p != before else None)(
             g.worker_pids()), 5)
         assert after, "crashed worker not replaced: children %r (before %r)" % (g.worker_pids(), before)
-        ok = wait_for(lambda: g.get("/hello")[0] == 200, 3)
+        def hello_ok():
+            try:  # the new worker may not be listening yet
+                return g.get("/hello")[0] == 200
+            except OSError:
+                return False
+        ok = wait_for(hello_ok, 3)
         assert ok, "requests fail after the restart"
         assert g.proc.poll() is None, "master died"
         err = g.stderr_text().lower()
