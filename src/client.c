@@ -26,6 +26,8 @@ static void start_try(gw_exchange_t *x);
 static int aborted(gw_exchange_t *x);
 static void read_pause(gw_uconn_t *uc);
 static void read_resume(gw_uconn_t *uc);
+static void uc_arm(gw_uconn_t *uc, double seconds);
+static void uc_clear(gw_uconn_t *uc);
 static void fail(gw_exchange_t *x, int err, const char *msg);
 static void uconn_close(gw_uconn_t *uc);
 static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -151,8 +153,6 @@ static void uconn_close(gw_uconn_t *uc) {
   uv_close((uv_handle_t *)&uc->tcp, on_uconn_closed);
 }
 
-static void on_idle_timeout(uv_timer_t *t) { uconn_close(t->data); }
-
 /* Puts a connection whose exchange ended cleanly back in its server's pool. */
 static void pool_put(gw_uconn_t *uc) {
   gw_server_t *s = uc->server;
@@ -171,7 +171,7 @@ static void pool_put(gw_uconn_t *uc) {
   if (s->idle) s->idle->prev_idle = uc;
   s->idle = uc;
   s->nidle++;
-  uv_timer_start(&uc->timer, on_idle_timeout, ms(up->keepalive_timeout), 0);
+  uc_arm(uc, up->keepalive_timeout);
   /* Keep reading: EOF (the server closed it) takes it out of the pool. */
   uv_unref((uv_handle_t *)&uc->tcp);
   uv_unref((uv_handle_t *)&uc->timer);
@@ -183,7 +183,7 @@ static gw_uconn_t *pool_get(gw_server_t *s) {
   pool_remove(uc);
   uv_ref((uv_handle_t *)&uc->tcp);
   uv_ref((uv_handle_t *)&uc->timer);
-  uv_timer_stop(&uc->timer);
+  uc_clear(uc);
   return uc;
 }
 
@@ -209,11 +209,37 @@ static gw_uconn_t *uconn_new(gw_exchange_t *x) {
 
 /* ---- one try ---- */
 
+/* Timeouts are deadlines (as in conn.c): the libuv timer moves only when it
+ * would fire too late, and a timer that fires early re-arms for the rest.
+ * A connection going from exchange to pool to exchange thus touches the
+ * timer heap about once per timeout period instead of four times. */
+static void on_timeout(uv_timer_t *t);
+
+static void uc_arm(gw_uconn_t *uc, double seconds) {
+  uint64_t now = uv_now(uc->timer.loop);
+  uc->deadline = now + ms(seconds);
+  if (uc->timer_due == 0 || uc->timer_due > uc->deadline) {
+    uv_timer_start(&uc->timer, on_timeout, uc->deadline - now, 0);
+    uc->timer_due = uc->deadline;
+  }
+}
+
+static void uc_clear(gw_uconn_t *uc) { uc->deadline = 0; }
+
 static void on_timeout(uv_timer_t *t) {
   gw_uconn_t *uc = t->data;
+  uc->timer_due = 0;
+  if (uc->deadline == 0) return;
+  uint64_t now = uv_now(t->loop);
+  if (now < uc->deadline) {
+    uv_timer_start(&uc->timer, on_timeout, uc->deadline - now, 0);
+    uc->timer_due = uc->deadline;
+    return;
+  }
+  uc->deadline = 0;
   gw_exchange_t *x = uc->x;
   if (!x) {
-    uconn_close(uc);
+    uconn_close(uc); /* idle in the pool for keepalive.timeout */
     return;
   }
   const char *what = x->state == GW_X_CONNECTING ? "connect timed out"
@@ -222,9 +248,7 @@ static void on_timeout(uv_timer_t *t) {
   fail(x, GW_ETIMEDOUT, what);
 }
 
-static void arm(gw_exchange_t *x, double seconds) {
-  uv_timer_start(&x->uc->timer, on_timeout, ms(seconds), 0);
-}
+static void arm(gw_exchange_t *x, double seconds) { uc_arm(x->uc, seconds); }
 
 static double read_timeout(const gw_exchange_t *x) { return x->timeout > 0 ? x->timeout : x->up->t_read; }
 
@@ -238,7 +262,7 @@ static void finish(gw_exchange_t *x, int err, const char *msg) {
    * only written again by a later read, a closed one freed on a later turn. */
   if (uc) x->resp_base = uc->rbuf.base;
   if (uc) {
-    uv_timer_stop(&uc->timer);
+    uc_clear(uc);
     int reusable = err == 0 && x->parser.keep_alive && uc->parsed == uc->rbuf.len && !uc->closing;
     if (reusable) pool_put(uc);
     else uconn_close(uc);
@@ -447,7 +471,7 @@ static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
    * The read timeout does not run while we are the ones not reading. */
   if (uc->x == x && x->paused) {
     read_pause(uc);
-    uv_timer_stop(&uc->timer);
+    uc_clear(uc);
   }
 }
 
@@ -514,7 +538,6 @@ static void send_request(gw_exchange_t *x) {
   gw_uconn_t *uc = x->uc;
   x->state = GW_X_SENDING;
   x->head_sent = 0;
-  arm(x, x->up->t_send);
   if (!uc->reading) {
     uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_uconn_read);
     uc->reading = 1;
@@ -533,6 +556,7 @@ static void send_request(gw_exchange_t *x) {
       return;
     }
   }
+  arm(x, x->up->t_send); /* the rest waits for the socket */
   uwrite_t *w = gw_xcalloc(1, sizeof *w);
   w->head = 1;
   int rc = write_to(uc, w, x->out.base + done, x->out.len - done);
@@ -687,7 +711,7 @@ void gw_exchange_tunnel(gw_exchange_t *x) {
   x->stream_length = 0; /* raw: no chunk framing */
   x->head_sent = 1;
   x->idempotent = 0;
-  if (x->uc) uv_timer_stop(&x->uc->timer);
+  if (x->uc) uc_clear(x->uc);
 }
 
 static void on_tunnel_shutdown(uv_shutdown_t *req, int status) { free(req); }
@@ -755,6 +779,7 @@ void gw_exchange_release(gw_exchange_t *x) {
   gw_buf_free(&x->body);
   gw_buf_free(&x->out);
   gw_buf_free(&x->body_q);
+  gw_http1c_free(&x->parser);
   free(x->hash_key);
   x->hash_key = NULL;
 }

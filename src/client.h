@@ -59,6 +59,8 @@ struct gw_uconn_s {
   int handles_open;
   uint8_t connected, reading, closing, in_pool;
   unsigned exchanges;          /* exchanges carried, > 1 means reused */
+  uint64_t deadline;           /* loop ms when the current phase times out; 0: none */
+  uint64_t timer_due;          /* loop ms when `timer` fires; 0: not armed */
 };
 
 typedef enum {

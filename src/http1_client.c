@@ -6,7 +6,10 @@
  */
 #include "http1_client.h"
 
+#include <stdlib.h>
 #include <string.h>
+
+#include "mem.h"
 
 #define P(p) ((gw_http1c_t *)(p)->data)
 
@@ -25,6 +28,10 @@ static int on_header_field(llhttp_t *lp, const char *at, size_t len) {
     if (p->nheaders >= p->max_headers) {
       p->reason = "too many headers in the upstream response";
       return -1;
+    }
+    if (p->nheaders == p->headers_cap) {
+      p->headers_cap = p->headers_cap ? p->headers_cap * 2 : 16;
+      p->headers = gw_xrealloc(p->headers, p->headers_cap * sizeof *p->headers);
     }
     gw_header_t *h = &p->headers[p->nheaders++];
     memset(h, 0, sizeof *h);
@@ -91,13 +98,17 @@ static const llhttp_settings_t settings = {
 };
 
 void gw_http1c_init(gw_http1c_t *p, int head_request, gw_http1c_body_cb body_cb, void *data) {
+  gw_header_t *headers = p->headers;
+  uint32_t cap = p->headers_cap;
   memset(p, 0, sizeof *p);
+  p->headers = headers;
+  p->headers_cap = cap;
   llhttp_init(&p->parser, HTTP_RESPONSE, &settings);
   p->parser.data = p;
   p->head_request = (uint8_t)head_request;
   p->on_body = body_cb;
   p->data = data;
-  p->max_headers = sizeof p->headers / sizeof p->headers[0];
+  p->max_headers = 100;
 }
 
 gw_http1c_result_t gw_http1c_execute(gw_http1c_t *p, const char *base, size_t from, size_t to,
@@ -125,6 +136,12 @@ gw_http1c_result_t gw_http1c_execute(gw_http1c_t *p, const char *base, size_t fr
 }
 
 void gw_http1c_resume(gw_http1c_t *p) { llhttp_resume(&p->parser); }
+
+void gw_http1c_free(gw_http1c_t *p) {
+  free(p->headers);
+  p->headers = NULL;
+  p->headers_cap = 0;
+}
 
 gw_http1c_result_t gw_http1c_finish(gw_http1c_t *p) {
   if (p->done) return GW_HTTP1C_DONE;

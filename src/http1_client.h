@@ -46,14 +46,20 @@ struct gw_http1c_s {
   uint8_t has_length;        /* Content-Length was given */
   int status;                /* the final status */
   uint64_t content_length;   /* when has_length */
-  gw_header_t headers[100];  /* slices of the caller's buffer */
+  gw_header_t *headers;      /* slices of the caller's buffer; kept across
+                                gw_http1c_init, freed by gw_http1c_free */
+  uint32_t headers_cap;      /* entries allocated in headers */
   uint32_t nheaders;
   size_t head_end;           /* offset just past the head in the caller's buffer */
-  size_t max_headers;        /* at most this many headers (<= 100) */
+  size_t max_headers;        /* at most this many headers */
   const char *reason;        /* on error, static */
 };
 
+/* Readies `p` for a new response. The first call needs `p` zeroed; later
+ * calls keep the header array for reuse. */
 void gw_http1c_init(gw_http1c_t *p, int head_request, gw_http1c_body_cb on_body, void *data);
+/* Frees the header array. */
+void gw_http1c_free(gw_http1c_t *p);
 /* Parses [from, to) of the buffer at `base`; *consumed bytes were eaten. */
 gw_http1c_result_t gw_http1c_execute(gw_http1c_t *p, const char *base, size_t from, size_t to,
                                      size_t *consumed);
