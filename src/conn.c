@@ -684,22 +684,6 @@ void gw_conn_request_done(gw_conn_t *c) {
 
 /* ---- access log ---- */
 
-static void json_escape(gw_buf_t *b, const char *s, size_t n) {
-  static const char hex[] = "0123456789abcdef";
-  for (size_t i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)s[i];
-    if (ch == '"' || ch == '\\') {
-      char e[2] = {'\\', (char)ch};
-      gw_buf_append(b, e, 2);
-    } else if (ch < 0x20 || ch == 0x7f) {
-      char e[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
-      gw_buf_append(b, e, 6);
-    } else {
-      gw_buf_append(b, &s[i], 1);
-    }
-  }
-}
-
 static void access_log(gw_conn_t *c, gw_req_t *r) {
   if (!gw_access_log_enabled() || !r) return;
   gw_req_id(r);
@@ -719,11 +703,11 @@ static void access_log(gw_conn_t *c, gw_req_t *r) {
   gw_buf_append_str(&b, "\",\"method\":\"");
   const char *m = llhttp_method_name((llhttp_method_t)r->method);
   if (r->url_len) gw_buf_append_str(&b, m);
-  gw_buf_append_str(&b, "\",\"path\":\"");
-  if (r->url_len) json_escape(&b, buf + r->url_off, r->path_len);
-  gw_buf_append_str(&b, "\",\"route\":\"");
-  if (r->route) json_escape(&b, r->route, strlen(r->route));
-  snprintf(tmp, sizeof tmp, "\",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f,\"request_id\":\"%s\"}\n",
+  gw_buf_append_str(&b, "\",\"path\":");
+  gw_buf_append_json(&b, r->url_len ? buf + r->url_off : "", r->url_len ? r->path_len : 0);
+  gw_buf_append_str(&b, ",\"route\":");
+  gw_buf_append_json(&b, r->route ? r->route : "", r->route ? strlen(r->route) : 0);
+  snprintf(tmp, sizeof tmp, ",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f,\"request_id\":\"%s\"}\n",
            r->status, r->resp_bytes, ms, r->id);
   gw_buf_append_str(&b, tmp);
   gw_access_log_write(b.base, b.len);

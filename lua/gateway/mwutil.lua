@@ -90,12 +90,12 @@ function _M.header_get(h, name)
   return nil
 end
 
--- Removes header `name` in every spelling.
-function _M.header_remove(h, name)
-  local lname = lower(name)
+-- Removes every header whose lower-cased name `keep_out(lname)` accepts.
+-- (Keys are collected first: a table must not change while pairs walks it.)
+function _M.header_remove_if(h, keep_out)
   local found
   for k in pairs(h) do
-    if type(k) == "string" and lower(k) == lname then
+    if type(k) == "string" and keep_out(lower(k)) then
       found = found or {}
       found[#found + 1] = k
     end
@@ -103,6 +103,12 @@ function _M.header_remove(h, name)
   if found then
     for i = 1, #found do h[found[i]] = nil end
   end
+end
+
+-- Removes header `name` in every spelling.
+function _M.header_remove(h, name)
+  local lname = lower(name)
+  _M.header_remove_if(h, function(lk) return lk == lname end)
 end
 
 -- Sets header `name` to value, replacing it in every spelling.

@@ -95,18 +95,9 @@ local function configure(opts)
 end
 
 -- Removes every Access-Control-* header from a response's headers.
-local function strip(h)
-  local found
-  for k in pairs(h) do
-    if type(k) == "string" and lower(sub(k, 1, 15)) == "access-control-" then
-      found = found or {}
-      found[#found + 1] = k
-    end
-  end
-  if found then
-    for i = 1, #found do h[found[i]] = nil end
-  end
-end
+local function is_cors_header(lname) return sub(lname, 1, 15) == "access-control-" end
+
+local function strip(h) util.header_remove_if(h, is_cors_header) end
 
 -- A header list as a preflight's Access-Control-Request-Headers sends it.
 local function is_token_list(s)
