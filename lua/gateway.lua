@@ -29,7 +29,7 @@ local state = {
     access_log = "stdout",
     error_log = "stderr",
     limits = { header_bytes = 16384, headers = 100, body_bytes = 8 * 1024 * 1024 },
-    timeouts = { header = 10, body = 30, idle = 60, drain = 30 },
+    timeouts = { header = 10, body = 30, idle = 60, drain = 30, script = 5 },
   },
   router = router_mod.new(),
   global_mw = {},   -- list of middleware functions
@@ -51,7 +51,7 @@ local config_schema = {
   workers = "workers", listen = "listen", admin = "addr_or_false",
   access_log = "string_or_false", error_log = "string",
   limits = { header_bytes = "posint", headers = "posint", body_bytes = "posint" },
-  timeouts = { header = "posnum", body = "posnum", idle = "posnum", drain = "posnum" },
+  timeouts = { header = "posnum", body = "posnum", idle = "posnum", drain = "posnum", script = "posnum" },
 }
 
 local function bad(key, want, got, level)

@@ -22,6 +22,7 @@ typedef struct gw_timeouts_s {
   double body;   /* seconds between two reads of a body being read */
   double idle;   /* seconds a keep-alive connection may wait for its next request */
   double drain;  /* seconds in-flight requests get after SIGTERM */
+  double script; /* seconds a script may run without yielding (watchdog.h) */
 } gw_timeouts_t;
 
 typedef struct gw_listen_s {

@@ -21,6 +21,7 @@
 #include "errors.h"
 #include "log.h"
 #include "mem.h"
+#include "watchdog.h"
 
 #define YIELD_DONE 0
 #define YIELD_WAIT 1
@@ -114,6 +115,7 @@ static int config_from_lua(lua_State *L, int idx, gw_config_t *c, char *err, siz
   c->timeouts.body = num_field(L, -1, "body", 30);
   c->timeouts.idle = num_field(L, -1, "idle", 60);
   c->timeouts.drain = num_field(L, -1, "drain", 30);
+  c->timeouts.script = num_field(L, -1, "script", 5);
   lua_pop(L, 1);
   lua_getfield(L, idx, "listen");
   size_t n = lua_objlen(L, -1);
@@ -350,7 +352,9 @@ static void task_resume(gw_task_t *t, int nargs) {
   current_vm = t->vm;
   if (ops->enter) ops->enter(owner);
   t->running = 1;
+  gw_watchdog_enter(t->co);
   int rc = lua_resume(t->co, nargs);
+  gw_watchdog_leave();
   t->running = 0;
   current_vm = saved;
   if (rc == LUA_YIELD && lua_tointeger(t->co, 1) == YIELD_WAIT) {

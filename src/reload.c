@@ -13,6 +13,8 @@
  */
 #include "reload.h"
 
+#include "watchdog.h"
+
 #include <libgen.h>
 #include <limits.h>
 #include <openssl/evp.h>
@@ -141,6 +143,7 @@ static void apply_settings(gw_worker_t *w, const gw_config_t *next) {
   gw_config_t *cur = &w->config;
   cur->limits = next->limits;     /* every parser points at cur->limits */
   cur->timeouts = next->timeouts; /* read at each timer arm */
+  gw_watchdog_set_budget(cur->timeouts.script);
   if (!same_str(cur->error_log, next->error_log)) {
     int rc = gw_log_open_error(next->error_log);
     if (rc) gw_log_error("reload: cannot open error log %s: %s", next->error_log, gw_strerror(rc));

@@ -10,6 +10,8 @@
  */
 #include "worker.h"
 
+#include "watchdog.h"
+
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -186,6 +188,8 @@ int gw_worker_run(const char *path, int index, int workers_override) {
   }
   gw_config_copy(&w->config, &w->vm->config);
   w->cfg = &w->config;
+  if (gw_watchdog_start(w->cfg->timeouts.script) != 0)
+    gw_log_warn("cannot start the watchdog thread: scripts have no CPU budget");
   gw_metrics_init((unsigned)index);
   publish_start(w);
   if (open_logs(w->cfg) != 0 || open_listeners(w) != 0) return 2;

@@ -1,0 +1,70 @@
+"""The CPU budget of scripts (timeouts.script): a handler that runs too long
+without yielding is stopped with a 500 and the worker goes on; one the hook
+cannot stop (a JIT-compiled loop) costs its worker, which the master
+replaces, and the gateway keeps answering."""
+import json
+import time
+
+from gwtest import Gateway, eq, http, raw, req_bytes, worker_pids, wait_for
+
+CONFIG = r'''
+local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT" }, timeouts = { script = 0.3 } }
+local function spin() local n = 0 while true do n = n + 1 end end
+jit.off(spin) -- interpreted: the hook reaches it
+local function swallow()
+  while true do pcall(function() local n = 0 while true do n = n + 1 end end) end
+end
+jit.off(swallow, true)
+gw.get("/spin", function() spin() end)
+gw.get("/swallow", function() swallow() end)
+gw.get("/jit", function() local n = 0 while true do n = n + 1 end end)
+gw.get("/ok", function() return "ok" end)
+gw.get("/slow-but-yielding", function() for i = 1, 5 do gw.sleep(0.1) end return "done" end)
+'''
+
+
+def test_interpreted_overrun_is_a_500_and_the_worker_stays():
+    with Gateway(CONFIG, workers=1) as g:
+        pids = worker_pids(g.pid)
+        t0 = time.monotonic()
+        st, _, body = http(g.port, "GET", "/spin", timeout=5)
+        took = time.monotonic() - t0
+        eq(st, 500, "an endless interpreted loop")
+        assert 0.25 < took < 1.5, "stopped after about timeouts.script: %.2fs" % took
+        assert "request_id" in json.loads(body), body
+        assert "timeouts.script" in g.stderr_text(), g.stderr_text()[-600:]
+        eq(http(g.port, "GET", "/ok")[2], b"ok", "the same worker answers the next request")
+        eq(worker_pids(g.pid), pids, "no worker was replaced")
+
+
+def test_pcall_cannot_swallow_the_budget():
+    with Gateway(CONFIG, workers=1) as g:
+        st, _, _ = http(g.port, "GET", "/swallow", timeout=5)
+        eq(st, 500, "a loop that pcalls the overrun away still ends")
+        eq(http(g.port, "GET", "/ok")[2], b"ok", "and the worker goes on")
+
+
+def test_yielding_handlers_are_not_limited():
+    with Gateway(CONFIG, workers=1) as g:
+        st, _, body = http(g.port, "GET", "/slow-but-yielding", timeout=5)
+        eq((st, body), (200, b"done"), "0.5 s of waiting is not 0.5 s of running")
+
+
+def test_compiled_loop_costs_its_worker_not_the_gateway():
+    with Gateway(CONFIG, workers=1) as g:
+        before = worker_pids(g.pid)
+        try:
+            data = raw(g.port, req_bytes("GET", "/jit", [("Connection", "close")]), timeout=5)
+        except ConnectionResetError:
+            data = b""  # the worker was ended with the connection open
+        # Either the hook stopped it (a 500) or the worker was ended (nothing).
+        assert data == b"" or data.startswith(b"HTTP/1.1 500"), data[:200]
+        def answers():
+            try:
+                return http(g.port, "GET", "/ok", timeout=2)[2] == b"ok"
+            except OSError:
+                return False  # queued on the ended worker's socket: reset
+        wait_for(answers, timeout=5)
+        if data == b"":
+            assert worker_pids(g.pid) != before, "a new worker replaced the stuck one"
