@@ -16,6 +16,7 @@ gw.get("/incr", function(req)
   local n = counts:incr("hits", 1, 0)
   return { json = { n = n, worker = gw.worker_id() } }
 end)
+gw.get("/whoami", function(req) return { json = { worker = gw.worker_id() } } end)
 gw.get("/get/:k", function(req)
   local v = counts:get(req.params.k)
   return { json = { v = v, t = type(v) } }
@@ -124,6 +125,14 @@ def test_misuse_is_a_script_error():
 def test_counter_exact_across_two_workers():
     with Gateway(APP, workers=2) as g:
         eq(len(g.wait_workers(2)), 2, "workers")
+        # A worker that is still starting takes no connections: wait until
+        # both have answered (without touching the counter), so that the
+        # exact count below is spread over both.
+        answered = set()
+        deadline = time.monotonic() + 10
+        while answered != {0, 1} and time.monotonic() < deadline:
+            answered.add(json.loads(g.get("/whoami")[2])["worker"])
+        eq(answered, {0, 1}, "both workers answer before the count starts")
         seen, errors, lock = [], [], threading.Lock()
 
         def client():
