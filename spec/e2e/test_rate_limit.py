@@ -7,7 +7,7 @@ import json
 import threading
 import time
 
-from gwtest import PRELUDE, Conn, Gateway, check_error, eq, line_of, req_bytes, run_cli
+from gwtest import PRELUDE, Conn, Gateway, check_error, eq, http, line_of, req_bytes, run_cli, wait_for
 
 CFG = PRELUDE + r'''
 gw.use(gw.mw.request_id())
@@ -157,3 +157,73 @@ def test_check_mode_accepts_the_config():
     rc, out, err, _ = run_cli(["-t", "-c", "$DIR/gateway.lua"], {"gateway.lua": CFG})
     assert "is ok" in out + err, out + err
     eq(rc, 0, "exit status")
+
+
+OWN = ('local gw = require "gateway"\n'
+       'gw.config { listen = { "127.0.0.1:$PORT" }, admin = "127.0.0.1:$PORT2" }\n'
+       'gw.get("/v", %s function(req) return "%s" end)\n')
+
+
+def test_own_dict_is_made_by_the_master_and_kept_across_reloads():
+    with Gateway(OWN % ("gw.mw.rate_limit { rate = 2, per = 60 },", "v1")) as g:
+        eq([g.get("/v")[0] for _ in range(3)], [200, 200, 429], "limited in the gateway's own dict")
+        assert wait_for(lambda: _connects(g.port2), 5), "admin listener"
+        st, _, body = http(g.port2, "GET", "/status")
+        dicts = {d["name"]: d for d in json.loads(body)["shared_dicts"]}
+        assert "gw.rate_limit" in dicts, dicts
+        eq(dicts["gw.rate_limit"]["size"], 1024 * 1024, "size of the gateway's own dict")
+        # A reload keeps the dict, and the counters of an unchanged limit.
+        st, _, _ = http(g.port2, "POST", "/reload")
+        eq(st, 200, "reload")
+        eq(g.get("/v")[0], 429, "still limited after a reload")
+
+
+def test_own_dict_added_by_a_reload_needs_a_restart():
+    with Gateway(OWN % ("", "v1")) as g:
+        assert wait_for(lambda: _connects(g.port2), 5), "admin listener"
+        new = g._substitute(OWN % ("gw.mw.rate_limit { rate = 2, per = 60 },", "v2"))
+        with open(g.config_path, "w") as f:
+            f.write(new)
+        err = g.wait_stderr("needs a restart")
+        assert "rate_limit" in err and "gw.rate_limit" in err, err
+        eq(g.get("/v")[2], b"v1", "the old configuration keeps serving")
+
+
+def _connects(port):
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+GCRA = PRELUDE + r'''
+gw.shared_dict("d", "64k")
+gw.get("/gcra", function(req)
+  local d, out = gw.shared.d, {}
+  for i = 1, 4 do
+    local ok, rem, reset, retry = d:gcra("k", 3, 60)
+    out[i] = { ok, rem, math.floor(reset + 0.5), math.floor(retry + 0.5) }
+  end
+  d:set("s", "text")
+  local v, err = d:gcra("s", 1)
+  out.str = { v == nil, err }
+  out.bad = select(2, pcall(d.gcra, d, "k", 0))
+  out.burst = select(2, pcall(d.gcra, d, "k", 1, 1, 0.5))
+  return { json = out }
+end)
+'''
+
+
+def test_dict_gcra_from_lua():
+    with Gateway(GCRA) as g:
+        st, _, body = g.get("/gcra")
+        eq(st, 200, "status (%r)" % body[:300])
+        doc = json.loads(body)
+        # 3 per minute, burst 3: allowed, remaining, reset (s), retry_after (s)
+        eq([doc[str(i)] for i in (1, 2, 3, 4)],
+           [[True, 2, 20, 0], [True, 1, 40, 0], [True, 0, 60, 0], [False, 0, 60, 20]], "decisions")
+        eq(doc["str"], [True, "not a number"], "a string under the key")
+        assert "rate and per must be numbers > 0" in doc["bad"], doc["bad"]
+        assert "burst must be a whole number" in doc["burst"], doc["burst"]

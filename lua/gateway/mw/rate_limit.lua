@@ -154,12 +154,12 @@ end
 
 -- The counter key of a request, or nil when it is not limited.
 local function key_of(key, req)
-  if key == "ip" then return "ip:" .. req.ip end
+  if key == "ip" then return "ip:" .. (req.ip or "") end
   if key == "consumer" then
     local c = req.consumer
     local name = type(c) == "table" and c.name
     if type(name) == "string" and name ~= "" then return "c:" .. name end
-    return "ip:" .. req.ip
+    return "ip:" .. (req.ip or "")
   end
   local k = key(req)
   if k == nil or k == false then return nil end
