@@ -31,6 +31,9 @@ gw.get("/c/private", cache, counted({ ["Cache-Control"] = "private, max-age=60" 
 gw.get("/c/maxage", cache, counted({ ["Cache-Control"] = "public, max-age=1" }))
 gw.get("/c/maxage0", cache, counted({ ["Cache-Control"] = "max-age=0" }))
 gw.get("/c/cookie", cache, counted({ ["Set-Cookie"] = "s=1" }))
+gw.get("/c/auth", cache, counted())
+gw.get("/c/authpublic", cache, counted({ ["Cache-Control"] = "public" }))
+gw.get("/c/varystar", cache, counted({ ["Vary"] = "*" }))
 gw.get("/c/missing", cache, counted(nil, 404))
 gw.get("/c/short", gw.mw.cache { dict = "cache", ttl = 0.5 }, counted())
 gw.get("/c/bypath", gw.mw.cache { dict = "cache", ttl = 60, key = function(req) return "p:" .. req.path end }, counted())
@@ -102,6 +105,11 @@ def test_not_stored():
             eq(ns, [1, 2], "%s is not stored" % path)
         r = get(g, "/c/cookie")
         eq((xc(r), r.headers.get("set-cookie")), ("MISS", "s=1"), "Set-Cookie passes, uncached")
+        eq([n_of(get(g, "/c/varystar")) for _ in range(2)], [1, 2], "Vary: * is not stored")
+        auth = {"Authorization": "Bearer x"}
+        eq([n_of(get(g, "/c/auth", auth)) for _ in range(2)], [1, 2], "with Authorization: not stored")
+        eq([xc(get(g, "/c/authpublic", auth)) for _ in range(2)], ["MISS", "HIT"],
+           "with Authorization and Cache-Control: public: stored")
         r = get(g, "/c/missing")
         r = get(g, "/c/missing")
         eq((r.status, xc(r), json.loads(r.body)["n"]), (404, "MISS", 2), "a 404 is not stored")

@@ -19,6 +19,7 @@ end)
 local function ok(req) return { json = { ok = true } } end
 -- 10 per minute: the refill (one per 6 s) cannot happen during a test.
 gw.get("/exact", gw.mw.rate_limit { rate = 10, per = 60 }, ok)
+gw.get("/persec", gw.mw.rate_limit { rate = 10, per = 1, burst = 10 }, ok)
 gw.get("/three", gw.mw.rate_limit { rate = 3, per = 60 }, ok)
 gw.get("/fast", gw.mw.rate_limit { rate = 2, per = 1 }, ok)
 gw.get("/tenant", gw.mw.rate_limit { rate = 1, per = 60, key = function(req) return req.headers["x-tenant"] end }, ok)
@@ -75,6 +76,36 @@ def test_exact_limit_across_two_workers():
         eq(sum(1 for s, _ in seen if s == 200), 10, "requests let through (rate 10, burst 10)")
         eq(sum(1 for s, _ in seen if s == 429), 54, "requests refused")
         eq({w for _, w in seen}, {"0", "1"}, "workers that answered (both must take part)")
+
+
+def test_ten_per_second_across_two_workers():
+    """rate 10 per second, burst 10, 30 requests at once over both workers:
+    10 pass, plus at most one per 100 ms the burst took (the rate refills)."""
+    with Gateway(CFG, workers=2) as g:
+        eq(len(g.wait_workers(2)), 2, "workers")
+        seen, lock = [], threading.Lock()
+        barrier = threading.Barrier(10)
+
+        def client():
+            barrier.wait(5)
+            for _ in range(3):
+                t = time.monotonic()
+                st, h, _ = g.get("/persec")
+                with lock:
+                    seen.append((st, h.get("x-worker"), t))
+        threads = [threading.Thread(target=client) for _ in range(10)]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        elapsed = time.monotonic() - start
+        eq(len(seen), 30, "answers")
+        passed = sum(1 for s, _, _ in seen if s == 200)
+        eq(sum(1 for s, _, _ in seen if s in (200, 429)), 30, "only 200 and 429")
+        assert 10 <= passed <= 10 + int(elapsed / 0.1) + 1, "%d passed in %.3f s" % (passed, elapsed)
+        if elapsed < 0.1:
+            eq(passed, 10, "passed within one emission interval")
 
 
 def test_headers_and_429():
