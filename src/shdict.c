@@ -19,6 +19,7 @@
 #include "shdict.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -371,6 +372,58 @@ int gw_shdict_incr(gw_shdict_t *d, const char *key, size_t klen, double by, cons
     gw_shvalue_t v = {GW_SHV_NUMBER, *init + by, NULL, 0};
     rc = insert(d, key, klen, hash, &v, ttl, now);
     if (rc == 0) *out = v.num;
+  }
+  unlock(d);
+  return rc;
+}
+
+int gw_shdict_gcra(gw_shdict_t *d, const char *key, size_t klen, double emission_ms, double tolerance_ms,
+                   double now_ms, gw_shdict_gcra_t *out) {
+  uint32_t hash = hash_key(key, klen);
+  lock(d);
+  double mono = now_mono(); /* under the lock: decisions and clock agree */
+  if (now_ms < 0) now_ms = mono * 1000.0;
+  size_t b = lookup(d, key, klen, hash, mono);
+  int rc = 0;
+  double tat = now_ms;
+  if (b) {
+    entry_t *e = entry_of(d, b);
+    if (e->type != GW_SHV_NUMBER) {
+      unlock(d);
+      return GW_ENOTNUM;
+    }
+    if (e->num > tat) tat = e->num;
+  }
+  /* Ahead of schedule by tat - now; conforming while that is <= tolerance.
+   * The small slack absorbs rounding in emission_ms (e.g. 1000 / 3). */
+  double ahead = tat - now_ms;
+  double slack = emission_ms * 1e-9;
+  if (ahead > tolerance_ms + slack) {
+    out->allowed = 0;
+    out->remaining = 0;
+    out->reset_ms = ahead;
+    out->retry_after_ms = ahead - tolerance_ms;
+    if (b) lru_touch(d, b);
+    unlock(d);
+    return 0;
+  }
+  double new_tat = tat + emission_ms;
+  double ttl_s = (new_tat - now_ms) / 1000.0;
+  if (b) {
+    entry_t *e = entry_of(d, b);
+    e->num = new_tat;
+    e->expires = mono + ttl_s;
+    lru_touch(d, b);
+  } else {
+    gw_shvalue_t v = {GW_SHV_NUMBER, new_tat, NULL, 0};
+    rc = insert(d, key, klen, hash, &v, ttl_s, mono);
+  }
+  if (rc == 0) {
+    out->allowed = 1;
+    out->remaining = floor((tolerance_ms + emission_ms - (new_tat - now_ms)) / emission_ms + 1e-9);
+    if (out->remaining < 0) out->remaining = 0;
+    out->reset_ms = new_tat - now_ms;
+    out->retry_after_ms = 0;
   }
   unlock(d);
   return rc;

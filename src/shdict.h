@@ -69,6 +69,28 @@ int gw_shdict_set(gw_shdict_t *d, const char *key, size_t klen, const gw_shvalue
 int gw_shdict_incr(gw_shdict_t *d, const char *key, size_t klen, double by, const double *init, double ttl,
                    double *out);
 
+/* What one GCRA decision reports (all times in milliseconds). */
+typedef struct gw_shdict_gcra_s {
+  int allowed;           /* 1: the request conforms and was counted */
+  double remaining;      /* requests that could still go back to back now */
+  double reset_ms;       /* until the limiter is back to a full burst */
+  double retry_after_ms; /* until this request would conform (0 when allowed) */
+} gw_shdict_gcra_t;
+
+/* The generic cell rate algorithm on `key`, as one critical section: the
+ * value is the theoretical arrival time (TAT, ms on CLOCK_MONOTONIC), kept
+ * with a TTL of TAT - now so an idle key disappears once it is back to a
+ * full burst. `emission_ms` (> 0) is the spacing of requests at the
+ * sustained rate, `tolerance_ms` (>= 0) how far ahead of the schedule a
+ * request may come (burst - 1 emission intervals). A conforming request
+ * moves the TAT to max(TAT, now) + emission_ms; a refused one changes
+ * nothing. `now_ms` < 0 reads CLOCK_MONOTONIC under the lock, so every
+ * worker uses one clock and decisions are ordered by the lock (tests pass
+ * their own time). Returns 0 with *out filled, GW_ENOTNUM (the key holds
+ * something else) or GW_ENOSPACE. */
+int gw_shdict_gcra(gw_shdict_t *d, const char *key, size_t klen, double emission_ms, double tolerance_ms,
+                   double now_ms, gw_shdict_gcra_t *out);
+
 /* Removes `key`. Returns 0, or GW_ENOTFOUND when it was not there. */
 int gw_shdict_delete(gw_shdict_t *d, const char *key, size_t klen);
 

@@ -6,7 +6,7 @@
 -- to load unless gw_ffi_abi_version() equals ABI below.
 local ffi = require "ffi"
 
-local ABI = 4
+local ABI = 5
 
 ffi.cdef [[
 typedef struct gw_req_s gw_req_t;
@@ -55,6 +55,9 @@ int gw_ffi_shdict_set(gw_shdict_t *d, const char *key, size_t klen, int type, do
 int gw_ffi_shdict_incr(gw_shdict_t *d, const char *key, size_t klen, double by, int has_init,
                        double init, double ttl, double *out, const char **err);
 int gw_ffi_shdict_delete(gw_shdict_t *d, const char *key, size_t klen);
+typedef struct gw_ffi_gcra_s { int allowed; double remaining; double reset_ms; double retry_after_ms; } gw_ffi_gcra_t;
+int gw_ffi_shdict_gcra(gw_shdict_t *d, const char *key, size_t klen, double emission_ms,
+                       double tolerance_ms, double now_ms, gw_ffi_gcra_t *out, const char **err);
 ]]
 
 local C = ffi.C

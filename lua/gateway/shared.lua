@@ -7,7 +7,7 @@
 -- dict it declares exists, so a dict that a reload adds needs a restart.
 --
 -- Methods (called with a colon): get(k), set(k, v, ttl), add(k, v, ttl),
--- incr(k, by, init, ttl), delete(k). Misuse (a key that is not a non-empty
+-- incr(k, by, init, ttl), delete(k), gcra(k, rate, per, burst). Misuse (a key that is not a non-empty
 -- string, a value of another type, a bad ttl) raises; runtime failures
 -- ("exists", "not found", "not a number", "no memory") come back as
 -- `false`/`nil` and the message. See docs/shared-dict.md.
@@ -26,6 +26,7 @@ local val = ffi.new("gw_ffi_shval_t")
 local out_num = ffi.new("double[1]")
 local out_size = ffi.new("size_t[1]")
 local out_err = base.out_err
+local gcra_out = ffi.new("gw_ffi_gcra_t")
 
 local _M = {}
 
@@ -152,6 +153,33 @@ function Dict:incr(key, by, init, ttl)
   local rc = C.gw_ffi_shdict_incr(d, key, #key, by, init ~= nil and 1 or 0, init or 0, ttl, out_num, out_err)
   if rc == OK then return out_num[0] end
   return nil, ffi_string(out_err[0])
+end
+
+-- d:gcra(key, rate, per, burst) -> allowed, remaining, reset, retry_after:
+-- one exact rate-limit decision (the generic cell rate algorithm), atomic
+-- across workers: `rate` requests per `per` seconds (default 1), up to
+-- `burst` (default `rate`) back to back. `allowed` is true when the request
+-- conforms (it is then counted); `remaining` is how many more could go
+-- back to back now, `reset` the seconds until a full burst is available
+-- again, `retry_after` the seconds until a refused request would conform
+-- (0 when allowed). The key holds a number (the theoretical arrival time,
+-- ms on the shared monotonic clock) that expires by itself. Runtime errors
+-- ("not a number": the key holds something else) return nil, err.
+function Dict:gcra(key, rate, per, burst)
+  local d = check(self, key, "gcra")
+  if per == nil then per = 1 end
+  if burst == nil then burst = rate end
+  if type(rate) ~= "number" or rate <= 0 or type(per) ~= "number" or per <= 0 then
+    error("gw.shared." .. self.name .. ":gcra: rate and per must be numbers > 0", 2)
+  end
+  if type(burst) ~= "number" or burst < 1 or burst % 1 ~= 0 then
+    error("gw.shared." .. self.name .. ":gcra: burst must be a whole number >= 1", 2)
+  end
+  local interval = per * 1000 / rate
+  local rc = C.gw_ffi_shdict_gcra(d, key, #key, interval, (burst - 1) * interval, -1, gcra_out, out_err)
+  if rc ~= OK then return nil, ffi_string(out_err[0]) end
+  local o = gcra_out
+  return o.allowed ~= 0, tonumber(o.remaining), o.reset_ms / 1000, o.retry_after_ms / 1000
 end
 
 -- d:delete(key) -> true (also when the key was not there).

@@ -1,7 +1,8 @@
 /*
  * Unit tests for src/shdict.c: the shared dict's semantics, its heap and
  * LRU invariants under random churn (checked against a model), recovery when
- * a process dies holding the lock, and atomic incr across processes.
+ * a process dies holding the lock, atomic incr across processes, and the
+ * GCRA (exact burst, refill, retry times, atomic across processes).
  * Each test runs in its own forked process; the dict lives in an anonymous
  * shared mapping as in the gateway.
  *
@@ -281,6 +282,85 @@ static void test_incr_across_processes(void) {
   CHECK(get(d, "n", &v) == 0 && v.num == PROCS * EACH);
 }
 
+static int gcra(gw_shdict_t *d, const char *k, double t, double tau, double now, gw_shdict_gcra_t *o) {
+  return gw_shdict_gcra(d, k, strlen(k), t, tau, now, o);
+}
+
+/* 10 per second, burst 10: T = 100 ms, tolerance 900 ms. */
+static void test_gcra(void) {
+  gw_shdict_t *d = make_dict(1 << 16);
+  gw_shdict_gcra_t o;
+  double now = 5000;
+  for (int i = 0; i < 10; i++) {
+    CHECK(gcra(d, "k", 100, 900, now, &o) == 0 && o.allowed == 1);
+    CHECK(o.remaining == 9 - i);
+    CHECK(o.reset_ms == 100 * (i + 1));
+    CHECK(o.retry_after_ms == 0);
+  }
+  CHECK(gcra(d, "k", 100, 900, now, &o) == 0 && o.allowed == 0);
+  CHECK(o.remaining == 0 && o.retry_after_ms == 100 && o.reset_ms == 1000);
+  /* A refusal changes nothing: the same answer again. */
+  CHECK(gcra(d, "k", 100, 900, now + 50, &o) == 0 && o.allowed == 0 && o.retry_after_ms == 50);
+  /* One emission interval later, exactly one more conforms. */
+  CHECK(gcra(d, "k", 100, 900, now + 100, &o) == 0 && o.allowed == 1 && o.remaining == 0);
+  CHECK(gcra(d, "k", 100, 900, now + 100, &o) == 0 && o.allowed == 0);
+  /* After a full period the whole burst is back. */
+  CHECK(gcra(d, "k", 100, 900, now + 1100, &o) == 0 && o.allowed == 1 && o.remaining == 9);
+  /* Keys are independent; a string value is not a TAT. */
+  CHECK(gcra(d, "other", 100, 900, now, &o) == 0 && o.allowed == 1 && o.remaining == 9);
+  CHECK(set_str(d, "s", "x", 0, 0) == 0);
+  CHECK(gcra(d, "s", 100, 900, now, &o) == GW_ENOTNUM);
+  /* Burst 1 (tolerance 0): strictly one per interval. A rate of 3/s
+   * (T = 333.33 ms) does not lose a request to rounding. */
+  CHECK(gcra(d, "one", 1000.0 / 3, 0, now, &o) == 0 && o.allowed == 1 && o.remaining == 0);
+  CHECK(gcra(d, "one", 1000.0 / 3, 0, now + 300, &o) == 0 && o.allowed == 0);
+  CHECK(gcra(d, "one", 1000.0 / 3, 0, now + 1000.0 / 3, &o) == 0 && o.allowed == 1);
+  CHECK(gcra(d, "three", 1000.0 / 3, 2000.0 / 3, now, &o) == 0 && o.remaining == 2);
+}
+
+/* The stored TAT expires once the key is back to a full burst. */
+static void test_gcra_ttl(void) {
+  gw_shdict_t *d = make_dict(1 << 16);
+  gw_shdict_gcra_t o;
+  CHECK(gcra(d, "k", 30, 0, -1, &o) == 0 && o.allowed == 1);
+  gw_shvalue_t v;
+  CHECK(get(d, "k", &v) == 0 && v.type == GW_SHV_NUMBER);
+  CHECK(gcra(d, "k", 30, 0, -1, &o) == 0 && o.allowed == 0 && o.retry_after_ms > 0);
+  usleep(60 * 1000);
+  CHECK(get(d, "k", &v) == GW_ENOTFOUND);
+  CHECK(gcra(d, "k", 30, 0, -1, &o) == 0 && o.allowed == 1);
+}
+
+/* Many processes hammering one key on the real clock: no more than the
+ * burst plus what the rate refills in the elapsed time gets through. */
+static void test_gcra_across_processes(void) {
+  gw_shdict_t *d = make_dict(1 << 16);
+  gw_shvalue_t cnt = {GW_SHV_NUMBER, 0, NULL, 0};
+  gw_shdict_set(d, "allowed", 7, &cnt, 0, 0);
+  enum { PROCS = 4, EACH = 5000 };
+  double start = now_mono();
+  pid_t pids[PROCS];
+  for (int p = 0; p < PROCS; p++) {
+    pids[p] = fork();
+    if (pids[p] == 0) {
+      gw_shdict_gcra_t o;
+      double out;
+      /* 1 per 10 s, burst 50: the refill is negligible during the test. */
+      for (int i = 0; i < EACH; i++) {
+        if (gcra(d, "k", 10000, 49 * 10000.0, -1, &o) == 0 && o.allowed)
+          gw_shdict_incr(d, "allowed", 7, 1, NULL, 0, &out);
+      }
+      _exit(0);
+    }
+  }
+  for (int p = 0; p < PROCS; p++) waitpid(pids[p], NULL, 0);
+  double elapsed = now_mono() - start;
+  gw_shvalue_t v;
+  CHECK(get(d, "allowed", &v) == 0);
+  CHECK(v.num >= 50 && v.num <= 50 + (int)(elapsed / 10.0) + 1);
+  if (elapsed < 10) CHECK(v.num == 50);
+}
+
 typedef struct {
   const char *name;
   void (*fn)(void);
@@ -295,6 +375,9 @@ static const test_t tests[] = {
     {"random_churn", test_random_churn},
     {"owner_died", test_owner_died},
     {"incr_across_processes", test_incr_across_processes},
+    {"gcra", test_gcra},
+    {"gcra_ttl", test_gcra_ttl},
+    {"gcra_across_processes", test_gcra_across_processes},
 };
 
 int main(void) {

@@ -41,6 +41,7 @@ SMOKE = [
     ("scripts/examples/aggregation.lua", "8083", "/summary/7", '"orders"'),
     ("scripts/examples/proxy.lua", "8084", "/api/headers", '"x-api-version":"2"'),
     ("scripts/examples/jwt.lua", "8085", "/public", '"ok":true'),
+    ("scripts/examples/ratelimit.lua", "8086", "/hello", '"hello":"world"'),
 ]
 
 

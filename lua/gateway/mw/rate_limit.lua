@@ -1,0 +1,205 @@
+-- gw.mw.rate_limit{ rate =, per = 1, burst = rate, key = "ip", dict =, policy = "local" }:
+-- limits how often one client (an IP, a consumer, or any key a function
+-- derives from the request) may call.
+--
+-- The limit is the generic cell rate algorithm (GCRA): `rate` requests per
+-- `per` seconds at a steady pace, and up to `burst` of them back to back
+-- after a quiet spell. With the local policy each decision is one atomic
+-- operation on a shared dict (dict:gcra, under the dict's lock, on the
+-- machine's monotonic clock), so the limit is exact across all workers.
+--
+-- Every answer carries RateLimit-Limit (= rate), RateLimit-Remaining and
+-- RateLimit-Reset (whole seconds until a full burst is available again). A
+-- refused request is answered 429 by the gateway, without running what
+-- follows, with Retry-After (whole seconds, at least 1), RateLimit-Remaining: 0
+-- and the JSON error {"error":"rate limit exceeded","request_id":...}.
+--
+-- Parameters:
+--   rate    number > 0, required: requests per `per` seconds
+--   per     number > 0, default 1 (seconds)
+--   burst   whole number >= 1, default rate (rounded down, at least 1)
+--   key     "ip" (default), "consumer" (req.consumer.name, set by an auth
+--           middleware that runs before this one; the IP when there is no
+--           consumer), or function(req) -> string or number; a nil or false
+--           result leaves the request unlimited (no headers)
+--   dict    name of a dict declared with gw.shared_dict before this call;
+--           without it the middleware declares its own, DEFAULT_DICT (1 MB,
+--           shared by every rate_limit that has no `dict`)
+--   policy  "local" (default) or "redis" (not in this build: raises)
+--   redis, on_error  reserved for policy = "redis"
+-- Returns: a middleware function(req, next).
+-- Errors: raises at configuration time (error(msg, 2): the caller's
+--   file:line) on an unknown or bad option, an undeclared dict, or
+--   policy = "redis". At request time, a failing dict operation (the key
+--   holds a value of another kind, no memory) lets the request through and
+--   logs a warning: the limiter fails open.
+local util = require "gateway.mwutil"
+local shared = require "gateway.shared"
+
+local type, error, tostring, floor, ceil = type, error, tostring, math.floor, math.ceil
+local format = string.format
+
+local KNOWN = { rate = true, per = true, burst = true, key = true, dict = true, policy = true,
+                redis = true, on_error = true }
+
+local DEFAULT_DICT = "gw.rate_limit"
+local DEFAULT_DICT_SIZE = 1024 * 1024
+
+local gw_mod, runtime -- gateway, gateway.runtime: loaded on first use
+
+local function gw_state()
+  gw_mod = gw_mod or require "gateway"
+  return gw_mod._state
+end
+
+-- Number of rate_limit instances made by this configuration: part of each
+-- instance's key prefix, so two limiters sharing a dict count apart.
+local instances = 0
+
+local function number_text(n)
+  if n % 1 == 0 then return format("%d", n) end
+  return format("%.6g", n)
+end
+
+-- Whole seconds, rounded up, ignoring float noise just above a whole number.
+local function whole_seconds(s)
+  return ceil(s - 1e-6)
+end
+
+-- ---- the redis policy ----
+
+-- REDIS POLICY: the place for a limiter shared by several gateways through
+-- Redis. It must return function(key) -> allowed, remaining, reset,
+-- retry_after (as dict:gcra does), honour conf.on_error ("allow" | "deny")
+-- when Redis fails, and connect with gw.redis(conf.redis). gw.redis is not
+-- in this build yet, so the policy is refused at configuration time.
+local function redis_limiter(conf)
+  return nil, "rate_limit: policy 'redis' needs gw.redis, which this build does not have yet"
+end
+
+-- ---- the local policy ----
+
+-- Declares or checks the dict while the configuration loads; returns a
+-- function(key) -> allowed, remaining, reset, retry_after | nil, err.
+local function local_limiter(conf)
+  local state = gw_state()
+  local name = conf.dict
+  if name ~= nil then
+    if type(name) ~= "string" or not state.dict_sizes[name] then
+      return nil, "rate_limit: dict '" .. tostring(name)
+                  .. "' is not declared (gw.shared_dict(NAME, SIZE) must come before this)"
+    end
+  else
+    name = DEFAULT_DICT
+    if not state.dict_sizes[name] then
+      -- The same path as gw.shared_dict: the master learns the dict (and
+      -- sizes the shared memory zone) from this declaration before it forks.
+      if not state.loading then
+        return nil, "rate_limit: without `dict` it must be made while the configuration loads"
+      end
+      local ok, err = pcall(shared.declare, state, name, DEFAULT_DICT_SIZE, 1)
+      if not ok then return nil, "rate_limit: " .. tostring(err) end
+    end
+  end
+  local rate, per, burst = conf.rate, conf.per, conf.burst
+  local dict -- opened on first use: only a worker has the shared memory
+  return function(key)
+    if not dict then dict = shared.open(state, name) end
+    return dict:gcra(key, rate, per, burst)
+  end
+end
+
+-- ---- configuration ----
+
+local function configure(opts)
+  local err
+  opts, err = util.check_options(opts, KNOWN, "rate_limit")
+  if not opts then return nil, err end
+  local rate, per, burst = opts.rate, opts.per, opts.burst
+  if type(rate) ~= "number" or not (rate > 0) or rate == math.huge then
+    return nil, "rate_limit: rate must be a number > 0 (requests per `per` seconds)"
+  end
+  if per == nil then per = 1 end
+  if type(per) ~= "number" or not (per > 0) or per == math.huge then
+    return nil, "rate_limit: per must be a number of seconds > 0"
+  end
+  if burst == nil then burst = floor(rate) < 1 and 1 or floor(rate) end
+  if type(burst) ~= "number" or burst < 1 or burst % 1 ~= 0 or burst == math.huge then
+    return nil, "rate_limit: burst must be a whole number >= 1"
+  end
+  local key = opts.key
+  if key == nil then key = "ip" end
+  if key ~= "ip" and key ~= "consumer" and type(key) ~= "function" then
+    return nil, "rate_limit: key must be \"ip\", \"consumer\" or a function(req)"
+  end
+  local policy = opts.policy
+  if policy == nil then policy = "local" end
+  local conf = { rate = rate, per = per, burst = burst, key = key, dict = opts.dict,
+                 redis = opts.redis, on_error = opts.on_error }
+  local limiter
+  if policy == "local" then
+    if opts.redis ~= nil or opts.on_error ~= nil then
+      return nil, "rate_limit: redis and on_error apply only to policy = \"redis\""
+    end
+    limiter, err = local_limiter(conf)
+  elseif policy == "redis" then
+    limiter, err = redis_limiter(conf)
+  else
+    return nil, "rate_limit: policy must be \"local\" or \"redis\""
+  end
+  if not limiter then return nil, err end
+  conf.limiter = limiter
+  return conf
+end
+
+-- The counter key of a request, or nil when it is not limited.
+local function key_of(key, req)
+  if key == "ip" then return "ip:" .. (req.ip or "") end
+  if key == "consumer" then
+    local c = req.consumer
+    local name = type(c) == "table" and c.name
+    if type(name) == "string" and name ~= "" then return "c:" .. name end
+    return "ip:" .. (req.ip or "")
+  end
+  local k = key(req)
+  if k == nil or k == false then return nil end
+  local t = type(k)
+  if t == "number" then return "k:" .. tostring(k) end
+  if t ~= "string" then error("rate_limit: the key function returned a " .. t .. ", not a string", 0) end
+  return "k:" .. k
+end
+
+return function(opts)
+  local conf, err = configure(opts)
+  if not conf then error(err, 2) end
+  instances = instances + 1
+  local prefix = format("rl%d:%s/%s/%d:", instances, number_text(conf.rate), number_text(conf.per), conf.burst)
+  local key, limiter = conf.key, conf.limiter
+  local limit_text = number_text(conf.rate)
+
+  return function(req, next)
+    local k = key_of(key, req)
+    if k == nil then return next() end
+    local allowed, remaining, reset, retry_after = limiter(prefix .. k)
+    if allowed == nil then
+      gw_mod = gw_mod or require "gateway"
+      gw_mod.log.warn("rate_limit: " .. tostring(remaining) .. "; the request goes through unlimited")
+      return next()
+    end
+    if not allowed then
+      runtime = runtime or require "gateway.runtime"
+      return runtime.error_response(req, 429, "rate limit exceeded", {
+        ["Retry-After"] = format("%d", retry_after < 1 and 1 or whole_seconds(retry_after)),
+        ["RateLimit-Limit"] = limit_text,
+        ["RateLimit-Remaining"] = "0",
+        ["RateLimit-Reset"] = format("%d", whole_seconds(reset)),
+      })
+    end
+    local res = next()
+    local h = res.headers
+    util.header_set(h, "RateLimit-Limit", limit_text)
+    util.header_set(h, "RateLimit-Remaining", format("%d", remaining))
+    util.header_set(h, "RateLimit-Reset", format("%d", whole_seconds(reset)))
+    return res
+  end
+end
