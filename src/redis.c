@@ -3,11 +3,12 @@
  *
  * Three kinds of record, each with its own owner:
  *  - gw_redis_pool_t: one per URL in this process, on `pools`, never freed.
- *  - conn_t: one hiredis context and its connect timer. Owned by its pool
- *    while the context lives; once the context is gone (freed by us, or by
- *    hiredis after an error) conn_gone closes the timer and the record is
- *    freed in that close callback, which runs after every hiredis callback
- *    that could still name it.
+ *  - conn_t: one hiredis context, its socket watcher and its connect timer.
+ *    Owned by its pool while the context lives; once the context is gone
+ *    (freed by us, or by hiredis after an error) conn_gone closes the timer,
+ *    hiredis' event cleanup closes the watcher, and the record is freed when
+ *    both have closed, in the loop's close phase: after every hiredis
+ *    callback that could still name it.
  *  - gw_redis_cmd_t: one command. It has two holders, hiredis (until its
  *    reply callback runs, which hiredis guarantees, with a NULL reply when
  *    the context dies) and its timer handle (until closed); it is freed when
@@ -36,9 +37,9 @@ typedef struct conn_s conn_t;
 
 /* See the file comment. Fields are fixed once parsed, but idle_max. */
 struct gw_redis_pool_s {
-  char *url;     /* the URL as given: the pool's key */
-  char host[64]; /* an IP literal */
-  int port;
+  char *url;         /* the URL as given: the pool's key */
+  char host[64];     /* an IP literal */
+  int port;          /* 6379 unless the URL says */
   int db;            /* SELECT db on connect when > 0 */
   char *user, *pass; /* AUTH [user] pass on connect; NULL if none */
   int idle_max;      /* idle connections kept */
@@ -48,20 +49,21 @@ struct gw_redis_pool_s {
   struct gw_redis_pool_s *next; /* `pools` */
 };
 
-/* Owned by its pool; freed in on_conn_timer_closed after conn_gone. */
+/* Owned by its pool; freed in on_conn_handle_closed once `timer` (closed
+ * by conn_gone) and `poll` (closed by ev_cleanup) are both closed. */
 struct conn_s {
   redisAsyncContext *ac; /* NULL once gone */
-  gw_redis_pool_t *pool;
-  uv_timer_t timer;    /* the connect timeout */
-  uv_poll_t poll;      /* the socket, for hiredis (see "events") */
-  int events;          /* what hiredis wants: UV_READABLE | UV_WRITABLE */
-  int handles;         /* of timer and poll, not yet closed: freed at 0 */
-  gw_redis_cmd_t *cmd; /* the command in flight, or NULL */
-  const char *fail;    /* why it failed, for the commands that were on it */
-  uint8_t connected;   /* the connect callback said OK */
-  uint8_t gone;        /* conn_gone ran */
-  uint8_t is_idle;     /* on pool->idle */
-  conn_t *next_idle;
+  gw_redis_pool_t *pool; /* never freed */
+  uv_timer_t timer;      /* the connect timeout */
+  uv_poll_t poll;        /* the socket, for hiredis (see "events") */
+  int events;            /* what hiredis wants: UV_READABLE | UV_WRITABLE */
+  int handles;           /* of timer and poll, not yet closed: freed at 0 */
+  gw_redis_cmd_t *cmd;   /* the command in flight, or NULL */
+  const char *fail;      /* why it failed, for the commands that were on it */
+  uint8_t connected;     /* the connect callback said OK */
+  uint8_t gone;          /* conn_gone ran */
+  uint8_t is_idle;       /* on pool->idle */
+  conn_t *next_idle;     /* pool->idle list */
 };
 
 /* See the file comment. */
@@ -280,10 +282,10 @@ static void ev_add_write(void *data) { poll_update(data, UV_WRITABLE, 0); }
 static void ev_del_write(void *data) { poll_update(data, 0, UV_WRITABLE); }
 
 /* hiredis is freeing the context: it no longer needs the socket watched.
- * (conn_gone follows from our own callbacks, or ran already.) */
+ * Its pending callbacks have run; the disconnect callback may follow. */
 static void ev_cleanup(void *data) {
   conn_t *c = data;
-  c->ac = NULL;
+  conn_gone(c); /* normally done already, by on_connect or on_disconnect */
   uv_poll_stop(&c->poll);
   uv_close((uv_handle_t *)&c->poll, on_conn_handle_closed);
 }

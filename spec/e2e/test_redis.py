@@ -263,6 +263,19 @@ def test_redis_pooling():
         eq((d["open"], d["idle"]), (1, 1), "pool stats")
 
 
+def test_redis_idle_connection_closed_by_redis():
+    # Redis closes the pooled connection (as its `timeout` setting would):
+    # it leaves the pool at once, and the next call opens a new one.
+    with RedisServer() as rs, Gateway(app(rs)) as g:
+        eq(cmd(g, "SET", "k", "v")["v"], "OK", "first")
+        eq(rs.clients(), 1, "one pooled connection")
+        rs.cmd("CLIENT", "KILL", "TYPE", "normal")
+        eq(wait_for(lambda: json.loads(g.get("/stats")[2])["open"] == 0, timeout=3), True,
+           "the closed connection left the pool")
+        d = cmd(g, "GET", "k")
+        eq((d["v"], d["err"]), ("v", "<none>"), "the next call works")
+
+
 def test_redis_concurrency_gw_all():
     with RedisServer() as rs, Gateway(app(rs)) as g:
         status, _, body = g.get("/all", timeout=10)
