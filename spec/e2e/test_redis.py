@@ -467,3 +467,53 @@ def _bad_url_test(url, msg):
 
 for _i, (_url, _msg) in enumerate(BAD_URLS):
     globals()["test_redis_bad_url_%d" % _i] = _bad_url_test(_url, _msg)
+
+
+def test_redis_in_a_timer():
+    with RedisServer() as rs:
+        cfg = PRELUDE + r'''
+local r = gw.redis("redis://127.0.0.1:%d")
+gw.timer.every(0.05, function()
+  local n, err = r:call("INCR", "ticks")
+  if not n then gw.log.error("tick: " .. err) end
+end)
+gw.get("/", function(req) return "up" end)
+''' % rs.port
+        with Gateway(cfg) as g:
+            ok = wait_for(lambda: int(rs.cmd("GET", "ticks") or 0) >= 3, timeout=5)
+            assert ok, "a timer's r:call ran: %r; %s" % (rs.cmd("GET", "ticks"), g.stderr_text())
+
+
+RELOAD_APP = PRELUDE + r'''
+local r = gw.redis("redis://127.0.0.1:$RPORT", { timeout = 3 })
+gw.get("/v", function(req) return "%s " .. r:call("INCR", "v") end)
+gw.get("/block", function(req)
+  local v, err = r:call("BLPOP", "nothing", "0.8")
+  return { json = { isnil = v == nil, err = err, gen = "%s" } }
+end)
+'''
+
+
+def test_redis_across_a_reload():
+    # A command in flight on the old configuration finishes there; the
+    # new configuration's client uses the same pool.
+    import threading
+    with RedisServer() as rs:
+        app1 = RELOAD_APP.replace("$RPORT", str(rs.port)) % ("v1", "v1")
+        app2 = RELOAD_APP.replace("$RPORT", str(rs.port)) % ("v2", "v2")
+        with Gateway(app1) as g:
+            eq(g.get("/v")[2], b"v1 1", "before")
+            res = {}
+            t = threading.Thread(target=lambda: res.update(r=g.get("/block", timeout=10)))
+            t.start()
+            time.sleep(0.2)
+            with open(g.config_path, "w") as f:
+                f.write(g._substitute(app2))
+            ok = wait_for(lambda: g.get("/v")[2].startswith(b"v2"), timeout=5)
+            assert ok, "reloaded"
+            t.join(10)
+            status, _, body = res["r"]
+            eq((status, json.loads(body)), (200, {"isnil": True, "gen": "v1"}),
+               "the in-flight BLPOP finished on the old generation")
+            n = rs.clients()
+            assert 1 <= n <= 2, "the pool survived the reload: %d connections" % n
