@@ -14,8 +14,8 @@ local sched = require "gateway.sched"
 local ffi, C = base.ffi, base.C
 local ffi_string, ffi_new = ffi.string, ffi.new
 local AGAIN, BAD_CONTEXT = base.AGAIN, base.BAD_CONTEXT
-local type, error, tostring, select, setmetatable, unpack, sub =
-  type, error, tostring, select, setmetatable, unpack, string.sub
+local type, error, select, setmetatable, unpack, sub, format =
+  type, error, select, setmetatable, unpack, string.sub, string.format
 
 ffi.cdef [[
 typedef struct gw_redis_pool_s gw_redis_pool_t;
@@ -66,6 +66,13 @@ function _M.new(url, opts, level)
   return setmetatable({ _p = p, timeout = timeout, url = url }, Redis)
 end
 
+-- Numbers as Redis reads them: tostring keeps 14 digits, so a large
+-- integer would go as "9.007199254741e+15", which INCRBY or EXPIRE refuse.
+local function num2str(x)
+  if x % 1 == 0 and x > -2 ^ 53 and x < 2 ^ 53 then return format("%d", x) end
+  return format("%.17g", x)
+end
+
 -- r:call(cmd, ...): sends one command; waits for and returns its reply.
 function Redis:call(...)
   local n = select("#", ...)
@@ -82,7 +89,7 @@ function Redis:call(...)
     local a = args[i]
     local ta = type(a)
     if ta == "number" then
-      a = tostring(a)
+      a = num2str(a)
       args[i] = a -- anchored until the call returns
     elseif ta ~= "string" then
       error("r:call: argument #" .. i .. " must be a string or a number, not " .. ta, 2)
