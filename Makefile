@@ -16,7 +16,7 @@ BUILD   ?= build
 BIN     ?= bin/gateway
 SAN     ?=
 
-PKGS    := luajit libuv openssl
+PKGS    := luajit libuv openssl hiredis
 DEPS_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 DEPS_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CJSON_LIB   := /usr/lib/$(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)/liblua5.1-cjson.a

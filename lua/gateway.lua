@@ -306,5 +306,7 @@ gw.mw = setmetatable({}, {
 
 gw.crypto = require "gateway.crypto" -- sha256, hmac, random, equal, keys: docs/crypto.md
 gw.base64 = require "gateway.base64"
+-- gw.redis(URL [, opts]): a pooled, non-blocking Redis client; docs/redis.md.
+function gw.redis(url, opts) return require("gateway.redis").new(url, opts, 2) end
 
 return gw

@@ -7,6 +7,7 @@
  */
 #include <lua.h>
 #include <luajit.h>
+#include <hiredis/hiredis.h>
 #include <llhttp.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
@@ -34,6 +35,7 @@ static void print_versions(void) {
   printf("llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
   printf("OpenSSL %s\n", OpenSSL_version(OPENSSL_VERSION) + 8);
   printf("lua-cjson 2.1.0 (static)\n");
+  printf("hiredis %d.%d.%d\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
 }
 
 static int check(const char *path) {

@@ -12,6 +12,7 @@ for p in libuv1-dev libssl-dev lua-cjson-dev libhiredis-dev node-llhttp pkg-conf
   have_pkg "$p" || need="$need $p"
 done
 command -v luajit >/dev/null 2>&1 || need="$need luajit2"   # runs the Lua unit tests
+command -v redis-server >/dev/null 2>&1 || need="$need redis-server"   # the gw.redis tests
 [ -z "$need" ] && exit 0
 echo "installing:$need"
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi

@@ -103,7 +103,7 @@ def test_version():
         rc, out, err, d = run_cli([flag])
         both = (out + err).lower()
         eq(rc, 0, "%s exit status" % flag)
-        for name in ("gateway", "luajit", "libuv", "llhttp", "openssl"):
+        for name in ("gateway", "luajit", "libuv", "llhttp", "openssl", "hiredis"):
             assert re.search(r"^.*%s.*\d+\.\d+" % name, both, re.M), \
                 "%s: no line naming %s with a version in %r" % (flag, name, both)
 
