@@ -29,7 +29,7 @@
 
 /* TLS 1.2 only: forward secrecy and AEAD (Mozilla's "intermediate" list
  * without DHE). TLS 1.3's suites are all modern; OpenSSL's default stands. */
-#define CIPHERS_TLS12                                                                            \
+#define CIPHERS_TLS12                                                                        \
   "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:" \
   "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 
@@ -166,7 +166,8 @@ static void collect_names(server_cert_t *c, X509 *x) {
     for (int i = 0; i < sk_GENERAL_NAME_num(sans); i++) {
       const GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
       if (g->type != GEN_DNS) continue;
-      add_name(c, (const char *)ASN1_STRING_get0_data(g->d.dNSName), (size_t)ASN1_STRING_length(g->d.dNSName));
+      add_name(c, (const char *)ASN1_STRING_get0_data(g->d.dNSName),
+               (size_t)ASN1_STRING_length(g->d.dNSName));
     }
     GENERAL_NAMES_free(sans);
   }

@@ -349,6 +349,8 @@ def test_large_response_and_body_over_tls():
     cfg = CONFIG + r'''
 gw.post("/echo", function(req) return { status = 200, body = req:body() } end)
 gw.get("/big", function(req) return string.rep("x", 1000000) end)
+gw.get("/pbig", function(req) return self:proxy(req, { path = "/big" }) end)
+gw.post("/pecho", function(req) return self:proxy(req, { path = "/echo" }) end)
 '''
     with tls_gateway(cfg) as g, CaFile() as ca:
         rc, body, err = curl("-sS", "--cacert", ca, "--resolve", "a.test:%d:127.0.0.1" % g.port,
@@ -360,6 +362,13 @@ gw.get("/big", function(req) return string.rep("x", 1000000) end)
         rc, body, err = curl("-sS", "--cacert", ca, "--resolve", "a.test:%d:127.0.0.1" % g.port,
                              "--data-binary", "@" + payload, "https://a.test:%d/echo" % g.port)
         eq((rc, body), (0, "y" * 300000), "300 kB body echoed: " + err)
+        # The same through up:proxy, both bodies streamed over the TLS side.
+        rc, body, err = curl("-sS", "--cacert", ca, "--resolve", "a.test:%d:127.0.0.1" % g.port,
+                             "https://a.test:%d/pbig" % g.port)
+        eq((rc, len(body)), (0, 1000000), "1 MB proxied answer: " + err)
+        rc, body, err = curl("-sS", "--cacert", ca, "--resolve", "a.test:%d:127.0.0.1" % g.port,
+                             "--data-binary", "@" + payload, "https://a.test:%d/pecho" % g.port)
+        eq((rc, body), (0, "y" * 300000), "300 kB body proxied: " + err)
 
 
 def _check(tls_lua, files):
