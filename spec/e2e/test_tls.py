@@ -400,3 +400,39 @@ def test_config_errors_at_check_time():
         rc, out, err, _ = _check(lua, good)
         assert rc != 0, "accepted tls = %s" % lua
         assert "gateway.lua:2:" in err and want in err, (lua, err)
+
+
+def test_upgrade_tunnel_over_tls():
+    from test_upgrade import EchoUpgradeServer
+    echo = EchoUpgradeServer()
+    cfg = CONFIG + r'''
+local be = gw.upstream("ws", { servers = { "127.0.0.1:%d" } })
+gw.get("/ws", function(req) return be:proxy(req) end)
+''' % echo.port
+    try:
+        with tls_gateway(cfg) as g, CaFile() as ca:
+            s = tls_socket(g.port, cafile=ca)
+            try:
+                s.sendall(b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\n"
+                          b"Upgrade: echo\r\n\r\nearly")
+                got = b""
+                deadline = time.monotonic() + 5
+                while b"ready;EARLY" not in got and time.monotonic() < deadline:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+                assert got.startswith(b"HTTP/1.1 101"), got[:200]
+                assert got.endswith(b"ready;EARLY"), got[-200:]
+                s.sendall(b"through the tunnel")
+                got = b""
+                while len(got) < 18 and time.monotonic() < deadline:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+                eq(got, b"THROUGH THE TUNNEL", "tunnelled bytes both ways over TLS")
+            finally:
+                s.close()
+    finally:
+        echo.stop()
