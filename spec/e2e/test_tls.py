@@ -436,3 +436,37 @@ gw.get("/ws", function(req) return be:proxy(req) end)
                 s.close()
     finally:
         echo.stop()
+
+
+def test_reload_keeps_tls_and_refuses_a_bad_certificate():
+    import signal
+    from gwtest import wait_for
+
+    def app(tag, cert="a.pem"):
+        return ('local gw = require "gateway"\n'
+                'gw.config { listen = { { addr = "127.0.0.1:$PORT", tls = { cert = "%s", key = "a.key" } } } }\n'
+                'gw.get("/v", function(req) return "%s" end)\n' % (cert, tag))
+    with tls_gateway(app("v1")) as g, CaFile() as ca:
+        s = tls_socket(g.port, cafile=ca)
+        try:
+            s.sendall(get("/v"))
+            eq([x.body for x in read_responses(s, 1)], [b"v1"], "before")
+
+            def reload(text):
+                with open(g.config_path, "w") as f:
+                    f.write(text.replace("$PORT", str(g.port)))
+                g.send_signal(signal.SIGHUP)
+
+            def answer(want):
+                s.sendall(get("/v"))
+                return [x.body for x in read_responses(s, 1)] == [want]
+            reload(app("v2"))
+            assert wait_for(lambda: answer(b"v2"), 5), "the TLS connection sees the new routes"
+            with open(os.path.join(g.dir, "broken.pem"), "w") as f:
+                f.write("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+            reload(app("v3", "broken.pem"))
+            err = g.wait_stderr("broken.pem")
+            assert "gateway.lua:2:" in err and "bad certificate" in err, err[-2000:]
+            eq(answer(b"v2"), True, "the old generation keeps serving over TLS")
+        finally:
+            s.close()
