@@ -271,11 +271,9 @@ static void tls_flush(gw_conn_t *c) {
 void gw_conn_write(gw_conn_t *c, const uv_buf_t *bufs, unsigned n) {
   if (c->tls && c->state != GW_CONN_CLOSING && !c->write_failed) {
     /* TLS: encrypt, then write the records as plain bytes. */
-    for (unsigned i = 0; i < n; i++) {
-      if (bufs[i].len > 0 && gw_tls_write(c->tls, bufs[i].base, bufs[i].len) != 0) {
-        close_soon(c);
-        return;
-      }
+    if (gw_tls_writev(c->tls, bufs, n) != 0) {
+      close_soon(c);
+      return;
     }
     tls_flush(c);
     return;

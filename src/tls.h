@@ -27,6 +27,7 @@
 
 #include <stddef.h>
 #include <sys/types.h>
+#include <uv.h>
 
 #include "buf.h"
 
@@ -63,6 +64,9 @@ int gw_tls_ready(const gw_tls_t *t);
 /* Encrypts `len` plaintext bytes into the outgoing buffer. Returns 0, or
  * GW_ETLS (before the handshake completed, or after a failure). */
 int gw_tls_write(gw_tls_t *t, const char *p, size_t len);
+/* Encrypts `n` buffers in order, joining pieces that fit in one record (an
+ * answer's head and a short body go out as one record). Same returns. */
+int gw_tls_writev(gw_tls_t *t, const uv_buf_t *bufs, unsigned n);
 /* Queues a close_notify alert (once); never fails. */
 void gw_tls_shutdown(gw_tls_t *t);
 /* The ciphertext waiting for the socket: sets *p, returns its length. The
