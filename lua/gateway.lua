@@ -15,6 +15,7 @@ local shared = require "gateway.shared"
 local cjson = require "cjson"
 
 local C = base.C
+local ffi = base.ffi
 local type, error, pairs, ipairs, tostring, select = type, error, pairs, ipairs, tostring, select
 local upper, sub = string.upper, string.sub
 
@@ -58,6 +59,48 @@ local function bad(key, want, got, level)
   error(("gw.config: %s must be %s (got %s)"):format(key, want, tostring(got)), level + 1)
 end
 
+-- A listener's `tls` table: { cert =, key = } or { certs = { { cert =, key = }, ... } }.
+-- Relative paths are read from the configuration's folder. Every pair is
+-- loaded now (tls.c, through gw_ffi_tls_check), so a missing or bad file is
+-- an error at the caller's line. Returns the list of { cert =, key = }.
+local tls_err = ffi.new("char[?]", 512)
+
+local function check_tls(key, t, level)
+  if type(t) ~= "table" then bad(key, "a table { cert =, key = } or { certs = {...} }", t, level) end
+  local list
+  if t.certs ~= nil then
+    if t.cert ~= nil or t.key ~= nil then
+      error("gw.config: " .. key .. ": either cert and key, or certs, not both", level)
+    end
+    if type(t.certs) ~= "table" or #t.certs == 0 then bad(key .. ".certs", "a non-empty list", t.certs, level) end
+    list = t.certs
+  else
+    list = { t }
+  end
+  for k in pairs(t) do
+    if k ~= "cert" and k ~= "key" and k ~= "certs" then
+      error("gw.config: " .. key .. ": unknown option '" .. tostring(k) .. "'", level)
+    end
+  end
+  local out = {}
+  for i, c in ipairs(list) do
+    local where = t.certs and (key .. ".certs[" .. i .. "]") or key
+    if type(c) ~= "table" or type(c.cert) ~= "string" or type(c.key) ~= "string" then
+      bad(where, "{ cert = PATH, key = PATH }", c, level)
+    end
+    local function resolve(path)
+      if sub(path, 1, 1) == "/" then return path end
+      return (state.config_dir or ".") .. "/" .. path
+    end
+    local cert, pkey = resolve(c.cert), resolve(c.key)
+    if C.gw_ffi_tls_check(cert, pkey, tls_err, 512) ~= base.OK then
+      error("gw.config: " .. where .. ": " .. ffi.string(tls_err), level)
+    end
+    out[i] = { cert = cert, key = pkey }
+  end
+  return out
+end
+
 local function check_value(key, kind, v, level)
   if kind == "workers" then
     if v ~= "auto" and (type(v) ~= "number" or v < 1 or v % 1 ~= 0) then
@@ -80,10 +123,14 @@ local function check_value(key, kind, v, level)
     if type(v) ~= "table" or #v == 0 then bad(key, "an address or a list of addresses", v, level) end
     local out = {}
     for i, a in ipairs(v) do
+      local certs
       if type(a) == "table" then
-        if a.tls then
-          error("gw.config: listen[" .. i .. "]: TLS listeners are not supported by this build yet", level)
+        for k in pairs(a) do
+          if k ~= "addr" and k ~= "tls" then
+            error("gw.config: listen[" .. i .. "]: unknown option '" .. tostring(k) .. "'", level)
+          end
         end
+        if a.tls ~= nil then certs = check_tls(key .. "[" .. i .. "].tls", a.tls, level + 1) end
         a = a.addr
       end
       local host, port
@@ -93,7 +140,8 @@ local function check_value(key, kind, v, level)
       if not (host and numeric and port and port >= 1 and port <= 65535) then
         bad(key .. "[" .. i .. "]", '"IPv4:port" or "[IPv6]:port" (a numeric address)', a, level)
       end
-      out[#out + 1] = a
+      -- A TLS listener stays a table for C (lua_vm.c); a plain one a string.
+      out[#out + 1] = certs and { addr = a, certs = certs } or a
     end
     return out
   end
@@ -120,6 +168,7 @@ function gw.config(t)
   -- The admin endpoints must never be reachable on a public listener.
   if cfg.admin then
     for _, a in ipairs(cfg.listen) do
+      if type(a) == "table" then a = a.addr end
       if a == cfg.admin then error("gw.config: admin must not be one of the listen addresses (" .. a .. ")", 2) end
     end
   end

@@ -7,8 +7,21 @@
 #include "errors.h"
 #include "mem.h"
 
+static void free_certs(gw_listen_t *l) {
+  for (size_t i = 0; i < l->ncerts; i++) {
+    free(l->certs[i].cert);
+    free(l->certs[i].key);
+  }
+  free(l->certs);
+  l->certs = NULL;
+  l->ncerts = 0;
+}
+
 void gw_config_free(gw_config_t *c) {
-  for (size_t i = 0; i < c->nlisten; i++) free(c->listen[i].host);
+  for (size_t i = 0; i < c->nlisten; i++) {
+    free(c->listen[i].host);
+    free_certs(&c->listen[i]);
+  }
   free(c->listen);
   free(c->admin);
   free(c->access_log);
@@ -26,6 +39,15 @@ void gw_config_copy(gw_config_t *dst, const gw_config_t *src) {
   for (size_t i = 0; i < src->nlisten; i++) {
     dst->listen[i].host = dup_or_null(src->listen[i].host);
     dst->listen[i].port = src->listen[i].port;
+    dst->listen[i].ncerts = src->listen[i].ncerts;
+    dst->listen[i].certs = NULL;
+    if (src->listen[i].ncerts) {
+      dst->listen[i].certs = gw_xcalloc(src->listen[i].ncerts, sizeof *dst->listen[i].certs);
+      for (size_t k = 0; k < src->listen[i].ncerts; k++) {
+        dst->listen[i].certs[k].cert = dup_or_null(src->listen[i].certs[k].cert);
+        dst->listen[i].certs[k].key = dup_or_null(src->listen[i].certs[k].key);
+      }
+    }
   }
   dst->admin = dup_or_null(src->admin);
   dst->access_log = dup_or_null(src->access_log);
@@ -40,7 +62,8 @@ void gw_config_copy(gw_config_t *dst, const gw_config_t *src) {
 int gw_config_same_listen(const gw_config_t *a, const gw_config_t *b) {
   if (a->nlisten != b->nlisten) return 0;
   for (size_t i = 0; i < a->nlisten; i++)
-    if (a->listen[i].port != b->listen[i].port || strcmp(a->listen[i].host, b->listen[i].host) != 0)
+    if (a->listen[i].port != b->listen[i].port || strcmp(a->listen[i].host, b->listen[i].host) != 0 ||
+        (a->listen[i].ncerts > 0) != (b->listen[i].ncerts > 0))
       return 0;
   return 1;
 }

@@ -11,6 +11,8 @@
 
 #include <stddef.h>
 
+#include "tls.h"
+
 typedef struct gw_limits_s {
   size_t header_bytes; /* request line + headers; a longer target is 414, a longer head 431 */
   size_t headers;      /* header count; more is 431 */
@@ -26,8 +28,11 @@ typedef struct gw_timeouts_s {
 } gw_timeouts_t;
 
 typedef struct gw_listen_s {
-  char *host; /* numeric address as written, e.g. "127.0.0.1" or "::1" */
-  int port;   /* 1..65535 */
+  char *host;           /* numeric address as written, e.g. "127.0.0.1" or "::1" */
+  int port;             /* 1..65535 */
+  gw_tls_cert_t *certs; /* TLS listener: ncerts certificates (the first is the default),
+                         * paths resolved against the configuration's folder; NULL: plain */
+  size_t ncerts;
 } gw_listen_t;
 
 /* One gw.shared_dict(NAME, SIZE) declaration. */

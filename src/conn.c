@@ -13,6 +13,11 @@
  *   HEAD: timeouts.header from the first byte, then 408;
  *   BODY: timeouts.body between reads, then the body read fails;
  *   LINGER: 2 s to let the peer read our last answer before closing.
+ *
+ * TLS (tls.h) stays at the edges: on_read decrypts what was read in place, so
+ * everything after it sees plaintext in rbuf as on a plain connection, and
+ * gw_conn_write encrypts before the usual write path. Until the handshake
+ * completes, an IDLE connection has timeouts.header instead of timeouts.idle.
  */
 #include "conn.h"
 
@@ -107,6 +112,7 @@ static void on_handle_closed(uv_handle_t *h) {
   if (c->next) c->next->prev = c->prev;
   w->nconns--;
   gw_buf_free(&c->rbuf);
+  gw_tls_free(c->tls);
   free(c);
   gw_worker_conn_closed(w);
 }
@@ -161,9 +167,15 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
 }
 
 /* Closes after every queued write is out: shut down the write side, linger. */
+static void tls_flush(gw_conn_t *c);
 static void close_gracefully(gw_conn_t *c) {
   if (c->state == GW_CONN_CLOSING || c->state == GW_CONN_LINGER) return;
   drop_request(c);
+  if (c->tls) {
+    /* TLS: close_notify goes out behind the last answer. */
+    gw_tls_shutdown(c->tls);
+    tls_flush(c);
+  }
   c->state = GW_CONN_LINGER;
   read_stop(c);
   uv_shutdown_t *req = gw_xmalloc(sizeof *req);
@@ -209,7 +221,7 @@ static void on_write(uv_write_t *req, int status) {
   if (c->writes_pending == 0 && c->state == GW_CONN_LINGER && !c->reading) close_gracefully(c);
 }
 
-void gw_conn_write(gw_conn_t *c, const uv_buf_t *bufs, unsigned n) {
+static void write_raw(gw_conn_t *c, const uv_buf_t *bufs, unsigned n) {
   if (c->state == GW_CONN_CLOSING || c->write_failed) return;
   size_t total = 0, written = 0;
   for (unsigned i = 0; i < n; i++) total += bufs[i].len;
@@ -244,6 +256,29 @@ void gw_conn_write(gw_conn_t *c, const uv_buf_t *bufs, unsigned n) {
   }
   c->writes_pending++;
   c->write_bytes_pending += pw->len;
+}
+
+/* Writes the ciphertext tls.c has ready (handshake messages, records, alerts). */
+static void tls_flush(gw_conn_t *c) {
+  const char *p;
+  size_t len = gw_tls_pending(c->tls, &p);
+  if (len == 0) return;
+  uv_buf_t b = uv_buf_init((char *)p, (unsigned)len);
+  write_raw(c, &b, 1);
+  gw_tls_drained(c->tls);
+}
+
+void gw_conn_write(gw_conn_t *c, const uv_buf_t *bufs, unsigned n) {
+  if (c->tls && c->state != GW_CONN_CLOSING && !c->write_failed) {
+    /* TLS: encrypt, then write the records as plain bytes. */
+    if (gw_tls_writev(c->tls, bufs, n) != 0) {
+      close_soon(c);
+      return;
+    }
+    tls_flush(c);
+    return;
+  }
+  write_raw(c, bufs, n);
 }
 
 /* ---- requests ---- */
@@ -441,8 +476,29 @@ static void tunnel_read(gw_conn_t *c, ssize_t nread) {
   conn_unref(c);
 }
 
+/* TLS: the `nread` bytes just read at the end of rbuf are ciphertext.
+ * Decrypts them into the same place (rbuf.len does not move here) and
+ * returns the plaintext length, 0 when there is none yet, or a negative
+ * error that on_read treats like a failed read: a failed handshake (a
+ * plain-HTTP request included) closes this connection and nothing else. */
+static ssize_t tls_read(gw_conn_t *c, ssize_t nread) {
+  size_t len = c->rbuf.len;
+  int was_ready = gw_tls_ready(c->tls);
+  ssize_t rc = gw_tls_read(c->tls, c->rbuf.base + len, (size_t)nread, &c->rbuf);
+  c->rbuf.len = len;
+  tls_flush(c); /* the handshake's answer, tickets, or an alert */
+  if (rc == GW_ETLS) gw_log_debug("TLS from %s: %s", c->ip, gw_tls_error(c->tls));
+  if (!was_ready && gw_tls_ready(c->tls) && c->state == GW_CONN_IDLE)
+    arm_timer(c, secs_ms(c->worker->cfg->timeouts.idle)); /* see gw_conn_accept */
+  return rc;
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   gw_conn_t *c = s->data;
+  if (nread > 0 && c->tls) {
+    if (c->state == GW_CONN_LINGER) return; /* dropped: see on_shutdown */
+    nread = tls_read(c, nread);
+  }
   if (nread == 0) return;
   if (c->state == GW_CONN_TUNNEL) {
     tunnel_read(c, nread);
@@ -628,6 +684,10 @@ static void on_tunnel_shutdown(uv_shutdown_t *req, int status) { free(req); }
 
 void gw_conn_shutdown_write(gw_conn_t *c) {
   if (c->state == GW_CONN_CLOSING) return;
+  if (c->tls) {
+    gw_tls_shutdown(c->tls);
+    tls_flush(c);
+  }
   uv_shutdown_t *req = gw_xmalloc(sizeof *req);
   if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_tunnel_shutdown) != 0) free(req);
 }
@@ -716,7 +776,7 @@ static void access_log(gw_conn_t *c, gw_req_t *r) {
 
 /* ---- accept and drain ---- */
 
-int gw_conn_accept(gw_worker_t *w, uv_stream_t *server) {
+int gw_conn_accept(gw_worker_t *w, uv_stream_t *server, gw_tls_ctx_t *tls) {
   gw_conn_t *c = gw_xcalloc(1, sizeof *c);
   uv_tcp_init(w->loop, &c->tcp);
   int rc = uv_accept(server, (uv_stream_t *)&c->tcp);
@@ -743,7 +803,13 @@ int gw_conn_accept(gw_worker_t *w, uv_stream_t *server) {
   }
   gw_http1_init(&c->http, &w->cfg->limits);
   c->state = GW_CONN_IDLE;
-  arm_timer(c, secs_ms(w->cfg->timeouts.idle));
+  if (tls && !(c->tls = gw_tls_new(tls))) {
+    gw_conn_close(c);
+    return GW_ENOSPACE;
+  }
+  /* A TLS handshake must finish within timeouts.header; a client stalling
+   * in it holds nothing but its own connection until then. */
+  arm_timer(c, secs_ms(c->tls ? w->cfg->timeouts.header : w->cfg->timeouts.idle));
   read_start(c);
   return 0;
 }

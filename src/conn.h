@@ -20,6 +20,7 @@
 #include "buf.h"
 #include "http1.h"
 #include "request.h"
+#include "tls.h"
 
 typedef struct gw_worker_s gw_worker_t;
 
@@ -61,15 +62,19 @@ struct gw_conn_s {
   uint64_t deadline;     /* loop ms when the current state times out; 0: none */
   uint64_t timer_due;    /* loop ms when `timer` fires; 0: not armed */
   uint8_t admin;         /* accepted on the admin listener: admin.c answers, never Lua */
+  gw_tls_t *tls;         /* accepted on a TLS listener: the TLS state, else NULL; freed
+                          * with the connection (on_handle_closed) */
   char ip[48];           /* the peer address, text */
 };
 
-/* Accepts one pending connection on `server` for worker `w`. */
-int gw_conn_accept(gw_worker_t *w, uv_stream_t *server);
+/* Accepts one pending connection on `server` for worker `w`; `tls` is the
+ * listener's TLS context, or NULL for plain HTTP. */
+int gw_conn_accept(gw_worker_t *w, uv_stream_t *server, gw_tls_ctx_t *tls);
 /* Closes now (or when the current callback returns). Safe to call twice. */
 void gw_conn_close(gw_conn_t *c);
-/* Writes `bufs`; what the socket cannot take now is copied and queued, so
- * the caller's memory is free again when this returns. */
+/* Writes `bufs` (encrypted first on a TLS connection); what the socket
+ * cannot take now is copied and queued, so the caller's memory is free again
+ * when this returns. */
 void gw_conn_write(gw_conn_t *c, const uv_buf_t *bufs, unsigned n);
 /* The Lua layer wants the body of c->req: starts reading if needed. Returns
  * 0 when the body is complete already, 1 when it will be announced through

@@ -23,7 +23,8 @@
   XX(ENOTFOUND, -10011, "not found")                                  \
   XX(EEXISTS, -10012, "exists")                                       \
   XX(ENOTNUM, -10013, "not a number")                                 \
-  XX(ENOSPACE, -10014, "no memory")
+  XX(ENOSPACE, -10014, "no memory")                                   \
+  XX(ETLS, -10015, "TLS handshake or record failed")
 
 typedef enum {
 #define XX(name, code, msg) GW_##name = code,

@@ -27,6 +27,7 @@ typedef struct gw_ffi_head_s {
   const char *host;
   size_t host_len;
   int http_minor;
+  int tls; /* 1 on a TLS connection: req.scheme is "https" */
 } gw_ffi_head_t;
 
 GW_FFI_EXPORT int gw_ffi_abi_version(void) { return GW_FFI_ABI; }
@@ -44,6 +45,7 @@ GW_FFI_EXPORT int gw_ffi_req_head(gw_req_t *r, uint32_t s, gw_ffi_head_t *out) {
   out->host = host ? host : "";
   out->host_len = host ? hl : 0;
   out->http_minor = r->http_minor;
+  out->tls = r->conn->tls != NULL;
   return GW_FFI_OK;
 }
 

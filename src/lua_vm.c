@@ -122,13 +122,32 @@ static int config_from_lua(lua_State *L, int idx, gw_config_t *c, char *err, siz
   c->listen = gw_xcalloc(n ? n : 1, sizeof *c->listen);
   for (size_t i = 0; i < n; i++) {
     lua_rawgeti(L, -1, (int)i + 1);
+    /* A TLS listener is { addr =, certs = { { cert =, key = }, ... } } with
+     * paths already resolved and checked by gw.config; a plain one a string. */
+    int is_tls = lua_istable(L, -1);
+    if (is_tls) lua_getfield(L, -1, "addr");
     const char *addr = lua_tostring(L, -1);
-    if (!addr || gw_listen_parse(addr, &c->listen[c->nlisten]) != 0) {
+    gw_listen_t *l = &c->listen[c->nlisten];
+    if (!addr || gw_listen_parse(addr, l) != 0) {
       snprintf(err, errlen, "%s: bad listen address '%s'", "gw.config", addr ? addr : "?");
-      lua_pop(L, 2);
+      lua_pop(L, is_tls ? 3 : 2);
       return GW_ECONFIG;
     }
     c->nlisten++;
+    if (is_tls) {
+      lua_pop(L, 1);
+      lua_getfield(L, -1, "certs");
+      size_t nc = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+      l->certs = gw_xcalloc(nc ? nc : 1, sizeof *l->certs);
+      for (size_t k = 0; k < nc; k++) {
+        lua_rawgeti(L, -1, (int)k + 1);
+        l->certs[k].cert = str_field(L, -1, "cert");
+        l->certs[k].key = str_field(L, -1, "key");
+        lua_pop(L, 1);
+        if (l->certs[k].cert && l->certs[k].key) l->ncerts++;
+      }
+      lua_pop(L, 1);
+    }
     lua_pop(L, 1);
   }
   lua_pop(L, 1);

@@ -305,7 +305,10 @@ static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines,
   gw_buf_append_str(&v, r->conn->ip);
   if (!name_in("x-forwarded-for", 15, lines, llen)) gw_exchange_add_header(x, "X-Forwarded-For", 15, v.base, v.len);
   gw_buf_free(&v);
-  if (!name_in("x-forwarded-proto", 17, lines, llen)) gw_exchange_add_header(x, "X-Forwarded-Proto", 17, "http", 4);
+  if (!name_in("x-forwarded-proto", 17, lines, llen)) {
+    int tls = r->conn->tls != NULL;
+    gw_exchange_add_header(x, "X-Forwarded-Proto", 17, tls ? "https" : "http", tls ? 5u : 4u);
+  }
   size_t hlen = 0;
   const char *host = gw_req_header(r, "host", 4, &hlen);
   if (host && !name_in("x-forwarded-host", 16, lines, llen)) gw_exchange_add_header(x, "X-Forwarded-Host", 16, host, hlen);

@@ -34,7 +34,10 @@ gw_worker_t *gw__worker;
 static void on_connection(uv_stream_t *server, int status) {
   gw_worker_t *w = server->data;
   if (status < 0 || w->draining) return;
-  int rc = gw_conn_accept(w, server);
+  gw_tls_ctx_t *tls = NULL;
+  for (size_t i = 0; i < w->nlisteners; i++)
+    if (server == (uv_stream_t *)&w->listeners[i]) tls = w->tls[i];
+  int rc = gw_conn_accept(w, server, tls);
   if (rc != 0 && rc != UV_EAGAIN) gw_log_warn("accept: %s", gw_strerror(rc));
   gw_shm_worker_t *s = gw_shm_worker((unsigned)w->index);
   if (s) gw_shm_store(&s->connections, w->nconns);
@@ -124,8 +127,19 @@ static int open_logs(const gw_config_t *cfg) {
 
 static int open_listeners(gw_worker_t *w) {
   w->listeners = gw_xcalloc(w->cfg->nlisten, sizeof *w->listeners);
+  w->tls = gw_xcalloc(w->cfg->nlisten ? w->cfg->nlisten : 1, sizeof *w->tls);
   for (size_t i = 0; i < w->cfg->nlisten; i++) {
     const gw_listen_t *l = &w->cfg->listen[i];
+    if (l->ncerts > 0) {
+      /* The files were checked when the configuration loaded (gw.config);
+       * this can still fail if they changed since. */
+      char err[1024];
+      w->tls[i] = gw_tls_ctx_new(l->certs, l->ncerts, err, sizeof err);
+      if (!w->tls[i]) {
+        gw_log_error("cannot set up TLS on %s:%d: %s", l->host, l->port, err);
+        return GW_ECONFIG;
+      }
+    }
     int rc = gw_listener_open(w->loop, &w->listeners[i], l, on_connection);
     if (rc) {
       gw_log_error("cannot listen on %s:%d: %s", l->host, l->port, gw_strerror(rc));
@@ -137,7 +151,7 @@ static int open_listeners(gw_worker_t *w) {
   if (!w->cfg->admin) return 0;
   /* The admin listener: same accept path; conn.c tells its connections
    * apart by the server handle and hands their requests to admin.c. */
-  gw_listen_t addr = {NULL, 0};
+  gw_listen_t addr = {0};
   int rc = gw_listen_parse(w->cfg->admin, &addr);
   if (rc == 0) rc = gw_listener_open(w->loop, &w->admin_listener, &addr, on_connection);
   if (rc) {

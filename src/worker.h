@@ -14,6 +14,7 @@
 
 #include "config.h"
 #include "lua_vm.h"
+#include "tls.h"
 
 typedef struct gw_conn_s gw_conn_t;
 typedef struct gw_watch_s gw_watch_t;
@@ -28,6 +29,8 @@ typedef struct gw_worker_s {
   const gw_config_t *cfg;  /* always &config (connections point into it) */
   int index;               /* 0..workers-1, given by the master */
   uv_tcp_t *listeners;     /* one per cfg->listen entry */
+  gw_tls_ctx_t **tls;      /* one per cfg->listen entry: its TLS context, or NULL for
+                            * plain HTTP; made in open_listeners, kept until exit */
   size_t nlisteners;
   uv_tcp_t admin_listener; /* cfg->admin's socket when admin_open; conn.c compares to it */
   uint8_t admin_open;

@@ -6,7 +6,7 @@
 -- to load unless gw_ffi_abi_version() equals ABI below.
 local ffi = require "ffi"
 
-local ABI = 6
+local ABI = 7
 
 ffi.cdef [[
 typedef struct gw_req_s gw_req_t;
@@ -16,6 +16,7 @@ typedef struct gw_ffi_head_s {
   const char *uri; size_t uri_len; size_t path_len;
   const char *host; size_t host_len;
   int http_minor;
+  int tls;
 } gw_ffi_head_t;
 
 int gw_ffi_abi_version(void);
@@ -44,6 +45,7 @@ double gw_ffi_monotonic(void);
 int gw_ffi_sleep(gw_task_t *t, uint32_t ts, double seconds, uint32_t *wait_id);
 int gw_ffi_timer_start(int id, double after, double every);
 int gw_ffi_worker_index(void);
+int gw_ffi_tls_check(const char *cert, const char *key, char *err, size_t errlen);
 
 typedef struct gw_shdict_s gw_shdict_t;
 typedef struct gw_ffi_shval_s { int type; double num; const char *str; size_t len; } gw_ffi_shval_t;

@@ -138,7 +138,11 @@ function getters.ip(req)
   return v
 end
 
-function getters.scheme(req) return "http" end
+function getters.scheme(req)
+  local v = head(req).tls ~= 0 and "https" or "http"
+  rawset(req, "scheme", v)
+  return v
+end
 
 -- The id is never cached: request_id middleware may replace it.
 function getters.id(req)

@@ -1,0 +1,272 @@
+/*
+ * test_tls.c: src/tls.c without sockets.
+ *
+ * A client SSL on memory BIOs talks to a gw_tls_t by moving bytes by hand:
+ * what the client's write BIO holds goes to gw_tls_read, and what
+ * gw_tls_pending holds goes to the client's read BIO. Certificates are made
+ * with the openssl CLI into a temporary folder (EC keys, self-signed, with a
+ * subjectAltName), once per test program.
+ *
+ * spec-ldflags: -fsanitize=address,undefined -fno-sanitize-recover=undefined
+ */
+#include "../../src/mem.c"
+#include "../../src/buf.c"
+#include "../../src/tls.c"
+
+#include "runner.h"
+
+static char dir[64];
+
+static void make_cert(const char *name, const char *dns) {
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd,
+           "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
+           "-keyout %s/%s.key -out %s/%s.pem -subj '/CN=%s' -addext 'subjectAltName=DNS:%s' "
+           ">/dev/null 2>&1",
+           dir, name, dir, name, dns, dns);
+  if (system(cmd) != 0) {
+    fprintf(stderr, "cannot run: %s\n", cmd);
+    exit(1);
+  }
+}
+
+static gw_tls_ctx_t *server_ctx(void) {
+  char a[128], ak[128], w[128], wk[128];
+  snprintf(a, sizeof a, "%s/a.pem", dir);
+  snprintf(ak, sizeof ak, "%s/a.key", dir);
+  snprintf(w, sizeof w, "%s/w.pem", dir);
+  snprintf(wk, sizeof wk, "%s/w.key", dir);
+  gw_tls_cert_t certs[2] = {{a, ak}, {w, wk}};
+  char err[512] = "";
+  gw_tls_ctx_t *ctx = gw_tls_ctx_new(certs, 2, err, sizeof err);
+  if (!ctx) fprintf(stderr, "gw_tls_ctx_new: %s\n", err);
+  return ctx;
+}
+
+typedef struct {
+  SSL_CTX *ctx;
+  SSL *ssl;
+  BIO *in, *out; /* in: from the server; out: to the server */
+} client_t;
+
+static void client_init(client_t *c, const char *sni, const char *alpn_wire, int max_version) {
+  c->ctx = SSL_CTX_new(TLS_client_method());
+  SSL_CTX_set_verify(c->ctx, SSL_VERIFY_NONE, NULL);
+  if (max_version) {
+    SSL_CTX_set_min_proto_version(c->ctx, max_version);
+    SSL_CTX_set_max_proto_version(c->ctx, max_version);
+    SSL_CTX_set_security_level(c->ctx, 0);
+    SSL_CTX_set_cipher_list(c->ctx, "ALL:@SECLEVEL=0");
+  }
+  c->ssl = SSL_new(c->ctx);
+  c->in = BIO_new(BIO_s_mem());
+  c->out = BIO_new(BIO_s_mem());
+  SSL_set_bio(c->ssl, c->in, c->out);
+  SSL_set_connect_state(c->ssl);
+  if (sni) SSL_set_tlsext_host_name(c->ssl, sni);
+  if (alpn_wire) SSL_set_alpn_protos(c->ssl, (const unsigned char *)alpn_wire, (unsigned)strlen(alpn_wire));
+}
+
+static void client_free(client_t *c) {
+  SSL_free(c->ssl);
+  SSL_CTX_free(c->ctx);
+}
+
+/* Moves bytes both ways until neither side has anything to say. Plaintext
+ * the server decrypts is appended to `plain`; returns the last gw_tls_read
+ * result that was not 0 (or 0). */
+static ssize_t pump(client_t *c, gw_tls_t *t, gw_buf_t *plain) {
+  ssize_t last = 0;
+  for (int round = 0; round < 20; round++) {
+    if (!SSL_is_init_finished(c->ssl)) SSL_do_handshake(c->ssl);
+    char *p;
+    long n = BIO_get_mem_data(c->out, &p);
+    int moved = 0;
+    if (n > 0) {
+      ssize_t rc = gw_tls_read(t, p, (size_t)n, plain);
+      if (rc != 0) last = rc;
+      (void)BIO_reset(c->out);
+      moved = 1;
+    }
+    const char *q;
+    size_t m = gw_tls_pending(t, &q);
+    if (m > 0) {
+      BIO_write(c->in, q, (int)m);
+      gw_tls_drained(t);
+      moved = 1;
+    }
+    if (!moved) break;
+    if (last < 0) break;
+  }
+  return last;
+}
+
+static char *peer_cn(client_t *c, char *buf, size_t len) {
+  X509 *x = SSL_get1_peer_certificate(c->ssl);
+  buf[0] = '\0';
+  if (x) {
+    X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, buf, (int)len);
+    X509_free(x);
+  }
+  return buf;
+}
+
+TEST(wildcard_covers_one_label) {
+  CHECK(wildcard_match("*.w.test", "a.w.test"));
+  CHECK(wildcard_match("*.w.test", "A.W.TEST"));
+  CHECK(!wildcard_match("*.w.test", "w.test"));
+  CHECK(!wildcard_match("*.w.test", "a.b.w.test"));
+  CHECK(!wildcard_match("*.w.test", ".w.test"));
+  CHECK(!wildcard_match("a.w.test", "a.w.test")); /* not a wildcard */
+}
+
+TEST(alpn_accepts_only_http11) {
+  const unsigned char *out = NULL;
+  unsigned char outlen = 0;
+  static const unsigned char both[] = "\x02h2\x08http/1.1";
+  CHECK_EQ(on_alpn(NULL, &out, &outlen, both, sizeof both - 1, NULL), SSL_TLSEXT_ERR_OK);
+  CHECK_EQ(outlen, 8);
+  CHECK(out && memcmp(out, "http/1.1", 8) == 0);
+  static const unsigned char h2[] = "\x02h2";
+  CHECK_EQ(on_alpn(NULL, &out, &outlen, h2, sizeof h2 - 1, NULL), SSL_TLSEXT_ERR_ALERT_FATAL);
+  /* A length running past the end is not read past the end. */
+  static const unsigned char bad[] = "\x09http/1.1";
+  CHECK_EQ(on_alpn(NULL, &out, &outlen, bad, sizeof bad - 1, NULL), SSL_TLSEXT_ERR_ALERT_FATAL);
+}
+
+TEST(handshake_and_data_both_ways) {
+  gw_tls_ctx_t *ctx = server_ctx();
+  REQUIRE(ctx != NULL);
+  gw_tls_t *t = gw_tls_new(ctx);
+  client_t c;
+  client_init(&c, "a.test", "\x08http/1.1", 0);
+  gw_buf_t plain;
+  gw_buf_init(&plain);
+  CHECK(pump(&c, t, &plain) >= 0);
+  REQUIRE(gw_tls_ready(t));
+  REQUIRE(SSL_is_init_finished(c.ssl));
+  CHECK_EQ(SSL_version(c.ssl), TLS1_3_VERSION);
+  const unsigned char *alpn;
+  unsigned alen;
+  SSL_get0_alpn_selected(c.ssl, &alpn, &alen);
+  CHECK(alen == 8 && memcmp(alpn, "http/1.1", 8) == 0);
+  /* Client to server: one write, read back as plaintext. */
+  const char req[] = "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+  SSL_write(c.ssl, req, (int)sizeof req - 1);
+  CHECK_EQ(pump(&c, t, &plain), (ssize_t)(sizeof req - 1));
+  CHECK(plain.len == sizeof req - 1 && memcmp(plain.base, req, plain.len) == 0);
+  /* Server to client: 100 kB in one gw_tls_write, several records. */
+  size_t big = 100000;
+  char *body = malloc(big);
+  memset(body, 'x', big);
+  CHECK_EQ(gw_tls_write(t, body, big), 0);
+  pump(&c, t, &plain);
+  size_t got = 0;
+  char buf[16384];
+  int n;
+  while ((n = SSL_read(c.ssl, buf, sizeof buf)) > 0) got += (size_t)n;
+  CHECK_EQ(got, big);
+  /* A head and a short body: one record (TLS 1.3 adds 22 bytes to it). */
+  uv_buf_t two[2] = {uv_buf_init("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 38), uv_buf_init("hello", 5)};
+  CHECK_EQ(gw_tls_writev(t, two, 2), 0);
+  const char *rec;
+  CHECK_EQ(gw_tls_pending(t, &rec), (size_t)(38 + 5 + 22));
+  pump(&c, t, &plain);
+  char small[64];
+  CHECK_EQ(SSL_read(c.ssl, small, sizeof small), 43);
+  CHECK(memcmp(small + 38, "hello", 5) == 0);
+  /* close_notify from the client: EOF. */
+  SSL_shutdown(c.ssl);
+  CHECK_EQ(pump(&c, t, &plain), (ssize_t)UV_EOF);
+  free(body);
+  gw_buf_free(&plain);
+  client_free(&c);
+  gw_tls_free(t);
+  gw_tls_ctx_free(ctx);
+}
+
+TEST(sni_picks_certificate) {
+  gw_tls_ctx_t *ctx = server_ctx();
+  REQUIRE(ctx != NULL);
+  const char *cases[][2] = {{"a.test", "a.test"}, {"x.w.test", "*.w.test"}, {"X.W.TEST", "*.w.test"},
+                            {"y.x.w.test", "a.test"}, {"other", "a.test"}, {NULL, "a.test"}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    gw_tls_t *t = gw_tls_new(ctx);
+    client_t c;
+    client_init(&c, cases[i][0], NULL, 0);
+    gw_buf_t plain;
+    gw_buf_init(&plain);
+    pump(&c, t, &plain);
+    char cn[256];
+    CHECK(gw_tls_ready(t));
+    int right = strcmp(peer_cn(&c, cn, sizeof cn), cases[i][1]) == 0;
+    if (!right) fprintf(stderr, "  SNI %s: got %s, want %s\n", cases[i][0] ? cases[i][0] : "(none)", cn, cases[i][1]);
+    CHECK(right);
+    gw_buf_free(&plain);
+    client_free(&c);
+    gw_tls_free(t);
+  }
+  gw_tls_ctx_free(ctx);
+}
+
+TEST(refusals_fail_the_handshake) {
+  gw_tls_ctx_t *ctx = server_ctx();
+  REQUIRE(ctx != NULL);
+  /* TLS 1.1 (the client allows nothing else), ALPN h2 only, plain HTTP. */
+  client_t c;
+  gw_buf_t plain;
+  gw_buf_init(&plain);
+  gw_tls_t *t = gw_tls_new(ctx);
+  client_init(&c, "a.test", NULL, TLS1_1_VERSION);
+  CHECK_EQ(pump(&c, t, &plain), (ssize_t)GW_ETLS);
+  CHECK(!gw_tls_ready(t));
+  CHECK_EQ(gw_tls_write(t, "x", 1), GW_ETLS);
+  client_free(&c);
+  gw_tls_free(t);
+
+  t = gw_tls_new(ctx);
+  client_init(&c, "a.test", "\x02h2", 0);
+  CHECK_EQ(pump(&c, t, &plain), (ssize_t)GW_ETLS);
+  client_free(&c);
+  gw_tls_free(t);
+
+  t = gw_tls_new(ctx);
+  const char get[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  CHECK_EQ(gw_tls_read(t, get, sizeof get - 1, &plain), (ssize_t)GW_ETLS);
+  CHECK_EQ(plain.len, 0);
+  gw_tls_free(t);
+  gw_buf_free(&plain);
+  gw_tls_ctx_free(ctx);
+}
+
+TEST(bad_files_name_the_file) {
+  char err[512];
+  gw_tls_cert_t c = {"/nonexistent/x.pem", "/nonexistent/x.key"};
+  CHECK(gw_tls_ctx_new(&c, 1, err, sizeof err) == NULL);
+  CHECK(strstr(err, "/nonexistent/x.pem") != NULL);
+  char a[128], wk[128];
+  snprintf(a, sizeof a, "%s/a.pem", dir);
+  snprintf(wk, sizeof wk, "%s/w.key", dir);
+  gw_tls_cert_t mismatch = {a, wk};
+  CHECK(gw_tls_ctx_new(&mismatch, 1, err, sizeof err) == NULL);
+  CHECK(strstr(err, "w.key") != NULL);
+}
+
+static void cleanup(void) {
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", dir);
+}
+
+/* Once, in the parent before main; the forked tests share the files and
+ * leave with _exit, so only the parent removes them. */
+__attribute__((constructor)) static void setup(void) {
+  snprintf(dir, sizeof dir, "/tmp/gwtest-tlsc-XXXXXX");
+  if (!mkdtemp(dir)) exit(1);
+  atexit(cleanup);
+  make_cert("a", "a.test");
+  make_cert("w", "*.w.test");
+}
+
+TEST_LIST(T(wildcard_covers_one_label), T(alpn_accepts_only_http11), T(handshake_and_data_both_ways),
+          T(sni_picks_certificate), T(refusals_fail_the_handshake), T(bad_files_name_the_file))

@@ -1,0 +1,395 @@
+/*
+ * tls.c: server TLS contexts and per-connection TLS states (see tls.h).
+ *
+ * Each connection's SSL reads from a memory BIO that gw_tls_read fills with
+ * what the socket delivered, and writes into a small BIO of our own that
+ * appends to a gw_buf_t (`out`). The connection drains `out` after every
+ * call that may have produced bytes: handshake messages, TLS 1.3 session
+ * tickets, alerts, records. A memory BIO never asks to retry a write, so
+ * SSL_write always takes everything; backpressure stays where it was, on
+ * the connection's queued socket writes.
+ *
+ * OpenSSL keeps its errors in a per-thread queue that other code (the
+ * crypto FFI) also uses, so every SSL_* call here starts from a cleared
+ * queue and leaves it cleared.
+ */
+#include "tls.h"
+
+#include <errno.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <uv.h>
+
+#include "errors.h"
+#include "mem.h"
+
+/* TLS 1.2 only: forward secrecy and AEAD (Mozilla's "intermediate" list
+ * without DHE). TLS 1.3's suites are all modern; OpenSSL's default stands. */
+#define CIPHERS_TLS12                                                                        \
+  "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:" \
+  "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
+/* Above this, `out`'s memory is returned once drained (a large answer must
+ * not pin its size on an idle keep-alive connection). */
+#define OUT_KEEP_MAX (64 * 1024)
+
+/* One certificate and the names it is valid for. */
+typedef struct {
+  SSL_CTX *ssl_ctx; /* owns the certificate chain and key */
+  char **names;     /* lower-case DNS names (SAN, else the CN); "*.x.y" kept as written */
+  size_t nnames;
+} server_cert_t;
+
+/* Owned by the worker (one per TLS listener); freed by gw_tls_ctx_free. */
+struct gw_tls_ctx_s {
+  server_cert_t *certs; /* ncerts entries; certs[0] is the default */
+  size_t ncerts;
+};
+
+/* Owned by its connection; freed by gw_tls_free. */
+struct gw_tls_s {
+  SSL *ssl;           /* owns both BIOs */
+  BIO *rbio;          /* ciphertext from the socket (memory BIO) */
+  gw_buf_t out;       /* ciphertext for the socket (written by out_bio) */
+  const char *reason; /* why it failed (static OpenSSL text), or NULL */
+  uint8_t ready;      /* handshake done */
+  uint8_t failed;     /* a fatal error: no further reads or writes */
+  uint8_t shut;       /* close_notify queued */
+};
+
+/* ---- the outgoing BIO: appends to gw_tls_t.out ---- */
+
+static BIO_METHOD *out_method;
+
+static int out_write(BIO *b, const char *p, int len) {
+  gw_tls_t *t = BIO_get_data(b);
+  if (len <= 0) return 0;
+  gw_buf_append(&t->out, p, (size_t)len);
+  return len;
+}
+
+static long out_ctrl(BIO *b, int cmd, long num, void *ptr) {
+  /* SSL flushes after each flight; the bytes are already in `out`. */
+  return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int out_create(BIO *b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+static int init_out_method(void) {
+  if (out_method) return 0;
+  out_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "gateway out");
+  if (!out_method) return GW_ENOSPACE;
+  BIO_meth_set_write(out_method, out_write);
+  BIO_meth_set_ctrl(out_method, out_ctrl);
+  BIO_meth_set_create(out_method, out_create);
+  return 0;
+}
+
+/* ---- contexts ---- */
+
+static const char *ssl_reason(void) {
+  unsigned long e = ERR_peek_last_error();
+  const char *r = e ? ERR_reason_error_string(e) : NULL;
+  ERR_clear_error();
+  return r ? r : "unknown error";
+}
+
+/* RFC 7301: only http/1.1 is spoken here. A client that offers ALPN without
+ * it gets the no_application_protocol alert (3.2); one that offers no ALPN
+ * at all is served HTTP/1.1 as usual. */
+static int on_alpn(SSL *s, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                   unsigned inlen, void *arg) {
+  static const unsigned char h11[] = "http/1.1";
+  for (unsigned i = 0; i < inlen;) {
+    unsigned len = in[i];
+    if (i + 1 + len > inlen) break;
+    if (len == sizeof h11 - 1 && memcmp(in + i + 1, h11, len) == 0) {
+      *out = in + i + 1;
+      *outlen = (unsigned char)len;
+      return SSL_TLSEXT_ERR_OK;
+    }
+    i += 1 + len;
+  }
+  return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+/* "*.example.com" matches "a.example.com" (exactly one label before the
+ * suffix), never "example.com" or "a.b.example.com". */
+static int wildcard_match(const char *pattern, const char *name) {
+  if (pattern[0] != '*' || pattern[1] != '.') return 0;
+  const char *dot = strchr(name, '.');
+  return dot && dot != name && strcasecmp(dot + 1, pattern + 2) == 0;
+}
+
+static server_cert_t *find_cert(gw_tls_ctx_t *ctx, const char *name) {
+  for (size_t i = 0; i < ctx->ncerts; i++)
+    for (size_t k = 0; k < ctx->certs[i].nnames; k++)
+      if (strcasecmp(ctx->certs[i].names[k], name) == 0) return &ctx->certs[i];
+  for (size_t i = 0; i < ctx->ncerts; i++)
+    for (size_t k = 0; k < ctx->certs[i].nnames; k++)
+      if (wildcard_match(ctx->certs[i].names[k], name)) return &ctx->certs[i];
+  return NULL;
+}
+
+/* SNI: switch to the certificate for the requested name; without a name, or
+ * with one no certificate covers, the default (first) one answers. */
+static int on_servername(SSL *s, int *alert, void *arg) {
+  gw_tls_ctx_t *ctx = arg;
+  const char *name = SSL_get_servername(s, TLSEXT_NAMETYPE_host_name);
+  if (!name || ctx->ncerts < 2) return SSL_TLSEXT_ERR_OK;
+  server_cert_t *c = find_cert(ctx, name);
+  if (c && c->ssl_ctx != SSL_get_SSL_CTX(s)) SSL_set_SSL_CTX(s, c->ssl_ctx);
+  return SSL_TLSEXT_ERR_OK;
+}
+
+static void add_name(server_cert_t *c, const char *p, size_t len) {
+  if (len == 0 || memchr(p, '\0', len)) return;
+  c->names = gw_xrealloc(c->names, (c->nnames + 1) * sizeof *c->names);
+  char *s = gw_xstrndup(p, len);
+  for (char *q = s; *q; q++)
+    if (*q >= 'A' && *q <= 'Z') *q = (char)(*q - 'A' + 'a');
+  c->names[c->nnames++] = s;
+}
+
+/* The DNS names of the leaf: subjectAltName entries, or the subject's CN
+ * when it has none (RFC 6125 6.4.4). */
+static void collect_names(server_cert_t *c, X509 *x) {
+  GENERAL_NAMES *sans = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+  if (sans) {
+    for (int i = 0; i < sk_GENERAL_NAME_num(sans); i++) {
+      const GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
+      if (g->type != GEN_DNS) continue;
+      add_name(c, (const char *)ASN1_STRING_get0_data(g->d.dNSName),
+               (size_t)ASN1_STRING_length(g->d.dNSName));
+    }
+    GENERAL_NAMES_free(sans);
+  }
+  if (c->nnames > 0) return;
+  char cn[256];
+  int n = X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn, sizeof cn);
+  if (n > 0) add_name(c, cn, (size_t)n);
+}
+
+/* The same settings on every certificate's SSL_CTX: after SNI switches
+ * contexts, OpenSSL reads some of them (ALPN) from the new one. */
+static int load_cert(gw_tls_ctx_t *ctx, server_cert_t *c, const gw_tls_cert_t *cfg, char *err,
+                     size_t errlen) {
+  const char *paths[2] = {cfg->cert, cfg->key};
+  for (int i = 0; i < 2; i++) {
+    FILE *f = fopen(paths[i], "r");
+    if (!f) {
+      snprintf(err, errlen, "cannot read %s %s: %s", i ? "key" : "certificate", paths[i], strerror(errno));
+      return GW_ECONFIG;
+    }
+    fclose(f);
+  }
+  SSL_CTX *s = SSL_CTX_new(TLS_server_method());
+  if (!s) {
+    snprintf(err, errlen, "cannot make a TLS context: %s", ssl_reason());
+    return GW_ENOSPACE;
+  }
+  c->ssl_ctx = s;
+  SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
+  SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_mode(s, SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_alpn_select_cb(s, on_alpn, NULL);
+  SSL_CTX_set_tlsext_servername_callback(s, on_servername);
+  SSL_CTX_set_tlsext_servername_arg(s, ctx);
+  if (SSL_CTX_set_cipher_list(s, CIPHERS_TLS12) != 1) {
+    snprintf(err, errlen, "cannot set the cipher list: %s", ssl_reason());
+    return GW_ECONFIG;
+  }
+  if (SSL_CTX_use_certificate_chain_file(s, cfg->cert) != 1) {
+    snprintf(err, errlen, "bad certificate %s: %s", cfg->cert, ssl_reason());
+    return GW_ECONFIG;
+  }
+  if (SSL_CTX_use_PrivateKey_file(s, cfg->key, SSL_FILETYPE_PEM) != 1) {
+    snprintf(err, errlen, "bad key %s: %s", cfg->key, ssl_reason());
+    return GW_ECONFIG;
+  }
+  if (SSL_CTX_check_private_key(s) != 1) {
+    snprintf(err, errlen, "key %s does not match certificate %s", cfg->key, cfg->cert);
+    ERR_clear_error();
+    return GW_ECONFIG;
+  }
+  collect_names(c, SSL_CTX_get0_certificate(s));
+  return 0;
+}
+
+gw_tls_ctx_t *gw_tls_ctx_new(const gw_tls_cert_t *certs, size_t n, char *err, size_t errlen) {
+  ERR_clear_error();
+  if (n == 0) {
+    snprintf(err, errlen, "no certificate");
+    return NULL;
+  }
+  if (init_out_method() != 0) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  gw_tls_ctx_t *ctx = gw_xcalloc(1, sizeof *ctx);
+  ctx->certs = gw_xcalloc(n, sizeof *ctx->certs);
+  for (size_t i = 0; i < n; i++) {
+    ctx->ncerts++;
+    if (load_cert(ctx, &ctx->certs[i], &certs[i], err, errlen) != 0) {
+      gw_tls_ctx_free(ctx);
+      return NULL;
+    }
+  }
+  return ctx;
+}
+
+void gw_tls_ctx_free(gw_tls_ctx_t *ctx) {
+  if (!ctx) return;
+  for (size_t i = 0; i < ctx->ncerts; i++) {
+    SSL_CTX_free(ctx->certs[i].ssl_ctx);
+    for (size_t k = 0; k < ctx->certs[i].nnames; k++) free(ctx->certs[i].names[k]);
+    free(ctx->certs[i].names);
+  }
+  free(ctx->certs);
+  free(ctx);
+}
+
+/* ---- connections ---- */
+
+gw_tls_t *gw_tls_new(gw_tls_ctx_t *ctx) {
+  ERR_clear_error();
+  gw_tls_t *t = gw_xcalloc(1, sizeof *t);
+  t->ssl = SSL_new(ctx->certs[0].ssl_ctx);
+  t->rbio = BIO_new(BIO_s_mem());
+  BIO *wbio = BIO_new(out_method);
+  if (!t->ssl || !t->rbio || !wbio) {
+    SSL_free(t->ssl);
+    BIO_free(t->rbio);
+    BIO_free(wbio);
+    free(t);
+    ERR_clear_error();
+    return NULL;
+  }
+  BIO_set_data(wbio, t);
+  SSL_set_bio(t->ssl, t->rbio, wbio); /* the SSL owns both from here */
+  SSL_set_accept_state(t->ssl);
+  return t;
+}
+
+void gw_tls_free(gw_tls_t *t) {
+  if (!t) return;
+  SSL_free(t->ssl);
+  gw_buf_free(&t->out);
+  free(t);
+}
+
+static ssize_t fail(gw_tls_t *t) {
+  t->failed = 1;
+  t->reason = ssl_reason();
+  return GW_ETLS;
+}
+
+ssize_t gw_tls_read(gw_tls_t *t, const char *in, size_t n, gw_buf_t *plain) {
+  if (t->failed) return GW_ETLS;
+  ERR_clear_error();
+  /* Copy `in` first: growing `plain` below may move the memory it is in. */
+  if (n > 0 && BIO_write(t->rbio, in, (int)n) != (int)n) return fail(t);
+  if (!t->ready) {
+    int rc = SSL_do_handshake(t->ssl);
+    if (rc != 1) {
+      int e = SSL_get_error(t->ssl, rc);
+      if (e == SSL_ERROR_WANT_READ) return 0;
+      return fail(t);
+    }
+    t->ready = 1;
+  }
+  ssize_t total = 0;
+  for (;;) {
+    gw_buf_reserve(plain, 16384);
+    size_t got = 0;
+    int rc = SSL_read_ex(t->ssl, plain->base + plain->len, plain->cap - plain->len, &got);
+    if (rc == 1) {
+      plain->len += got;
+      total += (ssize_t)got;
+      continue;
+    }
+    int e = SSL_get_error(t->ssl, rc);
+    if (e == SSL_ERROR_WANT_READ) break;
+    ERR_clear_error();
+    /* close_notify: plaintext read before it still counts; the socket's EOF
+     * follows, or the connection's timeouts end it. */
+    if (e == SSL_ERROR_ZERO_RETURN) return total > 0 ? total : UV_EOF;
+    if (total > 0) {
+      /* Hand over what decrypted cleanly; the next read reports the error. */
+      t->failed = 1;
+      t->reason = "bad record";
+      return total;
+    }
+    return fail(t);
+  }
+  return total;
+}
+
+int gw_tls_ready(const gw_tls_t *t) { return t->ready; }
+
+int gw_tls_write(gw_tls_t *t, const char *p, size_t len) {
+  if (t->failed || !t->ready || t->shut) return GW_ETLS;
+  ERR_clear_error();
+  while (len > 0) {
+    size_t done = 0;
+    if (SSL_write_ex(t->ssl, p, len, &done) != 1) return (int)fail(t);
+    p += done;
+    len -= done;
+  }
+  return 0;
+}
+
+int gw_tls_writev(gw_tls_t *t, const uv_buf_t *bufs, unsigned n) {
+  /* Each SSL_write makes at least one record: one AEAD seal and 22 bytes
+   * of framing (TLS 1.3). Joining small pieces saves both. */
+  char joined[16384]; /* one record's plaintext at most */
+  size_t used = 0;
+  for (unsigned i = 0; i < n; i++) {
+    size_t len = bufs[i].len;
+    if (used + len <= sizeof joined) {
+      memcpy(joined + used, bufs[i].base, len);
+      used += len;
+      continue;
+    }
+    if (used > 0) {
+      int rc = gw_tls_write(t, joined, used);
+      if (rc) return rc;
+      used = 0;
+    }
+    if (len <= sizeof joined) {
+      memcpy(joined, bufs[i].base, len);
+      used = len;
+    } else {
+      int rc = gw_tls_write(t, bufs[i].base, len);
+      if (rc) return rc;
+    }
+  }
+  return used > 0 ? gw_tls_write(t, joined, used) : 0;
+}
+
+void gw_tls_shutdown(gw_tls_t *t) {
+  if (t->shut || t->failed || !t->ready) return;
+  t->shut = 1;
+  ERR_clear_error();
+  SSL_shutdown(t->ssl); /* queues close_notify; we do not wait for the peer's */
+  ERR_clear_error();
+}
+
+size_t gw_tls_pending(gw_tls_t *t, const char **p) {
+  *p = t->out.base;
+  return t->out.len;
+}
+
+void gw_tls_drained(gw_tls_t *t) {
+  t->out.len = 0;
+  if (t->out.cap > OUT_KEEP_MAX) gw_buf_free(&t->out);
+}
+
+const char *gw_tls_error(const gw_tls_t *t) { return t->reason ? t->reason : "no error"; }

@@ -1,0 +1,80 @@
+/*
+ * tls.h: TLS on libuv streams through memory BIOs.
+ *
+ * OpenSSL never sees a socket. The connection reads ciphertext from libuv as
+ * usual and hands it to gw_tls_read, which decrypts into the connection's
+ * read buffer; gw_tls_write encrypts plaintext into an internal buffer that
+ * the connection drains (gw_tls_pending/gw_tls_drained) and writes to the
+ * socket with its ordinary write path. No call here blocks, and no call
+ * here touches the loop, so the same state can serve the server side and,
+ * later, the upstream client.
+ *
+ * This file is the one place that calls OpenSSL's SSL_* functions.
+ *
+ * A server context (gw_tls_ctx_t) belongs to one listener: it is made by the
+ * worker when it opens its listeners and lives as long as the worker. It
+ * holds one SSL_CTX per configured certificate; the first is the default,
+ * and the SNI callback switches to the certificate whose names match the
+ * requested server name (an exact name first, then a wildcard "*.example.com"
+ * covering one label, else the default). Only TLS 1.2 and 1.3 are offered,
+ * TLS 1.2 with ECDHE and AEAD ciphers only, and ALPN accepts "http/1.1" only.
+ *
+ * Not here: client certificates, session tickets shared across workers,
+ * reloading certificates (a listener keeps those it started with).
+ */
+#ifndef GW_TLS_H
+#define GW_TLS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "buf.h"
+
+/* One certificate: a PEM chain (leaf first, then intermediates) and its key. */
+typedef struct gw_tls_cert_s {
+  char *cert; /* path, gw_xmalloc'd */
+  char *key;  /* path, gw_xmalloc'd */
+} gw_tls_cert_t;
+
+typedef struct gw_tls_ctx_s gw_tls_ctx_t;
+typedef struct gw_tls_s gw_tls_t;
+
+/* Builds a server context from `certs` (n >= 1; the first is the default).
+ * Returns it, or NULL with a message in `err` naming the file at fault. The
+ * paths are read now; nothing refers to them afterwards. */
+gw_tls_ctx_t *gw_tls_ctx_new(const gw_tls_cert_t *certs, size_t n, char *err, size_t errlen);
+void gw_tls_ctx_free(gw_tls_ctx_t *ctx);
+
+/* A server-side TLS state for one connection, owned by the caller (freed
+ * with gw_tls_free). `ctx` must outlive it. */
+gw_tls_t *gw_tls_new(gw_tls_ctx_t *ctx);
+void gw_tls_free(gw_tls_t *t);
+
+/* Feeds `n` ciphertext bytes read from the socket, advances the handshake,
+ * and appends whatever plaintext they complete to `plain` (which may be
+ * reallocated: `in` is copied before `plain` grows, so `in` may point into
+ * `plain`'s spare room). Returns the number of plaintext bytes appended
+ * (0: none yet), UV_EOF once the peer sent close_notify, or GW_ETLS when
+ * the handshake or a record failed; the connection should then write out
+ * what gw_tls_pending holds (an alert) and close. */
+ssize_t gw_tls_read(gw_tls_t *t, const char *in, size_t n, gw_buf_t *plain);
+/* 1 once the handshake has completed. */
+int gw_tls_ready(const gw_tls_t *t);
+/* Encrypts `len` plaintext bytes into the outgoing buffer. Returns 0, or
+ * GW_ETLS (before the handshake completed, or after a failure). */
+int gw_tls_write(gw_tls_t *t, const char *p, size_t len);
+/* Encrypts `n` buffers in order, joining pieces that fit in one record (an
+ * answer's head and a short body go out as one record). Same returns. */
+int gw_tls_writev(gw_tls_t *t, const uv_buf_t *bufs, unsigned n);
+/* Queues a close_notify alert (once); never fails. */
+void gw_tls_shutdown(gw_tls_t *t);
+/* The ciphertext waiting for the socket: sets *p, returns its length. The
+ * bytes stay valid until gw_tls_drained or the next call on `t`. */
+size_t gw_tls_pending(gw_tls_t *t, const char **p);
+/* The caller took (copied or wrote) everything gw_tls_pending returned. */
+void gw_tls_drained(gw_tls_t *t);
+/* The failure reason after GW_ETLS, for the log (static storage). */
+const char *gw_tls_error(const gw_tls_t *t);
+
+#endif
