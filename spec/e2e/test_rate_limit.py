@@ -166,9 +166,52 @@ def check_cli_error(cfg, needle):
     assert ("gateway.lua:%d:" % line) in text, "no file:line %d in %r" % (line, text)
 
 
-def test_policy_redis_is_refused_clearly():
-    check_cli_error(PRELUDE + 'local rl = gw.mw.rate_limit { rate = 5, policy = "redis", redis = "redis://127.0.0.1:6379" }\n',
-                    "policy 'redis' needs gw.redis, which this build does not have yet")
+REDIS_APP = PRELUDE + r'''
+gw.use(gw.mw.rate_limit { rate = 10, per = 60, burst = 10, policy = "redis",
+                          redis = "redis://127.0.0.1:@REDIS@", on_error = "@ON_ERROR@",
+                          redis_timeout = 0.3 })
+gw.get("/r", function(req) return "ok" end)
+'''
+
+
+def redis_app(port, on_error="allow"):
+    return REDIS_APP.replace("@REDIS@", str(port)).replace("@ON_ERROR@", on_error)
+
+
+def test_redis_policy_one_limit_for_two_gateways():
+    # Two gateway processes on different ports, one Redis: 10 per minute in all.
+    from test_redis import RedisServer
+    with RedisServer() as redis:
+        with Gateway(redis_app(redis.port)) as g1, Gateway(redis_app(redis.port)) as g2:
+            statuses = []
+            for i in range(30):
+                g = g1 if i % 2 == 0 else g2
+                st, h, _ = http(g.port, "GET", "/r")
+                statuses.append(st)
+                if st == 429:
+                    assert int(h["retry-after"]) >= 1, h
+                    eq(h["ratelimit-remaining"], "0", "remaining on a refusal")
+                else:
+                    eq(h["ratelimit-limit"], "10", "RateLimit-Limit")
+            eq(statuses.count(200), 10, "one combined limit across both gateways: %r" % statuses)
+            eq(statuses[:10], [200] * 10, "the first 10 pass, alternating gateways")
+
+
+def test_redis_policy_on_error():
+    from test_redis import RedisServer
+    with RedisServer() as redis:
+        port = redis.port
+        with Gateway(redis_app(port, "allow")) as ga, Gateway(redis_app(port, "deny")) as gd:
+            eq(http(ga.port, "GET", "/r")[0], 200, "allow, Redis up")
+            eq(http(gd.port, "GET", "/r")[0], 200, "deny, Redis up")
+            redis.stop()
+            t0 = time.monotonic()
+            eq(http(ga.port, "GET", "/r", timeout=5)[0], 200, "on_error = allow: goes through")
+            st, _, body = http(gd.port, "GET", "/r", timeout=5)
+            took = time.monotonic() - t0
+            eq(st, 503, "on_error = deny: refused")
+            assert json.loads(body)["error"] == "rate limiter unavailable", body
+            assert took < 2.0, "a dead Redis held requests for %.2fs" % took
 
 
 def test_configuration_errors():

@@ -25,14 +25,19 @@
 --   dict    name of a dict declared with gw.shared_dict before this call;
 --           without it the middleware declares its own, DEFAULT_DICT (1 MB,
 --           shared by every rate_limit that has no `dict`)
---   policy  "local" (default) or "redis" (not in this build: raises)
---   redis, on_error  reserved for policy = "redis"
+--   policy  "local" (default) or "redis": the same GCRA in a Redis server
+--           (one EVALSHA per request), so several gateways share one limit
+--   redis   with policy = "redis": "redis://host:port" (a gw.redis URL)
+--   on_error with policy = "redis": "allow" (default: a request goes through
+--           when Redis cannot be asked) or "deny" (503)
+--   redis_timeout  seconds to wait for Redis (default 0.25), so a dead
+--           Redis never holds a request longer
 -- Returns: a middleware function(req, next).
 -- Errors: raises at configuration time (error(msg, 2): the caller's
---   file:line) on an unknown or bad option, an undeclared dict, or
---   policy = "redis". At request time, a failing dict operation (the key
---   holds a value of another kind, no memory) lets the request through and
---   logs a warning: the limiter fails open.
+--   file:line) on an unknown or bad option or an undeclared dict. At
+--   request time, a failing dict operation (the key holds a value of another
+--   kind, no memory) lets the request through and logs a warning: the local
+--   limiter fails open; the redis one does what on_error says.
 local util = require "gateway.mwutil"
 local shared = require "gateway.shared"
 
@@ -40,7 +45,7 @@ local type, error, tostring, floor, ceil = type, error, tostring, math.floor, ma
 local format = string.format
 
 local KNOWN = { rate = true, per = true, burst = true, key = true, dict = true, policy = true,
-                redis = true, on_error = true }
+                redis = true, on_error = true, redis_timeout = true }
 
 local DEFAULT_DICT = "gw.rate_limit"
 local DEFAULT_DICT_SIZE = 1024 * 1024
@@ -68,13 +73,61 @@ end
 
 -- ---- the redis policy ----
 
--- REDIS POLICY: the place for a limiter shared by several gateways through
--- Redis. It must return function(key) -> allowed, remaining, reset,
--- retry_after (as dict:gcra does), honour conf.on_error ("allow" | "deny")
--- when Redis fails, and connect with gw.redis(conf.redis). gw.redis is not
--- in this build yet, so the policy is refused at configuration time.
+-- ---- the redis policy ----
+
+-- The same GCRA as dict:gcra, run inside Redis so that every gateway sharing
+-- the server shares the limit: one atomic round trip per request (EVALSHA,
+-- EVAL the first time a server sees it). The clock is Redis' own (TIME), so
+-- the gateways' clocks need not agree. The TAT is stored in ms and expires
+-- when it stops mattering.
+-- ARGV: emission interval (ms), burst tolerance (ms).
+-- Returns { allowed (0/1), remaining, reset_ms, retry_after_ms }.
+local GCRA_SCRIPT = [[
+local emission, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local ahead = tat - now
+if ahead > tolerance + emission * 1e-9 then
+  return { 0, 0, ahead, ahead - tolerance }
+end
+local new_tat = tat + emission
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
+local remaining = math.floor((tolerance + emission - (new_tat - now)) / emission + 1e-9)
+if remaining < 0 then remaining = 0 end
+return { 1, remaining, math.ceil(new_tat - now), 0 }
+]]
+
+-- Returns function(key) -> allowed, remaining, reset, retry_after (seconds),
+-- or nil, err when Redis cannot be asked.
 local function redis_limiter(conf)
-  return nil, "rate_limit: policy 'redis' needs gw.redis, which this build does not have yet"
+  if type(conf.redis) ~= "string" then
+    return nil, "rate_limit: policy = \"redis\" needs redis = \"redis://host:port\""
+  end
+  if conf.on_error ~= nil and conf.on_error ~= "allow" and conf.on_error ~= "deny" then
+    return nil, "rate_limit: on_error must be \"allow\" or \"deny\""
+  end
+  local t = conf.redis_timeout
+  if t ~= nil and (type(t) ~= "number" or not (t > 0)) then
+    return nil, "rate_limit: redis_timeout must be a number of seconds > 0"
+  end
+  gw_mod = gw_mod or require "gateway"
+  local ok, client = pcall(gw_mod.redis, conf.redis, { timeout = t or 0.25 })
+  if not ok then return nil, "rate_limit: " .. tostring(client):gsub("^.-:%d+: ", "") end
+  local emission = conf.per * 1000 / conf.rate
+  local args = { format("%.6f", emission), format("%.6f", emission * (conf.burst - 1)) }
+  local sha -- learnt from the first EVAL's SCRIPT LOAD, per worker
+  return function(key)
+    if not sha then
+      local got, err = client:call("SCRIPT", "LOAD", GCRA_SCRIPT)
+      if not got then return nil, "redis: " .. tostring(err) end
+      sha = got
+    end
+    local r, err = client:evalsha(sha, GCRA_SCRIPT, { key }, args)
+    if type(r) ~= "table" then return nil, "redis: " .. tostring(err) end
+    return r[1] == 1, r[2], r[3] / 1000, r[4] / 1000
+  end
 end
 
 -- ---- the local policy ----
@@ -135,10 +188,10 @@ local function configure(opts)
   local policy = opts.policy
   if policy == nil then policy = "local" end
   local conf = { rate = rate, per = per, burst = burst, key = key, dict = opts.dict,
-                 redis = opts.redis, on_error = opts.on_error }
+                 redis = opts.redis, on_error = opts.on_error, redis_timeout = opts.redis_timeout }
   local limiter
   if policy == "local" then
-    if opts.redis ~= nil or opts.on_error ~= nil then
+    if opts.redis ~= nil or opts.on_error ~= nil or opts.redis_timeout ~= nil then
       return nil, "rate_limit: redis and on_error apply only to policy = \"redis\""
     end
     limiter, err = local_limiter(conf)
@@ -176,6 +229,7 @@ return function(opts)
   local prefix = format("rl%d:%s/%s/%d:", instances, number_text(conf.rate), number_text(conf.per), conf.burst)
   local key, limiter = conf.key, conf.limiter
   local limit_text = number_text(conf.rate)
+  local deny_on_error = conf.on_error == "deny"
 
   return function(req, next)
     local k = key_of(key, req)
@@ -183,6 +237,11 @@ return function(opts)
     local allowed, remaining, reset, retry_after = limiter(prefix .. k)
     if allowed == nil then
       gw_mod = gw_mod or require "gateway"
+      if deny_on_error then
+        gw_mod.log.warn("rate_limit: " .. tostring(remaining) .. "; the request is refused (on_error = deny)")
+        runtime = runtime or require "gateway.runtime"
+        return runtime.error_response(req, 503, "rate limiter unavailable")
+      end
       gw_mod.log.warn("rate_limit: " .. tostring(remaining) .. "; the request goes through unlimited")
       return next()
     end
