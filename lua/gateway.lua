@@ -209,7 +209,7 @@ local function add_route(methods, pattern, host, mws, handler, level)
   end
   methods = normalize_methods(methods, level + 1)
   if host ~= nil then state.host_routes = true end
-  local route = { handler = handler, mws = mws, pattern = pattern }
+  local route = { handler = handler, mws = mws, pattern = pattern, bare = #mws == 0 }
   local ok, err = pcall(state.router.add, state.router, methods, pattern, host, route)
   if not ok then error("gw.route: " .. tostring(err):gsub("^.-:%d+: ", ""), level + 1) end
 end

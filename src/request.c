@@ -121,11 +121,11 @@ int gw_header_valid(const char *name, size_t name_len, const char *value, size_t
   if (name_len == 0) return 0;
   for (size_t i = 0; i < name_len; i++)
     if (!is_tchar((unsigned char)name[i])) return 0;
-  /* CR, LF and NUL are the only bytes a value may not hold here. */
-  for (size_t i = 0; value && i < value_len; i++) {
-    unsigned char ch = (unsigned char)value[i];
-    if (ch <= '\r' && (ch == '\r' || ch == '\n' || ch == '\0')) return 0;
-  }
+  /* CR, LF and NUL are the only bytes a value may not hold here; memchr
+   * (vectorised) beats a byte loop even for short values. */
+  if (value && value_len &&
+      (memchr(value, '\r', value_len) || memchr(value, '\n', value_len) || memchr(value, 0, value_len)))
+    return 0;
   return 1;
 }
 

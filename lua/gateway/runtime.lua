@@ -77,6 +77,10 @@ end
 
 -- Runs the configuration at `path` in this state. Returns the merged
 -- gw.config table; raises the error text (file:line first) on failure.
+-- Set once the configuration has loaded: no global or prefix middleware, so
+-- a route without its own (route.bare) can answer without a chain.
+local no_middleware = false
+
 function _M.load_config(path, mode)
   _M.mode = mode
   state.mode = mode
@@ -87,6 +91,7 @@ function _M.load_config(path, mode)
   local ok, e = xpcall(chunk, config_traceback)
   if not ok then error(e, 0) end
   state.loading = false
+  no_middleware = #state.global_mw == 0 and #state.prefix_mw == 0
   local cfg = state.config
   -- C reads plain values: "auto" and false become absent.
   return {
@@ -319,7 +324,7 @@ local function dispatch(req)
   if route then
     rawset(req, "params", params)
     rawset(req, "route", route.pattern)
-    if #route.mws == 0 and #state.global_mw == 0 and #state.prefix_mw == 0 then
+    if route.bare and no_middleware then
       -- No middleware can look at the answer: a string goes out as it is.
       local err
       res, err = route.handler(req)
