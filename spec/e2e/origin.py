@@ -55,6 +55,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from gwtest import free_port
+
 _BLOCK = hashlib.sha256(b"gateway-origin-pattern").digest() * 2048  # 64 KiB
 
 
@@ -366,12 +368,7 @@ class Origin:
 
 def dead_port():
     """A loopback port nothing listens on (connecting to it is refused)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    return free_port()
 
 
 def fill(text, **ports):
