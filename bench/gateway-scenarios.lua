@@ -85,6 +85,20 @@ elseif scenario == "lua" then
   gw.get("/users/:id", function(req) return users:proxy(req) end)
   gw.get("/orders", function(req) return orders:proxy(req) end)
 
+elseif scenario == "jwt" then
+  -- An HS256-protected proxied route (issue 5: at most 1.2x gw-lua's CPU).
+  -- run.sh sends a token signed with this secret, valid until 2100.
+  local users = origins()
+  gw.use(gw.mw.jwt { secret = "bench-secret-0123456789abcdef-0123456789" })
+  gw.get("/users/:id", function(req) return users:proxy(req) end)
+
+elseif scenario == "ratelimit" then
+  -- A locally rate-limited proxied route; the limit is never reached, so
+  -- every request pays for one GCRA decision in the shared dict.
+  local users = origins()
+  gw.use(gw.mw.rate_limit { rate = 1e9, per = 1 })
+  gw.get("/users/:id", function(req) return users:proxy(req) end)
+
 elseif scenario == "agg" then
   local users, orders = origins()
   gw.get("/dashboard/:id", function(req)

@@ -46,7 +46,7 @@ HEADERS=("x-api-key: bench-key-1")   # sent to every target (anchor (b) and gw-l
 DEFAULT_TARGETS="origin,gw-hello,gw-routes10,gw-routes10k"
 # Ratios printed when both targets ran (NUM:DEN); --pair adds more.
 PAIRS="gw-hello:origin gw-routes10k:gw-routes10 aa-gw-routes10:gw-routes10"
-PAIRS+=" gw-proxy:a-nginx-proxy gw-lua:b-nginx-lua gw-agg:c-nginx-lua-agg"
+PAIRS+=" gw-proxy:a-nginx-proxy gw-lua:b-nginx-lua gw-agg:c-nginx-lua-agg gw-jwt:gw-lua gw-ratelimit:gw-lua"
 PAIRS+=" d-haproxy:a-nginx-proxy aa-copy-of-a:a-nginx-proxy"
 ONLY=""
 CHECK_ONLY=0
@@ -60,13 +60,16 @@ STARTS=()        # NAME=COMMAND
 #     than "2xx" a case in gw_checks below;
 #   - any other server: a cat_add line with a service nginx:CONF:PORT (conf/CONF.conf)
 #     or haproxy:CONF:PORT (conf/CONF.cfg).
-C_NAME=() C_URL=() C_SVC=() C_NEEDS=() C_DESC=() C_SCEN=()
-cat_add() {  # name url service needs description [gateway scenario]
+C_NAME=() C_URL=() C_SVC=() C_NEEDS=() C_DESC=() C_SCEN=() C_HDRS=()
+cat_add() {  # name url service needs description [gateway scenario] [headers, '|'-separated]
   C_NAME+=("$1"); C_URL+=("$2"); C_SVC+=("$3"); C_NEEDS+=("$4"); C_DESC+=("$5"); C_SCEN+=("${6:-}")
+  C_HDRS+=("${7:-}")
 }
-gw_target() {  # name scenario port path description
-  cat_add "$1" "http://127.0.0.1:$3$4" "gw:$2:$3" "" "$5" "$2"
+gw_target() {  # name scenario port path description [headers]
+  cat_add "$1" "http://127.0.0.1:$3$4" "gw:$2:$3" "" "$5" "$2" "${6:-}"
 }
+# The bench's HS256 token for gw-jwt (secret in gateway-scenarios.lua, exp 2100).
+BENCH_JWT=eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiZW5jaCIsImV4cCI6NDEwMjQ0NDgwMH0.PowASq75y7tEXzV6oKY2HVWi_GzBdkyN4dAfnmfOHDM
 cat_add   origin          http://127.0.0.1:9001/users/42     origin-users "" "origin: nginx return 200 (106-byte JSON), 1 worker, no proxy"
 gw_target gw-hello        hello      8090 /users/42    'gateway: Lua route GET /users/:id answering "hello"'
 gw_target gw-routes10     routes10   8091 /users/42    "gateway: hello route + 9 other routes"
@@ -75,6 +78,8 @@ gw_target gw-proxy        proxy      8093 /users/42    "gateway: proxy to the us
 gw_target gw-lua          lua        8094 /users/42    "gateway: x-api-key check in Lua, then proxy (compare with b)"
 gw_target gw-agg          agg        8095 /dashboard/42 "gateway: 2 parallel upstream calls + JSON merge (compare with c)"
 gw_target aa-gw-routes10  routes10   8096 /users/42    "A/A check: a second gw-routes10 process"
+gw_target gw-jwt          jwt        8097 /users/42    "gateway: HS256 JWT check, then proxy (compare with gw-lua)" "Authorization: Bearer $BENCH_JWT"
+gw_target gw-ratelimit    ratelimit  8098 /users/42    "gateway: local rate limit (GCRA in a shared dict), then proxy (compare with gw-lua)"
 cat_add a-nginx-proxy   http://127.0.0.1:8001/users/42     nginx:anchor-a-nginx-proxy:8001 ""      "(a) nginx proxy_pass + keepalive pool"
 cat_add b-nginx-lua     http://127.0.0.1:8002/users/42     nginx:anchor-b-nginx-lua:8002   lua     "(b) nginx+Lua key check + route, proxy_pass"
 cat_add c-nginx-lua-agg http://127.0.0.1:8003/dashboard/42 nginx:anchor-c-nginx-agg:8003   lua     "(c) nginx+Lua 2 parallel subrequests + cjson merge"
@@ -208,7 +213,7 @@ for w in "${WANT[@]}"; do
   selected_by_only "$w" || continue
   i=$(cat_index "$w")
   svc=${C_SVC[i]}; [[ $svc == origin-users ]] || svc=$w
-  add_target "$w" "${C_URL[i]}" "$svc" "${C_DESC[i]}" "${C_SCEN[i]}" "${C_NEEDS[i]}"
+  add_target "$w" "${C_URL[i]}" "$svc" "${C_DESC[i]}" "${C_SCEN[i]}" "${C_NEEDS[i]}" "${C_HDRS[i]}"
 done
 
 declare -A START_CMD=()
@@ -405,6 +410,12 @@ gw_checks() {  # name base-url scenario
       check "$name wrong key -> 401"   "$base/users/42" 401 any -H "x-api-key: nope" ;;
     agg)
       check "$name /dashboard/42"      "$base/dashboard/42" 200 "$AGG42" ;;
+    jwt)
+      check "$name /users/42 + token"  "$base/users/42" 200 "exact:$USERS42" -H "Authorization: Bearer $BENCH_JWT"
+      check "$name no token -> 401"    "$base/users/42" 401 any
+      check "$name bad token -> 401"   "$base/users/42" 401 any -H "Authorization: Bearer ${BENCH_JWT}x" ;;
+    ratelimit)
+      check "$name /users/42"          "$base/users/42" 200 "exact:$USERS42" ;;
     *)
       check "$name ${T_URL[i]}"        "${T_URL[i]}" 2xx any "${key[@]}" ;;
   esac
