@@ -419,3 +419,44 @@ def test_example_script():
         r = send(g, "/api/me", bearer(tok))
         eq(r.status, 401, "expired token")
         assert 'error_description="token expired"' in r.headers["www-authenticate"], r.headers
+
+
+def test_verified_token_cache_respects_expiry_and_isolation():
+    from gwtest import Gateway, eq, http
+    # A token that passed is remembered (not verified again) but only until
+    # it expires; each request gets its own copy of the claims.
+    import time as _time
+    secret = "cache-secret-0123456789abcdef-0123456789"
+    cfg = PRELUDE_CACHE.replace("@SECRET@", secret)
+    with Gateway(cfg) as g:
+        tok = hs_token_for_cache(secret, {"sub": "alice", "exp": int(_time.time()) + 2})
+        h = {"Authorization": "Bearer " + tok}
+        st, _, body = http(g.port, "GET", "/me", headers=h)
+        eq((st, body), (200, b"alice:1"), "first use; the handler marks its claims")
+        st, _, body = http(g.port, "GET", "/me", headers=h)
+        eq((st, body), (200, b"alice:1"), "second use: served from the cache, claims not shared")
+        _time.sleep(2.2)
+        st, _, _ = http(g.port, "GET", "/me", headers=h)
+        eq(st, 401, "once expired the cached token is refused")
+
+
+PRELUDE_CACHE = r'''
+local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT" } }
+gw.use(gw.mw.jwt { secret = "@SECRET@" })
+gw.get("/me", function(req)
+  local c = req.consumer.claims
+  c.seen = (c.seen or 0) + 1
+  return req.consumer.name .. ":" .. c.seen
+end)
+'''
+
+
+def hs_token_for_cache(secret, claims):
+    import base64, hashlib, hmac, json as _json
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    h = b64(_json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    p = b64(_json.dumps(claims).encode())
+    sig = hmac.new(secret.encode(), (h + "." + p).encode(), hashlib.sha256).digest()
+    return h + "." + p + "." + b64(sig)

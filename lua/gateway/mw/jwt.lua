@@ -300,11 +300,37 @@ local function verify(c, token, now)
   return claims
 end
 
+local CACHE_MAX, CACHE_TTL = 1024, 60
+
+-- A shallow copy: each request gets its own claims table, so a script that
+-- changes req.consumer.claims cannot change what the next request sees.
+local function copy(t)
+  local out = {}
+  for k, v in pairs(t) do out[k] = v end
+  return out
+end
+
 return function(opts)
   local c, err = configure(opts)
   if not c then error(err, 2) end
   local now = require("gateway").now
   local realm = "Bearer realm=" .. util.quote(c.realm)
+  -- Tokens that passed, so that a client repeating its token (the usual
+  -- case) is not verified again: token -> { claims, until_t }. An entry
+  -- lasts until the token expires (with the leeway) and at most CACHE_TTL
+  -- seconds; only verified tokens enter, and the table is emptied when it
+  -- holds CACHE_MAX of them. Per worker and per middleware.
+  local verified, nverified = {}, 0
+  local function remember(token, claims, t)
+    if nverified >= CACHE_MAX then
+      verified, nverified = {}, 0
+    end
+    local until_t = t + CACHE_TTL
+    local exp = claims.exp
+    if type(exp) == "number" and exp + c.leeway < until_t then until_t = exp + c.leeway end
+    verified[token] = { claims = copy(claims), until_t = until_t }
+    nverified = nverified + 1
+  end
   local challenges = {} -- reason -> challenge text, made once per reason
   local function invalid(req, why)
     local ch = challenges[why]
@@ -323,8 +349,16 @@ return function(opts)
     if not token or token == "" then
       return util.unauthorized(req, "missing bearer token", realm)
     end
-    local claims, why = verify(c, token, now())
-    if claims == nil then return invalid(req, why) end
+    local t = now()
+    local hit = verified[token]
+    local claims, why
+    if hit and t < hit.until_t then
+      claims = copy(hit.claims)
+    else
+      claims, why = verify(c, token, t)
+      if claims == nil then return invalid(req, why) end
+      remember(token, claims, t)
+    end
     req.consumer = { name = claims.sub, claims = claims }
     return next_mw()
   end
