@@ -27,6 +27,7 @@ int gw__exchange_add_lines(gw_exchange_t *x, const char *lines, size_t len);
 
 static void free_proxy(gw_proxy_t *p);
 static int named_in_connection(const char *name, size_t n, const char *conn, size_t clen);
+static int name_in(const char *name, size_t n, const char *lines, size_t llen);
 
 static int push_head(lua_State *L, void *arg) {
   gw_proxy_t *p = arg;
@@ -408,7 +409,7 @@ static int end_to_end(const char *name, size_t n, const char *conn, size_t clen)
 }
 
 /* Adds the upstream's own end-to-end headers to the response head. */
-static void copy_upstream_headers(gw_proxy_t *p, gw_req_t *r) {
+static void copy_upstream_headers(gw_proxy_t *p, gw_req_t *r, const char *lines, size_t llen) {
   const gw_http1c_t *hp = &p->x.parser;
   const char *base = p->head.base;
   const char *conn = NULL;
@@ -421,6 +422,8 @@ static void copy_upstream_headers(gw_proxy_t *p, gw_req_t *r) {
   for (uint32_t i = 0; i < hp->nheaders; i++) {
     const gw_header_t *h = &hp->headers[i];
     if (!end_to_end(base + h->name_off, h->name_len, conn, clen)) continue;
+    /* A header the script set (res:set_header) replaces the upstream's. */
+    if (llen && name_in(base + h->name_off, h->name_len, lines, llen)) continue;
     gw_response_header(r, base + h->name_off, h->name_len, base + h->value_off, h->value_len);
   }
 }
@@ -480,7 +483,7 @@ GW_FFI_EXPORT int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const 
     }
     q = eol + 2;
   }
-  if (upstream_headers) copy_upstream_headers(p, r);
+  if (upstream_headers) copy_upstream_headers(p, r, lines, llen);
   gw_http1c_t *hp = &p->x.parser;
   if (status == 101) {
     if (!r->upgrade) {

@@ -66,6 +66,17 @@ Response.__index = Response
 -- res:body(): the whole body. For a proxied response it is read (and
 -- buffered, bounded by max_body) on this first call: the response then goes
 -- to the client as a buffered answer instead of being streamed.
+-- res:set_header(name, value): sets a response header, replacing it in
+-- every spelling (for a proxied answer without reading the others).
+function Response:set_header(name, value)
+  local h = self.headers
+  local lname = lower(name)
+  for k in pairs(h) do
+    if type(k) == "string" and k ~= name and lower(k) == lname then h[k] = nil end
+  end
+  h[name] = value
+end
+
 function Response:body()
   local b = self._body
   if b then return b end
@@ -108,7 +119,30 @@ end
 -- (and keeps them); one whose headers no script touched is sent with the
 -- upstream's headers copied in C, never turned into Lua strings at all.
 local ProxyResponse = {}
+-- res:set_header(name, value) on a proxied answer whose headers no script
+-- read: the header is kept aside and C adds it to the upstream's own
+-- (replacing one of the same name), so the headers stay unread in Lua.
+local function proxy_set_header(res, name, value)
+  local h = rawget(res, "headers")
+  if h then return Response.set_header(res, name, value) end
+  local extra = rawget(res, "_extra")
+  if not extra then
+    extra = {}
+    rawset(res, "_extra", extra)
+  end
+  local lname = lower(name)
+  for i = 1, #extra, 2 do
+    if lower(extra[i]) == lname then
+      extra[i + 1] = value
+      return
+    end
+  end
+  extra[#extra + 1] = name
+  extra[#extra + 1] = value
+end
+
 ProxyResponse.__index = function(res, k)
+  if k == "set_header" then return proxy_set_header end
   if k ~= "headers" then return Response[k] end
   local req = rawget(res, "_req")
   local h = {}
@@ -119,6 +153,11 @@ ProxyResponse.__index = function(res, k)
     if rc ~= base.OK then break end
     i = i + 1
     add_header(h, lower(ffi_string(out_str[0], out_len[0])), ffi_string(out_str2[0], out_len2[0]))
+  end
+  local extra = rawget(res, "_extra") -- set before the headers were read
+  if extra then
+    for j = 1, #extra, 2 do h[lower(extra[j])] = extra[j + 1] end
+    rawset(res, "_extra", nil)
   end
   setmetatable(h, Headers)
   rawset(res, "headers", h)
@@ -409,8 +448,19 @@ end
 function _M.send_proxied(req, res)
   local headers = rawget(res, "headers")
   if headers == nil then
-    -- Untouched: C copies the upstream's end-to-end headers itself.
-    local rc = C.gw_ffi_resp_proxy(req._r, req._s, res.status, "", 0, 1, base.out_err)
+    -- Unread: C copies the upstream's end-to-end headers itself, after the
+    -- ones set with res:set_header (which replace theirs).
+    local blob = ""
+    local extra = rawget(res, "_extra")
+    if extra then
+      local lines, n = {}, 0
+      for i = 1, #extra, 2 do
+        n = n + 1
+        lines[n] = extra[i] .. ": " .. tostring(extra[i + 1]) .. "\r\n"
+      end
+      blob = concat(lines, "", 1, n)
+    end
+    local rc = C.gw_ffi_resp_proxy(req._r, req._s, res.status, blob, #blob, 1, base.out_err)
     if rc == BAD_CONTEXT then error(base.FINISHED, 0) end
     if rc ~= base.OK then error(ffi_string(base.out_err[0]), 0) end
     return

@@ -541,3 +541,39 @@ def test_proxy_client_abort_mid_download():
            "download after aborted ones")
         st, _, body = http(g.port, "GET", "/p/echo")
         eq((st, echo_of(body)["path"]), (200, "/p/echo"), "echo after aborted downloads")
+
+
+SET_HEADER = r'''
+local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT", "127.0.0.1:$PORT2" } }
+gw.get("/backend/x", function(req)
+  return { headers = { ["X-Up"] = "up", ["X-Replace"] = "old" }, body = "body" }
+end)
+local be = gw.upstream("be", { servers = { "127.0.0.1:$PORT2" } })
+-- set_header without reading the headers, then (second route) after reading them
+gw.get("/lazy", gw.mw.rate_limit { rate = 1000 }, function(req)
+  local res = be:proxy(req, { path = "/backend/x" })
+  res:set_header("X-Replace", "new")
+  res:set_header("x-replace", "newer")
+  return res
+end)
+gw.get("/read", function(req)
+  local res = be:proxy(req, { path = "/backend/x" })
+  res:set_header("X-Replace", "new")
+  local seen = res.headers["x-up"]
+  res.headers["X-Seen"] = seen
+  return res
+end)
+'''
+
+
+def test_proxy_set_header_without_reading_headers():
+    with Gateway(SET_HEADER) as g:
+        st, h, body = http(g.port, "GET", "/lazy")
+        eq((st, body), (200, b"body"), "proxied answer")
+        eq(h.get("x-up"), "up", "the upstream's own header kept")
+        eq(h.get("x-replace"), "newer", "set_header replaces the upstream's (any spelling)")
+        assert h.get("ratelimit-limit") == "1000" and "ratelimit-remaining" in h, h
+        st, h, body = http(g.port, "GET", "/read")
+        eq((h.get("x-replace"), h.get("x-seen"), body), ("new", "up", b"body"),
+           "set before reading, then read and changed")

@@ -255,6 +255,13 @@ return function(opts)
       })
     end
     local res = next()
+    local set = res.set_header -- an upstream's answer: no need to read its headers
+    if set then
+      set(res, "RateLimit-Limit", limit_text)
+      set(res, "RateLimit-Remaining", format("%d", remaining))
+      set(res, "RateLimit-Reset", format("%d", whole_seconds(reset)))
+      return res
+    end
     local h = res.headers
     util.header_set(h, "RateLimit-Limit", limit_text)
     util.header_set(h, "RateLimit-Remaining", format("%d", remaining))
