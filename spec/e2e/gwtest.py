@@ -43,6 +43,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,6 +74,28 @@ def free_port():
         return s.getsockname()[1]
     finally:
         s.close()
+
+
+def run_concurrently(threads, calls, fn, timeout=30):
+    """Calls fn() `calls` times in each of `threads` threads at once; returns
+    (results, errors): fn's return values and the repr of what it raised."""
+    results, errors, lock = [], [], threading.Lock()
+
+    def client():
+        for _ in range(calls):
+            try:
+                r = fn()
+                with lock:
+                    results.append(r)
+            except Exception as e:  # reported to the caller
+                with lock:
+                    errors.append(repr(e))
+    ts = [threading.Thread(target=client) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout)
+    return results, errors
 
 
 def wait_for(fn, timeout=5.0, interval=0.02):

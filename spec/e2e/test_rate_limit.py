@@ -7,7 +7,8 @@ import json
 import threading
 import time
 
-from gwtest import PRELUDE, Conn, Gateway, check_error, eq, http, line_of, req_bytes, run_cli, wait_for
+from gwtest import (PRELUDE, Conn, Gateway, check_error, eq, http, line_of, req_bytes, run_cli,
+                    run_concurrently, wait_for)
 
 CFG = PRELUDE + r'''
 gw.use(gw.mw.request_id())
@@ -55,22 +56,10 @@ def check_429(r, limit, reset=None, retry_after=None):
 def test_exact_limit_across_two_workers():
     with Gateway(CFG, workers=2) as g:
         eq(len(g.wait_workers(2)), 2, "workers")
-        seen, errors, lock = [], [], threading.Lock()
-
-        def client():
-            for _ in range(8):
-                try:
-                    st, h, _ = g.get("/exact")
-                    with lock:
-                        seen.append((st, h.get("x-worker")))
-                except Exception as e:  # reported below
-                    with lock:
-                        errors.append(repr(e))
-        threads = [threading.Thread(target=client) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        def one():
+            st, h, _ = g.get("/exact")
+            return st, h.get("x-worker")
+        seen, errors = run_concurrently(8, 8, one)
         eq(errors, [], "client errors")
         eq(len(seen), 64, "answers")
         eq(sum(1 for s, _ in seen if s == 200), 10, "requests let through (rate 10, burst 10)")

@@ -2,10 +2,9 @@
 shared by every worker, with TTLs, LRU eviction and clear errors."""
 
 import json
-import threading
 import time
 
-from gwtest import PRELUDE, Gateway, eq, line_of, run_cli
+from gwtest import PRELUDE, Gateway, eq, line_of, run_cli, run_concurrently
 
 APP = PRELUDE + r'''
 gw.shared_dict("counts", "1m")
@@ -133,23 +132,11 @@ def test_counter_exact_across_two_workers():
         while answered != {0, 1} and time.monotonic() < deadline:
             answered.add(json.loads(g.get("/whoami")[2])["worker"])
         eq(answered, {0, 1}, "both workers answer before the count starts")
-        seen, errors, lock = [], [], threading.Lock()
-
-        def client():
-            for _ in range(25):
-                try:
-                    st, _, body = g.get("/incr")
-                    doc = json.loads(body)
-                    with lock:
-                        seen.append((st, doc["worker"], doc["n"]))
-                except Exception as e:  # reported below
-                    with lock:
-                        errors.append(repr(e))
-        threads = [threading.Thread(target=client) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        def one():
+            st, _, body = g.get("/incr")
+            doc = json.loads(body)
+            return st, doc["worker"], doc["n"]
+        seen, errors = run_concurrently(8, 25, one)
         eq(errors, [], "client errors")
         eq(len(seen), 200, "answers")
         eq({s for s, _, _ in seen}, {200}, "statuses")
