@@ -33,7 +33,12 @@ local _M = { WAIT = WAIT, DONE = DONE }
 local current = nil           -- the ctx of the running task, made on first need
 local cur_req = nil           -- the running task's request (nil in timers), until its ctx is made
 local cur_task, cur_serial = nil, nil -- the running task, until its ctx is made
-local thread_of = setmetatable({}, { __mode = "k" }) -- coroutine -> thread
+-- coroutine -> thread. Weak on both sides: a thread holds its coroutine
+-- (th.co) and the coroutine's stack holds the thread, and LuaJIT's weak
+-- keys are not ephemerons, so with weak keys alone no entry would ever be
+-- collected (every gw.spawn leaked its coroutine). A live thread is held
+-- strongly by whoever waits for it (ctx.waiting, joiners, gw.all).
+local thread_of = setmetatable({}, { __mode = "kv" })
 
 local function new_ctx(task_addr, task_serial, root)
   return {
@@ -84,6 +89,7 @@ Thread.__index = Thread
 
 local function finish(th, ok, ...)
   th.done = true
+  thread_of[th.co] = nil
   if ok then
     th.n = select("#", ...)
     th.results = { ... }
