@@ -16,8 +16,8 @@ local cjson = require "cjson"
 local ffi, C = base.ffi, base.C
 local OK, BAD_CONTEXT = base.OK, base.BAD_CONTEXT
 local yield = coroutine.yield
-local type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset, rawget =
-  type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset, rawget
+local type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset, rawget, next =
+  type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset, rawget, next
 local sub, lower, byte, format, find = string.sub, string.lower, string.byte, string.format, string.find
 local traceback = debug.traceback
 local encode = cjson.encode
@@ -206,6 +206,8 @@ local function send(req, res)
   local json = rawget(res, "json")
   if json ~= nil then
     body = encode(json)
+    -- Status, type and body only: C sends it (no FFI call per header).
+    if next(headers) == nil then return status, JSON, body end
     if not has_header(headers, "content-type") then headers["content-type"] = JSON end
   elseif body == nil then
     body = ""

@@ -273,13 +273,23 @@ end
 
 -- ---- requests ----
 
+-- Percent-encoding for query keys and values: everything but RFC 3986's
+-- unreserved characters. The table is built once; a value with nothing to
+-- escape (the common case) skips gsub.
+local ESCAPE = {}
+for c = 0, 255 do ESCAPE[string.char(c)] = format("%%%02X", c) end
+local UNSAFE = "[^%w%-%._~]"
+
+local function esc(s)
+  if type(s) ~= "string" then s = tostring(s) end
+  if not find(s, UNSAFE) then return s end
+  return (gsub(s, UNSAFE, ESCAPE))
+end
+
 local function encode_query(q)
   if type(q) == "string" then return q end
   local parts, n = {}, 0
   for k, v in pairs(q) do
-    local function esc(s)
-      return (gsub(tostring(s), "[^%w%-%._~]", function(c) return format("%%%02X", byte(c)) end))
-    end
     if type(v) == "table" then
       for _, x in ipairs(v) do
         n = n + 1
