@@ -327,7 +327,15 @@ local function dispatch(req)
     rawset(req, "params", params)
     rawset(req, "route", route.pattern)
     if route.bare and no_middleware then
-      -- No middleware can look at the answer: a string goes out as it is.
+      -- No middleware can look at the answer: a string goes out as it is,
+      -- and a `return UP:proxy(req)` handler is run by C (upstream.lua).
+      local direct = route.direct
+      if direct == nil then
+        upstream_mod = upstream_mod or require "gateway.upstream"
+        direct = upstream_mod.direct_proxy_upvalue(route.handler)
+        route.direct = direct
+      end
+      if direct and upstream_mod.proxy_direct(req, route.handler, direct) then return end
       local err
       res, err = route.handler(req)
       if type(res) == "string" then return 200, TEXT, res end

@@ -33,6 +33,8 @@ int gw_ffi_upstream_fetch(gw_task_t *t, uint32_t ts, gw_upstream_t *up, const ch
 int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs, gw_upstream_t *up,
     const char *target, size_t tlen, const char *lines, size_t llen, const char *key, size_t klen,
     uint32_t *wait_id, const char **err);
+int gw_ffi_upstream_proxy_direct(gw_req_t *r, uint32_t rs, gw_upstream_t *up, const char *key,
+    size_t klen, const char **err);
 int gw_ffi_proxy_read_body(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs, uint32_t *wait_id,
     const char **err);
 int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const char *lines, size_t llen,
@@ -428,6 +430,57 @@ function Upstream:proxy(req, opts)
   local status, err = sched.wait(ctx, base.out_wait[0])
   if status == nil then return nil, err end
   return setmetatable({ status = status, _req = req, _proxy = true }, ProxyResponse)
+end
+
+-- ---- direct proxies ----
+--
+-- A route handler that is exactly `function(req) return UP:proxy(req) end`
+-- (UP an upvalue), on a route no middleware wraps, hands its answer to the
+-- client unseen: C can send it itself when the head comes, and the request's
+-- coroutine ends at once instead of being resumed for the head
+-- (gw_ffi_upstream_proxy_direct). Recognised by comparing the handler's
+-- bytecode with a reference compiled here, so it follows LuaJIT's own
+-- encoding; anything else (another shape, a global UP, a replaced proxy
+-- method, a request with a body) takes the ordinary path with the same result.
+local jutil = require "jit.util"
+local funcbc, funcinfo, funck = jutil.funcbc, jutil.funcinfo, jutil.funck
+local getupvalue, getmetatable = debug.getupvalue, getmetatable
+local DIRECT_REF = loadstring("local u; return function(req) return u:proxy(req) end")()
+
+-- The upvalue index (1-based) of UP if `fn` has the reference's shape, else false.
+function _M.direct_proxy_upvalue(fn)
+  if type(fn) ~= "function" then return false end
+  local info, ref = funcinfo(fn), funcinfo(DIRECT_REF)
+  if info.addr or info.params ~= 1 or info.is_vararg or info.bytecodes ~= ref.bytecodes
+     or funck(fn, -1) ~= "proxy" then
+    return false
+  end
+  local uv
+  for pc = 1, ref.bytecodes - 1 do
+    local ins, want = funcbc(fn, pc), funcbc(DIRECT_REF, pc)
+    if pc == 1 then
+      -- UGET slot, upvalue: the slot must match, the upvalue may differ.
+      if ins % 65536 ~= want % 65536 then return false end
+      uv = (ins - ins % 65536) / 65536
+    elseif ins ~= want then
+      return false
+    end
+  end
+  return uv + 1
+end
+
+-- Runs the recognised handler `fn` the direct way. Returns true when C took
+-- the request over, false when the ordinary path must run it.
+function _M.proxy_direct(req, fn, uv)
+  local _, up = getupvalue(fn, uv)
+  if getmetatable(up) ~= Upstream or rawget(up, "proxy") ~= nil then return false end
+  local key = ""
+  if up.hash_key then key = tostring(up.hash_key(req) or "") end
+  local rc = C.gw_ffi_upstream_proxy_direct(req._r, req._s, up._up, key, #key, base.out_err)
+  if rc == base.OK then return true end
+  if rc == base.DECLINED then return false end
+  if rc == BAD_CONTEXT then error(base.FINISHED, 2) end
+  error("up:proxy: " .. ffi_string(base.out_err[0]), 2)
 end
 
 -- Hop-by-hop headers of a proxied answer stay on the upstream hop; Date is
