@@ -448,10 +448,17 @@ GW_FFI_EXPORT int gw_ffi_proxy_read_body(gw_task_t *t, uint32_t ts, gw_req_t *r,
  * then streams the body. */
 /* Hop-by-hop headers (and the Date and framing ours replace) never pass. */
 static int end_to_end(const char *name, size_t n, const char *conn, size_t clen) {
-  static const char *const hop[] = {"connection", "keep-alive", "te", "trailer", "transfer-encoding",
-                                    "upgrade", "proxy-connection", "content-length", "date"};
+  /* Lengths first: this runs for every header of every proxied answer. */
+#define HOP(s) {s, sizeof s - 1}
+  static const struct {
+    const char *name;
+    size_t len;
+  } hop[] = {HOP("connection"), HOP("keep-alive"),        HOP("te"),
+             HOP("trailer"),    HOP("transfer-encoding"), HOP("upgrade"),
+             HOP("proxy-connection"), HOP("content-length"), HOP("date")};
+#undef HOP
   for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
-    if (strlen(hop[i]) == n && strncasecmp(hop[i], name, n) == 0) return 0;
+    if (hop[i].len == n && strncasecmp(hop[i].name, name, n) == 0) return 0;
   return !(conn && named_in_connection(name, n, conn, clen));
 }
 
