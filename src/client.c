@@ -959,7 +959,9 @@ static void tls_flush_body(gw_exchange_t *x) {
 }
 
 /* Closing: a close_notify if the socket takes it now (best effort: the
- * connection is going whatever happens). */
+ * connection is going whatever happens). The shutdown also keeps the
+ * server's session resumable: OpenSSL marks the session of an SSL freed
+ * without one (after a failure, say) as not to be resumed. */
 static void tls_close_notify(gw_uconn_t *uc) {
   if (!gw_tls_ready(uc->tls)) return;
   gw_tls_shutdown(uc->tls);

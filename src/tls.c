@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
@@ -411,7 +412,10 @@ const char *gw_tls_error(const gw_tls_t *t) { return t->reason ? t->reason : "no
  * settings change. The SSL_CTX lives on while states made from it do. */
 struct gw_tls_client_ctx_s {
   SSL_CTX *ssl_ctx;
-  uint64_t id; /* never reused: ties kept sessions to this context */
+  uint64_t id;                 /* never reused: ties kept sessions to this context */
+  int verify;                  /* as given to gw_tls_client_ctx_new */
+  int has_ca;                  /* a `ca` file was given ... */
+  unsigned char ca_digest[32]; /* ... and this is the SHA-256 of what it held */
 };
 
 static int resume_index = -1; /* SSL ex-data slot: the state's gw_tls_resume_t */
@@ -428,6 +432,32 @@ static int on_new_session(SSL *s, SSL_SESSION *sess) {
   return 1; /* the reference is ours now */
 }
 
+/* The SHA-256 of the file at `path`: two contexts loaded from the same
+ * bytes trust the same certificates (a reload compares them). */
+static int ca_digest(const char *path, unsigned char out[32], char *err, size_t errlen) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    snprintf(err, errlen, "cannot read ca %s: %s", path, strerror(errno));
+    return GW_ECONFIG;
+  }
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+  char buf[16384];
+  size_t n;
+  while (ok && (n = fread(buf, 1, sizeof buf, f)) > 0) ok = EVP_DigestUpdate(md, buf, n) == 1;
+  if (ferror(f)) {
+    snprintf(err, errlen, "cannot read ca %s: %s", path, strerror(errno));
+    ok = 0;
+  } else if (!ok || EVP_DigestFinal_ex(md, out, NULL) != 1) {
+    snprintf(err, errlen, "cannot read ca %s: out of memory", path);
+    ok = 0;
+  }
+  EVP_MD_CTX_free(md);
+  fclose(f);
+  ERR_clear_error();
+  return ok ? 0 : GW_ECONFIG;
+}
+
 gw_tls_client_ctx_t *gw_tls_client_ctx_new(int verify, const char *ca, char *err, size_t errlen) {
   ERR_clear_error();
   if (init_out_method() != 0) {
@@ -435,14 +465,8 @@ gw_tls_client_ctx_t *gw_tls_client_ctx_new(int verify, const char *ca, char *err
     return NULL;
   }
   if (resume_index < 0) resume_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-  if (ca) {
-    FILE *f = fopen(ca, "r");
-    if (!f) {
-      snprintf(err, errlen, "cannot read ca %s: %s", ca, strerror(errno));
-      return NULL;
-    }
-    fclose(f);
-  }
+  unsigned char digest[32];
+  if (ca && ca_digest(ca, digest, err, errlen) != 0) return NULL;
   SSL_CTX *s = SSL_CTX_new(TLS_client_method());
   if (!s || resume_index < 0) {
     snprintf(err, errlen, "cannot make a TLS context: %s", ssl_reason());
@@ -452,6 +476,9 @@ gw_tls_client_ctx_t *gw_tls_client_ctx_new(int verify, const char *ca, char *err
   gw_tls_client_ctx_t *ctx = gw_xcalloc(1, sizeof *ctx);
   ctx->ssl_ctx = s;
   ctx->id = ++client_ctx_ids;
+  ctx->verify = verify;
+  ctx->has_ca = ca != NULL;
+  if (ca) memcpy(ctx->ca_digest, digest, sizeof digest);
   SSL_CTX_set_app_data(s, ctx);
   SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
   SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
@@ -497,6 +524,11 @@ void gw_tls_client_ctx_free(gw_tls_client_ctx_t *ctx) {
 }
 
 uint64_t gw_tls_client_ctx_id(const gw_tls_client_ctx_t *ctx) { return ctx->id; }
+
+int gw_tls_client_ctx_same(const gw_tls_client_ctx_t *a, const gw_tls_client_ctx_t *b) {
+  if (a->verify != b->verify || a->has_ca != b->has_ca) return 0;
+  return !a->has_ca || memcmp(a->ca_digest, b->ca_digest, sizeof a->ca_digest) == 0;
+}
 
 /* 1 if `host` is an IPv4 or IPv6 address literal (checked as an address,
  * not as a DNS name, and never sent as SNI: RFC 6066 3). */

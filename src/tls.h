@@ -110,6 +110,9 @@ gw_tls_client_ctx_t *gw_tls_client_ctx_new(int verify, const char *ca, char *err
 void gw_tls_client_ctx_free(gw_tls_client_ctx_t *ctx);
 /* A number unique to `ctx` in this process (never reused). */
 uint64_t gw_tls_client_ctx_id(const gw_tls_client_ctx_t *ctx);
+/* 1 if `a` and `b` check certificates alike: the same `verify`, and the
+ * same bytes in their `ca` files (or no file for either). */
+int gw_tls_client_ctx_same(const gw_tls_client_ctx_t *a, const gw_tls_client_ctx_t *b);
 
 /* A client-side TLS state for one upstream connection, owned by the caller
  * (gw_tls_free). `sni` is sent as the server name (NULL: none); `host` is

@@ -191,7 +191,8 @@ static int same_str(const char *a, const char *b) {
 
 void gw_upstream_set_tls(gw_upstream_t *up, gw_tls_client_ctx_t *ctx, int verify, const char *sni,
                          const char *ca) {
-  if (up->tls_ctx && up->tls_verify == verify && same_str(up->tls_sni, sni) && same_str(up->tls_ca, ca)) {
+  if (up->tls_ctx && up->tls_verify == verify && same_str(up->tls_sni, sni) && same_str(up->tls_ca, ca) &&
+      gw_tls_client_ctx_same(up->tls_ctx, ctx)) {
     gw_tls_client_ctx_free(ctx); /* it only proved that the settings still load */
     return;
   }

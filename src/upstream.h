@@ -95,9 +95,10 @@ int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *we
                             char *err, size_t errlen);
 /* Installs `ctx` (made by the caller from `verify` and `ca`; owned by `up`
  * from now on) as the group's TLS context with `sni` (may be NULL). When
- * the settings equal the current ones, `ctx` is freed and the current one
- * stays, with the servers' sessions and pooled connections; otherwise the
- * old context goes, and pooled connections made with it are not reused. */
+ * the settings equal the current ones (the `ca` file's bytes included),
+ * `ctx` is freed and the current one stays, with the servers' sessions and
+ * pooled connections; otherwise the old context goes, and pooled
+ * connections and sessions made with it are not reused. */
 void gw_upstream_set_tls(gw_upstream_t *up, gw_tls_client_ctx_t *ctx, int verify, const char *sni,
                          const char *ca);
 /* Picks a server for a new exchange; `key` is used by the hash balancer;

@@ -4,7 +4,9 @@
 -- Runtime failures return nil and a short, stable error string:
 --   "connection refused", "connect failed", "connect timed out", "timeout",
 --   "send timed out", "no healthy server", "upstream closed the connection",
---   "upstream response too large", or a protocol error message.
+--   "upstream response too large", "upstream certificate verify failed",
+--   "upstream TLS handshake failed", "TLS handshake timed out", or a protocol
+--   error message.
 -- gateway.runtime maps them to 502/503/504 when a handler returns them.
 -- Misuse (a bad spec or option) raises at the caller's line.
 local base = require "gateway.base"

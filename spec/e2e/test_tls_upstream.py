@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -465,3 +466,51 @@ def test_config_errors_at_check_time():
         text = err + out
         assert want in text, "%s: want %r in %r" % (spec, want, text)
         assert "gateway.lua:3:" in text, "%s: file:line missing: %r" % (spec, text)
+
+
+# ---- reloads ----
+
+RELOAD = r'''
+local up = gw.upstream("r", { servers = { "https://127.0.0.1:@A@" }, tls = %s })
+gw.get("/r", function(req) return up:proxy(req, { path = "/x" }) end)
+gw.get("/gen", function(req) return "%s" end)
+'''
+
+
+def test_reload_with_other_tls_settings_drops_pooled_connections():
+    with Origin("a", tls=server_ctx("a")) as o:
+        def config(tls, tag):
+            return conf({"A": o}, RELOAD % (tls, tag))
+
+        def reload_to(g, tls, tag, hup=False):
+            text = g._substitute(config(tls, tag))
+            with open(g.config_path, "w") as f:
+                f.write(text)
+            if hup:
+                g.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: http(g.port, "GET", "/gen")[2] == tag.encode(), 5), \
+                "no reload to %s:\n%s" % (tag, g.stderr_text()[-2000:])
+
+        with Gateway(config('{ sni = "b.test", verify = false }', "v1"), files=gw_files()) as g:
+            st, j = get_json(g.port, "/r")
+            eq((st, j["conn"]), (200, 1), "verify = false: a certificate for a.test is taken for b.test")
+            # Verification on: the pooled connection, made without it, is not reused.
+            reload_to(g, '{ sni = "b.test", ca = "ca.pem" }', "v2")
+            st, j = get_json(g.port, "/r")
+            eq((st, j.get("error") if isinstance(j, dict) else j), (502, "upstream certificate verify failed"),
+               "after the reload")
+            eq(o.accepts, 2, "a new connection was made")
+            reload_to(g, '{ sni = "a.test", ca = "ca.pem" }', "v3")
+            eq(get_json(g.port, "/r")[1]["conn"], 3, "verified, on a new connection")
+            eq(get_json(g.port, "/r")[1]["conn"], 3, "then pooled")
+            # Same settings, same file: the pool stays.
+            reload_to(g, '{ sni = "a.test", ca = "ca.pem" }', "v4", hup=True)
+            eq(get_json(g.port, "/r")[1]["conn"], 3, "pooled across a reload that changed nothing")
+            # Same settings, but the CA file now holds another certificate.
+            with open(os.path.join(g.dir, "ca.pem"), "w") as f:
+                f.write(selfsigned()[0])
+            reload_to(g, '{ sni = "a.test", ca = "ca.pem" }', "v5", hup=True)
+            st, j = get_json(g.port, "/r")
+            eq(st, 502, "the new CA file is used: %r" % (j,))
+            assert g.wait_stderr("upstream r: server https://127.0.0.1:%d: TLS certificate verify failed: "
+                                 "unable to get local issuer certificate" % o.port)
