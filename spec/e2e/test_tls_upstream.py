@@ -180,6 +180,8 @@ route("system",     { "https://127.0.0.1:@A@" },  { sni = "a.test" })
 route("sysdefault", { "https://127.0.0.1:@A@" },  nil)
 route("passive",    { "https://127.0.0.1:@SS@" }, { sni = "a.test", ca = "ca.pem" },
       { health = { passive = { failures = 2, cooldown = 30 } } })
+route("retried",    { "https://127.0.0.1:@SS@", "https://127.0.0.1:@A@" }, { sni = "a.test", ca = "ca.pem" },
+      { retries = 1 })
 '''
 
 
@@ -210,6 +212,11 @@ def test_certificate_verification():
             line = "upstream %s: server https://127.0.0.1:%d: TLS certificate verify failed: %s" % (
                 name, port, why)
             assert g.wait_stderr(line), "log line %r not in:\n%s" % (line, g.stderr_text()[-3000:])
+        # A refused certificate is retried on another server, as a connect error is.
+        for i in range(4):
+            eq(get_json(g.port, "/retried"), (200, {"status": 200, "sni": "a.test"}), "retried %d" % i)
+        assert g.wait_stderr("upstream retried: server https://127.0.0.1:%d: TLS certificate verify failed"
+                             % ss.port)
         # A refused certificate counts for passive health like a connect error.
         for _ in range(2):
             eq(get_json(g.port, "/passive")[0], 502, "refused certificate")
