@@ -180,6 +180,7 @@ route("system",     { "https://127.0.0.1:@A@" },  { sni = "a.test" })
 route("sysdefault", { "https://127.0.0.1:@A@" },  nil)
 route("passive",    { "https://127.0.0.1:@SS@" }, { sni = "a.test", ca = "ca.pem" },
       { health = { passive = { failures = 2, cooldown = 30 } } })
+route("plain",      { "https://127.0.0.1:@P@" },  nil)
 route("retried",    { "https://127.0.0.1:@SS@", "https://127.0.0.1:@A@" }, { sni = "a.test", ca = "ca.pem" },
       { retries = 1 })
 '''
@@ -187,7 +188,8 @@ route("retried",    { "https://127.0.0.1:@SS@", "https://127.0.0.1:@A@" }, { sni
 
 def test_certificate_verification():
     with Origin("a", tls=server_ctx("a")) as o, Origin("ss", tls=server_ctx("ss")) as ss, \
-            Gateway(conf({"A": o, "SS": ss}, VERIFY), files=gw_files()) as g:
+            Origin("plain") as plain, \
+            Gateway(conf({"A": o, "SS": ss, "P": plain}, VERIFY), files=gw_files()) as g:
         # Verified against tls.ca (the chain a.test -> intermediate -> root).
         eq(get_json(g.port, "/good"), (200, {"status": 200, "sni": "a.test"}), "verified")
         # A self-signed certificate trusted on purpose, checked for the IP
@@ -212,6 +214,10 @@ def test_certificate_verification():
             line = "upstream %s: server https://127.0.0.1:%d: TLS certificate verify failed: %s" % (
                 name, port, why)
             assert g.wait_stderr(line), "log line %r not in:\n%s" % (line, g.stderr_text()[-3000:])
+        # A plain HTTP server behind https://: the handshake fails, with OpenSSL's reason.
+        st, j = get_json(g.port, "/plain")
+        eq((st, j.get("error") if isinstance(j, dict) else j), (502, "upstream TLS handshake failed"), "plain")
+        assert g.wait_stderr("upstream plain: server https://127.0.0.1:%d: TLS handshake failed: " % plain.port)
         # A refused certificate is retried on another server, as a connect error is.
         for i in range(4):
             eq(get_json(g.port, "/retried"), (200, {"status": 200, "sni": "a.test"}), "retried %d" % i)
