@@ -4,7 +4,9 @@
 -- Runtime failures return nil and a short, stable error string:
 --   "connection refused", "connect failed", "connect timed out", "timeout",
 --   "send timed out", "no healthy server", "upstream closed the connection",
---   "upstream response too large", or a protocol error message.
+--   "upstream response too large", "upstream certificate verify failed",
+--   "upstream TLS handshake failed", "TLS handshake timed out", or a protocol
+--   error message.
 -- gateway.runtime maps them to 502/503/504 when a handler returns them.
 -- Misuse (a bad spec or option) raises at the caller's line.
 local base = require "gateway.base"
@@ -25,7 +27,8 @@ gw_upstream_t *gw_ffi_upstream_declare(const char *name, const char **addrs, con
     double t_send, double t_read, int retries, int passive_failures, double passive_cooldown,
     double max_body, int breaker_failures, double breaker_window, double breaker_cooldown,
     const char *check_path, double check_interval, double check_timeout, int check_healthy,
-    int check_unhealthy, char *err, size_t errlen);
+    int check_unhealthy, int tls_verify, const char *tls_sni, const char *tls_ca, char *err,
+    size_t errlen);
 int gw_ffi_upstream_fetch(gw_task_t *t, uint32_t ts, gw_upstream_t *up, const char *method,
     size_t mlen, const char *target, size_t tlen, const char *lines, size_t llen,
     const char *body, size_t blen, int has_body, const char *key, size_t klen, double timeout,
@@ -219,6 +222,35 @@ local function sub_num(spec, tkey, key, default)
   return v
 end
 
+-- spec.tls: { verify = true, sni = NAME, ca = PATH } (each optional).
+-- Returns verify (-1 without a tls table: C's default, on), sni, ca (a
+-- relative path is read from the configuration's folder).
+local TLS_KEYS = { verify = true, sni = true, ca = true }
+local function tls_opts(t)
+  if t == nil then return -1, nil, nil end
+  if type(t) ~= "table" then error("gw.upstream: tls must be a table { verify =, sni =, ca = }", USER) end
+  for k in pairs(t) do
+    if not TLS_KEYS[k] then error("gw.upstream: tls: unknown option '" .. tostring(k) .. "'", USER) end
+  end
+  local verify = t.verify
+  if verify ~= nil and type(verify) ~= "boolean" then
+    error("gw.upstream: tls.verify must be true or false", USER)
+  end
+  local sni = t.sni
+  if sni ~= nil and (type(sni) ~= "string" or not find(sni, "^[%w][%w%.%-]*$")) then
+    error("gw.upstream: tls.sni must be a host name", USER)
+  end
+  local ca = t.ca
+  if ca ~= nil then
+    if type(ca) ~= "string" or ca == "" then error("gw.upstream: tls.ca must be a file path", USER) end
+    if byte(ca, 1) ~= 47 then
+      local state = require("gateway")._state
+      ca = (state.config_dir or ".") .. "/" .. ca
+    end
+  end
+  return verify == false and 0 or 1, sni, ca
+end
+
 function _M.declare(name, spec)
   if type(name) ~= "string" or name == "" then error("gw.upstream: a name is required", 3) end
   if type(spec) ~= "table" then error("gw.upstream: a spec table is required", 3) end
@@ -258,7 +290,8 @@ function _M.declare(name, spec)
     error("gw.upstream: breaker.failures must be a number >= 1", 3)
   end
   local passive = spec.health and spec.health.passive or {}
-  local errbuf = ffi.new("char[256]")
+  local tls_verify, tls_sni, tls_ca = tls_opts(spec.tls)
+  local errbuf = ffi.new("char[512]")
   local up = C.gw_ffi_upstream_declare(name, addrs, weights, n, balance,
     sub_num(spec, "keepalive", "idle", 32), sub_num(spec, "keepalive", "timeout", 60),
     sub_num(spec, "timeouts", "connect", 5), sub_num(spec, "timeouts", "send", 30),
@@ -267,7 +300,7 @@ function _M.declare(name, spec)
     num(spec, "max_body", 8 * 1024 * 1024), num(breaker, "failures", 0),
     num(breaker, "window", 10), num(breaker, "cooldown", 30),
     active.path, num(active, "interval", 10), num(active, "timeout", 2),
-    num(active, "healthy", 2), num(active, "unhealthy", 2), errbuf, 256)
+    num(active, "healthy", 2), num(active, "unhealthy", 2), tls_verify, tls_sni, tls_ca, errbuf, 512)
   if up == nil then error("gw.upstream " .. name .. ": " .. ffi_string(errbuf), 3) end
   keep = nil
   return setmetatable({ name = name, _up = up, hash_key = spec.hash_key }, Upstream)
