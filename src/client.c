@@ -23,6 +23,7 @@
 #include <strings.h>
 
 #include "errors.h"
+#include "health.h"
 #include "log.h"
 #include "mem.h"
 #include "worker.h"
@@ -289,10 +290,11 @@ static void finish(gw_exchange_t *x, int err, const char *msg) {
     else uconn_close(uc);
   }
   if (x->server && !x->reported && !x->fixed_server) {
-    double latency = (double)(gw_now_ms() - x->started_ms);
+    uint64_t took_ns = uv_hrtime() - x->started_ns;
     /* Only failures of the server count against it, not a response that
      * was simply too large for the caller. */
-    gw_server_report(x->up, x->server, err == 0 || err == GW_ETOOBIG, latency);
+    gw_server_report(x->up, x->server, err == 0 || err == GW_ETOOBIG, (double)took_ns / 1e6);
+    gw_health_observe(x->server->health, took_ns);
   }
   /* The breaker counts whole exchanges (after retries) that reached a
    * server, never the gateway's own refusals (breaker open, no healthy
@@ -325,7 +327,10 @@ static void fail(gw_exchange_t *x, int err, const char *msg) {
     x->uc = NULL;
     uconn_close(uc);
     x->server->active--;
-    if (err != GW_ETOOBIG && !x->fixed_server) gw_server_report(x->up, x->server, 0, 0);
+    if (err != GW_ETOOBIG && !x->fixed_server) {
+      gw_server_report(x->up, x->server, 0, 0);
+      gw_health_observe(x->server->health, uv_hrtime() - x->started_ns);
+    }
     x->reported = 1;
     if (retryable(x)) {
       x->retry_elsewhere = 1;
@@ -702,7 +707,8 @@ static void start_try(gw_exchange_t *x) {
   s->active++;
   s->requests++;
   x->got_bytes = 0;
-  x->started_ms = gw_now_ms();
+  x->started_ns = uv_hrtime();
+  x->started_ms = x->started_ns / 1000000;
   gw_http1c_init(&x->parser, x->head_request, on_body, x);
   serialise(x);
   gw_uconn_t *uc = pool_get(s);

@@ -105,6 +105,7 @@ struct gw_exchange_s {
   size_t hash_key_len;
   double timeout;              /* overrides the read timeout when > 0 */
   uint64_t started_ms;         /* of the current try */
+  uint64_t started_ns;         /* the same, finer: for the latency histogram */
   gw_exchange_state_t state;
   int tries;                   /* tries made */
   uint8_t idempotent;          /* may be retried */
