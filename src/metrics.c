@@ -18,7 +18,7 @@
 #include "shm.h"
 #include "upstream.h"
 
-static const double bounds[GW_METRICS_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+/* The bounds of gw_metrics_bucket (metrics.h), as Prometheus labels. */
 static const char *const bound_text[GW_METRICS_BUCKETS] = {"0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
                                                            "0.5",   "1",    "2.5",   "5",    "10"};
 
@@ -75,12 +75,6 @@ static void count_status(unsigned route, int status) {
     }
   }
   gw_shm_add(&self->dropped, 1);
-}
-
-unsigned gw_metrics_bucket(double seconds) {
-  unsigned b = 0;
-  while (b < GW_METRICS_BUCKETS && seconds > bounds[b]) b++;
-  return b;
 }
 
 void gw_metrics_request(const char *route, int status, double seconds) {

@@ -57,8 +57,15 @@ void gw_metrics_init(unsigned index);
  * the status sent, and its duration. Called once per request, where the
  * request ends (conn.c). */
 void gw_metrics_request(const char *route, int status, double seconds);
-/* The histogram bucket of a duration: 0 .. GW_METRICS_BUCKETS (above all bounds). */
-unsigned gw_metrics_bucket(double seconds);
+/* The histogram bucket of a duration: 0 .. GW_METRICS_BUCKETS (above all
+ * bounds). Inline, so that health.c counts upstream latencies without
+ * linking the rest of metrics.c. */
+static inline unsigned gw_metrics_bucket(double seconds) {
+  static const double bounds[GW_METRICS_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  unsigned b = 0;
+  while (b < GW_METRICS_BUCKETS && seconds > bounds[b]) b++;
+  return b;
+}
 /* Appends the Prometheus text exposition (format 0.0.4) of every worker's
  * counters, summed, to `out`. */
 void gw_metrics_render(gw_buf_t *out);

@@ -31,6 +31,7 @@ static int name_in(const char *name, size_t n, const char *lines, size_t llen);
 static void answer_direct(gw_proxy_t *p);
 static void fail_direct(gw_proxy_t *p);
 static void answer_error(gw_req_t *r, const gw_proxy_t *p);
+static void answer_head(gw_proxy_t *p, gw_req_t *r);
 
 static int push_head(lua_State *L, void *arg) {
   gw_proxy_t *p = arg;
@@ -116,6 +117,13 @@ static int on_body(gw_exchange_t *x, const char *data, size_t n) {
 static void on_done(gw_exchange_t *x, int err, const char *msg) {
   gw_proxy_t *p = x->data;
   gw_proxy_state_t was = p->state;
+  if (was == GW_PROXY_HEAD_READY && !err) {
+    /* An answer without body bytes (HEAD, 204, 304, a zero length) ended
+     * while its head waited for a decision: the head stays usable, and
+     * whoever takes it finds nothing more to stream (p->ended). */
+    p->ended = 1;
+    return;
+  }
   p->state = GW_PROXY_DONE;
   p->err = err;
   p->msg = msg;
@@ -408,40 +416,121 @@ GW_FFI_EXPORT int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, 
 }
 
 /* A route whose handler is exactly `return UP:proxy(req)` (upstream.lua
- * recognises it) with no middleware: nothing in Lua would look at the
- * answer, so the handler's coroutine ends now and C answers when the head
- * comes (answer_direct), saving a resume of Lua per request. Requests with
- * a body or an upgrade take the ordinary path: GW_FFI_DECLINED. */
+ * recognises it). Nothing the handler does needs the head, so its task does
+ * not wait for it:
+ *   - `answer` = 1, a route without middleware: nothing in Lua looks at the
+ *     answer, so C answers when the head comes (answer_direct), saving a
+ *     resume of Lua per request;
+ *   - `answer` = 0, a route with middleware: the proxy runs deferred, with no
+ *     one waiting; a middleware that looks at the response waits then
+ *     (gw_ffi_proxy_await), and one that returns it unseen hands it to C
+ *     (gw_ffi_proxy_commit), which answers as in the first case.
+ * Requests with a body or an upgrade take the ordinary path: GW_FFI_DECLINED. */
 GW_FFI_EXPORT int gw_ffi_upstream_proxy_direct(gw_req_t *r, uint32_t rs, gw_upstream_t *up,
-                                               const char *key, size_t klen, const char **err) {
+                                               const char *key, size_t klen, int answer,
+                                               const char **err) {
   if (!gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
   if (r->content_length > 0 || r->chunked || r->upgrade) return GW_FFI_DECLINED;
   gw_proxy_t *p = proxy_begin(r, up, NULL, 0, "", 0, key, klen, err);
   if (!p) return GW_FFI_ERROR;
-  p->direct = 1;
+  p->direct = (uint8_t)(answer != 0);
   start_proxy(p);
   /* A failure found at once (no healthy server, an open breaker) arrives
    * while this task still runs: answer it here, the request ends with it. */
-  if (p->state == GW_PROXY_DONE) answer_error(r, p);
-  p->direct_started = 1;
+  if (p->direct && p->state == GW_PROXY_DONE) answer_error(r, p);
+  p->direct_started = p->direct;
   return GW_FFI_OK;
 }
 
-/* res:body() on a proxied response: buffers the rest of the body. */
-GW_FFI_EXPORT int gw_ffi_proxy_read_body(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs,
-                                         uint32_t *wait_id, const char **err) {
+/* A deferred proxy's response is looked at: its status now (GW_FFI_OK), a
+ * wait for the head (GW_FFI_AGAIN, then the ordinary (status) or (nil, err)
+ * results), or its failure (GW_FFI_ERROR, *err the upstream error). */
+GW_FFI_EXPORT int gw_ffi_proxy_await(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs,
+                                     uint32_t *wait_id, int *status, const char **err) {
   if (!gw_task_check(t, ts) || !gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
   gw_proxy_t *p = r->proxy;
-  if (!p || (p->state != GW_PROXY_HEAD_READY)) {
+  if (!p || p->direct || p->waiting) {
+    *err = "the proxied response is no longer available";
+    return GW_FFI_ERROR;
+  }
+  switch (p->state) {
+    case GW_PROXY_HEAD_READY:
+      *status = p->x.parser.status;
+      return GW_FFI_OK;
+    case GW_PROXY_DONE:
+      *err = p->msg ? p->msg : gw_strerror(p->err);
+      return GW_FFI_ERROR;
+    case GW_PROXY_WAIT_HEAD:
+      p->w.cancel = cancel_wait;
+      gw_waiter_add(t, &p->w);
+      p->waiting = 1;
+      *wait_id = p->w.id;
+      return GW_FFI_AGAIN;
+    default:
+      *err = "the proxied response is no longer available";
+      return GW_FFI_ERROR;
+  }
+}
+
+/* A deferred proxy's response is returned unseen: C answers it, now if the
+ * head (or a failure) is in, else when it comes. The task is still running,
+ * so the request ends when it does (task_done), not here. */
+GW_FFI_EXPORT int gw_ffi_proxy_commit(gw_req_t *r, uint32_t rs, const char **err) {
+  if (!gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
+  gw_proxy_t *p = r->proxy;
+  if (!p || p->direct || p->waiting || r->resp_state != GW_RESP_NONE) {
+    *err = "the proxied response is no longer available";
+    return GW_FFI_ERROR;
+  }
+  switch (p->state) {
+    case GW_PROXY_HEAD_READY:
+      answer_head(p, r);
+      return GW_FFI_OK;
+    case GW_PROXY_DONE:
+      answer_error(r, p);
+      return GW_FFI_OK;
+    case GW_PROXY_WAIT_HEAD:
+      p->direct = 1;
+      p->direct_started = 1;
+      return GW_FFI_OK;
+    default:
+      *err = "the proxied response is no longer available";
+      return GW_FFI_ERROR;
+  }
+}
+
+/* res:body() on a proxied response: buffers the rest of the body. */
+/* res:body() on a proxied response: buffers the rest of the body. Resuming
+ * the exchange may finish it at once (an answer with no body bytes left):
+ * then the body is returned now (GW_FFI_OK, *body and *blen), else Lua
+ * waits for it (GW_FFI_AGAIN). The wait is registered only after the
+ * resume, so a synchronous end never wakes the running coroutine. */
+GW_FFI_EXPORT int gw_ffi_proxy_read_body(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs,
+                                         uint32_t *wait_id, const char **body, size_t *blen,
+                                         const char **err) {
+  if (!gw_task_check(t, ts) || !gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
+  gw_proxy_t *p = r->proxy;
+  if (!p || p->waiting || (p->state != GW_PROXY_HEAD_READY)) {
     *err = "the proxied body is no longer available";
     return GW_FFI_ERROR;
   }
-  p->state = GW_PROXY_BUFFERING;
-  gw_waiter_add(t, &p->w);
-  p->waiting = 1;
-  *wait_id = p->w.id;
-  gw_exchange_resume(&p->x);
-  return GW_FFI_AGAIN;
+  if (!p->ended) {
+    p->state = GW_PROXY_BUFFERING;
+    gw_exchange_resume(&p->x);
+    if (p->state == GW_PROXY_BUFFERING) {
+      gw_waiter_add(t, &p->w);
+      p->waiting = 1;
+      *wait_id = p->w.id;
+      return GW_FFI_AGAIN;
+    }
+    if (p->err) {
+      *err = p->msg ? p->msg : gw_strerror(p->err);
+      return GW_FFI_ERROR;
+    }
+  }
+  *body = p->body.base ? p->body.base : "";
+  *blen = p->body.len;
+  return GW_FFI_OK;
 }
 
 /* Sends the proxied response with the status and header lines Lua gives,
@@ -575,7 +664,17 @@ static int send_head(gw_proxy_t *p, gw_req_t *r, int status, const char *lines, 
   }
   /* HEAD, 204 and 304 carry no body, whatever the upstream sends. */
   p->state = (no_body || r->method == HTTP_HEAD) ? GW_PROXY_HEAD_READY : GW_PROXY_STREAMING;
-  if (p->state == GW_PROXY_STREAMING) gw_exchange_resume(&p->x);
+  if (p->state == GW_PROXY_STREAMING && p->ended) {
+    /* The (empty) body already ended: close the framing now. */
+    if (p->chunked_out) {
+      uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
+      gw_response_flush_head(r, &b, 1);
+    }
+    gw_response_flush_head(r, NULL, 0);
+    p->state = GW_PROXY_DONE;
+  } else if (p->state == GW_PROXY_STREAMING) {
+    gw_exchange_resume(&p->x);
+  }
   return GW_FFI_OK;
 }
 
@@ -599,11 +698,9 @@ static void direct_request_done(gw_proxy_t *p) {
   if (r && !r->task && !gw_proxy_streaming(p)) gw_conn_request_done(r->conn);
 }
 
-/* The upstream's head is in: answer as the handler would have returned it. */
-static void answer_direct(gw_proxy_t *p) {
-  gw_req_t *r = p->req;
+/* Sends the upstream's answer as a handler returning it unchanged would. */
+static void answer_head(gw_proxy_t *p, gw_req_t *r) {
   const char *err = NULL;
-  if (!r) return;
   if (send_head(p, r, p->x.parser.status, "", 0, 1, &err) != GW_FFI_OK) {
     /* Only a 101 nobody asked for gets here (requests with an upgrade take
      * the ordinary path). */
@@ -611,6 +708,13 @@ static void answer_direct(gw_proxy_t *p) {
     r->close_after = 1;
     gw_response_error(r, 502, err);
   }
+}
+
+/* The upstream's head is in: answer as the handler would have returned it. */
+static void answer_direct(gw_proxy_t *p) {
+  gw_req_t *r = p->req;
+  if (!r) return;
+  answer_head(p, r);
   direct_request_done(p);
 }
 

@@ -45,6 +45,7 @@ typedef struct gw_proxy_s {
   uint8_t client_eof;     /* the tunnel's client side ended */
   uint8_t direct;         /* no Lua waits: C answers (gw_ffi_upstream_proxy_direct) */
   uint8_t direct_started; /* ... and the call that started it has returned */
+  uint8_t ended;          /* the exchange ended after the head, with no body bytes */
 } gw_proxy_t;
 
 /* Client writes queued past this pause the upstream; below LOW resume it. */

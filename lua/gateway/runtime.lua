@@ -176,13 +176,35 @@ local function send_header(r, s, k, v)
   end
 end
 
-local upstream_mod -- loaded on first proxied response
+local upstream_mod -- loaded on first use (a proxied response, a direct route)
+local function upstream()
+  if not upstream_mod then
+    upstream_mod = require "gateway.upstream"
+    -- What a deferred proxy response becomes when its exchange failed.
+    upstream_mod.deferred_failure = function(req, err) return _M.handler_result(req, nil, err) end
+  end
+  return upstream_mod
+end
+
+-- The upvalue index of a route's `return UP:proxy(req)` handler, or false.
+local function direct_of(route)
+  local direct = route.direct
+  if direct == nil then
+    direct = upstream().direct_proxy_upvalue(route.handler)
+    route.direct = direct
+  end
+  return direct
+end
+
 local function send(req, res)
+  if rawget(res, "_deferred") then
+    -- A deferred proxy response nobody looked at: C answers it.
+    return upstream().commit_deferred(req)
+  end
   local r, s = req._r, req._s
   local status = res.status
   if res._proxy and res._req == req then
-    upstream_mod = upstream_mod or require "gateway.upstream"
-    return upstream_mod.send_proxied(req, res)
+    return upstream().send_proxied(req, res)
   end
   if res._proxy then
     -- A proxied response whose body a script read goes out buffered.
@@ -195,8 +217,7 @@ local function send(req, res)
   if rawget(res, "_body") ~= nil then
     -- An upstream's answer goes out buffered: its hop-by-hop headers and
     -- its Date stay behind (ours is added).
-    upstream_mod = upstream_mod or require "gateway.upstream"
-    res.headers = upstream_mod.end_to_end(res.headers)
+    res.headers = upstream().end_to_end(res.headers)
   end
   if type(status) ~= "number" or status < 100 or status > 999 or status % 1 ~= 0 then
     error("response status must be a whole number 100-999, not " .. tostring(status), 0)
@@ -247,6 +268,7 @@ local function handler_result(req, res, err)
   end
   return normalize(res)
 end
+_M.handler_result = handler_result
 
 -- The `next` given to the middleware at step i is NEXT[i], made once for
 -- all requests (a closure per step and request would cost allocations, and
@@ -275,7 +297,16 @@ end
 run_step = function(req, chain, i)
   local f = chain[i]
   rawset(req, "_step", i)
-  if i == chain.n then return handler_result(req, f(req)) end
+  if i == chain.n then
+    -- A `return UP:proxy(req)` handler inside middleware: deferred (upstream.lua).
+    local route = chain.route
+    local direct = route and direct_of(route)
+    if direct then
+      local d = upstream_mod.proxy_direct(req, f, direct, false)
+      if d then return d end
+    end
+    return handler_result(req, f(req))
+  end
   return normalize(f(req, NEXT[i] or next_for(i)))
 end
 
@@ -325,6 +356,7 @@ local function build_chain(req, route, allow)
     chain[n] = not_found
   end
   chain.n = n
+  chain.route = route
   rawset(req, "_chain", chain)
   return chain
 end
@@ -356,13 +388,8 @@ local function dispatch(req)
     if route.bare and no_middleware then
       -- No middleware can look at the answer: a string goes out as it is,
       -- and a `return UP:proxy(req)` handler is run by C (upstream.lua).
-      local direct = route.direct
-      if direct == nil then
-        upstream_mod = upstream_mod or require "gateway.upstream"
-        direct = upstream_mod.direct_proxy_upvalue(route.handler)
-        route.direct = direct
-      end
-      if direct and upstream_mod.proxy_direct(req, route.handler, direct) then return end
+      local direct = direct_of(route)
+      if direct and upstream_mod.proxy_direct(req, route.handler, direct, true) then return end
       local err
       res, err = route.handler(req)
       if type(res) == "string" then return 200, TEXT, res end

@@ -37,9 +37,12 @@ int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs, g
     const char *target, size_t tlen, const char *lines, size_t llen, const char *key, size_t klen,
     uint32_t *wait_id, const char **err);
 int gw_ffi_upstream_proxy_direct(gw_req_t *r, uint32_t rs, gw_upstream_t *up, const char *key,
-    size_t klen, const char **err);
+    size_t klen, int answer, const char **err);
+int gw_ffi_proxy_await(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs, uint32_t *wait_id,
+    int *status, const char **err);
+int gw_ffi_proxy_commit(gw_req_t *r, uint32_t rs, const char **err);
 int gw_ffi_proxy_read_body(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs, uint32_t *wait_id,
-    const char **err);
+    const char **body, size_t *blen, const char **err);
 int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const char *lines, size_t llen,
     int upstream_headers, const char **err);
 int gw_ffi_proxy_header_at(gw_req_t *r, uint32_t rs, int i, const char **name, size_t *nlen,
@@ -88,11 +91,18 @@ function Response:body()
   local req = self._req
   if not req then return "" end
   local ctx = sched.current()
-  local rc = C.gw_ffi_proxy_read_body(ctx.task, ctx.ts, req._r, req._s, base.out_wait, base.out_err)
+  local rc = C.gw_ffi_proxy_read_body(ctx.task, ctx.ts, req._r, req._s, base.out_wait,
+    base.out_str, base.out_len, base.out_err)
   if rc == BAD_CONTEXT then error(base.FINISHED, 2) end
-  if rc ~= AGAIN then return nil, ffi_string(base.out_err[0]) end
-  local body, err = sched.wait(ctx, base.out_wait[0])
-  if body == nil then return nil, err end
+  local body, err
+  if rc == AGAIN then
+    body, err = sched.wait(ctx, base.out_wait[0])
+    if body == nil then return nil, err end
+  elseif rc == base.OK then -- the exchange had already ended: the body is here
+    body = ffi_string(base.out_str[0], base.out_len[0])
+  else
+    return nil, ffi_string(base.out_err[0])
+  end
   local _ = self.headers -- read them from C while the request still holds them
   self._body = body
   self._req = nil
@@ -502,18 +512,79 @@ function _M.direct_proxy_upvalue(fn)
   return uv + 1
 end
 
--- Runs the recognised handler `fn` the direct way. Returns true when C took
--- the request over, false when the ordinary path must run it.
-function _M.proxy_direct(req, fn, uv)
+-- Starts the recognised handler `fn`'s proxy without waiting for the head.
+-- `answer`: C answers the client itself (a route without middleware);
+-- returns true, or false when the ordinary path must run the handler.
+-- Without `answer`: returns a deferred response for the middleware around
+-- (see Deferred below), or false.
+local Deferred = {}
+function _M.proxy_direct(req, fn, uv, answer)
   local _, up = getupvalue(fn, uv)
   if getmetatable(up) ~= Upstream or rawget(up, "proxy") ~= nil then return false end
   local key = ""
   if up.hash_key then key = tostring(up.hash_key(req) or "") end
-  local rc = C.gw_ffi_upstream_proxy_direct(req._r, req._s, up._up, key, #key, base.out_err)
-  if rc == base.OK then return true end
+  local rc = C.gw_ffi_upstream_proxy_direct(req._r, req._s, up._up, key, #key, answer and 1 or 0,
+    base.out_err)
+  if rc == base.OK then
+    if answer then return true end
+    return setmetatable({ _req = req, _proxy = true, _deferred = true }, Deferred)
+  end
   if rc == base.DECLINED then return false end
   if rc == BAD_CONTEXT then error(base.FINISHED, 2) end
   error("up:proxy: " .. ffi_string(base.out_err[0]), 2)
+end
+
+-- A deferred response stands for what `return UP:proxy(req)` would have
+-- returned while the exchange runs. Returned unseen by every middleware,
+-- it is handed to C (commit_deferred), which answers without resuming Lua
+-- for the head. The first use of any field waits for the head and turns it
+-- into that very answer: a proxied response, or the error response a
+-- failed proxy gives (_M.deferred_failure, set by the runtime).
+local out_status = ffi.new("int[1]")
+
+local function materialize(d)
+  local req = rawget(d, "_req")
+  local ctx = sched.current()
+  rawset(d, "_deferred", nil)
+  local rc = C.gw_ffi_proxy_await(ctx.task, ctx.ts, req._r, req._s, base.out_wait, out_status,
+    base.out_err)
+  local status, err
+  if rc == AGAIN then
+    status, err = sched.wait(ctx, base.out_wait[0])
+  elseif rc == base.OK then
+    status = out_status[0]
+  elseif rc == BAD_CONTEXT then
+    error(base.FINISHED, 3)
+  else
+    err = ffi_string(base.out_err[0])
+  end
+  if status ~= nil then
+    rawset(d, "status", status)
+    return setmetatable(d, ProxyResponse)
+  end
+  rawset(d, "_req", nil)
+  rawset(d, "_proxy", nil)
+  for k, v in pairs(_M.deferred_failure(req, err)) do rawset(d, k, v) end
+  return setmetatable(d, nil)
+end
+
+Deferred.__index = function(d, k)
+  materialize(d)
+  return d[k]
+end
+Deferred.__newindex = function(d, k, v)
+  materialize(d)
+  d[k] = v
+end
+
+-- True if `res` is a deferred response nobody looked at.
+function _M.is_deferred(res) return rawget(res, "_deferred") == true end
+
+-- Hands an unseen deferred response to C, which answers the client.
+function _M.commit_deferred(req)
+  local rc = C.gw_ffi_proxy_commit(req._r, req._s, base.out_err)
+  if rc == BAD_CONTEXT then error(base.FINISHED, 0) end
+  if rc ~= base.OK then error(ffi_string(base.out_err[0]), 0) end
 end
 
 -- Hop-by-hop headers of a proxied answer stay on the upstream hop; Date is

@@ -33,6 +33,41 @@ gw.route("*", "/o/slow/*r", function(req) local res, err = slow:proxy(req); retu
 gw.route("*", "/d/tripped/*r", function(req) return tripped:proxy(req) end)
 gw.route("*", "/o/tripped/*r", function(req) local res, err = tripped:proxy(req); return res, err end)
 
+-- The same handler shape inside middleware runs deferred: /m passes the
+-- answer through unseen (C answers it), /r reads it (it is waited for and
+-- materialised), /x drops it for its own, /w returns it unseen after a wait
+-- (the head, or the failure, is in by then).
+gw.use("/m", function(req, next) return next() end)
+gw.use("/r", function(req, next)
+  local res = next()
+  res.headers["X-Seen"] = tostring(res.status)
+  return res
+end)
+gw.use("/x", function(req, next)
+  local res = next()
+  return { status = 299, body = "replaced" }
+end)
+gw.use("/w", function(req, next)
+  local res = next()
+  gw.sleep(0.4)
+  return res
+end)
+for _, p in ipairs { "m", "r", "x", "w" } do
+  gw.route("*", "/" .. p .. "/up/*r", function(req) return up:proxy(req) end)
+  gw.route("*", "/" .. p .. "/dead/*r", function(req) return dead:proxy(req) end)
+  gw.route("*", "/" .. p .. "/tripped/*r", function(req) return tripped:proxy(req) end)
+end
+
+-- Ordinary handlers whose answer ends (no body bytes) while it waits for a
+-- decision: returned after a wait, or read after a wait.
+gw.route("*", "/w/ord/*r", function(req) local res, err = up:proxy(req); return res, err end)
+gw.route("*", "/body/*r", function(req)
+  local res = up:proxy(req, { path = "/" .. req.params.r })
+  gw.sleep(0.3)
+  local b, err = res:body()
+  return { status = res.status == 204 and 200 or res.status, body = b and ("len=" .. #b) or err }
+end)
+
 -- The recogniser, on shapes it must take (true) and must leave (false).
 local U = require "gateway.upstream"
 local a_global_up = up
@@ -140,3 +175,59 @@ def test_direct_errors_equal_ordinary_ones():
         eq(d["error"], o["error"], "breaker open: error text")
         # The worker still serves after all of it.
         eq(one(g.port, "GET", "/d/up/status/200").status, 200, "served afterwards")
+
+
+def test_deferred_inside_middleware():
+    with Origin("A") as a, Gateway(fill(APP, A=a, DEAD=dead_port())) as g:
+        for method, path in [("GET", "/bytes?n=300000"), ("HEAD", "/bytes?n=10"), ("GET", "/status/204"),
+                             ("GET", "/bytes?n=200000&chunked=1&piece=7000"), ("GET", "/status/503")]:
+            o = comparable(one(g.port, method, "/o/up" + path))
+            for prefix in ("m", "w"):
+                eq(comparable(one(g.port, method, "/%s/up%s" % (prefix, path))), o,
+                   "%s %s through /%s (returned unseen)" % (method, path, prefix))
+            r = one(g.port, method, "/r/up" + path)
+            eq(r.headers.get("x-seen"), str(o[0]), "/r saw the status of %s %s" % (method, path))
+            rc = comparable(r)
+            rc[1].pop("x-seen")
+            eq(rc, o, "%s %s through /r (read, then returned)" % (method, path))
+            x = one(g.port, method, "/x/up" + path)
+            eq((x.status, x.body), (299, b"" if method == "HEAD" else b"replaced"), "/x replaced it")
+        # The worker still serves on the same connection after replaced answers.
+        with Conn(g.port) as c:
+            for path in ("/x/up/echo/1", "/m/up/echo/2", "/x/up/bytes?n=100000", "/m/up/echo/3"):
+                c.send(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+                resp = c.read_response()
+                want = 299 if path.startswith("/x") else 200
+                eq(resp.status, want, "keep-alive answer to %s" % path)
+
+
+def test_deferred_errors():
+    with Origin("A") as a, Gateway(fill(APP, A=a, DEAD=dead_port())) as g:
+        want = check_error(one(g.port, "GET", "/o/dead/e"), 502)["error"]
+        for prefix in ("m", "w"):
+            eq(check_error(one(g.port, "GET", "/%s/dead/e" % prefix), 502)["error"], want,
+               "/%s: the 502 of a refused connection" % prefix)
+        r = one(g.port, "GET", "/r/dead/e")
+        eq(r.headers.get("x-seen"), "502", "/r saw the error's status")
+        eq(check_error(r, 502)["error"], want, "/r: the same 502 body")
+        eq(one(g.port, "GET", "/x/dead/e").status, 299, "/x replaced the error")
+        # Breaker: opened by the first failure; then 503 at once, answered at commit.
+        check_error(one(g.port, "GET", "/m/tripped/x"), 502)
+        for prefix in ("m", "w", "r"):
+            eq(check_error(one(g.port, "GET", "/%s/tripped/x" % prefix), 503)["error"], "breaker open",
+               "/%s: breaker open" % prefix)
+
+
+def test_answer_without_body_ending_before_the_decision():
+    # HEAD, 204 and a zero length end the exchange right after the head; a
+    # middleware that waits before returning (or a handler that reads the body
+    # after a wait) must still get that answer.
+    with Origin("A") as a, Gateway(fill(APP, A=a, DEAD=dead_port())) as g:
+        for method, path in [("HEAD", "/bytes?n=7"), ("GET", "/status/204"), ("GET", "/bytes?n=0"),
+                             ("GET", "/bytes?n=0&chunked=1"), ("HEAD", "/bytes?n=5")]:
+            o = comparable(one(g.port, method, "/o/up" + path))
+            for route in ("/w/ord", "/w/up"):
+                eq(comparable(one(g.port, method, route + path)), o, "%s %s through %s" % (method, path, route))
+        for path, want in [("status/204", b"len=0"), ("bytes?n=0", b"len=0"), ("bytes?n=3", b"len=3")]:
+            resp = one(g.port, "GET", "/body/" + path)
+            eq((resp.status, resp.body), (200, want), "res:body() after a wait: " + path)
