@@ -31,7 +31,7 @@ local state = {
     error_log = "stderr",
     limits = { header_bytes = 16384, headers = 100, body_bytes = 8 * 1024 * 1024 },
     timeouts = { header = 10, body = 30, idle = 60, drain = 30, script = 5 },
-    tls = { ticket_rotate = 3600 },
+    tls = { ticket_rotate = 3600, session_tickets = true },
   },
   router = router_mod.new(),
   global_mw = {},   -- list of middleware functions
@@ -54,7 +54,7 @@ local config_schema = {
   access_log = "string_or_false", error_log = "string",
   limits = { header_bytes = "posint", headers = "posint", body_bytes = "posint" },
   timeouts = { header = "posnum", body = "posnum", idle = "posnum", drain = "posnum", script = "posnum" },
-  tls = { ticket_rotate = "posnum" },
+  tls = { ticket_rotate = "posnum", session_tickets = "boolean" },
 }
 
 local function bad(key, want, got, level)
@@ -133,6 +133,8 @@ local function check_value(key, kind, v, level)
     if type(v) ~= "number" or v <= 0 then bad(key, "a number > 0", v, level) end
   elseif kind == "string" then
     if type(v) ~= "string" then bad(key, "a string", v, level) end
+  elseif kind == "boolean" then
+    if type(v) ~= "boolean" then bad(key, "true or false", v, level) end
   elseif kind == "string_or_false" then
     if v ~= false and type(v) ~= "string" then bad(key, "a string or false", v, level) end
   elseif kind == "addr_or_false" then

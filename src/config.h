@@ -53,6 +53,7 @@ typedef struct gw_config_s {
   gw_limits_t limits;
   gw_timeouts_t timeouts;
   double ticket_rotate;  /* tls.ticket_rotate: seconds each session ticket key encrypts */
+  int session_tickets;   /* tls.session_tickets: 0 turns session resumption off */
   gw_dict_decl_t *dicts; /* ndicts entries, gw_xmalloc'd, in declaration order */
   size_t ndicts;
 } gw_config_t;

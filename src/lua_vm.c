@@ -119,6 +119,12 @@ static int config_from_lua(lua_State *L, int idx, gw_config_t *c, char *err, siz
   lua_pop(L, 1);
   lua_getfield(L, idx, "tls");
   c->ticket_rotate = lua_istable(L, -1) ? num_field(L, -1, "ticket_rotate", 3600) : 3600;
+  c->session_tickets = 1;
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "session_tickets");
+    c->session_tickets = !(lua_isboolean(L, -1) && !lua_toboolean(L, -1));
+    lua_pop(L, 1);
+  }
   lua_pop(L, 1);
   lua_getfield(L, idx, "listen");
   size_t n = lua_objlen(L, -1);

@@ -144,6 +144,7 @@ static void apply_settings(gw_worker_t *w, const gw_config_t *next) {
   cur->limits = next->limits;     /* every parser points at cur->limits */
   cur->timeouts = next->timeouts; /* read at each timer arm */
   cur->ticket_rotate = next->ticket_rotate;
+  cur->session_tickets = next->session_tickets;
   /* The TLS contexts were rebuilt from `next` (gw_worker_tls_reload). */
   if (gw_config_same_listen(cur, next))
     for (size_t i = 0; i < cur->nlisten; i++) gw_listen_copy_tls(&cur->listen[i], &next->listen[i]);

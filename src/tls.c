@@ -41,6 +41,10 @@
   "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:" \
   "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 
+/* Key exchange groups, best first: no finite-field groups (TLS 1.3 would
+ * offer ffdhe2048..8192, whose cost a client chooses), no P-521 or X448. */
+#define GROUPS "X25519:P-256:P-384"
+
 /* Above this, `out`'s memory is returned once drained (a large answer must
  * not pin its size on an idle keep-alive connection). */
 #define OUT_KEEP_MAX (64 * 1024)
@@ -263,7 +267,9 @@ static int load_cert(gw_tls_ctx_t *ctx, server_cert_t *c, const gw_tls_cert_t *c
   }
   c->ssl_ctx = s;
   SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
-  SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  /* The server's order of ciphers wins (every one offered is strong; this
+   * keeps a client from picking the slowest). */
+  SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_mode(s, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_alpn_select_cb(s, on_alpn, NULL);
   SSL_CTX_set_tlsext_servername_callback(s, on_servername);
@@ -271,7 +277,13 @@ static int load_cert(gw_tls_ctx_t *ctx, server_cert_t *c, const gw_tls_cert_t *c
   SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_num_tickets(s, 1);
   SSL_CTX_set_timeout(s, gw_tickets_lifetime()); /* also the lifetime hint clients get */
-  SSL_CTX_set_tlsext_ticket_key_evp_cb(s, gw_tickets_cb);
+  if (conf->no_resumption) {
+    /* TLS 1.3 would still send (stateful) tickets: send none at all. */
+    SSL_CTX_set_options(s, SSL_OP_NO_TICKET);
+    SSL_CTX_set_num_tickets(s, 0);
+  } else {
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(s, gw_tickets_cb);
+  }
   if (!set_session_context(s, conf)) {
     snprintf(err, errlen, "cannot set the session id context: %s", ssl_reason());
     return GW_ENOSPACE;
@@ -280,6 +292,10 @@ static int load_cert(gw_tls_ctx_t *ctx, server_cert_t *c, const gw_tls_cert_t *c
   if (rc) return rc;
   if (SSL_CTX_set_cipher_list(s, CIPHERS_TLS12) != 1) {
     snprintf(err, errlen, "cannot set the cipher list: %s", ssl_reason());
+    return GW_ECONFIG;
+  }
+  if (SSL_CTX_set1_groups_list(s, GROUPS) != 1) {
+    snprintf(err, errlen, "cannot set the key exchange groups: %s", ssl_reason());
     return GW_ECONFIG;
   }
   if (SSL_CTX_use_certificate_chain_file(s, cfg->cert) != 1) {
@@ -324,7 +340,7 @@ gw_tls_ctx_t *gw_tls_ctx_make(const gw_tls_server_t *conf, char *err, size_t err
 }
 
 gw_tls_ctx_t *gw_tls_ctx_new(const gw_tls_cert_t *certs, size_t n, char *err, size_t errlen) {
-  gw_tls_server_t conf = {certs, n, NULL, GW_TLS_VERIFY_OFF, NULL};
+  gw_tls_server_t conf = {certs, n, NULL, GW_TLS_VERIFY_OFF, NULL, 0};
   return gw_tls_ctx_make(&conf, err, errlen);
 }
 
@@ -335,7 +351,7 @@ int gw_tls_check_ca(const char *path, char *err, size_t errlen) {
     snprintf(err, errlen, "cannot make a TLS context: %s", ssl_reason());
     return GW_ENOSPACE;
   }
-  gw_tls_server_t conf = {NULL, 0, path, GW_TLS_VERIFY_ON, NULL};
+  gw_tls_server_t conf = {NULL, 0, path, GW_TLS_VERIFY_ON, NULL, 0};
   int rc = set_client_auth(s, &conf, err, errlen);
   SSL_CTX_free(s);
   ERR_clear_error();

@@ -58,6 +58,7 @@ typedef struct gw_tls_server_s {
   gw_tls_verify_t verify;     /* OFF when client_ca is NULL */
   const char *id;             /* names the listener ("host:port"), or NULL: a session resumes
                                * only where the same id and client-certificate settings hold */
+  int no_resumption;          /* 1: no session tickets, so every handshake is a full one */
 } gw_tls_server_t;
 
 /* Builds a server context. Returns it (one reference, the caller's), or

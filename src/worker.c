@@ -127,10 +127,10 @@ static int open_logs(const gw_config_t *cfg) {
 }
 
 /* The TLS context of listener `l` (NULL with a message in err). */
-static gw_tls_ctx_t *make_tls(const gw_listen_t *l, char *err, size_t errlen) {
+static gw_tls_ctx_t *make_tls(const gw_config_t *cfg, const gw_listen_t *l, char *err, size_t errlen) {
   char id[300];
   snprintf(id, sizeof id, "%s:%d", l->host, l->port);
-  gw_tls_server_t conf = {l->certs, l->ncerts, l->client_ca, l->verify_client, id};
+  gw_tls_server_t conf = {l->certs, l->ncerts, l->client_ca, l->verify_client, id, !cfg->session_tickets};
   char why[1024];
   gw_tls_ctx_t *ctx = gw_tls_ctx_make(&conf, why, sizeof why);
   if (!ctx) snprintf(err, errlen, "cannot set up TLS on %s: %s", id, why);
@@ -144,7 +144,7 @@ int gw_worker_tls_reload(gw_worker_t *w, const gw_config_t *next, char *err, siz
   gw_tls_ctx_t **made = gw_xcalloc(next->nlisten ? next->nlisten : 1, sizeof *made);
   for (size_t i = 0; i < next->nlisten; i++) {
     if (next->listen[i].ncerts == 0) continue;
-    made[i] = make_tls(&next->listen[i], err, errlen);
+    made[i] = make_tls(next, &next->listen[i], err, errlen);
     if (!made[i]) {
       for (size_t k = 0; k < i; k++) gw_tls_ctx_free(made[k]);
       free(made);
@@ -172,7 +172,7 @@ static int open_listeners(gw_worker_t *w) {
       /* The files were checked when the configuration loaded (gw.config);
        * this can still fail if they changed since. */
       char err[1400];
-      w->tls[i] = make_tls(l, err, sizeof err);
+      w->tls[i] = make_tls(w->cfg, l, err, sizeof err);
       if (!w->tls[i]) {
         gw_log_error("%s", err);
         return GW_ECONFIG;

@@ -132,6 +132,25 @@ def test_ticket_keys_rotate_and_old_tickets_expire():
         assert reused, "the fresh ticket resumes"
 
 
+def test_session_tickets_off():
+    """tls.session_tickets = false: no ticket is issued, and a client offering
+    a session (from a gateway that had tickets on, same certificate) gets a
+    full handshake."""
+    cfg = WORKERS_CONFIG.replace("ticket_rotate = %s", "session_tickets = false")
+    with tls_gateway(WORKERS_CONFIG % "3600") as on, tls_gateway(cfg) as off, CaFile() as ca:
+        for version in ("1.2", "1.3"):
+            ctx = client_ctx(ca, version)
+            _, _, _, sess = fetch(on.port, ctx, "/w")
+            assert sess.has_ticket, "tickets on: a ticket"
+            status, _, reused, after = fetch(off.port, ctx, "/w")
+            eq((status, reused, after.has_ticket), (200, False, False), "TLS %s tickets off: none issued" % version)
+            for i in range(3):
+                status, _, reused, _ = fetch(off.port, ctx, "/w", session=after)
+                eq((status, reused), (200, False), "TLS %s tickets off: full handshake %d" % (version, i))
+        st = json.loads(http(off.port2, "GET", "/status")[2])
+        eq(st["tls"]["ticket_keys_made"], 0, "no key was ever made")
+
+
 # ---- client certificates ----
 
 MTLS_CONFIG = r'''local gw = require "gateway"
@@ -250,6 +269,9 @@ def test_client_certificate_config_errors():
     rc, out, err, _ = run_cli(["-t", "-c", "$DIR/gateway.lua"], {
         "gateway.lua": 'local gw = require "gateway"\ngw.config { tls = { ticket_rotate = 0 } }\n'})
     assert rc != 0 and "gateway.lua:2:" in err and "tls.ticket_rotate" in err, err
+    rc, out, err, _ = run_cli(["-t", "-c", "$DIR/gateway.lua"], {
+        "gateway.lua": 'local gw = require "gateway"\ngw.config { tls = { session_tickets = "no" } }\n'})
+    assert rc != 0 and "gateway.lua:2:" in err and "tls.session_tickets must be true or false" in err, err
 
 
 # ---- certificates read again on reload ----
