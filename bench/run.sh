@@ -649,7 +649,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
     qu1=$(stub_count 9001); qo1=$(stub_count 9002)
     T0=$RUN/ticks0 T1=$RUN/ticks1
     st=""; [[ -n $svc ]] && st=$(tick_delta "$T0" "$T1" "$svc")
-    ot=$(( $(tick_delta "$T0" "$T1" origin-users) + $(tick_delta "$T0" "$T1" origin-orders) ))
+    ou=$(tick_delta "$T0" "$T1" origin-users); oo=$(tick_delta "$T0" "$T1" origin-orders)
+    ot=$(( ${ou:-0} + ${oo:-0} ))   # empty when no origin runs (a TLS-only run)
     ours=$(tick_delta "$T0" "$T1"); wrk_ticks=$(child_ticks "$RUN/times0" "$RUN/times1")
     line=$(grep '^BENCH ' "$raw" || true)
     if [[ -z $line ]]; then
@@ -658,7 +659,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
     declare -A m=()
     for kv in ${line#BENCH }; do m[${kv%%=*}]=${kv#*=}; done
     reqs=${m[requests]}
-    calls=$((qu1 - qu0 - 1 + qo1 - qo0 - 1))   # minus the status request counted in each q1
+    calls=0
+    ((NEED_ORIGINS)) && calls=$((qu1 - qu0 - 1 + qo1 - qo0 - 1))   # minus the status request counted in each q1
     # The target's own CPU per request it served: the origin's served count is
     # its stub_status delta; every other target's is the count wrk completed.
     served=$reqs; [[ ${T_SVC[i]} == origin-users ]] && served=$((qu1 - qu0 - 1))

@@ -417,9 +417,15 @@ static ssize_t fail(gw_tls_t *t) {
   return GW_ETLS;
 }
 
+/* ERR_clear_error wipes all 16 slots of the queue whether or not they hold
+ * anything, some 400 instructions: on the per-record paths, look first. */
+static void clear_errors(void) {
+  if (ERR_peek_error() != 0) ERR_clear_error();
+}
+
 ssize_t gw_tls_read(gw_tls_t *t, const char *in, size_t n, gw_buf_t *plain) {
   if (t->failed) return GW_ETLS;
-  ERR_clear_error();
+  clear_errors();
   /* Copy `in` first: growing `plain` below may move the memory it is in. */
   if (n > 0 && BIO_write(t->rbio, in, (int)n) != (int)n) return fail(t);
   if (!t->ready) {
@@ -439,6 +445,9 @@ ssize_t gw_tls_read(gw_tls_t *t, const char *in, size_t n, gw_buf_t *plain) {
     if (rc == 1) {
       plain->len += got;
       total += (ssize_t)got;
+      /* Nothing buffered on either side: the next SSL_read_ex could only
+       * say WANT_READ, so save the call (one request is one record). */
+      if (!SSL_has_pending(t->ssl) && BIO_ctrl_pending(t->rbio) == 0) break;
       continue;
     }
     int e = SSL_get_error(t->ssl, rc);
@@ -462,7 +471,7 @@ int gw_tls_ready(const gw_tls_t *t) { return t->ready; }
 
 int gw_tls_write(gw_tls_t *t, const char *p, size_t len) {
   if (t->failed || !t->ready || t->shut) return GW_ETLS;
-  ERR_clear_error();
+  clear_errors();
   while (len > 0) {
     size_t done = 0;
     if (SSL_write_ex(t->ssl, p, len, &done) != 1) return (int)fail(t);
