@@ -28,6 +28,18 @@ gw.get("/w", function(req) return tostring(gw.worker_id()) end)
 '''
 
 
+def wait_port(port):
+    """The gateway's readiness check covers $PORT only; a second listener
+    opens just after it."""
+    def accepts():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+    assert wait_for(accepts, 5), "nothing listens on %d" % port
+
+
 def client_ctx(cafile, version=None, cert=None):
     ctx = ssl.create_default_context(cafile=cafile)
     if version == "1.2":
@@ -57,6 +69,7 @@ def fetch(port, ctx, path, session=None, name="a.test"):
 def test_sessions_resume_on_every_worker_tls12_and_tls13():
     with tls_gateway(WORKERS_CONFIG % "3600", workers=2) as g, CaFile() as ca:
         eq(len(g.wait_workers(2)), 2, "two workers")
+        wait_port(g.port2)
         for version in ("1.2", "1.3"):
             ctx = client_ctx(ca, version)
             status, first, reused, sess = fetch(g.port, ctx, "/w")
@@ -147,6 +160,7 @@ def test_session_tickets_off():
             for i in range(3):
                 status, _, reused, _ = fetch(off.port, ctx, "/w", session=after)
                 eq((status, reused), (200, False), "TLS %s tickets off: full handshake %d" % (version, i))
+        wait_port(off.port2)
         st = json.loads(http(off.port2, "GET", "/status")[2])
         eq(st["tls"]["ticket_keys_made"], 0, "no key was ever made")
 
@@ -224,6 +238,7 @@ def test_client_certificate_required():
 
 def test_client_certificate_optional():
     with mtls_gateway() as g, CaFile() as ca:
+        wait_port(g.port2)
         for name in ("a.test", "b.test"):  # also after SNI switched certificates
             status, body, _, _ = fetch(g.port2, client_ctx(ca), "/cert", name=name)
             eq((status, body), (200, "none"), "no certificate: req.client_cert is nil")
@@ -295,6 +310,7 @@ gw.get("/hello", function(req) return "hello" end)
     g = tls_gateway(config)
     g.files["site.pem"], g.files["site.key"] = c["a.pem"], c["a.key"]
     with g, CaFile() as ca:
+        wait_port(g.port2)
         serial_a, serial_b = x509(c["a.pem"], "-serial"), x509(c["b.pem"], "-serial")
         assert serial_a != serial_b
         eq(_serial(g.port), serial_a, "before")
