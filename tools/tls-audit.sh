@@ -3,7 +3,8 @@
 # here on first use) against a gateway TLS listener on 127.0.0.1 with a
 # certificate made for the occasion (RSA 2048, signed by a throw-away CA),
 # prints testssl's report, then a summary of its findings above INFO
-# (severity LOW, MEDIUM, HIGH, CRITICAL) from its JSON output.
+# (severity LOW, MEDIUM, HIGH, CRITICAL) and its warnings (WARN: a check
+# it could not complete) from its JSON output.
 #
 # Not part of `make test`: it takes minutes and needs the package. The
 # gateway it starts is stopped by PID on exit; the scratch folder is removed.
@@ -77,14 +78,14 @@ testssl --quiet --color 0 --warnings off --add-ca "$DIR/ca.pem" --jsonfile "$DIR
   ${TLS_AUDIT_ARGS:-} "https://127.0.0.1:$PORT/" || true
 
 echo
-echo "== findings above INFO (testssl severity), from report.json =="
+echo "== findings above INFO (testssl severity) and warnings, from report.json =="
 python3 - "$DIR/report.json" <<'EOF'
 import json, sys
 try:
     items = json.load(open(sys.argv[1]))
 except (OSError, ValueError) as e:
     sys.exit("tls-audit: no JSON report: %s" % e)
-order = {"CRITICAL": 0, "HIGH": 1, "MEDIUM": 2, "LOW": 3}
+order = {"CRITICAL": 0, "HIGH": 1, "MEDIUM": 2, "LOW": 3, "WARN": 4}
 found = sorted((order[i["severity"]], i["severity"], i["id"], i.get("finding", ""))
                for i in items if i.get("severity") in order)
 for _, sev, ident, finding in found:
