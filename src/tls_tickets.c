@@ -27,9 +27,9 @@ typedef struct {
 
 /* In the shared zone (or `private_ring`); never freed. */
 typedef struct {
-  int32_t lock;                   /* pid of the process rotating, 0: free */
+  int32_t lock; /* pid of the process rotating, 0: free */
   uint32_t pad;
-  uint64_t gen;                   /* rotations so far; slots[gen % SLOTS] is the newest */
+  uint64_t gen; /* rotations so far; slots[gen % SLOTS] is the newest */
   slot_t slots[GW_TICKET_SLOTS];
 } ring_t;
 
@@ -80,8 +80,7 @@ static int read_slot(unsigned i, slot_t *out) {
 /* Takes the rotation lock; 0 if another live process holds it. */
 static int lock_ring(void) {
   int32_t me = (int32_t)getpid(), holder = 0;
-  if (__atomic_compare_exchange_n(&ring->lock, &holder, me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
-    return 1;
+  if (__atomic_compare_exchange_n(&ring->lock, &holder, me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) return 1;
   /* A worker killed (SIGKILL) half-way through a rotation: take over. */
   if (holder != me && kill(holder, 0) != 0 && errno == ESRCH)
     return __atomic_compare_exchange_n(&ring->lock, &holder, me, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
@@ -143,8 +142,8 @@ static int current_key(uint64_t now, slot_t *out) {
   return read_slot((unsigned)gen, out) && now < out->made + 3 * rotate_ms;
 }
 
-int gw_tickets_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx,
-                  EVP_MAC_CTX *hctx, int enc) {
+int gw_tickets_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx,
+                  int enc) {
   uint64_t now = now_ms();
   slot_t k;
   int rc = 0;

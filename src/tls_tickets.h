@@ -58,8 +58,8 @@ long gw_tickets_lifetime(void);
  * made. enc = 0: finds the key named `name`; returns 1 (the current key),
  * 2 (an older key: the ticket is renewed), or 0 (unknown or expired: a
  * full handshake). Never blocks; never fails the handshake. */
-int gw_tickets_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx,
-                  EVP_MAC_CTX *hctx, int enc);
+int gw_tickets_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx,
+                  int enc);
 /* How many keys were made since the gateway started, all workers (for
  * /status): 0 before the first ticket, then 1 + the rotations. */
 uint64_t gw_tickets_keys_made(void);
