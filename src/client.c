@@ -6,6 +6,13 @@
  * or the exchange's own timeout), and the idle time in the pool
  * (keepalive.timeout). An idle pooled connection keeps reading, so a close
  * by the server is seen at once and the connection leaves the pool.
+ *
+ * TLS (https:// servers) is a section of its own below: the handshake runs
+ * between the TCP connect and the request (state GW_X_HANDSHAKE, under the
+ * connect timeout), reads are decrypted in on_uconn_read before anything
+ * else looks at them, and writes of the head and the body are encrypted
+ * into copies. A plain connection pays one NULL check at each of those
+ * places.
  */
 #include "client.h"
 
@@ -16,6 +23,7 @@
 #include <strings.h>
 
 #include "errors.h"
+#include "health.h"
 #include "log.h"
 #include "mem.h"
 #include "worker.h"
@@ -32,6 +40,11 @@ static void fail(gw_exchange_t *x, int err, const char *msg);
 static void uconn_close(gw_uconn_t *uc);
 static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void send_request(gw_exchange_t *x);
+static void tls_start(gw_exchange_t *x);
+static ssize_t tls_read(gw_uconn_t *uc, ssize_t nread);
+static void tls_flush_body(gw_exchange_t *x);
+static void tls_close_notify(gw_uconn_t *uc);
 
 static uint64_t ms(double s) { return s <= 0 ? 1 : (uint64_t)(s * 1000.0); }
 
@@ -129,6 +142,7 @@ static void serialise(gw_exchange_t *x) {
 static void on_uconn_closed(uv_handle_t *h) {
   gw_uconn_t *uc = h->data;
   if (--uc->handles_open > 0) return;
+  gw_tls_free(uc->tls);
   gw_buf_free(&uc->rbuf);
   free(uc);
 }
@@ -149,6 +163,7 @@ static void uconn_close(gw_uconn_t *uc) {
   uc->closing = 1;
   pool_remove(uc);
   uc->x = NULL;
+  if (uc->tls) tls_close_notify(uc);
   uv_close((uv_handle_t *)&uc->timer, on_uconn_closed);
   uv_close((uv_handle_t *)&uc->tcp, on_uconn_closed);
 }
@@ -179,6 +194,12 @@ static void pool_put(gw_uconn_t *uc) {
 
 static gw_uconn_t *pool_get(gw_server_t *s) {
   gw_uconn_t *uc = s->idle;
+  /* A TLS connection made under tls settings a reload has changed since
+   * (a CA no longer trusted, verification turned on) is not reused. */
+  while (uc && uc->tls && uc->tls_gen != uc->up->tls_gen) {
+    uconn_close(uc);
+    uc = s->idle;
+  }
   if (!uc) return NULL;
   pool_remove(uc);
   uv_ref((uv_handle_t *)&uc->tcp);
@@ -242,9 +263,10 @@ static void on_timeout(uv_timer_t *t) {
     uconn_close(uc); /* idle in the pool for keepalive.timeout */
     return;
   }
-  const char *what = x->state == GW_X_CONNECTING ? "connect timed out"
-                     : x->state == GW_X_SENDING  ? "send timed out"
-                                                 : "timeout";
+  const char *what = x->state == GW_X_CONNECTING  ? "connect timed out"
+                     : x->state == GW_X_HANDSHAKE ? "TLS handshake timed out"
+                     : x->state == GW_X_SENDING   ? "send timed out"
+                                                  : "timeout";
   fail(x, GW_ETIMEDOUT, what);
 }
 
@@ -268,10 +290,11 @@ static void finish(gw_exchange_t *x, int err, const char *msg) {
     else uconn_close(uc);
   }
   if (x->server && !x->reported && !x->fixed_server) {
-    double latency = (double)(gw_now_ms() - x->started_ms);
+    uint64_t took_ns = uv_hrtime() - x->started_ns;
     /* Only failures of the server count against it, not a response that
      * was simply too large for the caller. */
-    gw_server_report(x->up, x->server, err == 0 || err == GW_ETOOBIG, latency);
+    gw_server_report(x->up, x->server, err == 0 || err == GW_ETOOBIG, (double)took_ns / 1e6);
+    gw_health_observe(x->server->health, took_ns);
   }
   /* The breaker counts whole exchanges (after retries) that reached a
    * server, never the gateway's own refusals (breaker open, no healthy
@@ -304,7 +327,10 @@ static void fail(gw_exchange_t *x, int err, const char *msg) {
     x->uc = NULL;
     uconn_close(uc);
     x->server->active--;
-    if (err != GW_ETOOBIG && !x->fixed_server) gw_server_report(x->up, x->server, 0, 0);
+    if (err != GW_ETOOBIG && !x->fixed_server) {
+      gw_server_report(x->up, x->server, 0, 0);
+      gw_health_observe(x->server->health, uv_hrtime() - x->started_ns);
+    }
     x->reported = 1;
     if (retryable(x)) {
       x->retry_elsewhere = 1;
@@ -439,6 +465,10 @@ static void tunnel_read(gw_exchange_t *x, gw_uconn_t *uc, ssize_t nread) {
 
 static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   gw_uconn_t *uc = s->data;
+  if (nread > 0 && uc->tls) {
+    nread = tls_read(uc, nread); /* plaintext now; may end the exchange */
+    if (uc->closing) return;
+  }
   gw_exchange_t *x = uc->x;
   if (nread == 0) return;
   if (x && x->tunnel) {
@@ -484,9 +514,11 @@ static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 typedef struct {
   uv_write_t req;  /* req.data is the gw_uconn_t */
   size_t len;      /* bytes counted in x->body_pending */
-  int head;        /* this write carries the head (and a buffered body) */
+  int head;        /* W_BODY, W_HEAD (the head and a buffered body), W_TLS */
   char data[];
 } uwrite_t;
+
+enum { W_BODY = 0, W_HEAD = 1, W_TLS = 2 /* TLS handshake or alert bytes: no accounting */ };
 
 static void flush_body(gw_exchange_t *x);
 
@@ -502,6 +534,7 @@ static void on_written(uv_write_t *req, int status) {
     fail(x, status, "upstream write failed");
     return;
   }
+  if (head == W_TLS) return;
   if (head) {
     x->head_sent = 1;
     if (x->state == GW_X_SENDING) x->state = GW_X_HEAD;
@@ -534,6 +567,8 @@ static int write_to(gw_uconn_t *uc, uwrite_t *w, const char *data, size_t len) {
   return uv_write(&w->req, (uv_stream_t *)&uc->tcp, &b, 1, on_written);
 }
 
+static int tls_send(gw_uconn_t *uc, const char *p, size_t n, int kind, size_t counted, int direct);
+
 static void send_request(gw_exchange_t *x) {
   gw_uconn_t *uc = x->uc;
   x->state = GW_X_SENDING;
@@ -543,6 +578,20 @@ static void send_request(gw_exchange_t *x) {
     uc->reading = 1;
   }
   size_t done = 0;
+  if (uc->tls) {
+    /* As below: a streamed body waits for the head's on_written. */
+    int rc = tls_send(uc, x->out.base, x->out.len, W_HEAD, 0, !x->stream_body);
+    if (rc < 0) {
+      fail(x, rc, rc == GW_ETLS ? "upstream TLS failed" : "upstream write failed");
+    } else if (rc == 1) {
+      x->head_sent = 1;
+      x->state = GW_X_HEAD;
+      arm(x, read_timeout(x));
+    } else {
+      arm(x, x->up->t_send);
+    }
+    return;
+  }
   if (!x->stream_body) {
     /* Most requests fit the socket at once: a direct write spares libuv's
      * write queue, its deferred callback and an epoll_ctl. */
@@ -570,6 +619,10 @@ static void send_request(gw_exchange_t *x) {
 static void flush_body(gw_exchange_t *x) {
   if (!x->head_sent || x->body_writing || !x->uc || x->state == GW_X_DONE) return;
   if (x->body_q.len == 0) return;
+  if (x->uc->tls) {
+    tls_flush_body(x);
+    return;
+  }
   uwrite_t *w = gw_xmalloc(sizeof *w + x->body_q.len);
   w->head = 0;
   w->len = x->body_q.len;
@@ -627,7 +680,8 @@ static void on_connect(uv_connect_t *req, int status) {
   }
   uc->connected = 1;
   uv_tcp_nodelay(&uc->tcp, 1);
-  send_request(x);
+  if (x->server->tls) tls_start(x);
+  else send_request(x);
 }
 
 static void start_try(gw_exchange_t *x) {
@@ -653,7 +707,8 @@ static void start_try(gw_exchange_t *x) {
   s->active++;
   s->requests++;
   x->got_bytes = 0;
-  x->started_ms = gw_now_ms();
+  x->started_ns = uv_hrtime();
+  x->started_ms = x->started_ns / 1000000;
   gw_http1c_init(&x->parser, x->head_request, on_body, x);
   serialise(x);
   gw_uconn_t *uc = pool_get(s);
@@ -718,6 +773,11 @@ static void on_tunnel_shutdown(uv_shutdown_t *req, int status) { free(req); }
 
 void gw_exchange_shutdown_write(gw_exchange_t *x) {
   if (!x->uc || x->state == GW_X_DONE) return;
+  if (x->uc->tls) {
+    /* TLS: close_notify goes out behind the last bytes, then the FIN. */
+    gw_tls_shutdown(x->uc->tls);
+    tls_send(x->uc, NULL, 0, W_TLS, 0, 1);
+  }
   uv_shutdown_t *req = gw_xmalloc(sizeof *req);
   if (uv_shutdown(req, (uv_stream_t *)&x->uc->tcp, on_tunnel_shutdown) != 0) free(req);
 }
@@ -782,4 +842,140 @@ void gw_exchange_release(gw_exchange_t *x) {
   gw_http1c_free(&x->parser);
   free(x->hash_key);
   x->hash_key = NULL;
+}
+
+/* ---- TLS (https:// servers) ---- */
+
+/* Encrypts `n` plaintext bytes (none: only what the TLS state has queued
+ * itself, handshake messages or an alert) and writes the records. With
+ * `direct`, the socket takes what it can at once (uv_try_write never jumps
+ * queued writes); the rest is copied into a write of `kind`, whose
+ * on_written accounts `counted` plaintext bytes, as for a plain body.
+ * Returns 1 when everything went at once, 0 when a write is queued, or a
+ * negative error (GW_ETLS: the TLS state has failed). */
+static int tls_send(gw_uconn_t *uc, const char *p, size_t n, int kind, size_t counted, int direct) {
+  if (n > 0 && gw_tls_write(uc->tls, p, n) != 0) return GW_ETLS;
+  const char *c;
+  size_t len = gw_tls_pending(uc->tls, &c);
+  size_t done = 0;
+  if (direct && len > 0) {
+    uv_buf_t b = uv_buf_init((char *)c, (unsigned)len);
+    int rc = uv_try_write((uv_stream_t *)&uc->tcp, &b, 1);
+    if (rc > 0) done = (size_t)rc;
+  }
+  if (done == len) {
+    gw_tls_drained(uc->tls);
+    return 1;
+  }
+  uwrite_t *w = gw_xmalloc(sizeof *w + (len - done));
+  w->head = kind;
+  w->len = counted;
+  memcpy(w->data, c + done, len - done);
+  gw_tls_drained(uc->tls);
+  if (write_to(uc, w, w->data, len - done) != 0) {
+    free(w);
+    return UV_EPIPE;
+  }
+  return 0;
+}
+
+/* The TCP connection is up: start the handshake. The request follows once
+ * it completes (tls_read), within the connect timeout again. */
+static void tls_start(gw_exchange_t *x) {
+  gw_uconn_t *uc = x->uc;
+  gw_upstream_t *up = x->up;
+  gw_server_t *s = x->server;
+  /* SNI: tls.sni, else the host name; never an address (RFC 6066 3). The
+   * certificate must be valid for the same name, or for the address. */
+  const char *name = up->tls_sni ? up->tls_sni : s->host;
+  const char *sni = up->tls_sni ? up->tls_sni : s->ip_literal ? NULL : s->host;
+  uc->tls = up->tls_ctx ? gw_tls_client_new(up->tls_ctx, sni, name, &s->tls_resume) : NULL;
+  if (!uc->tls) {
+    fail(x, GW_ETLS, "upstream TLS handshake failed");
+    return;
+  }
+  uc->tls_gen = up->tls_gen;
+  x->state = GW_X_HANDSHAKE;
+  arm(x, up->t_connect);
+  read_resume(uc);
+  int rc = gw_tls_connect(uc->tls);
+  if (rc == 0) rc = tls_send(uc, NULL, 0, W_TLS, 0, 1);
+  if (rc < 0) fail(x, rc, rc == GW_ETLS ? "upstream TLS handshake failed" : "upstream write failed");
+}
+
+/* The TLS state failed (a handshake refused, a bad record): log why, with
+ * the server, and fail the exchange like any transport error (retries and
+ * passive health included). */
+static void tls_failed(gw_uconn_t *uc, int in_handshake) {
+  gw_exchange_t *x = uc->x;
+  const char *why = gw_tls_verify_error(uc->tls);
+  /* A session whose resumption failed is not offered again. */
+  if (in_handshake) gw_tls_resume_clear(&uc->server->tls_resume);
+  if (!x) {
+    gw_log_debug("upstream %s: server %s: idle TLS connection: %s", uc->up->name, uc->server->addr,
+                 gw_tls_error(uc->tls));
+    uconn_close(uc);
+    return;
+  }
+  if (why)
+    gw_log_error("upstream %s: server %s: TLS certificate verify failed: %s", uc->up->name,
+                 uc->server->addr, why);
+  else
+    gw_log_error("upstream %s: server %s: TLS %s failed: %s", uc->up->name, uc->server->addr,
+                 in_handshake ? "handshake" : "record", gw_tls_error(uc->tls));
+  fail(x, GW_ETLS,
+       why            ? "upstream certificate verify failed"
+       : in_handshake ? "upstream TLS handshake failed"
+                      : "upstream TLS failed");
+}
+
+/* The `nread` bytes just read at the end of rbuf are ciphertext: decrypts
+ * them into the same place (rbuf.len does not move here) and returns the
+ * plaintext length, 0 when there is none (handshake messages, tickets), or
+ * UV_EOF for the server's close_notify. Sends what the TLS state answers,
+ * and the request once the handshake completes. The exchange may have
+ * ended on return (a failure): the caller checks uc->closing. */
+static ssize_t tls_read(gw_uconn_t *uc, ssize_t nread) {
+  size_t len = uc->rbuf.len;
+  int was_ready = gw_tls_ready(uc->tls);
+  ssize_t rc = gw_tls_read(uc->tls, uc->rbuf.base + len, (size_t)nread, &uc->rbuf);
+  uc->rbuf.len = len;
+  int wrc = tls_send(uc, NULL, 0, W_TLS, 0, 1); /* the next flight, or an alert */
+  if (rc == GW_ETLS) {
+    tls_failed(uc, !was_ready);
+    return 0;
+  }
+  gw_exchange_t *x = uc->x;
+  if (wrc < 0) {
+    if (x) fail(x, wrc, "upstream write failed");
+    else uconn_close(uc);
+    return 0;
+  }
+  if (!was_ready && gw_tls_ready(uc->tls) && x && x->state == GW_X_HANDSHAKE) send_request(x);
+  return rc;
+}
+
+static void tls_flush_body(gw_exchange_t *x) {
+  size_t n = x->body_q.len;
+  x->body_writing = 1;
+  if (x->body_end_queued) x->body_done_sent = 1;
+  int rc = tls_send(x->uc, x->body_q.base, n, W_BODY, n, 0);
+  x->body_q.len = 0;
+  if (rc < 0) fail(x, UV_EPIPE, "upstream write failed");
+}
+
+/* Closing: a close_notify if the socket takes it now (best effort: the
+ * connection is going whatever happens). The shutdown also keeps the
+ * server's session resumable: OpenSSL marks the session of an SSL freed
+ * without one (after a failure, say) as not to be resumed. */
+static void tls_close_notify(gw_uconn_t *uc) {
+  if (!gw_tls_ready(uc->tls)) return;
+  gw_tls_shutdown(uc->tls);
+  const char *p;
+  size_t n = gw_tls_pending(uc->tls, &p);
+  if (n > 0) {
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    uv_try_write((uv_stream_t *)&uc->tcp, &b, 1);
+  }
+  gw_tls_drained(uc->tls);
 }

@@ -13,6 +13,11 @@
  * another server when the request is idempotent (up to up->retries times);
  * a pooled connection that the server had closed is replaced by a fresh one
  * without counting as a retry.
+ *
+ * https:// servers: the connection's bytes go through a TLS state (tls.h)
+ * at two places, as on the server side (conn.c): what is read is decrypted
+ * in place before the parser sees it, and what is written is encrypted
+ * first. Everything above (exchanges, pools, tunnels) sees plaintext.
  */
 #ifndef GW_CLIENT_H
 #define GW_CLIENT_H
@@ -59,12 +64,14 @@ struct gw_uconn_s {
   int handles_open;
   uint8_t connected, reading, closing, in_pool;
   unsigned exchanges;          /* exchanges carried, > 1 means reused */
+  gw_tls_t *tls;               /* an https:// server's TLS state (owned), or NULL */
+  unsigned tls_gen;            /* up->tls_gen when it was made: a newer one is not reused */
   uint64_t deadline;           /* loop ms when the current phase times out; 0: none */
   uint64_t timer_due;          /* loop ms when `timer` fires; 0: not armed */
 };
 
 typedef enum {
-  GW_X_IDLE = 0, GW_X_CONNECTING, GW_X_SENDING, GW_X_HEAD, GW_X_BODY, GW_X_DONE
+  GW_X_IDLE = 0, GW_X_CONNECTING, GW_X_HANDSHAKE, GW_X_SENDING, GW_X_HEAD, GW_X_BODY, GW_X_DONE
 } gw_exchange_state_t;
 
 /* Owned by the caller (see the file comment). */
@@ -98,6 +105,7 @@ struct gw_exchange_s {
   size_t hash_key_len;
   double timeout;              /* overrides the read timeout when > 0 */
   uint64_t started_ms;         /* of the current try */
+  uint64_t started_ns;         /* the same, finer: for the latency histogram */
   gw_exchange_state_t state;
   int tries;                   /* tries made */
   uint8_t idempotent;          /* may be retried */

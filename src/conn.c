@@ -294,11 +294,13 @@ static void task_done(void *owner, gw_task_t *t) {
   gw_conn_t *c = owner;
   gw_req_t *r = c->req;
   r->task = NULL;
-  if (r->resp_state == GW_RESP_NONE)
+  int proxied = gw_proxy_owns_request(r->proxy);
+  if (r->resp_state == GW_RESP_NONE && !proxied)
     gw_response_error(r, 500, t->failed ? "internal error" : "the handler sent no response");
   gw_task_free(t);
-  /* A proxied body still flowing ends the request when it ends (proxy.c). */
-  if (!gw_proxy_streaming(r->proxy)) gw_conn_request_done(c);
+  /* A proxied body still flowing, or a direct proxy still waiting for its
+   * head, ends the request when it ends (proxy.c). */
+  if (!proxied) gw_conn_request_done(c);
 }
 
 /* The entry yields DONE, route, and for a plain answer also status,

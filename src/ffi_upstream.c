@@ -10,6 +10,7 @@
  */
 #include <lauxlib.h>
 #include <lua.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,7 +35,22 @@ GW_FFI_EXPORT gw_upstream_t *gw_ffi_upstream_declare(const char *name, const cha
                                                      double breaker_cooldown, const char *check_path,
                                                      double check_interval, double check_timeout,
                                                      int check_healthy, int check_unhealthy,
-                                                     char *err, size_t errlen) {
+                                                     int tls_verify, const char *tls_sni,
+                                                     const char *tls_ca, char *err, size_t errlen) {
+  /* TLS settings are loaded before anything changes, so that a bad `ca`
+   * leaves the group as it was (a failed reload keeps serving with it).
+   * tls_verify < 0: no `tls` table (verification on, the system's CAs). */
+  gw_tls_client_ctx_t *tls_ctx = NULL;
+  int want_tls = tls_verify >= 0;
+  for (int i = 0; i < n && !want_tls; i++) want_tls = strncmp(addrs[i], "https://", 8) == 0;
+  if (want_tls) {
+    char why[200];
+    tls_ctx = gw_tls_client_ctx_new(tls_verify != 0, tls_ca, why, sizeof why);
+    if (!tls_ctx) {
+      snprintf(err, errlen, "tls: %s", why);
+      return NULL;
+    }
+  }
   gw_upstream_t *up = gw_upstream_get(name);
   gw_vm_t *vm = gw_vm_current();
   if (vm) up->declared_gen = vm->generation;
@@ -42,8 +58,10 @@ GW_FFI_EXPORT gw_upstream_t *gw_ffi_upstream_declare(const char *name, const cha
   up->balance = (gw_balance_t)balance;
   if (gw_upstream_set_servers(up, addrs, weights, (size_t)n, err, errlen) != 0) {
     up->balance = old_balance;
+    gw_tls_client_ctx_free(tls_ctx);
     return NULL;
   }
+  if (tls_ctx) gw_upstream_set_tls(up, tls_ctx, tls_verify != 0, tls_sni, tls_ca);
   up->keepalive_idle = keepalive_idle;
   up->keepalive_timeout = keepalive_timeout;
   up->t_connect = t_connect;

@@ -67,6 +67,12 @@ int gw_health_down(const gw_health_t *h, uint64_t now) {
   return gw_health_load(&h->down_until) > now || gw_health_load32(&h->active_down);
 }
 
+void gw_health_observe(gw_health_t *h, uint64_t ns) {
+  __atomic_add_fetch(&h->dur_buckets[gw_metrics_bucket((double)ns / 1e9)], 1, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&h->dur_count, 1, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&h->dur_sum_ns, ns, __ATOMIC_RELAXED);
+}
+
 int gw_health_report(gw_health_t *h, int ok, int failures, double cooldown, uint64_t now) {
   __atomic_add_fetch(&h->requests, 1, __ATOMIC_RELAXED);
   if (ok) {

@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "metrics.h"
+
 #define GW_HEALTH_SLOTS 4096
 
 typedef enum { GW_BREAKER_CLOSED = 0, GW_BREAKER_OPEN = 1, GW_BREAKER_HALF_OPEN = 2 } gw_breaker_state_t;
@@ -38,6 +40,12 @@ typedef struct gw_health_s {
   uint32_t window_fails;  /* failures in the window */
   uint32_t pad;
   uint64_t open_until;    /* ms: the breaker half-opens then */
+  /* Latency of the tries that reached the server (server entries only):
+   * per bucket of metrics.h's bounds (not cumulative; the last is above
+   * all), their number and summed nanoseconds, all workers. */
+  uint64_t dur_buckets[GW_METRICS_BUCKETS + 1];
+  uint64_t dur_count;
+  uint64_t dur_sum_ns;
 } gw_health_t;
 
 /* The entry for `group` and `addr` ("" for the group's breaker): found or
@@ -59,6 +67,10 @@ int gw_health_down(const gw_health_t *h, uint64_t now_ms);
  * failures (0: never) the server is down for `cooldown` seconds. Returns 1
  * when this report marked it down. */
 int gw_health_report(gw_health_t *h, int ok, int failures, double cooldown, uint64_t now_ms);
+
+/* One try's latency (connect to the end of the answer, or to its failure),
+ * for gateway_upstream_duration_seconds. */
+void gw_health_observe(gw_health_t *h, uint64_t ns);
 
 /* The breaker of a group: may an exchange start now? Half-open lets one
  * probe through (and *probe is set: report its outcome with probe = 1). */

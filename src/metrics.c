@@ -77,6 +77,12 @@ static void count_status(unsigned route, int status) {
   gw_shm_add(&self->dropped, 1);
 }
 
+unsigned gw_metrics_bucket(double seconds) {
+  unsigned b = 0;
+  while (b < GW_METRICS_BUCKETS && seconds > bounds[b]) b++;
+  return b;
+}
+
 void gw_metrics_request(const char *route, int status, double seconds) {
   if (!self) return;
   if (!route) route = "";
@@ -84,9 +90,7 @@ void gw_metrics_request(const char *route, int status, double seconds) {
   if (len >= GW_METRICS_ROUTE_MAX) len = GW_METRICS_ROUTE_MAX - 1;
   unsigned idx = route_index(route, len);
   gw_metrics_route_t *r = &self->routes[idx];
-  unsigned b = 0;
-  while (b < GW_METRICS_BUCKETS && seconds > bounds[b]) b++;
-  gw_shm_add(&r->buckets[b], 1);
+  gw_shm_add(&r->buckets[gw_metrics_bucket(seconds)], 1);
   gw_shm_add(&r->count, 1);
   gw_shm_add(&r->sum_ns, seconds > 0 ? (uint64_t)(seconds * 1e9) : 0);
   count_status(idx, status);
@@ -148,6 +152,20 @@ static size_t merge(row_t *rows, size_t n, int (*cmp)(const void *, const void *
   return out + 1;
 }
 
+/* The lines of one histogram series: `labels` (already escaped, without
+ * braces) on each; `buckets` per bucket, not cumulative. */
+static void histogram(gw_buf_t *out, const char *name, const gw_buf_t *labels, const uint64_t *buckets,
+                      uint64_t count, uint64_t sum_ns) {
+  uint64_t cumulative = 0;
+  for (int b = 0; b <= GW_METRICS_BUCKETS; b++) {
+    cumulative += buckets[b];
+    gw_buf_printf(out, "%s_bucket{%.*s,le=\"%s\"} %llu\n", name, (int)labels->len, labels->base,
+                  b < GW_METRICS_BUCKETS ? bound_text[b] : "+Inf", (unsigned long long)cumulative);
+  }
+  gw_buf_printf(out, "%s_sum{%.*s} %.9f\n", name, (int)labels->len, labels->base, (double)sum_ns / 1e9);
+  gw_buf_printf(out, "%s_count{%.*s} %llu\n", name, (int)labels->len, labels->base, (unsigned long long)count);
+}
+
 static void render_requests(gw_buf_t *out, unsigned nworkers) {
   row_t *routes = gw_xcalloc((size_t)nworkers * GW_METRICS_ROUTES, sizeof *routes);
   row_t *series = gw_xcalloc((size_t)nworkers * GW_METRICS_SERIES, sizeof *series);
@@ -191,23 +209,16 @@ static void render_requests(gw_buf_t *out, unsigned nworkers) {
                     "# HELP gateway_request_duration_seconds Time from the first byte of a request's "
                     "head to its answer being handed to the socket, by route.\n"
                     "# TYPE gateway_request_duration_seconds histogram\n");
+  gw_buf_t labels;
+  gw_buf_init(&labels);
   for (size_t i = 0; i < nr; i++) {
     const row_t *r = &routes[i];
-    uint64_t cumulative = 0;
-    for (int b = 0; b <= GW_METRICS_BUCKETS; b++) {
-      cumulative += r->buckets[b];
-      gw_buf_append_str(out, "gateway_request_duration_seconds_bucket{route=");
-      label(out, r->route->name, r->route->len);
-      gw_buf_printf(out, ",le=\"%s\"} %llu\n", b < GW_METRICS_BUCKETS ? bound_text[b] : "+Inf",
-                    (unsigned long long)cumulative);
-    }
-    gw_buf_append_str(out, "gateway_request_duration_seconds_sum{route=");
-    label(out, r->route->name, r->route->len);
-    gw_buf_printf(out, "} %.9f\n", (double)r->sum_ns / 1e9);
-    gw_buf_append_str(out, "gateway_request_duration_seconds_count{route=");
-    label(out, r->route->name, r->route->len);
-    gw_buf_printf(out, "} %llu\n", (unsigned long long)r->count);
+    labels.len = 0;
+    gw_buf_append_str(&labels, "route=");
+    label(&labels, r->route->name, r->route->len);
+    histogram(out, "gateway_request_duration_seconds", &labels, r->buckets, r->count, r->sum_ns);
   }
+  gw_buf_free(&labels);
   gw_buf_printf(out,
                 "# HELP gateway_metrics_dropped_total Requests not counted by route and status: "
                 "no room left for a new pair.\n"
@@ -299,6 +310,27 @@ static void render_upstreams(gw_buf_t *out) {
       }
     }
   }
+  gw_buf_append_str(out, "# HELP gateway_upstream_duration_seconds Time of each try with a server, from "
+                         "sending the request (or connecting) to the end of its answer or its failure.\n"
+                         "# TYPE gateway_upstream_duration_seconds histogram\n");
+  gw_buf_t labels;
+  gw_buf_init(&labels);
+  for (size_t i = 0; i < n; i++) {
+    if (!gw_upstream_live(ups[i])) continue;
+    for (size_t k = 0; k < ups[i]->nservers; k++) {
+      const gw_health_t *h = ups[i]->servers[k]->health;
+      uint64_t buckets[GW_METRICS_BUCKETS + 1];
+      for (int b = 0; b <= GW_METRICS_BUCKETS; b++) buckets[b] = gw_health_load(&h->dur_buckets[b]);
+      labels.len = 0;
+      gw_buf_append_str(&labels, "upstream=");
+      label(&labels, ups[i]->name, strlen(ups[i]->name));
+      gw_buf_append_str(&labels, ",server=");
+      label(&labels, ups[i]->servers[k]->addr, strlen(ups[i]->servers[k]->addr));
+      histogram(out, "gateway_upstream_duration_seconds", &labels, buckets, gw_health_load(&h->dur_count),
+                gw_health_load(&h->dur_sum_ns));
+    }
+  }
+  gw_buf_free(&labels);
   gw_buf_append_str(out, "# HELP gateway_upstream_breaker_open 1 while the group's circuit breaker is open or half-open.\n"
                          "# TYPE gateway_upstream_breaker_open gauge\n");
   for (size_t i = 0; i < n; i++) {

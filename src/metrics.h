@@ -57,6 +57,8 @@ void gw_metrics_init(unsigned index);
  * the status sent, and its duration. Called once per request, where the
  * request ends (conn.c). */
 void gw_metrics_request(const char *route, int status, double seconds);
+/* The histogram bucket of a duration: 0 .. GW_METRICS_BUCKETS (above all bounds). */
+unsigned gw_metrics_bucket(double seconds);
 /* Appends the Prometheus text exposition (format 0.0.4) of every worker's
  * counters, summed, to `out`. */
 void gw_metrics_render(gw_buf_t *out);

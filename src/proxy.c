@@ -28,6 +28,9 @@ int gw__exchange_add_lines(gw_exchange_t *x, const char *lines, size_t len);
 static void free_proxy(gw_proxy_t *p);
 static int named_in_connection(const char *name, size_t n, const char *conn, size_t clen);
 static int name_in(const char *name, size_t n, const char *lines, size_t llen);
+static void answer_direct(gw_proxy_t *p);
+static void fail_direct(gw_proxy_t *p);
+static void answer_error(gw_req_t *r, const gw_proxy_t *p);
 
 static int push_head(lua_State *L, void *arg) {
   gw_proxy_t *p = arg;
@@ -68,6 +71,10 @@ static int on_head(gw_exchange_t *x) {
    * body-less answer hands back to the pool at once: keep a copy. */
   p->head.len = 0;
   gw_buf_append(&p->head, x->resp_base, x->parser.head_end);
+  if (p->direct) {
+    answer_direct(p);
+    return p->state == GW_PROXY_HEAD_READY;
+  }
   wake(p, push_head);
   /* Lua may have decided already, inside the wake (the usual case: the
    * handler returns the response at once). Otherwise hold the body. */
@@ -114,7 +121,8 @@ static void on_done(gw_exchange_t *x, int err, const char *msg) {
   p->msg = msg;
   switch (was) {
     case GW_PROXY_WAIT_HEAD:
-      wake(p, push_head);
+      if (p->direct) fail_direct(p);
+      else wake(p, push_head);
       break;
     case GW_PROXY_BUFFERING:
       wake(p, push_body);
@@ -237,6 +245,10 @@ int gw_proxy_streaming(const gw_proxy_t *p) {
   return p && (p->state == GW_PROXY_STREAMING || p->state == GW_PROXY_TUNNEL);
 }
 
+int gw_proxy_owns_request(const gw_proxy_t *p) {
+  return gw_proxy_streaming(p) || (p && p->direct && p->state == GW_PROXY_WAIT_HEAD);
+}
+
 /* ---- building the upstream request ---- */
 
 static int name_in(const char *name, size_t n, const char *lines, size_t llen) {
@@ -315,14 +327,15 @@ static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines,
   if (host && !name_in("x-forwarded-host", 16, lines, llen)) gw_exchange_add_header(x, "X-Forwarded-Host", 16, host, hlen);
 }
 
-GW_FFI_EXPORT int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs,
-                                        gw_upstream_t *up, const char *target, size_t tlen,
-                                        const char *lines, size_t llen, const char *key, size_t klen,
-                                        uint32_t *wait_id, const char **err) {
-  if (!gw_task_check(t, ts) || !gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
+/* Builds the upstream request for `r` and hands it to a new proxy, which
+ * `r` then owns. Returns it, or NULL with *err set (nothing started). The
+ * caller starts the exchange (start_proxy) once its wait is set up. */
+static gw_proxy_t *proxy_begin(gw_req_t *r, gw_upstream_t *up, const char *target, size_t tlen,
+                               const char *lines, size_t llen, const char *key, size_t klen,
+                               const char **err) {
   if (r->resp_state != GW_RESP_NONE) {
     *err = "the response was already sent";
-    return GW_FFI_ERROR;
+    return NULL;
   }
   if (r->proxy) {
     gw_proxy_destroy(r->proxy);
@@ -343,7 +356,7 @@ GW_FFI_EXPORT int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, 
   if (gw__exchange_add_lines(&p->x, lines, llen) != 0) {
     gw_proxy_destroy(p);
     *err = "invalid request header (CR, LF or a bad name)";
-    return GW_FFI_ERROR;
+    return NULL;
   }
   add_client_headers(&p->x, r, lines, llen);
   if (r->upgrade) {
@@ -357,10 +370,9 @@ GW_FFI_EXPORT int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, 
     }
   }
   int has_body = r->content_length > 0 || r->chunked;
-  int stream = has_body && r->body_state == GW_BODY_UNREAD;
   if (has_body && r->body_state == GW_BODY_DONE) {
     gw_exchange_set_body(&p->x, r->body.base ? r->body.base : "", r->body.len);
-  } else if (stream) {
+  } else if (has_body && r->body_state == GW_BODY_UNREAD) {
     /* Not read by the script: stream it, with the client's own framing. */
     p->x.stream_body = 1;
     p->x.stream_length = r->chunked ? -1 : (int64_t)r->content_length;
@@ -371,13 +383,48 @@ GW_FFI_EXPORT int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, 
     p->x.hash_key_len = klen;
   }
   r->proxy = p;
+  return p;
+}
+
+static void start_proxy(gw_proxy_t *p) {
+  int stream = p->x.stream_body;
+  gw_exchange_start(&p->x);
+  if (stream && p->req) gw_conn_stream_body(p->req->conn, client_body_sink, p);
+}
+
+GW_FFI_EXPORT int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs,
+                                        gw_upstream_t *up, const char *target, size_t tlen,
+                                        const char *lines, size_t llen, const char *key, size_t klen,
+                                        uint32_t *wait_id, const char **err) {
+  if (!gw_task_check(t, ts) || !gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
+  gw_proxy_t *p = proxy_begin(r, up, target, tlen, lines, llen, key, klen, err);
+  if (!p) return GW_FFI_ERROR;
   p->w.cancel = cancel_wait;
   gw_waiter_add(t, &p->w);
   p->waiting = 1;
   *wait_id = p->w.id;
-  gw_exchange_start(&p->x);
-  if (stream) gw_conn_stream_body(r->conn, client_body_sink, p);
+  start_proxy(p);
   return GW_FFI_AGAIN;
+}
+
+/* A route whose handler is exactly `return UP:proxy(req)` (upstream.lua
+ * recognises it) with no middleware: nothing in Lua would look at the
+ * answer, so the handler's coroutine ends now and C answers when the head
+ * comes (answer_direct), saving a resume of Lua per request. Requests with
+ * a body or an upgrade take the ordinary path: GW_FFI_DECLINED. */
+GW_FFI_EXPORT int gw_ffi_upstream_proxy_direct(gw_req_t *r, uint32_t rs, gw_upstream_t *up,
+                                               const char *key, size_t klen, const char **err) {
+  if (!gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
+  if (r->content_length > 0 || r->chunked || r->upgrade) return GW_FFI_DECLINED;
+  gw_proxy_t *p = proxy_begin(r, up, NULL, 0, "", 0, key, klen, err);
+  if (!p) return GW_FFI_ERROR;
+  p->direct = 1;
+  start_proxy(p);
+  /* A failure found at once (no healthy server, an open breaker) arrives
+   * while this task still runs: answer it here, the request ends with it. */
+  if (p->state == GW_PROXY_DONE) answer_error(r, p);
+  p->direct_started = 1;
+  return GW_FFI_OK;
 }
 
 /* res:body() on a proxied response: buffers the rest of the body. */
@@ -401,10 +448,17 @@ GW_FFI_EXPORT int gw_ffi_proxy_read_body(gw_task_t *t, uint32_t ts, gw_req_t *r,
  * then streams the body. */
 /* Hop-by-hop headers (and the Date and framing ours replace) never pass. */
 static int end_to_end(const char *name, size_t n, const char *conn, size_t clen) {
-  static const char *const hop[] = {"connection", "keep-alive", "te", "trailer", "transfer-encoding",
-                                    "upgrade", "proxy-connection", "content-length", "date"};
+  /* Lengths first: this runs for every header of every proxied answer. */
+#define HOP(s) {s, sizeof s - 1}
+  static const struct {
+    const char *name;
+    size_t len;
+  } hop[] = {HOP("connection"), HOP("keep-alive"),        HOP("te"),
+             HOP("trailer"),    HOP("transfer-encoding"), HOP("upgrade"),
+             HOP("proxy-connection"), HOP("content-length"), HOP("date")};
+#undef HOP
   for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
-    if (strlen(hop[i]) == n && strncasecmp(hop[i], name, n) == 0) return 0;
+    if (hop[i].len == n && strncasecmp(hop[i].name, name, n) == 0) return 0;
   return !(conn && named_in_connection(name, n, conn, clen));
 }
 
@@ -450,14 +504,11 @@ GW_FFI_EXPORT int64_t gw_ffi_req_body_length(gw_req_t *r, uint32_t rs) {
   return r->chunked ? -1 : (int64_t)r->content_length;
 }
 
-GW_FFI_EXPORT int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const char *lines,
-                                    size_t llen, int upstream_headers, const char **err) {
-  if (!gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
-  gw_proxy_t *p = r->proxy;
-  if (!p || p->state != GW_PROXY_HEAD_READY) {
-    *err = "the proxied response is no longer available";
-    return GW_FFI_ERROR;
-  }
+/* Sends the head of `p`'s answer with `status` and the header lines given
+ * (plus the upstream's own if `upstream_headers`), then lets the body flow.
+ * Returns GW_FFI_OK or GW_FFI_ERROR with *err set. */
+static int send_head(gw_proxy_t *p, gw_req_t *r, int status, const char *lines, size_t llen,
+                     int upstream_headers, const char **err) {
   if (gw_response_start(r, status) != 0) {
     *err = "a response was already sent";
     return GW_FFI_ERROR;
@@ -526,4 +577,61 @@ GW_FFI_EXPORT int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const 
   p->state = (no_body || r->method == HTTP_HEAD) ? GW_PROXY_HEAD_READY : GW_PROXY_STREAMING;
   if (p->state == GW_PROXY_STREAMING) gw_exchange_resume(&p->x);
   return GW_FFI_OK;
+}
+
+GW_FFI_EXPORT int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const char *lines,
+                                    size_t llen, int upstream_headers, const char **err) {
+  if (!gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
+  gw_proxy_t *p = r->proxy;
+  if (!p || p->state != GW_PROXY_HEAD_READY) {
+    *err = "the proxied response is no longer available";
+    return GW_FFI_ERROR;
+  }
+  return send_head(p, r, status, lines, llen, upstream_headers, err);
+}
+
+/* ---- direct proxies (gw_ffi_upstream_proxy_direct) ---- */
+
+/* The handler's task ended long ago (or ends when the current resume
+ * returns): when the answer is complete, the request is. */
+static void direct_request_done(gw_proxy_t *p) {
+  gw_req_t *r = p->req;
+  if (r && !r->task && !gw_proxy_streaming(p)) gw_conn_request_done(r->conn);
+}
+
+/* The upstream's head is in: answer as the handler would have returned it. */
+static void answer_direct(gw_proxy_t *p) {
+  gw_req_t *r = p->req;
+  const char *err = NULL;
+  if (!r) return;
+  if (send_head(p, r, p->x.parser.status, "", 0, 1, &err) != GW_FFI_OK) {
+    /* Only a 101 nobody asked for gets here (requests with an upgrade take
+     * the ordinary path). */
+    r->resp_state = GW_RESP_NONE;
+    r->close_after = 1;
+    gw_response_error(r, 502, err);
+  }
+  direct_request_done(p);
+}
+
+/* The status Lua's runtime gives an upstream error (runtime.lua status_for). */
+static int status_for(const char *msg) {
+  if (strstr(msg, "timed out") || strcmp(msg, "timeout") == 0) return 504;
+  if (strcmp(msg, "no healthy server") == 0 || strcmp(msg, "breaker open") == 0) return 503;
+  return 502;
+}
+
+/* The JSON error a handler returning (nil, err) gets. */
+static void answer_error(gw_req_t *r, const gw_proxy_t *p) {
+  const char *msg = p->msg ? p->msg : gw_strerror(p->err);
+  gw_response_error(r, status_for(msg), msg);
+}
+
+/* The exchange failed before a head (after gw_ffi_upstream_proxy_direct
+ * returned; a failure inside it is answered there). */
+static void fail_direct(gw_proxy_t *p) {
+  gw_req_t *r = p->req;
+  if (!r || !p->direct_started) return;
+  answer_error(r, p);
+  direct_request_done(p);
 }

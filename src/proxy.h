@@ -5,7 +5,8 @@
  * A gw_proxy_t belongs to its request (req->proxy) from up:proxy until the
  * request is freed. Lua first waits for the upstream's response head and
  * gets (status, headers); the head is then on hold while middleware looks
- * at it. What happens next is Lua's choice:
+ * at it (unless the proxy is direct: see gw_ffi_upstream_proxy_direct).
+ * What happens next is Lua's choice:
  *   - the handler returns the response: gw_proxy_respond writes the head to
  *     the client (with the status and headers as Lua left them) and pipes
  *     the body through, in C, with backpressure both ways;
@@ -42,6 +43,8 @@ typedef struct gw_proxy_s {
   uint8_t client_paused;  /* upstream reads wait for the client to drain */
   uint8_t client_body_paused; /* client reads wait for the upstream to drain */
   uint8_t client_eof;     /* the tunnel's client side ended */
+  uint8_t direct;         /* no Lua waits: C answers (gw_ffi_upstream_proxy_direct) */
+  uint8_t direct_started; /* ... and the call that started it has returned */
 } gw_proxy_t;
 
 /* Client writes queued past this pause the upstream; below LOW resume it. */
@@ -54,5 +57,8 @@ void gw_proxy_destroy(gw_proxy_t *p);
 void gw_proxy_client_drained(gw_proxy_t *p);
 /* 1 while the body is still being streamed to the client. */
 int gw_proxy_streaming(const gw_proxy_t *p);
+/* 1 while `p` will answer the request itself (a direct proxy waiting for
+ * its head) or is still streaming: the request ends when it is done. */
+int gw_proxy_owns_request(const gw_proxy_t *p);
 
 #endif

@@ -529,8 +529,6 @@ void gw_tls_drained(gw_tls_t *t) {
 
 const char *gw_tls_error(const gw_tls_t *t) { return t->reason ? t->reason : "no error"; }
 
-int gw_tls_resumed(const gw_tls_t *t) { return t->ready && SSL_session_reused(t->ssl); }
-
 /* ---- the client certificate ---- */
 
 static char *name_text(const X509_NAME *n) {
@@ -583,4 +581,217 @@ const gw_tls_peer_t *gw_tls_peer(gw_tls_t *t) {
   ERR_clear_error();
   t->peer = p;
   return p;
+}
+
+/* ---- the client side: upstreams over TLS ----
+ *
+ * Kept apart from the server side on purpose: a client context is one
+ * SSL_CTX with the group's trust settings, and a client state is an
+ * ordinary gw_tls_t in connect state, so reads, writes and the outgoing
+ * buffer work exactly as for a listener's connections.
+ *
+ * Sessions: OpenSSL's own client cache is off (it has no notion of which
+ * server a session belongs to); the new-session callback hands every
+ * session the server gives (TLS 1.3 tickets arrive after the handshake, so
+ * SSL_get1_session right after it would be too early) to the server's
+ * gw_tls_resume_t, found through the SSL's ex-data. */
+
+/* Owned by its upstream group (upstream.c); freed when the group's tls
+ * settings change. The SSL_CTX lives on while states made from it do. */
+struct gw_tls_client_ctx_s {
+  SSL_CTX *ssl_ctx;
+  uint64_t id;                 /* never reused: ties kept sessions to this context */
+  int verify;                  /* as given to gw_tls_client_ctx_new */
+  int has_ca;                  /* a `ca` file was given ... */
+  unsigned char ca_digest[32]; /* ... and this is the SHA-256 of what it held */
+};
+
+static int resume_index = -1; /* SSL ex-data slot: the state's gw_tls_resume_t */
+static uint64_t client_ctx_ids;
+
+static int on_new_session(SSL *s, SSL_SESSION *sess) {
+  gw_tls_resume_t *r = SSL_get_ex_data(s, resume_index);
+  const gw_tls_client_ctx_t *ctx = SSL_CTX_get_app_data(SSL_get_SSL_CTX(s));
+  /* A session from a context the server's settings moved away from (a
+   * reload changed `tls` while this handshake ran) is not kept. */
+  if (!r || !ctx || r->ctx_id != ctx->id || !SSL_SESSION_is_resumable(sess)) return 0;
+  SSL_SESSION_free(r->session);
+  r->session = sess;
+  return 1; /* the reference is ours now */
+}
+
+/* The SHA-256 of the file at `path`: two contexts loaded from the same
+ * bytes trust the same certificates (a reload compares them). */
+static int ca_digest(const char *path, unsigned char out[32], char *err, size_t errlen) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    snprintf(err, errlen, "cannot read ca %s: %s", path, strerror(errno));
+    return GW_ECONFIG;
+  }
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+  char buf[16384];
+  size_t n;
+  while (ok && (n = fread(buf, 1, sizeof buf, f)) > 0) ok = EVP_DigestUpdate(md, buf, n) == 1;
+  if (ferror(f)) {
+    snprintf(err, errlen, "cannot read ca %s: %s", path, strerror(errno));
+    ok = 0;
+  } else if (!ok || EVP_DigestFinal_ex(md, out, NULL) != 1) {
+    snprintf(err, errlen, "cannot read ca %s: out of memory", path);
+    ok = 0;
+  }
+  EVP_MD_CTX_free(md);
+  fclose(f);
+  ERR_clear_error();
+  return ok ? 0 : GW_ECONFIG;
+}
+
+gw_tls_client_ctx_t *gw_tls_client_ctx_new(int verify, const char *ca, char *err, size_t errlen) {
+  ERR_clear_error();
+  if (init_out_method() != 0) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  if (resume_index < 0) resume_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+  unsigned char digest[32];
+  if (ca && ca_digest(ca, digest, err, errlen) != 0) return NULL;
+  SSL_CTX *s = SSL_CTX_new(TLS_client_method());
+  if (!s || resume_index < 0) {
+    snprintf(err, errlen, "cannot make a TLS context: %s", ssl_reason());
+    SSL_CTX_free(s);
+    return NULL;
+  }
+  gw_tls_client_ctx_t *ctx = gw_xcalloc(1, sizeof *ctx);
+  ctx->ssl_ctx = s;
+  ctx->id = ++client_ctx_ids;
+  ctx->verify = verify;
+  ctx->has_ca = ca != NULL;
+  if (ca) memcpy(ctx->ca_digest, digest, sizeof digest);
+  SSL_CTX_set_app_data(s, ctx);
+  SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
+  SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_mode(s, SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(s, on_new_session);
+  static const unsigned char alpn[] = "\x08http/1.1";
+  if (SSL_CTX_set_cipher_list(s, CIPHERS_TLS12) != 1 ||
+      SSL_CTX_set_alpn_protos(s, alpn, sizeof alpn - 1) != 0) {
+    snprintf(err, errlen, "cannot set the ciphers: %s", ssl_reason());
+    gw_tls_client_ctx_free(ctx);
+    return NULL;
+  }
+  if (verify) {
+    SSL_CTX_set_verify(s, SSL_VERIFY_PEER, NULL);
+    int ok = ca ? SSL_CTX_load_verify_locations(s, ca, NULL) : SSL_CTX_set_default_verify_paths(s);
+    if (ok != 1) {
+      if (ca) snprintf(err, errlen, "bad ca %s: %s", ca, ssl_reason());
+      else snprintf(err, errlen, "cannot use the system certificates: %s", ssl_reason());
+      gw_tls_client_ctx_free(ctx);
+      return NULL;
+    }
+  } else {
+    SSL_CTX_set_verify(s, SSL_VERIFY_NONE, NULL);
+    /* Still read: a `ca` that does not load is a mistake worth reporting. */
+    if (ca && SSL_CTX_load_verify_locations(s, ca, NULL) != 1) {
+      snprintf(err, errlen, "bad ca %s: %s", ca, ssl_reason());
+      gw_tls_client_ctx_free(ctx);
+      return NULL;
+    }
+  }
+  ERR_clear_error();
+  return ctx;
+}
+
+void gw_tls_client_ctx_free(gw_tls_client_ctx_t *ctx) {
+  if (!ctx) return;
+  /* States made from it hold their own references to the SSL_CTX; the app
+   * data must not lead them back here. */
+  SSL_CTX_set_app_data(ctx->ssl_ctx, NULL);
+  SSL_CTX_free(ctx->ssl_ctx);
+  free(ctx);
+}
+
+uint64_t gw_tls_client_ctx_id(const gw_tls_client_ctx_t *ctx) { return ctx->id; }
+
+int gw_tls_client_ctx_same(const gw_tls_client_ctx_t *a, const gw_tls_client_ctx_t *b) {
+  if (a->verify != b->verify || a->has_ca != b->has_ca) return 0;
+  return !a->has_ca || memcmp(a->ca_digest, b->ca_digest, sizeof a->ca_digest) == 0;
+}
+
+/* 1 if `host` is an IPv4 or IPv6 address literal (checked as an address,
+ * not as a DNS name, and never sent as SNI: RFC 6066 3). */
+static int is_ip_literal(const char *host) {
+  unsigned char buf[16];
+  return uv_inet_pton(AF_INET, host, buf) == 0 || uv_inet_pton(AF_INET6, host, buf) == 0;
+}
+
+gw_tls_t *gw_tls_client_new(gw_tls_client_ctx_t *ctx, const char *sni, const char *host,
+                            gw_tls_resume_t *resume) {
+  ERR_clear_error();
+  gw_tls_t *t = gw_xcalloc(1, sizeof *t);
+  t->ssl = SSL_new(ctx->ssl_ctx);
+  t->rbio = BIO_new(BIO_s_mem());
+  BIO *wbio = BIO_new(out_method);
+  if (!t->ssl || !t->rbio || !wbio) goto fail;
+  BIO_set_data(wbio, t);
+  SSL_set_bio(t->ssl, t->rbio, wbio);
+  SSL_set_connect_state(t->ssl);
+  if (sni && SSL_set_tlsext_host_name(t->ssl, sni) != 1) goto fail_ssl;
+  if (host && SSL_get_verify_mode(t->ssl) != SSL_VERIFY_NONE) {
+    /* The certificate must name `host`: a DNS name (no partial wildcards,
+     * as browsers do) or, for an address literal, an IP SAN. */
+    X509_VERIFY_PARAM *param = SSL_get0_param(t->ssl);
+    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    int ok = is_ip_literal(host) ? X509_VERIFY_PARAM_set1_ip_asc(param, host)
+                                 : X509_VERIFY_PARAM_set1_host(param, host, 0);
+    if (ok != 1) goto fail_ssl;
+  }
+  if (resume) {
+    if (resume->ctx_id != ctx->id) {
+      /* The settings changed since this session was made: forget it. */
+      gw_tls_resume_clear(resume);
+      resume->ctx_id = ctx->id;
+    }
+    if (resume->session) SSL_set_session(t->ssl, resume->session);
+    SSL_set_ex_data(t->ssl, resume_index, resume);
+  }
+  ERR_clear_error();
+  return t;
+fail:
+  BIO_free(t->rbio);
+  BIO_free(wbio);
+fail_ssl:
+  SSL_free(t->ssl); /* owns the BIOs once SSL_set_bio ran */
+  free(t);
+  ERR_clear_error();
+  return NULL;
+}
+
+int gw_tls_connect(gw_tls_t *t) {
+  ERR_clear_error();
+  int rc = SSL_do_handshake(t->ssl);
+  if (rc == 1) {
+    t->ready = 1;
+    return 0;
+  }
+  if (SSL_get_error(t->ssl, rc) == SSL_ERROR_WANT_READ) {
+    ERR_clear_error();
+    return 0;
+  }
+  return (int)fail(t);
+}
+
+const char *gw_tls_verify_error(const gw_tls_t *t) {
+  /* Without verification OpenSSL still records a result, but it was not
+   * the reason for anything. */
+  if (SSL_get_verify_mode(t->ssl) == SSL_VERIFY_NONE) return NULL;
+  long v = SSL_get_verify_result(t->ssl);
+  return v == X509_V_OK ? NULL : X509_verify_cert_error_string(v);
+}
+
+int gw_tls_resumed(const gw_tls_t *t) { return SSL_session_reused(t->ssl); }
+
+void gw_tls_resume_clear(gw_tls_resume_t *r) {
+  SSL_SESSION_free(r->session);
+  r->session = NULL;
 }

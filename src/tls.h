@@ -6,8 +6,8 @@
  * read buffer; gw_tls_write encrypts plaintext into an internal buffer that
  * the connection drains (gw_tls_pending/gw_tls_drained) and writes to the
  * socket with its ordinary write path. No call here blocks, and no call
- * here touches the loop, so the same state can serve the server side and,
- * later, the upstream client.
+ * here touches the loop, so the same state serves the server side and the
+ * upstream client (https:// servers).
  *
  * This file is the one place that calls OpenSSL's SSL_* functions.
  *
@@ -29,6 +29,7 @@
 #define GW_TLS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <uv.h>
 
@@ -104,8 +105,6 @@ size_t gw_tls_pending(gw_tls_t *t, const char **p);
 void gw_tls_drained(gw_tls_t *t);
 /* The failure reason after GW_ETLS, for the log (static storage). */
 const char *gw_tls_error(const gw_tls_t *t);
-/* 1 if the handshake resumed a session (a ticket) instead of a full one. */
-int gw_tls_resumed(const gw_tls_t *t);
 
 /* The client certificate of a connection, as scripts see it. Made on first
  * request (gw_tls_peer) and owned by the gw_tls_t; freed with it. */
@@ -120,5 +119,61 @@ typedef struct gw_tls_peer_s {
 
 /* The client's certificate after the handshake, or NULL when it sent none. */
 const gw_tls_peer_t *gw_tls_peer(gw_tls_t *t);
+
+/* ---- the client side: upstreams over TLS (https:// servers) ----
+ *
+ * A client context (gw_tls_client_ctx_t) belongs to one upstream group: it
+ * holds the group's `tls` settings (verification on or off, the trusted
+ * certificates) and lives until the group's settings change (the states made
+ * from it keep what they need: OpenSSL counts its references). A client
+ * state is the same gw_tls_t as the server's, driven by the same calls
+ * (gw_tls_read, gw_tls_write, gw_tls_pending, gw_tls_drained), started with
+ * gw_tls_connect. */
+
+typedef struct gw_tls_client_ctx_s gw_tls_client_ctx_t;
+
+/* The last session one upstream server gave, so that the next connection
+ * resumes it (an abbreviated handshake) instead of a full one. Owned by the
+ * server (zeroed when the server is made, never freed while the worker
+ * runs). A session is only offered through the context it came from
+ * (`ctx_id`), so changed tls settings never resume a session that was
+ * checked under the old ones. */
+typedef struct gw_tls_resume_s {
+  void *session;   /* an SSL_SESSION (one reference), or NULL */
+  uint64_t ctx_id; /* gw_tls_client_ctx_id of the context that made it */
+} gw_tls_resume_t;
+
+/* Builds a client context: TLS 1.2 and 1.3 with the listeners' ciphers,
+ * ALPN "http/1.1". With `verify`, the server's chain must lead to one of the
+ * certificates in `ca` (a PEM file, read now), or, when `ca` is NULL, to one
+ * of the system's (OpenSSL's default paths: /etc/ssl/certs on Debian).
+ * Returns it, or NULL with a message in `err` naming the file at fault. */
+gw_tls_client_ctx_t *gw_tls_client_ctx_new(int verify, const char *ca, char *err, size_t errlen);
+void gw_tls_client_ctx_free(gw_tls_client_ctx_t *ctx);
+/* A number unique to `ctx` in this process (never reused). */
+uint64_t gw_tls_client_ctx_id(const gw_tls_client_ctx_t *ctx);
+/* 1 if `a` and `b` check certificates alike: the same `verify`, and the
+ * same bytes in their `ca` files (or no file for either). */
+int gw_tls_client_ctx_same(const gw_tls_client_ctx_t *a, const gw_tls_client_ctx_t *b);
+
+/* A client-side TLS state for one upstream connection, owned by the caller
+ * (gw_tls_free). `sni` is sent as the server name (NULL: none); `host` is
+ * the name (or IP address literal) the certificate must be valid for when
+ * the context verifies (NULL: no name check). Both are copied. `resume`
+ * (may be NULL) must outlive the state: its session is offered, and every
+ * new session the server hands out replaces it. */
+gw_tls_t *gw_tls_client_new(gw_tls_client_ctx_t *ctx, const char *sni, const char *host,
+                            gw_tls_resume_t *resume);
+/* Starts a client handshake: the ClientHello waits in gw_tls_pending; the
+ * rest goes on in gw_tls_read until gw_tls_ready. Returns 0 or GW_ETLS. */
+int gw_tls_connect(gw_tls_t *t);
+/* After a failed client handshake: why the server's certificate was
+ * refused ("hostname mismatch", "self-signed certificate", ...; static
+ * storage), or NULL when the certificate was not the reason. */
+const char *gw_tls_verify_error(const gw_tls_t *t);
+/* 1 if the handshake resumed a session. */
+int gw_tls_resumed(const gw_tls_t *t);
+/* Drops the session kept in `r` (the owner is going away, or it failed). */
+void gw_tls_resume_clear(gw_tls_resume_t *r);
 
 #endif

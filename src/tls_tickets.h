@@ -18,8 +18,8 @@
  * decrypts tickets until `rotate` + the ticket lifetime after it was made,
  * so every ticket is good for at least its lifetime (2 x rotate); after
  * that, the ticket's key is not accepted and the client gets a full
- * handshake. Tickets decrypted with an older key than the newest are
- * renewed in the same handshake.
+ * handshake. Every ticket that resumes a session is replaced in the same
+ * handshake by a new one under the newest key.
  *
  * Concurrency: a rotation takes a lock word (the pid of its holder; a
  * holder found dead is replaced), writes the ring's oldest slot, which
@@ -55,9 +55,9 @@ long gw_tickets_lifetime(void);
 /* The callback for SSL_CTX_set_tlsext_ticket_key_evp_cb (OpenSSL 3).
  * enc = 1: picks the current key (rotating if it is due) and sets up the
  * cipher and MAC; returns 1, or 0 (no ticket this time) if no key could be
- * made. enc = 0: finds the key named `name`; returns 1 (the current key),
- * 2 (an older key: the ticket is renewed), or 0 (unknown or expired: a
- * full handshake). Never blocks; never fails the handshake. */
+ * made. enc = 0: finds the key named `name`; returns 2 (decrypt, and
+ * renew the ticket), or 0 (unknown or expired: a full handshake). Never
+ * blocks; never fails the handshake. */
 int gw_tickets_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx,
                   int enc);
 /* How many keys were made since the gateway started, all workers (for

@@ -72,6 +72,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 
 static void start_resolve(gw_server_t *s) {
   if (!gw__worker) return; /* configuration check or master: nothing to connect */
+  s->resolving = 1; /* from now on on_resolved keeps it going, every RESOLVE_EVERY_MS */
   resolve_t *r = gw_xcalloc(1, sizeof *r);
   r->server = s;
   r->req.data = r;
@@ -99,15 +100,17 @@ static void resolve_later(gw_server_t *s) {
 /* ---- servers ---- */
 
 static int parse_addr(const char *addr, gw_server_t *s, char *err, size_t errlen) {
+  int port = 80;
   if (strncmp(addr, "https://", 8) == 0) {
-    snprintf(err, errlen, "server %s: https upstreams are not supported by this build yet", addr);
-    return GW_ECONFIG;
+    addr += 8;
+    port = 443;
+    s->tls = 1;
+  } else if (strncmp(addr, "http://", 7) == 0) {
+    addr += 7;
   }
-  if (strncmp(addr, "http://", 7) == 0) addr += 7;
   const char *colon = strrchr(addr, ':');
   const char *host = addr;
   size_t hlen = colon ? (size_t)(colon - addr) : strlen(addr);
-  int port = 80;
   if (colon) {
     char *end;
     long p = strtol(colon + 1, &end, 10);
@@ -130,7 +133,7 @@ static int parse_addr(const char *addr, gw_server_t *s, char *err, size_t errlen
   s->port = port;
   if (uv_ip4_addr(s->host, port, (struct sockaddr_in *)&s->sa) == 0 ||
       uv_ip6_addr(s->host, port, (struct sockaddr_in6 *)&s->sa) == 0)
-    s->resolved = 1;
+    s->resolved = s->ip_literal = 1;
   return 0;
 }
 
@@ -156,8 +159,10 @@ int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *we
         return GW_ECONFIG;
       }
       s->addr = gw_xstrndup(addrs[i], strlen(addrs[i]));
-      if (!s->resolved) start_resolve(s);
     }
+    /* Also for a server found in the list: one declared by the master's own
+     * load (inherited by the fork) was never resolved there. */
+    if (!s->resolved && !s->resolving) start_resolve(s);
     s->weight = weights[i] > 0 ? weights[i] : 1;
     s->retired = 0;
     /* Looked up again each time: a group declared before the shared zone
@@ -178,6 +183,29 @@ int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *we
   up->nservers = n;
   gw_balancer_rebuild(up);
   return 0;
+}
+
+static int same_str(const char *a, const char *b) {
+  return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+void gw_upstream_set_tls(gw_upstream_t *up, gw_tls_client_ctx_t *ctx, int verify, const char *sni,
+                         const char *ca) {
+  if (up->tls_ctx && up->tls_verify == verify && same_str(up->tls_sni, sni) && same_str(up->tls_ca, ca) &&
+      gw_tls_client_ctx_same(up->tls_ctx, ctx)) {
+    gw_tls_client_ctx_free(ctx); /* it only proved that the settings still load */
+    return;
+  }
+  /* Connections and states made with the old context keep their own
+   * references to what they need (OpenSSL counts them). */
+  gw_tls_client_ctx_free(up->tls_ctx);
+  up->tls_ctx = ctx;
+  up->tls_verify = verify;
+  free(up->tls_sni);
+  free(up->tls_ca);
+  up->tls_sni = sni ? gw_xstrndup(sni, strlen(sni)) : NULL;
+  up->tls_ca = ca ? gw_xstrndup(ca, strlen(ca)) : NULL;
+  up->tls_gen++;
 }
 
 gw_server_t *gw_upstream_pick(gw_upstream_t *up, const char *key, size_t keylen,

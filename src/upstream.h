@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "tls.h"
+
 typedef struct gw_uconn_s gw_uconn_t;
 
 typedef enum {
@@ -37,6 +39,7 @@ typedef struct gw_server_s {
   int port;
   struct sockaddr_storage sa; /* resolved address */
   int resolved;               /* sa is valid */
+  int resolving;              /* this worker resolves it (now, or again later) */
   int weight;                 /* >= 1 */
   int current_weight;         /* smooth round robin state */
   int active;                 /* exchanges in flight */
@@ -47,6 +50,9 @@ typedef struct gw_server_s {
   gw_uconn_t *idle;           /* pooled keep-alive connections (LIFO) */
   int nidle;
   uint64_t requests;          /* exchanges started, for status */
+  uint8_t tls;                /* declared https://: connections speak TLS */
+  uint8_t ip_literal;         /* host is an address: no SNI, the certificate is checked for the IP */
+  gw_tls_resume_t tls_resume; /* its last TLS session, offered by the next connection */
 } gw_server_t;
 
 /* Owned by the registry; never freed while the worker runs. */
@@ -71,15 +77,30 @@ typedef struct gw_upstream_s {
   double breaker_cooldown;    /* seconds open before a half-open probe */
   struct gw_health_s *breaker; /* the group's breaker state, shared by all workers */
   size_t max_body;            /* buffered answers larger than this fail */
+  /* `tls` settings, for https:// servers (see gw_upstream_set_tls). */
+  gw_tls_client_ctx_t *tls_ctx; /* NULL until a declaration asks for TLS */
+  int tls_verify;             /* check certificates (the default) */
+  char *tls_sni;              /* the server name to send and check, or NULL: the host */
+  char *tls_ca;               /* the trusted certificates file, or NULL: the system's */
+  unsigned tls_gen;           /* bumped when the settings change: older pooled connections go */
 } gw_upstream_t;
 
 /* The group named `name`, made empty on first use. */
 gw_upstream_t *gw_upstream_get(const char *name);
 /* Replaces the group's server list with `addrs` (weights alongside); keeps
  * the state of servers whose address did not change. Returns 0, or
- * GW_ECONFIG with `err` filled (bad address, https:// not supported yet). */
+ * GW_ECONFIG with `err` filled (bad address). "https://host[:port]" servers
+ * (port 443 by default) speak TLS with the group's tls settings. */
 int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *weights, size_t n,
                             char *err, size_t errlen);
+/* Installs `ctx` (made by the caller from `verify` and `ca`; owned by `up`
+ * from now on) as the group's TLS context with `sni` (may be NULL). When
+ * the settings equal the current ones (the `ca` file's bytes included),
+ * `ctx` is freed and the current one stays, with the servers' sessions and
+ * pooled connections; otherwise the old context goes, and pooled
+ * connections and sessions made with it are not reused. */
+void gw_upstream_set_tls(gw_upstream_t *up, gw_tls_client_ctx_t *ctx, int verify, const char *sni,
+                         const char *ca);
 /* Picks a server for a new exchange; `key` is used by the hash balancer;
  * `avoid` (may be NULL) is skipped when another server is available (retries).
  * Returns NULL when every server is down. */

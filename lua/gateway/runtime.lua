@@ -16,8 +16,8 @@ local cjson = require "cjson"
 local ffi, C = base.ffi, base.C
 local OK, BAD_CONTEXT = base.OK, base.BAD_CONTEXT
 local yield = coroutine.yield
-local type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset, rawget =
-  type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset, rawget
+local type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset, rawget, next =
+  type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset, rawget, next
 local sub, lower, byte, format, find = string.sub, string.lower, string.byte, string.format, string.find
 local traceback = debug.traceback
 local encode = cjson.encode
@@ -207,6 +207,8 @@ local function send(req, res)
   local json = rawget(res, "json")
   if json ~= nil then
     body = encode(json)
+    -- Status, type and body only: C sends it (no FFI call per header).
+    if next(headers) == nil then return status, JSON, body end
     if not has_header(headers, "content-type") then headers["content-type"] = JSON end
   elseif body == nil then
     body = ""
@@ -247,16 +249,35 @@ local function handler_result(req, res, err)
   return normalize(res)
 end
 
-local function run_step(req, chain, i, n)
+-- The `next` given to the middleware at step i is NEXT[i], made once for
+-- all requests (a closure per step and request would cost allocations, and
+-- LuaJIT does not compile closure creation). It finds its request through
+-- the scheduler, the chain in req._chain, and checks req._step, the step
+-- that started last: steps run in order, so a step's next() is its second
+-- call when a later step has already started, and one kept and called by
+-- another request finds that request elsewhere in its chain.
+local NEXT = {}
+local run_step
+
+local function next_for(i)
+  local f = NEXT[i]
+  if f then return f end
+  f = function()
+    local req = sched.request()
+    local step = req and rawget(req, "_step")
+    if step and step > i then error("next() called twice", 2) end
+    if step ~= i or i >= req._chain.n then error("next() called outside its middleware", 2) end
+    return run_step(req, req._chain, i + 1)
+  end
+  NEXT[i] = f
+  return f
+end
+
+run_step = function(req, chain, i)
   local f = chain[i]
-  if i == n then return handler_result(req, f(req)) end
-  local called = false
-  local res = f(req, function()
-    if called then error("next() called twice", 2) end
-    called = true
-    return run_step(req, chain, i + 1, n)
-  end)
-  return normalize(res)
+  rawset(req, "_step", i)
+  if i == chain.n then return handler_result(req, f(req)) end
+  return normalize(f(req, NEXT[i] or next_for(i)))
 end
 
 local function path_has_prefix(path, prefix)
@@ -265,6 +286,12 @@ local function path_has_prefix(path, prefix)
 end
 
 local function not_found(req) return error_response(req, 404, "no route") end
+
+-- Apart from build_chain, so that it makes no closure (LuaJIT compiles
+-- neither making one nor closing its upvalues).
+local function method_not_allowed(allow)
+  return function(r) return error_response(r, 405, "method not allowed", { Allow = allow }) end
+end
 
 local function build_chain(req, route, allow)
   local chain, n = {}, 0
@@ -293,12 +320,14 @@ local function build_chain(req, route, allow)
     chain[n] = route.handler
   elseif allow then
     n = n + 1
-    chain[n] = function(r) return error_response(r, 405, "method not allowed", { Allow = allow }) end
+    chain[n] = method_not_allowed(allow)
   else
     n = n + 1
     chain[n] = not_found
   end
-  return chain, n
+  chain.n = n
+  rawset(req, "_chain", chain)
+  return chain
 end
 
 -- ---- one request ----
@@ -326,17 +355,23 @@ local function dispatch(req)
     rawset(req, "params", params)
     rawset(req, "route", route.pattern)
     if route.bare and no_middleware then
-      -- No middleware can look at the answer: a string goes out as it is.
+      -- No middleware can look at the answer: a string goes out as it is,
+      -- and a `return UP:proxy(req)` handler is run by C (upstream.lua).
+      local direct = route.direct
+      if direct == nil then
+        upstream_mod = upstream_mod or require "gateway.upstream"
+        direct = upstream_mod.direct_proxy_upvalue(route.handler)
+        route.direct = direct
+      end
+      if direct and upstream_mod.proxy_direct(req, route.handler, direct) then return end
       local err
       res, err = route.handler(req)
       if type(res) == "string" then return 200, TEXT, res end
       return send(req, handler_result(req, res, err))
     end
-    local chain, n = build_chain(req, route)
-    res = run_step(req, chain, 1, n)
+    res = run_step(req, build_chain(req, route), 1)
   else
-    local chain, n = build_chain(req, nil, params == 405 and allow or nil)
-    res = run_step(req, chain, 1, n)
+    res = run_step(req, build_chain(req, nil, params == 405 and allow or nil), 1)
   end
   return send(req, res)
 end

@@ -33,7 +33,12 @@ local _M = { WAIT = WAIT, DONE = DONE }
 local current = nil           -- the ctx of the running task, made on first need
 local cur_req = nil           -- the running task's request (nil in timers), until its ctx is made
 local cur_task, cur_serial = nil, nil -- the running task, until its ctx is made
-local thread_of = setmetatable({}, { __mode = "k" }) -- coroutine -> thread
+-- coroutine -> thread. Weak on both sides: a thread holds its coroutine
+-- (th.co) and the coroutine's stack holds the thread, and LuaJIT's weak
+-- keys are not ephemerons, so with weak keys alone no entry would ever be
+-- collected (every gw.spawn leaked its coroutine). A live thread is held
+-- strongly by whoever waits for it (ctx.waiting, joiners, gw.all).
+local thread_of = setmetatable({}, { __mode = "kv" })
 
 local function new_ctx(task_addr, task_serial, root)
   return {
@@ -82,14 +87,10 @@ _M.current = get_current
 local Thread = {}
 Thread.__index = Thread
 
-local function finish(th, ok, ...)
+local function finish(th, err)
   th.done = true
-  if ok then
-    th.n = select("#", ...)
-    th.results = { ... }
-  else
-    th.err = ...
-  end
+  thread_of[th.co] = nil
+  if err ~= nil then th.err = err end
   local joiners = th.joiners
   if joiners then
     th.joiners = nil
@@ -100,17 +101,31 @@ local function finish(th, ok, ...)
   end
 end
 
+-- Threads run on coroutines kept for reuse: making a coroutine (and later
+-- collecting it) costs more than most thread bodies. A coroutine whose
+-- function returned yields FINISHED and waits for its next thread; one
+-- whose function raised is dead and dropped.
+local FINISHED = {}
+local idle, nidle = {}, 0
+local IDLE_MAX = 32
+
+local function recycle(co)
+  if nidle < IDLE_MAX then
+    nidle = nidle + 1
+    idle[nidle] = co
+  end
+end
+
 -- Runs thread `th` until it waits or ends. The arguments go to the resume.
 function _M.step(th, ...)
   local co = th.co
   local ok, err = resume(co, ...)
-  if status(co) == "dead" then
-    if ok then
-      -- The values returned by the function were stored by the wrapper.
-      finish(th, true, unpack(th.ret, 1, th.ret.n))
-    else
-      finish(th, false, err)
-    end
+  if ok and err == FINISHED then
+    -- thread_body stored the function's values in th.results.
+    recycle(co)
+    finish(th, nil)
+  elseif status(co) == "dead" then
+    finish(th, not ok and (err == nil and "error" or err) or nil)
   end
 end
 
@@ -159,14 +174,19 @@ function _M.sleep(seconds)
   _M.wait(ctx, base.out_wait[0])
 end
 
+-- Keeps a finished thread's values: the first one apart (most threads
+-- return one value, or nil and an error), the rest in a table only if any.
+local function keep(th, ...)
+  local n = select("#", ...)
+  th.n = n
+  if n > 0 then th.results = { ... } end
+end
+
+-- The body of every thread coroutine: runs one thread, then (tail call,
+-- so the stack stays flat) the next one it is resumed with.
 local function thread_body(th, fn, ...)
-  local ret = { n = 0 }
-  th.ret = ret
-  local function keep(...)
-    ret.n = select("#", ...)
-    for i = 1, ret.n do ret[i] = select(i, ...) end
-  end
-  keep(fn(...))
+  keep(th, fn(...))
+  return thread_body(yield(FINISHED))
 end
 
 -- gw.spawn(fn, ...): starts fn in a light thread of the running task; it runs
@@ -176,8 +196,16 @@ function _M.spawn(fn, ...)
   local ctx = get_current()
   if not ctx then error("gw.spawn: only inside a request or a timer", 2) end
   local th = setmetatable({ ctx = ctx, done = false }, Thread)
-  th.co = create(thread_body)
-  thread_of[th.co] = th
+  local co
+  if nidle > 0 then
+    co = idle[nidle]
+    idle[nidle] = nil
+    nidle = nidle - 1
+  else
+    co = create(thread_body)
+  end
+  th.co = co
+  thread_of[co] = th
   _M.step(th, th, fn, ...)
   return th
 end
@@ -207,6 +235,7 @@ function Thread:wait()
     end
   end
   if self.err ~= nil then return nil, self.err end
+  if self.n == 0 then return end
   return unpack(self.results, 1, self.n)
 end
 

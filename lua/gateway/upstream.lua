@@ -4,7 +4,9 @@
 -- Runtime failures return nil and a short, stable error string:
 --   "connection refused", "connect failed", "connect timed out", "timeout",
 --   "send timed out", "no healthy server", "upstream closed the connection",
---   "upstream response too large", or a protocol error message.
+--   "upstream response too large", "upstream certificate verify failed",
+--   "upstream TLS handshake failed", "TLS handshake timed out", or a protocol
+--   error message.
 -- gateway.runtime maps them to 502/503/504 when a handler returns them.
 -- Misuse (a bad spec or option) raises at the caller's line.
 local base = require "gateway.base"
@@ -25,7 +27,8 @@ gw_upstream_t *gw_ffi_upstream_declare(const char *name, const char **addrs, con
     double t_send, double t_read, int retries, int passive_failures, double passive_cooldown,
     double max_body, int breaker_failures, double breaker_window, double breaker_cooldown,
     const char *check_path, double check_interval, double check_timeout, int check_healthy,
-    int check_unhealthy, char *err, size_t errlen);
+    int check_unhealthy, int tls_verify, const char *tls_sni, const char *tls_ca, char *err,
+    size_t errlen);
 int gw_ffi_upstream_fetch(gw_task_t *t, uint32_t ts, gw_upstream_t *up, const char *method,
     size_t mlen, const char *target, size_t tlen, const char *lines, size_t llen,
     const char *body, size_t blen, int has_body, const char *key, size_t klen, double timeout,
@@ -33,6 +36,8 @@ int gw_ffi_upstream_fetch(gw_task_t *t, uint32_t ts, gw_upstream_t *up, const ch
 int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs, gw_upstream_t *up,
     const char *target, size_t tlen, const char *lines, size_t llen, const char *key, size_t klen,
     uint32_t *wait_id, const char **err);
+int gw_ffi_upstream_proxy_direct(gw_req_t *r, uint32_t rs, gw_upstream_t *up, const char *key,
+    size_t klen, const char **err);
 int gw_ffi_proxy_read_body(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs, uint32_t *wait_id,
     const char **err);
 int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const char *lines, size_t llen,
@@ -217,6 +222,35 @@ local function sub_num(spec, tkey, key, default)
   return v
 end
 
+-- spec.tls: { verify = true, sni = NAME, ca = PATH } (each optional).
+-- Returns verify (-1 without a tls table: C's default, on), sni, ca (a
+-- relative path is read from the configuration's folder).
+local TLS_KEYS = { verify = true, sni = true, ca = true }
+local function tls_opts(t)
+  if t == nil then return -1, nil, nil end
+  if type(t) ~= "table" then error("gw.upstream: tls must be a table { verify =, sni =, ca = }", USER) end
+  for k in pairs(t) do
+    if not TLS_KEYS[k] then error("gw.upstream: tls: unknown option '" .. tostring(k) .. "'", USER) end
+  end
+  local verify = t.verify
+  if verify ~= nil and type(verify) ~= "boolean" then
+    error("gw.upstream: tls.verify must be true or false", USER)
+  end
+  local sni = t.sni
+  if sni ~= nil and (type(sni) ~= "string" or not find(sni, "^[%w][%w%.%-]*$")) then
+    error("gw.upstream: tls.sni must be a host name", USER)
+  end
+  local ca = t.ca
+  if ca ~= nil then
+    if type(ca) ~= "string" or ca == "" then error("gw.upstream: tls.ca must be a file path", USER) end
+    if byte(ca, 1) ~= 47 then
+      local state = require("gateway")._state
+      ca = (state.config_dir or ".") .. "/" .. ca
+    end
+  end
+  return verify == false and 0 or 1, sni, ca
+end
+
 function _M.declare(name, spec)
   if type(name) ~= "string" or name == "" then error("gw.upstream: a name is required", 3) end
   if type(spec) ~= "table" then error("gw.upstream: a spec table is required", 3) end
@@ -256,7 +290,8 @@ function _M.declare(name, spec)
     error("gw.upstream: breaker.failures must be a number >= 1", 3)
   end
   local passive = spec.health and spec.health.passive or {}
-  local errbuf = ffi.new("char[256]")
+  local tls_verify, tls_sni, tls_ca = tls_opts(spec.tls)
+  local errbuf = ffi.new("char[512]")
   local up = C.gw_ffi_upstream_declare(name, addrs, weights, n, balance,
     sub_num(spec, "keepalive", "idle", 32), sub_num(spec, "keepalive", "timeout", 60),
     sub_num(spec, "timeouts", "connect", 5), sub_num(spec, "timeouts", "send", 30),
@@ -265,7 +300,7 @@ function _M.declare(name, spec)
     num(spec, "max_body", 8 * 1024 * 1024), num(breaker, "failures", 0),
     num(breaker, "window", 10), num(breaker, "cooldown", 30),
     active.path, num(active, "interval", 10), num(active, "timeout", 2),
-    num(active, "healthy", 2), num(active, "unhealthy", 2), errbuf, 256)
+    num(active, "healthy", 2), num(active, "unhealthy", 2), tls_verify, tls_sni, tls_ca, errbuf, 512)
   if up == nil then error("gw.upstream " .. name .. ": " .. ffi_string(errbuf), 3) end
   keep = nil
   return setmetatable({ name = name, _up = up, hash_key = spec.hash_key }, Upstream)
@@ -273,13 +308,23 @@ end
 
 -- ---- requests ----
 
+-- Percent-encoding for query keys and values: everything but RFC 3986's
+-- unreserved characters. The table is built once; a value with nothing to
+-- escape (the common case) skips gsub.
+local ESCAPE = {}
+for c = 0, 255 do ESCAPE[string.char(c)] = format("%%%02X", c) end
+local UNSAFE = "[^%w%-%._~]"
+
+local function esc(s)
+  if type(s) ~= "string" then s = tostring(s) end
+  if not find(s, UNSAFE) then return s end
+  return (gsub(s, UNSAFE, ESCAPE))
+end
+
 local function encode_query(q)
   if type(q) == "string" then return q end
   local parts, n = {}, 0
   for k, v in pairs(q) do
-    local function esc(s)
-      return (gsub(tostring(s), "[^%w%-%._~]", function(c) return format("%%%02X", byte(c)) end))
-    end
     if type(v) == "table" then
       for _, x in ipairs(v) do
         n = n + 1
@@ -418,6 +463,57 @@ function Upstream:proxy(req, opts)
   local status, err = sched.wait(ctx, base.out_wait[0])
   if status == nil then return nil, err end
   return setmetatable({ status = status, _req = req, _proxy = true }, ProxyResponse)
+end
+
+-- ---- direct proxies ----
+--
+-- A route handler that is exactly `function(req) return UP:proxy(req) end`
+-- (UP an upvalue), on a route no middleware wraps, hands its answer to the
+-- client unseen: C can send it itself when the head comes, and the request's
+-- coroutine ends at once instead of being resumed for the head
+-- (gw_ffi_upstream_proxy_direct). Recognised by comparing the handler's
+-- bytecode with a reference compiled here, so it follows LuaJIT's own
+-- encoding; anything else (another shape, a global UP, a replaced proxy
+-- method, a request with a body) takes the ordinary path with the same result.
+local jutil = require "jit.util"
+local funcbc, funcinfo, funck = jutil.funcbc, jutil.funcinfo, jutil.funck
+local getupvalue, getmetatable = debug.getupvalue, getmetatable
+local DIRECT_REF = loadstring("local u; return function(req) return u:proxy(req) end")()
+
+-- The upvalue index (1-based) of UP if `fn` has the reference's shape, else false.
+function _M.direct_proxy_upvalue(fn)
+  if type(fn) ~= "function" then return false end
+  local info, ref = funcinfo(fn), funcinfo(DIRECT_REF)
+  if info.addr or info.params ~= 1 or info.is_vararg or info.bytecodes ~= ref.bytecodes
+     or funck(fn, -1) ~= "proxy" then
+    return false
+  end
+  local uv
+  for pc = 1, ref.bytecodes - 1 do
+    local ins, want = funcbc(fn, pc), funcbc(DIRECT_REF, pc)
+    if pc == 1 then
+      -- UGET slot, upvalue: the slot must match, the upvalue may differ.
+      if ins % 65536 ~= want % 65536 then return false end
+      uv = (ins - ins % 65536) / 65536
+    elseif ins ~= want then
+      return false
+    end
+  end
+  return uv + 1
+end
+
+-- Runs the recognised handler `fn` the direct way. Returns true when C took
+-- the request over, false when the ordinary path must run it.
+function _M.proxy_direct(req, fn, uv)
+  local _, up = getupvalue(fn, uv)
+  if getmetatable(up) ~= Upstream or rawget(up, "proxy") ~= nil then return false end
+  local key = ""
+  if up.hash_key then key = tostring(up.hash_key(req) or "") end
+  local rc = C.gw_ffi_upstream_proxy_direct(req._r, req._s, up._up, key, #key, base.out_err)
+  if rc == base.OK then return true end
+  if rc == base.DECLINED then return false end
+  if rc == BAD_CONTEXT then error(base.FINISHED, 2) end
+  error("up:proxy: " .. ffi_string(base.out_err[0]), 2)
 end
 
 -- Hop-by-hop headers of a proxied answer stay on the upstream hop; Date is

@@ -49,14 +49,16 @@ TEST(one_key_until_rotation_then_renewal_then_expiry) {
   CHECK_EQ(gw_tickets_keys_made(), 1u);
   CHECK_EQ(call(again, 1), 1);
   CHECK(memcmp(k0, again, 16) == 0); /* the same key within its period */
-  CHECK_EQ(call(k0, 0), 1);          /* decrypts, current: no renewal */
+  CHECK_EQ(call(k0, 0), 2);          /* decrypts (2: and the ticket is renewed) */
+  CHECK_EQ(call(again, 1), 1);       /* the renewal, still under k0 */
+  CHECK(memcmp(k0, again, 16) == 0);
   sleep_ms(130);
-  CHECK_EQ(call(k0, 0), 2); /* still decrypts, but due for renewal */
-  CHECK_EQ(call(k1, 1), 1); /* a new ticket: a new key */
+  CHECK_EQ(call(k0, 0), 2); /* still decrypts after the rotation is due */
+  CHECK_EQ(call(k1, 1), 1); /* the renewal: a new key */
   CHECK(memcmp(k0, k1, 16) != 0);
   CHECK_EQ(gw_tickets_keys_made(), 2u);
   CHECK_EQ(call(k0, 0), 2); /* the old key still decrypts */
-  CHECK_EQ(call(k1, 0), 1);
+  CHECK_EQ(call(k1, 0), 2);
   sleep_ms(200); /* k0 was made 330 ms ago: expired */
   CHECK_EQ(call(k0, 0), 0);
   unsigned char unknown[16] = {1, 2, 3};
@@ -86,7 +88,7 @@ TEST(workers_share_keys_through_the_ring) {
   CHECK_EQ(call(mine, 1), 1); /* this process uses the child's key */
   CHECK_EQ(gw_tickets_keys_made(), 1u);
   child = fork();
-  if (child == 0) _exit(call(mine, 0) == 1 ? 0 : 1); /* and another decrypts with it */
+  if (child == 0) _exit(call(mine, 0) == 2 ? 0 : 1); /* and another decrypts with it */
   waitpid(child, &st, 0);
   CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }

@@ -44,6 +44,12 @@ Counters (read with the lock-free properties below): `accepts` (TCP
 connections accepted), `requests` (requests read, unanswered ones too),
 `inflight_max`, and `log`: one dict per request read, with method, path,
 target, headers (lower-case name -> value), body_len, body_sha256, conn, seq.
+
+TLS: Origin(tls=CONTEXT) (a server-side ssl.SSLContext) serves https. The
+handshake runs in the connection's thread; `handshakes` counts those that
+completed, `resumed` those that resumed a session, `tls_failures` those that
+failed; each log entry and echo also has `sni` (the server name the client
+sent, or None) and `resumed` (its connection's handshake resumed a session).
 """
 
 import hashlib
@@ -56,6 +62,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from gwtest import free_port
+
+
+def _on_sni(sock, name, ctx):
+    sock.gw_sni = name  # read back by the connection's handler
 
 _BLOCK = hashlib.sha256(b"gateway-origin-pattern").digest() * 2048  # 64 KiB
 
@@ -89,6 +99,10 @@ class _Server(ThreadingHTTPServer):
         sock, addr = super().get_request()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         o = self.origin
+        if o.tls is not None:
+            # The handshake waits for the connection's own thread (setup),
+            # so a slow or failing client never holds the accept loop.
+            sock = o.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         with o._lock:
             o._accepts += 1
             o._socks[sock] = o._accepts
@@ -121,6 +135,20 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self):
         super().setup()
         self.seq = 0
+        self.sni, self.resumed = None, False
+        o = self.server.origin
+        if o.tls is not None:
+            try:
+                self.request.do_handshake()
+            except (OSError, ValueError):
+                with o._lock:
+                    o._tls_failures += 1
+                raise
+            self.sni = getattr(self.request, "gw_sni", None)
+            self.resumed = bool(self.request.session_reused)
+            with o._lock:
+                o._handshakes += 1
+                o._resumed += self.resumed
         with self.server.origin._lock:
             self.conn_no = self.server.origin._socks.get(self.request, 0)
 
@@ -138,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
             "method": self.command, "path": u.path, "target": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body_len": len(body), "body_sha256": hashlib.sha256(body).hexdigest(),
-            "conn": self.conn_no, "seq": self.seq,
+            "conn": self.conn_no, "seq": self.seq, "sni": self.sni, "resumed": self.resumed,
         }
         with o._lock:
             o._requests += 1
@@ -179,7 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
                     "headers": [[k, v] for k, v in self.headers.items()],
                     "body": body.decode("utf-8", "replace") if len(body) <= 65536 else None,
                     "body_len": len(body), "body_sha256": entry["body_sha256"],
-                    "conn": self.conn_no, "seq": self.seq,
+                    "conn": self.conn_no, "seq": self.seq, "sni": self.sni,
+                    "resumed": self.resumed,
                 }
                 extra = []
                 for rh in args.get("rh", []):
@@ -272,8 +301,14 @@ class Origin:
     """A running origin; see the module docstring."""
 
     def __init__(self, name="origin", delay_ms=0, idle_close=False, drop_reused=False,
-                 drop_all=False):
+                 drop_all=False, tls=None):
         self.name = name
+        self.tls = tls
+        if tls is not None:
+            tls.sni_callback = _on_sni
+        self._handshakes = 0
+        self._resumed = 0
+        self._tls_failures = 0
         self.delay_ms = delay_ms
         self.idle_close = idle_close
         self.drop_reused = drop_reused
@@ -314,6 +349,21 @@ class Origin:
             return self._requests
 
     @property
+    def handshakes(self):
+        with self._lock:
+            return self._handshakes
+
+    @property
+    def resumed(self):
+        with self._lock:
+            return self._resumed
+
+    @property
+    def tls_failures(self):
+        with self._lock:
+            return self._tls_failures
+
+    @property
     def inflight_max(self):
         with self._lock:
             return self._inflight_max
@@ -327,6 +377,7 @@ class Origin:
         with self._lock:
             self._accepts = 0
             self._requests = 0
+            self._handshakes = self._resumed = self._tls_failures = 0
             self._inflight_max = self._inflight
             self._log = []
 

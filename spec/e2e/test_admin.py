@@ -352,3 +352,36 @@ gw.get("/slow2", function(req) gw.sleep(0.8); return "slow2" end)
         # done: nothing holds it any more.
         ok = wait_for(lambda: status(g)["workers"][0]["generations_alive"] == 1, 3)
         assert ok, "old generation still alive: %r" % status(g)["workers"][0]
+
+
+UPSTREAM_TIMES = r'''
+local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT", "127.0.0.1:$PORT3" }, admin = "127.0.0.1:$PORT2" }
+gw.get("/backend/slow", function(req) gw.sleep(0.03); return "slow" end)
+local up = gw.upstream("timed", { servers = { "127.0.0.1:$PORT3" } })
+local dead = gw.upstream("gone", { servers = { "127.0.0.1:@DEAD@" }, retries = 0 })
+gw.get("/via", function(req) return up:proxy(req, { path = "/backend/slow" }) end)
+gw.get("/dead", function(req) return dead:proxy(req) end)
+'''
+
+
+def test_upstream_duration_histogram():
+    from origin import dead_port
+    dead = dead_port()
+    with Gateway(UPSTREAM_TIMES.replace("@DEAD@", str(dead)), workers=2) as g:
+        wait_admin(g)
+        for _ in range(12):
+            eq(g.get("/via")[0], 200, "proxied")
+        for _ in range(2):
+            eq(g.get("/dead")[0], 502, "refused")
+        samples, types = parse_prometheus(admin(g, "GET", "/metrics")[2].decode())
+        fam = "gateway_upstream_duration_seconds"
+        eq(types.get(fam), "histogram", "type")
+        series = check_histograms(samples, fam)
+        timed = {"upstream": "timed", "server": "127.0.0.1:%d" % g.ports["$PORT3"]}
+        gone = {"upstream": "gone", "server": "127.0.0.1:%d" % dead}
+        eq(metric(samples, fam + "_count", **timed), 12, "every try counted, summed over workers")
+        eq(metric(samples, fam + "_count", **gone), 2, "failed tries counted too")
+        # The backend sleeps 30 ms: no try can be shorter (lower bounds only).
+        eq(dict(series[frozenset(timed.items())])[0.025], 0, "nothing under 25 ms")
+        assert metric(samples, fam + "_sum", **timed) >= 12 * 0.03, "sum of 12 tries of 30 ms or more"

@@ -117,3 +117,54 @@ gw.get("/exists", function(req) return "yes" end)
         assert doc.get("error") and doc.get("request_id"), doc
         st, h, body = g.http("POST", "/exists")
         eq((st, h.get("x-global")), (405, "seen"), "global mw saw the 405 response")
+
+
+NEXT_RULES = PRELUDE + r'''
+gw.use("/twice", function(req, next)
+  next()
+  return next()
+end)
+gw.use("/spawned", function(req, next)
+  -- next() from a light thread of the same request, while the request waits
+  local th = gw.spawn(function() gw.sleep(0.05); return next() end)
+  local res = th:wait()
+  res.headers["x-via"] = "thread"
+  return res
+end)
+gw.use("/kept", function(req, next)
+  kept_next = next -- called later from another request: must not run this one's chain
+  return next()
+end)
+gw.get("/twice", function(req) return "handler" end)
+gw.get("/spawned", function(req) gw.sleep(0.05); return "from the handler" end)
+gw.get("/kept", function(req) return "kept" end)
+gw.get("/late", function(req)
+  local ok, err = pcall(kept_next)
+  return { json = { ok = ok, err = tostring(err) } }
+end)
+'''
+
+
+def test_next_called_twice_is_an_error():
+    with Gateway(NEXT_RULES) as g:
+        st, _, body = g.get("/twice")
+        eq(st, 500, "status when next() is called twice")
+        eq(json.loads(body)["error"], "internal error", "error body")
+        g.wait_stderr("next() called twice")
+        eq(g.get("/twice")[0], 500, "the same again (nothing left over from the first request)")
+
+
+def test_next_from_a_spawned_thread():
+    with Gateway(NEXT_RULES) as g:
+        st, h, body = g.get("/spawned")
+        eq((st, body), (200, b"from the handler"), "handler answer through next() in a thread")
+        eq(h.get("x-via"), "thread", "middleware changed it after")
+
+
+def test_next_kept_and_called_from_another_request():
+    with Gateway(NEXT_RULES) as g:
+        eq(g.get("/kept")[2], b"kept", "first request")
+        st, _, body = g.get("/late")
+        doc = json.loads(body)
+        eq((st, doc["ok"]), (200, False), "a kept next() fails in another request")
+        assert "next()" in doc["err"], doc

@@ -6,7 +6,7 @@ requests only, and passive health."""
 import json
 import time
 
-from gwtest import Gateway, check_error, eq, http, raw, req_bytes
+from gwtest import Gateway, check_error, eq, http, raw, req_bytes, wait_for
 from origin import Origin, dead_port, fill, pattern
 
 HEAD = r'''
@@ -495,3 +495,16 @@ for _name, (_spec, _word) in BAD_SPECS.items():
     _fn = _bad_spec_test(_spec, _word)
     _fn.__name__ = "test_upstream_spec_refused_" + _name
     globals()[_fn.__name__] = _fn
+
+
+def test_host_name_server_resolved_in_the_worker():
+    # The master loads the configuration first (no worker: nothing is
+    # resolved there) and the forked worker finds that server again: it must
+    # still resolve it. localhost is in /etc/hosts.
+    cfg = HEAD + r'''
+local up = gw.upstream("o", { servers = { "localhost:@A@" } })
+gw.get("/x", function(req) return up:proxy(req) end)
+'''
+    with Origin("a") as a, Gateway(fill(cfg, A=a)) as g:
+        ok = wait_for(lambda: http(g.port, "GET", "/x")[0] == 200, 5)
+        assert ok, "localhost never resolved: %r\n%s" % (http(g.port, "GET", "/x"), g.stderr_text()[-2000:])
