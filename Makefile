@@ -5,6 +5,7 @@
 #   make test       build, then run every test; the last line is "N passed, N failed"
 #   make asan       build bin/gateway-asan (ASan+UBSan) and run the suite with it
 #   make bench      the project's own benchmark (see bench/README.md)
+#   make tls-audit  testssl.sh against a local TLS listener (installs testssl.sh)
 #   make lint       clang-format --dry-run on src/
 #
 # Dependencies come from Debian packages (see vendor/README.md). llhttp ships as C
@@ -43,7 +44,7 @@ QUIET_CC =
 QUIET_LD =
 endif
 
-.PHONY: all deps run test asan bench lint clean check-deps
+.PHONY: all deps run test asan bench tls-audit lint clean check-deps
 all: deps $(BIN)
 
 # Install what is missing, only when something is missing (fresh Debian 12).
@@ -99,6 +100,9 @@ asan:
 
 bench: all
 	@bash bench/run.sh
+
+tls-audit: all
+	@bash tools/tls-audit.sh
 
 lint:
 	clang-format --dry-run --Werror src/*.c src/*.h

@@ -14,6 +14,11 @@
 --   proxy     : plain proxy to the users origin (compare: anchor (a))
 --   lua       : x-api-key checked against a Lua table, then proxy (compare: (b))
 --   agg       : two parallel upstream calls, JSON merge (compare: (c))
+--   tls       : the hello route on a TLS listener (certificate and key from
+--               GW_BENCH_TLS_DIR, which run.sh fills; compare: nginx-tls)
+--   tlsfull   : the same without session resumption (tls.session_tickets =
+--               false), so that every new connection is a full handshake
+--               (compare: nginx-tls-new, ssl_session_tickets off)
 --
 -- proxy, lua and agg need the gateway's upstreams (gw.upstream); they are not
 -- in run.sh's default run (add them with --add gw-proxy,gw-lua,gw-agg).
@@ -22,7 +27,13 @@ local gw = require "gateway"
 local scenario = os.getenv("GW_BENCH_SCENARIO") or "hello"
 local port = os.getenv("GW_BENCH_PORT") or "8090"
 
-gw.config { workers = 1, listen = { "127.0.0.1:" .. port }, access_log = false }
+local listen = "127.0.0.1:" .. port
+if scenario == "tls" or scenario == "tlsfull" then
+  local dir = assert(os.getenv("GW_BENCH_TLS_DIR"), "the tls scenarios need GW_BENCH_TLS_DIR")
+  listen = { addr = listen, tls = { cert = dir .. "/bench.pem", key = dir .. "/bench.key" } }
+end
+gw.config { workers = 1, listen = { listen }, access_log = false,
+            tls = { session_tickets = scenario ~= "tlsfull" } }
 
 -- Upstreams are declared only by the scenarios that use them.
 local function origins()
@@ -59,7 +70,7 @@ end
 
 local nroutes, kilo = scenario:match("^routes(%d+)(k?)$")
 
-if scenario == "hello" then
+if scenario == "hello" or scenario == "tls" or scenario == "tlsfull" then
   gw.get("/users/:id", hello)
 
 elseif nroutes then
@@ -119,5 +130,5 @@ elseif scenario == "agg" then
   end)
 
 else
-  error("unknown GW_BENCH_SCENARIO '" .. scenario .. "' (hello, routesN, routesNk, proxy, lua, agg)")
+  error("unknown GW_BENCH_SCENARIO '" .. scenario .. "' (hello, routesN, routesNk, proxy, lua, jwt, ratelimit, agg, tls, tlsfull)")
 end

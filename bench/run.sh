@@ -47,7 +47,7 @@ DEFAULT_TARGETS="origin,gw-hello,gw-routes10,gw-routes10k"
 # Ratios printed when both targets ran (NUM:DEN); --pair adds more.
 PAIRS="gw-hello:origin gw-routes10k:gw-routes10 aa-gw-routes10:gw-routes10"
 PAIRS+=" gw-proxy:a-nginx-proxy gw-lua:b-nginx-lua gw-agg:c-nginx-lua-agg gw-jwt:gw-lua gw-ratelimit:gw-lua"
-PAIRS+=" d-haproxy:a-nginx-proxy aa-copy-of-a:a-nginx-proxy"
+PAIRS+=" d-haproxy:a-nginx-proxy aa-copy-of-a:a-nginx-proxy gw-tls:nginx-tls gw-tls-new:nginx-tls-new"
 ONLY=""
 CHECK_ONLY=0
 EXTRA=()         # NAME=URL[|Header: value...]
@@ -68,6 +68,9 @@ cat_add() {  # name url service needs description [gateway scenario] [headers, '
 gw_target() {  # name scenario port path description [headers]
   cat_add "$1" "http://127.0.0.1:$3$4" "gw:$2:$3" "" "$5" "$2" "${6:-}"
 }
+gw_tls_target() {  # the same over https (the certificate run.sh makes in .run/tls)
+  cat_add "$1" "https://127.0.0.1:$3$4" "gw:$2:$3" "" "$5" "$2" "${6:-}"
+}
 # The bench's HS256 token for gw-jwt (secret in gateway-scenarios.lua, exp 2100).
 BENCH_JWT=eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiZW5jaCIsImV4cCI6NDEwMjQ0NDgwMH0.PowASq75y7tEXzV6oKY2HVWi_GzBdkyN4dAfnmfOHDM
 cat_add   origin          http://127.0.0.1:9001/users/42     origin-users "" "origin: nginx return 200 (106-byte JSON), 1 worker, no proxy"
@@ -80,6 +83,10 @@ gw_target gw-agg          agg        8095 /dashboard/42 "gateway: 2 parallel ups
 gw_target aa-gw-routes10  routes10   8096 /users/42    "A/A check: a second gw-routes10 process"
 gw_target gw-jwt          jwt        8097 /users/42    "gateway: HS256 JWT check, then proxy (compare with gw-lua)" "Authorization: Bearer $BENCH_JWT"
 gw_target gw-ratelimit    ratelimit  8098 /users/42    "gateway: local rate limit (GCRA in a shared dict), then proxy (compare with gw-lua)"
+gw_tls_target gw-tls      tls        8099 /users/42    'gateway: hello route over TLS, keep-alive (compare with nginx-tls)'
+gw_tls_target gw-tls-new  tlsfull    8100 /users/42    'gateway: hello over TLS, a new connection and full handshake per request, no resumption (compare with nginx-tls-new)' "Connection: close"
+cat_add nginx-tls       https://127.0.0.1:8443/users/42    nginx:anchor-tls-nginx:8443     ""      "nginx: return 200 hello over TLS (same certificate), keep-alive"
+cat_add nginx-tls-new   https://127.0.0.1:8445/users/42    nginx:anchor-tls-nginx-new:8445 ""      "nginx: the same, a new connection and full handshake per request (ssl_session_tickets off)" "" "Connection: close"
 cat_add a-nginx-proxy   http://127.0.0.1:8001/users/42     nginx:anchor-a-nginx-proxy:8001 ""      "(a) nginx proxy_pass + keepalive pool"
 cat_add b-nginx-lua     http://127.0.0.1:8002/users/42     nginx:anchor-b-nginx-lua:8002   lua     "(b) nginx+Lua key check + route, proxy_pass"
 cat_add c-nginx-lua-agg http://127.0.0.1:8003/dashboard/42 nginx:anchor-c-nginx-agg:8003   lua     "(c) nginx+Lua 2 parallel subrequests + cjson merge"
@@ -114,7 +121,8 @@ options (environment variable in brackets)
   -s NAME=CMD    start CMD (pinned like the servers) for the extra target NAME;
                  CMD must stay in the foreground; its process tree's CPU is
                  charged to NAME; it is stopped by PID at the end
-  --only LIST    of the selected targets, run only these (origins always start)
+  --only LIST    of the selected targets, run only these (origins start unless
+                 every selected target is one that never calls them)
   --pin MODE     split (default): wrk on cpu $CLIENT_CPU, servers on cpu $SERVER_CPU
                  (env CLIENT_CPU, SERVER_CPU); none: no pinning [BENCH_PIN]
   --out DIR      where raw logs and summary.md go (default bench/results/<UTC time>)
@@ -325,9 +333,30 @@ start_nginx() {  # service-name conf-name port
 }
 
 mkdir -p "$RUN"
+# The TLS targets' certificate and key (ECDSA P-256, self-signed for
+# 127.0.0.1), made afresh by each run; nginx-tls.inc and the gateway's tls
+# scenario read them from here.
+TLS_DIR=$RUN/tls
+if printf '%s\n' "${T_URL[@]}" | grep -q '^https://'; then
+  mkdir -p "$TLS_DIR"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -keyout "$TLS_DIR/bench.key" -out "$TLS_DIR/bench.pem" -subj "/CN=127.0.0.1" \
+    -addext "subjectAltName=IP:127.0.0.1" >"$RUN/tls-cert.out" 2>&1 || die "openssl could not make the TLS certificate"
+fi
 log "starting servers (pin=$PIN${SERVER_PIN[*]:+: ${SERVER_PIN[*]}})"
-start_nginx origin-users origin-users 9001
-start_nginx origin-orders origin-orders 9002
+# The origins, unless no selected target calls them (the hello, routes and
+# TLS targets answer by themselves): a TLS-only run then needs no port 900x.
+NEED_ORIGINS=0
+for i in "${!T_NAME[@]}"; do
+  case ${T_NAME[i]} in
+    gw-hello|gw-routes*|aa-gw-routes*|gw-tls|gw-tls-new|nginx-tls|nginx-tls-new) ;;
+    *) NEED_ORIGINS=1 ;;
+  esac
+done
+if ((NEED_ORIGINS)); then
+  start_nginx origin-users origin-users 9001
+  start_nginx origin-orders origin-orders 9002
+fi
 for i in "${!T_NAME[@]}"; do
   name=${T_NAME[i]}; svc=${T_SVC[i]}
   [[ -z $svc || $svc == origin-users ]] && continue
@@ -344,7 +373,7 @@ for i in "${!T_NAME[@]}"; do
       haproxy -c -q -f "$BENCH/conf/$what.cfg" || die "haproxy -c failed for conf/$what.cfg"
       start_svc "$svc" "$port" haproxy -db -f "$BENCH/conf/$what.cfg" ;;
     gw)
-      start_svc "$svc" "$port" env GW_BENCH_SCENARIO="$what" GW_BENCH_PORT="$port" \
+      start_svc "$svc" "$port" env GW_BENCH_SCENARIO="$what" GW_BENCH_PORT="$port" GW_BENCH_TLS_DIR="$TLS_DIR" \
         "$GW_BIN" -w 1 -c "$SCENARIOS" ;;
     *) die "catalogue: bad service '$spec' for $name" ;;
   esac
@@ -416,9 +445,21 @@ gw_checks() {  # name base-url scenario
       check "$name bad token -> 401"   "$base/users/42" 401 any -H "Authorization: Bearer ${BENCH_JWT}x" ;;
     ratelimit)
       check "$name /users/42"          "$base/users/42" 200 "exact:$USERS42" ;;
+    tls|tlsfull)
+      tls_checks "$name" "$base" ;;
     *)
       check "$name ${T_URL[i]}"        "${T_URL[i]}" 2xx any "${key[@]}" ;;
   esac
+}
+
+# TLS targets: the answer over a verified TLS connection (the run's own
+# certificate), with the per-target headers (Connection: close for *-new).
+tls_checks() {  # name base-url
+  local hargs=() th h
+  if [[ -n ${T_HDRS[i]} ]]; then
+    IFS='|' read -ra th <<<"${T_HDRS[i]}"; for h in "${th[@]}"; do hargs+=(-H "$h"); done
+  fi
+  check "$1 /users/42 (TLS)"       "$2/users/42" 200 "exact:hello" --cacert "$TLS_DIR/bench.pem" "${hargs[@]}"
 }
 
 KEY=(-H "x-api-key: bench-key-1")
@@ -426,7 +467,7 @@ log "checking status and body of every target"
 for i in "${!T_NAME[@]}"; do
   name=${T_NAME[i]}
   if [[ -n ${T_SCEN[i]} ]]; then
-    base=${T_URL[i]#http://}; base=http://${base%%/*}
+    base=${T_URL[i]#*://}; base=${T_URL[i]%%://*}://${base%%/*}
     gw_checks "$name" "$base" "${T_SCEN[i]}"
     continue
   fi
@@ -446,6 +487,9 @@ for i in "${!T_NAME[@]}"; do
       check "b-nginx-lua no key -> 401"         http://127.0.0.1:8002/users/42 401 'exact:{"error":"unauthorized"}'
       check "b-nginx-lua wrong key -> 401"      http://127.0.0.1:8002/users/42 401 any -H "x-api-key: nope"
       check "b-nginx-lua unknown path -> 404"   http://127.0.0.1:8002/nope 404 any "${KEY[@]}" ;;
+    nginx-tls|nginx-tls-new)
+      base=${T_URL[i]%/users/42}
+      tls_checks "$name" "$base" ;;
     c-nginx-lua-agg)
       check "c-nginx-lua-agg /dashboard/42"     http://127.0.0.1:8003/dashboard/42 200 "$AGG42"
       check "c-nginx-lua-agg /dashboard/x -> 404" http://127.0.0.1:8003/dashboard/x 404 any ;;
@@ -513,6 +557,7 @@ cpu_snapshot() { awk '/^cpu[0-9]+ /{ busy = $2+$3+$4+$7+$8+$9; tot = busy+$5+$6;
 # Requests served so far by the origin on port $1 (nginx stub_status counter;
 # it counts the status request itself).
 stub_count() {
+  ((NEED_ORIGINS)) || { echo 0; return; }
   local c
   c=$(curl -s --max-time 2 "http://127.0.0.1:$1/_bench/status" | awk 'NR == 3 { print $3 }')
   echo "${c:-0}"
@@ -604,7 +649,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
     qu1=$(stub_count 9001); qo1=$(stub_count 9002)
     T0=$RUN/ticks0 T1=$RUN/ticks1
     st=""; [[ -n $svc ]] && st=$(tick_delta "$T0" "$T1" "$svc")
-    ot=$(( $(tick_delta "$T0" "$T1" origin-users) + $(tick_delta "$T0" "$T1" origin-orders) ))
+    ou=$(tick_delta "$T0" "$T1" origin-users); oo=$(tick_delta "$T0" "$T1" origin-orders)
+    ot=$(( ${ou:-0} + ${oo:-0} ))   # empty when no origin runs (a TLS-only run)
     ours=$(tick_delta "$T0" "$T1"); wrk_ticks=$(child_ticks "$RUN/times0" "$RUN/times1")
     line=$(grep '^BENCH ' "$raw" || true)
     if [[ -z $line ]]; then
@@ -613,7 +659,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
     declare -A m=()
     for kv in ${line#BENCH }; do m[${kv%%=*}]=${kv#*=}; done
     reqs=${m[requests]}
-    calls=$((qu1 - qu0 - 1 + qo1 - qo0 - 1))   # minus the status request counted in each q1
+    calls=0
+    ((NEED_ORIGINS)) && calls=$((qu1 - qu0 - 1 + qo1 - qo0 - 1))   # minus the status request counted in each q1
     # The target's own CPU per request it served: the origin's served count is
     # its stub_status delta; every other target's is the count wrk completed.
     served=$reqs; [[ ${T_SVC[i]} == origin-users ]] && served=$((qu1 - qu0 - 1))

@@ -31,6 +31,7 @@ local state = {
     error_log = "stderr",
     limits = { header_bytes = 16384, headers = 100, body_bytes = 8 * 1024 * 1024 },
     timeouts = { header = 10, body = 30, idle = 60, drain = 30, script = 5 },
+    tls = { ticket_rotate = 3600, session_tickets = true },
   },
   router = router_mod.new(),
   global_mw = {},   -- list of middleware functions
@@ -53,17 +54,27 @@ local config_schema = {
   access_log = "string_or_false", error_log = "string",
   limits = { header_bytes = "posint", headers = "posint", body_bytes = "posint" },
   timeouts = { header = "posnum", body = "posnum", idle = "posnum", drain = "posnum", script = "posnum" },
+  tls = { ticket_rotate = "posnum", session_tickets = "boolean" },
 }
 
 local function bad(key, want, got, level)
   error(("gw.config: %s must be %s (got %s)"):format(key, want, tostring(got)), level + 1)
 end
 
--- A listener's `tls` table: { cert =, key = } or { certs = { { cert =, key = }, ... } }.
--- Relative paths are read from the configuration's folder. Every pair is
--- loaded now (tls.c, through gw_ffi_tls_check), so a missing or bad file is
--- an error at the caller's line. Returns the list of { cert =, key = }.
+-- A listener's `tls` table: { cert =, key = } or { certs = { { cert =, key = }, ... } },
+-- plus client_ca = PATH and verify_client = "on" | "optional" (default "on"
+-- when client_ca is set). Relative paths are read from the configuration's
+-- folder. Every file is loaded now (tls.c, through gw_ffi_tls_check and
+-- gw_ffi_tls_check_ca), so a missing or bad file is an error at the
+-- caller's line. Returns { certs = { { cert =, key = }, ... }, client_ca =,
+-- verify_client = } with resolved paths.
 local tls_err = ffi.new("char[?]", 512)
+local TLS_OPTIONS = { cert = true, key = true, certs = true, client_ca = true, verify_client = true }
+
+local function resolve(path)
+  if sub(path, 1, 1) == "/" then return path end
+  return (state.config_dir or ".") .. "/" .. path
+end
 
 local function check_tls(key, t, level)
   if type(t) ~= "table" then bad(key, "a table { cert =, key = } or { certs = {...} }", t, level) end
@@ -78,7 +89,7 @@ local function check_tls(key, t, level)
     list = { t }
   end
   for k in pairs(t) do
-    if k ~= "cert" and k ~= "key" and k ~= "certs" then
+    if not TLS_OPTIONS[k] then
       error("gw.config: " .. key .. ": unknown option '" .. tostring(k) .. "'", level)
     end
   end
@@ -88,17 +99,27 @@ local function check_tls(key, t, level)
     if type(c) ~= "table" or type(c.cert) ~= "string" or type(c.key) ~= "string" then
       bad(where, "{ cert = PATH, key = PATH }", c, level)
     end
-    local function resolve(path)
-      if sub(path, 1, 1) == "/" then return path end
-      return (state.config_dir or ".") .. "/" .. path
-    end
     local cert, pkey = resolve(c.cert), resolve(c.key)
     if C.gw_ffi_tls_check(cert, pkey, tls_err, 512) ~= base.OK then
       error("gw.config: " .. where .. ": " .. ffi.string(tls_err), level)
     end
     out[i] = { cert = cert, key = pkey }
   end
-  return out
+  local verify, ca = t.verify_client, nil
+  if verify ~= nil and verify ~= "on" and verify ~= "optional" then
+    bad(key .. ".verify_client", '"on" or "optional"', verify, level)
+  end
+  if t.client_ca ~= nil then
+    if type(t.client_ca) ~= "string" then bad(key .. ".client_ca", "a path (string)", t.client_ca, level) end
+    ca = resolve(t.client_ca)
+    if C.gw_ffi_tls_check_ca(ca, tls_err, 512) ~= base.OK then
+      error("gw.config: " .. key .. ": " .. ffi.string(tls_err), level)
+    end
+    verify = verify or "on"
+  elseif verify ~= nil then
+    error("gw.config: " .. key .. ": verify_client needs client_ca (the CAs client certificates must chain to)", level)
+  end
+  return { certs = out, client_ca = ca, verify_client = verify }
 end
 
 local function check_value(key, kind, v, level)
@@ -112,6 +133,8 @@ local function check_value(key, kind, v, level)
     if type(v) ~= "number" or v <= 0 then bad(key, "a number > 0", v, level) end
   elseif kind == "string" then
     if type(v) ~= "string" then bad(key, "a string", v, level) end
+  elseif kind == "boolean" then
+    if type(v) ~= "boolean" then bad(key, "true or false", v, level) end
   elseif kind == "string_or_false" then
     if v ~= false and type(v) ~= "string" then bad(key, "a string or false", v, level) end
   elseif kind == "addr_or_false" then
@@ -123,14 +146,14 @@ local function check_value(key, kind, v, level)
     if type(v) ~= "table" or #v == 0 then bad(key, "an address or a list of addresses", v, level) end
     local out = {}
     for i, a in ipairs(v) do
-      local certs
+      local tls
       if type(a) == "table" then
         for k in pairs(a) do
           if k ~= "addr" and k ~= "tls" then
             error("gw.config: listen[" .. i .. "]: unknown option '" .. tostring(k) .. "'", level)
           end
         end
-        if a.tls ~= nil then certs = check_tls(key .. "[" .. i .. "].tls", a.tls, level + 1) end
+        if a.tls ~= nil then tls = check_tls(key .. "[" .. i .. "].tls", a.tls, level + 1) end
         a = a.addr
       end
       local host, port
@@ -141,7 +164,8 @@ local function check_value(key, kind, v, level)
         bad(key .. "[" .. i .. "]", '"IPv4:port" or "[IPv6]:port" (a numeric address)', a, level)
       end
       -- A TLS listener stays a table for C (lua_vm.c); a plain one a string.
-      out[#out + 1] = certs and { addr = a, certs = certs } or a
+      out[#out + 1] = tls and { addr = a, certs = tls.certs, client_ca = tls.client_ca,
+                                verify_client = tls.verify_client } or a
     end
     return out
   end

@@ -23,6 +23,7 @@
 #include "mem.h"
 #include "metrics.h"
 #include "reload.h"
+#include "tls_tickets.h"
 #include "response.h"
 #include "shm.h"
 #include "upstream.h"
@@ -205,6 +206,8 @@ static void status(gw_req_t *r, gw_worker_t *w) {
   }
   gw_buf_append_str(&b, ",\"restart_needed\":");
   json_str(&b, restart);
+  gw_buf_printf(&b, ",\"tls\":{\"ticket_keys_made\":%llu,\"ticket_lifetime\":%ld}",
+                (unsigned long long)gw_tickets_keys_made(), gw_tickets_lifetime());
 
   gw_buf_append_str(&b, ",\"workers\":[");
   for (unsigned i = 0; i < n; i++) {

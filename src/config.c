@@ -15,6 +15,22 @@ static void free_certs(gw_listen_t *l) {
   free(l->certs);
   l->certs = NULL;
   l->ncerts = 0;
+  free(l->client_ca);
+  l->client_ca = NULL;
+}
+
+void gw_listen_copy_tls(gw_listen_t *dst, const gw_listen_t *src) {
+  free_certs(dst);
+  dst->ncerts = src->ncerts;
+  if (src->ncerts) {
+    dst->certs = gw_xcalloc(src->ncerts, sizeof *dst->certs);
+    for (size_t k = 0; k < src->ncerts; k++) {
+      dst->certs[k].cert = src->certs[k].cert ? gw_xstrndup(src->certs[k].cert, strlen(src->certs[k].cert)) : NULL;
+      dst->certs[k].key = src->certs[k].key ? gw_xstrndup(src->certs[k].key, strlen(src->certs[k].key)) : NULL;
+    }
+  }
+  dst->client_ca = src->client_ca ? gw_xstrndup(src->client_ca, strlen(src->client_ca)) : NULL;
+  dst->verify_client = src->verify_client;
 }
 
 void gw_config_free(gw_config_t *c) {
@@ -39,15 +55,7 @@ void gw_config_copy(gw_config_t *dst, const gw_config_t *src) {
   for (size_t i = 0; i < src->nlisten; i++) {
     dst->listen[i].host = dup_or_null(src->listen[i].host);
     dst->listen[i].port = src->listen[i].port;
-    dst->listen[i].ncerts = src->listen[i].ncerts;
-    dst->listen[i].certs = NULL;
-    if (src->listen[i].ncerts) {
-      dst->listen[i].certs = gw_xcalloc(src->listen[i].ncerts, sizeof *dst->listen[i].certs);
-      for (size_t k = 0; k < src->listen[i].ncerts; k++) {
-        dst->listen[i].certs[k].cert = dup_or_null(src->listen[i].certs[k].cert);
-        dst->listen[i].certs[k].key = dup_or_null(src->listen[i].certs[k].key);
-      }
-    }
+    gw_listen_copy_tls(&dst->listen[i], &src->listen[i]);
   }
   dst->admin = dup_or_null(src->admin);
   dst->access_log = dup_or_null(src->access_log);

@@ -33,6 +33,8 @@ typedef struct gw_listen_s {
   gw_tls_cert_t *certs; /* TLS listener: ncerts certificates (the first is the default),
                          * paths resolved against the configuration's folder; NULL: plain */
   size_t ncerts;
+  char *client_ca;      /* TLS listener: PEM file of the client CAs (resolved path), or NULL */
+  gw_tls_verify_t verify_client; /* OFF unless client_ca is set */
 } gw_listen_t;
 
 /* One gw.shared_dict(NAME, SIZE) declaration. */
@@ -50,6 +52,8 @@ typedef struct gw_config_s {
   char *error_log;      /* path or "stderr" */
   gw_limits_t limits;
   gw_timeouts_t timeouts;
+  double ticket_rotate;  /* tls.ticket_rotate: seconds each session ticket key encrypts */
+  int session_tickets;   /* tls.session_tickets: 0 turns session resumption off */
   gw_dict_decl_t *dicts; /* ndicts entries, gw_xmalloc'd, in declaration order */
   size_t ndicts;
 } gw_config_t;
@@ -57,8 +61,12 @@ typedef struct gw_config_s {
 void gw_config_free(gw_config_t *c);
 /* Makes `dst` a deep copy of `src`; `dst` owns its strings afterwards. */
 void gw_config_copy(gw_config_t *dst, const gw_config_t *src);
-/* 1 if the two configurations listen on the same addresses, in the same order. */
+/* 1 if the two configurations listen on the same addresses, in the same order
+ * (TLS or not alike; certificates and client-certificate settings may differ). */
 int gw_config_same_listen(const gw_config_t *a, const gw_config_t *b);
+/* Makes `dst`'s TLS settings (certificates, client CA, verify mode) a deep
+ * copy of `src`'s, freeing what `dst` had. */
+void gw_listen_copy_tls(gw_listen_t *dst, const gw_listen_t *src);
 /* Parses "host:port", "[v6]:port" or ":port"; fills `out` (host gw_xmalloc'd). */
 int gw_listen_parse(const char *s, gw_listen_t *out);
 

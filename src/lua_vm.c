@@ -117,13 +117,23 @@ static int config_from_lua(lua_State *L, int idx, gw_config_t *c, char *err, siz
   c->timeouts.drain = num_field(L, -1, "drain", 30);
   c->timeouts.script = num_field(L, -1, "script", 5);
   lua_pop(L, 1);
+  lua_getfield(L, idx, "tls");
+  c->ticket_rotate = lua_istable(L, -1) ? num_field(L, -1, "ticket_rotate", 3600) : 3600;
+  c->session_tickets = 1;
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "session_tickets");
+    c->session_tickets = !(lua_isboolean(L, -1) && !lua_toboolean(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
   lua_getfield(L, idx, "listen");
   size_t n = lua_objlen(L, -1);
   c->listen = gw_xcalloc(n ? n : 1, sizeof *c->listen);
   for (size_t i = 0; i < n; i++) {
     lua_rawgeti(L, -1, (int)i + 1);
-    /* A TLS listener is { addr =, certs = { { cert =, key = }, ... } } with
-     * paths already resolved and checked by gw.config; a plain one a string. */
+    /* A TLS listener is { addr =, certs = { { cert =, key = }, ... },
+     * client_ca =, verify_client = "on" | "optional" } with paths already
+     * resolved and checked by gw.config; a plain one a string. */
     int is_tls = lua_istable(L, -1);
     if (is_tls) lua_getfield(L, -1, "addr");
     const char *addr = lua_tostring(L, -1);
@@ -147,6 +157,11 @@ static int config_from_lua(lua_State *L, int idx, gw_config_t *c, char *err, siz
         if (l->certs[k].cert && l->certs[k].key) l->ncerts++;
       }
       lua_pop(L, 1);
+      l->client_ca = str_field(L, -1, "client_ca");
+      char *verify = str_field(L, -1, "verify_client");
+      if (l->client_ca && verify)
+        l->verify_client = strcmp(verify, "optional") == 0 ? GW_TLS_VERIFY_OPTIONAL : GW_TLS_VERIFY_ON;
+      free(verify);
     }
     lua_pop(L, 1);
   }

@@ -143,6 +143,11 @@ static void apply_settings(gw_worker_t *w, const gw_config_t *next) {
   gw_config_t *cur = &w->config;
   cur->limits = next->limits;     /* every parser points at cur->limits */
   cur->timeouts = next->timeouts; /* read at each timer arm */
+  cur->ticket_rotate = next->ticket_rotate;
+  cur->session_tickets = next->session_tickets;
+  /* The TLS contexts were rebuilt from `next` (gw_worker_tls_reload). */
+  if (gw_config_same_listen(cur, next))
+    for (size_t i = 0; i < cur->nlisten; i++) gw_listen_copy_tls(&cur->listen[i], &next->listen[i]);
   gw_watchdog_set_budget(cur->timeouts.script);
   if (!same_str(cur->error_log, next->error_log)) {
     int rc = gw_log_open_error(next->error_log);
@@ -173,7 +178,10 @@ int gw_reload(gw_worker_t *w, const char *trigger, char *err, size_t errlen) {
    * must reload too. */
   watch_files(w, &files);
   gw_vm_files_free(&files);
-  if (next && gw_vm_start(next, err, errlen) != 0) {
+  /* Certificates are read again now, so a reload after renewing them is
+   * enough; one that cannot be loaded fails the reload like a script error,
+   * and the listeners keep the contexts they have. */
+  if (next && (gw_vm_start(next, err, errlen) != 0 || gw_worker_tls_reload(w, &next->config, err, errlen) != 0)) {
     gw_vm_retire(next);
     gw_ltimers_retire(next);
     gw_vm_unref(next);

@@ -7,6 +7,7 @@
 #include "shm.h"
 
 #include "health.h"
+#include "tls_tickets.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -31,6 +32,7 @@ typedef struct {
   size_t workers_off; /* gw_shm_worker_t[nworkers] */
   size_t metrics_off; /* gw_metrics_slot_t[nworkers] */
   size_t health_off;  /* gw_health_t[GW_HEALTH_SLOTS] (health.h) */
+  size_t tickets_off; /* the session ticket keys (tls_tickets.h) */
   size_t ndicts;      /* entries in dicts */
   struct {
     size_t off;      /* where the dict's area starts */
@@ -47,7 +49,8 @@ int gw_shm_create(unsigned nworkers, const gw_config_t *cfg, char *err, size_t e
   size_t workers_off = head;
   size_t metrics_off = round_up(workers_off + nworkers * sizeof(gw_shm_worker_t), 64);
   size_t health_off = round_up(metrics_off + nworkers * sizeof(gw_metrics_slot_t), 64);
-  size_t off = round_up(health_off + gw_health_zone_size(), AREA_ALIGN);
+  size_t tickets_off = round_up(health_off + gw_health_zone_size(), 64);
+  size_t off = round_up(tickets_off + gw_tickets_zone_size(), AREA_ALIGN);
   size_t dicts_start = off;
   for (size_t i = 0; i < cfg->ndicts; i++) {
     if (cfg->dicts[i].size < GW_SHDICT_MIN_SIZE) {
@@ -73,6 +76,8 @@ int gw_shm_create(unsigned nworkers, const gw_config_t *cfg, char *err, size_t e
   z->metrics_off = metrics_off;
   z->health_off = health_off;
   gw_health_attach((char *)mem + health_off);
+  z->tickets_off = tickets_off;
+  gw_tickets_attach((char *)mem + tickets_off);
   z->ndicts = cfg->ndicts;
   /* Each dict gets its declared size rounded up to whole pages. */
   for (size_t i = 0, at = dicts_start; i < cfg->ndicts; i++) {

@@ -17,6 +17,8 @@
  *     while being written) and readers copy it until they see the same even
  *     value before and after;
  *   - the per-worker metrics areas (metrics.h), same single-writer rule;
+ *   - upstream health (health.h) and the TLS session ticket keys
+ *     (tls_tickets.h), each with its own lock-free protocol;
  *   - the shared dicts declared with gw.shared_dict, one area each
  *     (shdict.h), each with its own process-shared robust lock.
  *

@@ -12,6 +12,12 @@
  * OpenSSL keeps its errors in a per-thread queue that other code (the
  * crypto FFI) also uses, so every SSL_* call here starts from a cleared
  * queue and leaves it cleared.
+ *
+ * Sessions: the session cache is off and tickets (tls_tickets.c) carry
+ * every resumable session, TLS 1.2 and 1.3 alike, so a session resumes on
+ * whichever worker the kernel hands the next connection to. One TLS 1.3
+ * ticket per handshake instead of OpenSSL's two: clients use one, and each
+ * costs an encryption and a MAC on every full handshake.
  */
 #include "tls.h"
 
@@ -27,12 +33,17 @@
 
 #include "errors.h"
 #include "mem.h"
+#include "tls_tickets.h"
 
 /* TLS 1.2 only: forward secrecy and AEAD (Mozilla's "intermediate" list
  * without DHE). TLS 1.3's suites are all modern; OpenSSL's default stands. */
 #define CIPHERS_TLS12                                                                        \
   "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:" \
   "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
+/* Key exchange groups, best first: no finite-field groups (TLS 1.3 would
+ * offer ffdhe2048..8192, whose cost a client chooses), no P-521 or X448. */
+#define GROUPS "X25519:P-256:P-384"
 
 /* Above this, `out`'s memory is returned once drained (a large answer must
  * not pin its size on an idle keep-alive connection). */
@@ -45,15 +56,21 @@ typedef struct {
   size_t nnames;
 } server_cert_t;
 
-/* Owned by the worker (one per TLS listener); freed by gw_tls_ctx_free. */
+/* One per TLS listener and configuration load. Refcounted: the worker's
+ * reference (dropped with gw_tls_ctx_free when a reload replaces it or the
+ * worker exits) and one per gw_tls_t made from it; freed at zero. */
 struct gw_tls_ctx_s {
   server_cert_t *certs; /* ncerts entries; certs[0] is the default */
   size_t ncerts;
+  unsigned refs;
 };
 
 /* Owned by its connection; freed by gw_tls_free. */
 struct gw_tls_s {
   SSL *ssl;           /* owns both BIOs */
+  gw_tls_ctx_t *ctx;  /* a reference: SNI reads its certificate list */
+  gw_tls_peer_t *peer; /* the client certificate's description, made on first use */
+  uint8_t peer_done;  /* peer was looked at (NULL then means: no certificate) */
   BIO *rbio;          /* ciphertext from the socket (memory BIO) */
   gw_buf_t out;       /* ciphertext for the socket (written by out_bio) */
   const char *reason; /* why it failed (static OpenSSL text), or NULL */
@@ -178,19 +195,71 @@ static void collect_names(server_cert_t *c, X509 *x) {
   if (n > 0) add_name(c, cn, (size_t)n);
 }
 
-/* The same settings on every certificate's SSL_CTX: after SNI switches
- * contexts, OpenSSL reads some of them (ALPN) from the new one. */
-static int load_cert(gw_tls_ctx_t *ctx, server_cert_t *c, const gw_tls_cert_t *cfg, char *err,
-                     size_t errlen) {
-  const char *paths[2] = {cfg->cert, cfg->key};
-  for (int i = 0; i < 2; i++) {
-    FILE *f = fopen(paths[i], "r");
-    if (!f) {
-      snprintf(err, errlen, "cannot read %s %s: %s", i ? "key" : "certificate", paths[i], strerror(errno));
-      return GW_ECONFIG;
-    }
-    fclose(f);
+/* Optional client certificates: ask for one, accept whatever comes, and
+ * let SSL_get_verify_result tell the script whether it verified. */
+static int on_verify_optional(int ok, X509_STORE_CTX *x) { return 1; }
+
+/* The session id context: a session resumes only where it was made, on
+ * the same listener with the same client-certificate settings (a session
+ * made without a client certificate must not resume where one is
+ * required). The same in every worker, so tickets travel between them. */
+static int set_session_context(SSL_CTX *s, const gw_tls_server_t *conf) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned len = 0;
+  char v[8];
+  snprintf(v, sizeof v, "|%d|", (int)conf->verify);
+  EVP_MD_CTX *m = EVP_MD_CTX_new();
+  int ok = m && EVP_DigestInit_ex(m, EVP_sha256(), NULL) == 1;
+  const char *id = conf->id ? conf->id : "";
+  const char *ca = conf->client_ca ? conf->client_ca : "";
+  ok = ok && EVP_DigestUpdate(m, id, strlen(id)) == 1 && EVP_DigestUpdate(m, v, strlen(v)) == 1 &&
+       EVP_DigestUpdate(m, ca, strlen(ca)) == 1 && EVP_DigestFinal_ex(m, md, &len) == 1;
+  EVP_MD_CTX_free(m);
+  if (len > SSL_MAX_SID_CTX_LENGTH) len = SSL_MAX_SID_CTX_LENGTH;
+  return ok && SSL_CTX_set_session_id_context(s, md, len) == 1;
+}
+
+static int readable(const char *what, const char *path, char *err, size_t errlen) {
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    snprintf(err, errlen, "cannot read %s %s: %s", what, path, strerror(errno));
+    return 0;
   }
+  fclose(f);
+  return 1;
+}
+
+/* Client certificates: the CAs they must chain to, whose names are also
+ * sent to the client in the CertificateRequest so it can pick one. */
+static int set_client_auth(SSL_CTX *s, const gw_tls_server_t *conf, char *err, size_t errlen) {
+  if (conf->verify == GW_TLS_VERIFY_OFF || !conf->client_ca) return 0;
+  if (!readable("client_ca", conf->client_ca, err, errlen)) return GW_ECONFIG;
+  STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(conf->client_ca);
+  if (!names || sk_X509_NAME_num(names) == 0) {
+    sk_X509_NAME_pop_free(names, X509_NAME_free);
+    ERR_clear_error();
+    snprintf(err, errlen, "bad client_ca %s: no certificate in it", conf->client_ca);
+    return GW_ECONFIG;
+  }
+  SSL_CTX_set_client_CA_list(s, names); /* takes `names` */
+  if (SSL_CTX_load_verify_locations(s, conf->client_ca, NULL) != 1) {
+    snprintf(err, errlen, "bad client_ca %s: %s", conf->client_ca, ssl_reason());
+    return GW_ECONFIG;
+  }
+  if (conf->verify == GW_TLS_VERIFY_ON)
+    SSL_CTX_set_verify(s, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+  else
+    SSL_CTX_set_verify(s, SSL_VERIFY_PEER, on_verify_optional);
+  return 0;
+}
+
+/* The same settings on every certificate's SSL_CTX: after SNI switches
+ * contexts, OpenSSL reads some of them (ALPN, the client CAs) from the new
+ * one. */
+static int load_cert(gw_tls_ctx_t *ctx, server_cert_t *c, const gw_tls_cert_t *cfg,
+                     const gw_tls_server_t *conf, char *err, size_t errlen) {
+  if (!readable("certificate", cfg->cert, err, errlen) || !readable("key", cfg->key, err, errlen))
+    return GW_ECONFIG;
   SSL_CTX *s = SSL_CTX_new(TLS_server_method());
   if (!s) {
     snprintf(err, errlen, "cannot make a TLS context: %s", ssl_reason());
@@ -198,13 +267,35 @@ static int load_cert(gw_tls_ctx_t *ctx, server_cert_t *c, const gw_tls_cert_t *c
   }
   c->ssl_ctx = s;
   SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
-  SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  /* The server's order of ciphers wins (every one offered is strong; this
+   * keeps a client from picking the slowest). */
+  SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_mode(s, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_alpn_select_cb(s, on_alpn, NULL);
   SSL_CTX_set_tlsext_servername_callback(s, on_servername);
   SSL_CTX_set_tlsext_servername_arg(s, ctx);
+  SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_num_tickets(s, 1);
+  SSL_CTX_set_timeout(s, gw_tickets_lifetime()); /* also the lifetime hint clients get */
+  if (conf->no_resumption) {
+    /* TLS 1.3 would still send (stateful) tickets: send none at all. */
+    SSL_CTX_set_options(s, SSL_OP_NO_TICKET);
+    SSL_CTX_set_num_tickets(s, 0);
+  } else {
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(s, gw_tickets_cb);
+  }
+  if (!set_session_context(s, conf)) {
+    snprintf(err, errlen, "cannot set the session id context: %s", ssl_reason());
+    return GW_ENOSPACE;
+  }
+  int rc = set_client_auth(s, conf, err, errlen);
+  if (rc) return rc;
   if (SSL_CTX_set_cipher_list(s, CIPHERS_TLS12) != 1) {
     snprintf(err, errlen, "cannot set the cipher list: %s", ssl_reason());
+    return GW_ECONFIG;
+  }
+  if (SSL_CTX_set1_groups_list(s, GROUPS) != 1) {
+    snprintf(err, errlen, "cannot set the key exchange groups: %s", ssl_reason());
     return GW_ECONFIG;
   }
   if (SSL_CTX_use_certificate_chain_file(s, cfg->cert) != 1) {
@@ -224,8 +315,9 @@ static int load_cert(gw_tls_ctx_t *ctx, server_cert_t *c, const gw_tls_cert_t *c
   return 0;
 }
 
-gw_tls_ctx_t *gw_tls_ctx_new(const gw_tls_cert_t *certs, size_t n, char *err, size_t errlen) {
+gw_tls_ctx_t *gw_tls_ctx_make(const gw_tls_server_t *conf, char *err, size_t errlen) {
   ERR_clear_error();
+  size_t n = conf->ncerts;
   if (n == 0) {
     snprintf(err, errlen, "no certificate");
     return NULL;
@@ -235,10 +327,11 @@ gw_tls_ctx_t *gw_tls_ctx_new(const gw_tls_cert_t *certs, size_t n, char *err, si
     return NULL;
   }
   gw_tls_ctx_t *ctx = gw_xcalloc(1, sizeof *ctx);
+  ctx->refs = 1;
   ctx->certs = gw_xcalloc(n, sizeof *ctx->certs);
   for (size_t i = 0; i < n; i++) {
     ctx->ncerts++;
-    if (load_cert(ctx, &ctx->certs[i], &certs[i], err, errlen) != 0) {
+    if (load_cert(ctx, &ctx->certs[i], &conf->certs[i], conf, err, errlen) != 0) {
       gw_tls_ctx_free(ctx);
       return NULL;
     }
@@ -246,8 +339,27 @@ gw_tls_ctx_t *gw_tls_ctx_new(const gw_tls_cert_t *certs, size_t n, char *err, si
   return ctx;
 }
 
+gw_tls_ctx_t *gw_tls_ctx_new(const gw_tls_cert_t *certs, size_t n, char *err, size_t errlen) {
+  gw_tls_server_t conf = {certs, n, NULL, GW_TLS_VERIFY_OFF, NULL, 0};
+  return gw_tls_ctx_make(&conf, err, errlen);
+}
+
+int gw_tls_check_ca(const char *path, char *err, size_t errlen) {
+  ERR_clear_error();
+  SSL_CTX *s = SSL_CTX_new(TLS_server_method());
+  if (!s) {
+    snprintf(err, errlen, "cannot make a TLS context: %s", ssl_reason());
+    return GW_ENOSPACE;
+  }
+  gw_tls_server_t conf = {NULL, 0, path, GW_TLS_VERIFY_ON, NULL, 0};
+  int rc = set_client_auth(s, &conf, err, errlen);
+  SSL_CTX_free(s);
+  ERR_clear_error();
+  return rc;
+}
+
 void gw_tls_ctx_free(gw_tls_ctx_t *ctx) {
-  if (!ctx) return;
+  if (!ctx || --ctx->refs > 0) return;
   for (size_t i = 0; i < ctx->ncerts; i++) {
     SSL_CTX_free(ctx->certs[i].ssl_ctx);
     for (size_t k = 0; k < ctx->certs[i].nnames; k++) free(ctx->certs[i].names[k]);
@@ -276,12 +388,25 @@ gw_tls_t *gw_tls_new(gw_tls_ctx_t *ctx) {
   BIO_set_data(wbio, t);
   SSL_set_bio(t->ssl, t->rbio, wbio); /* the SSL owns both from here */
   SSL_set_accept_state(t->ssl);
+  t->ctx = ctx;
+  ctx->refs++;
   return t;
+}
+
+static void free_peer(gw_tls_peer_t *p) {
+  if (!p) return;
+  free(p->subject);
+  free(p->issuer);
+  free(p->serial);
+  free(p->fingerprint);
+  free(p);
 }
 
 void gw_tls_free(gw_tls_t *t) {
   if (!t) return;
   SSL_free(t->ssl);
+  gw_tls_ctx_free(t->ctx); /* after SSL_free: the SSL may still use its SSL_CTX */
+  free_peer(t->peer);
   gw_buf_free(&t->out);
   free(t);
 }
@@ -292,9 +417,15 @@ static ssize_t fail(gw_tls_t *t) {
   return GW_ETLS;
 }
 
+/* ERR_clear_error wipes all 16 slots of the queue whether or not they hold
+ * anything, some 400 instructions: on the per-record paths, look first. */
+static void clear_errors(void) {
+  if (ERR_peek_error() != 0) ERR_clear_error();
+}
+
 ssize_t gw_tls_read(gw_tls_t *t, const char *in, size_t n, gw_buf_t *plain) {
   if (t->failed) return GW_ETLS;
-  ERR_clear_error();
+  clear_errors();
   /* Copy `in` first: growing `plain` below may move the memory it is in. */
   if (n > 0 && BIO_write(t->rbio, in, (int)n) != (int)n) return fail(t);
   if (!t->ready) {
@@ -314,6 +445,9 @@ ssize_t gw_tls_read(gw_tls_t *t, const char *in, size_t n, gw_buf_t *plain) {
     if (rc == 1) {
       plain->len += got;
       total += (ssize_t)got;
+      /* Nothing buffered on either side: the next SSL_read_ex could only
+       * say WANT_READ, so save the call (one request is one record). */
+      if (!SSL_has_pending(t->ssl) && BIO_ctrl_pending(t->rbio) == 0) break;
       continue;
     }
     int e = SSL_get_error(t->ssl, rc);
@@ -337,7 +471,7 @@ int gw_tls_ready(const gw_tls_t *t) { return t->ready; }
 
 int gw_tls_write(gw_tls_t *t, const char *p, size_t len) {
   if (t->failed || !t->ready || t->shut) return GW_ETLS;
-  ERR_clear_error();
+  clear_errors();
   while (len > 0) {
     size_t done = 0;
     if (SSL_write_ex(t->ssl, p, len, &done) != 1) return (int)fail(t);
@@ -394,6 +528,60 @@ void gw_tls_drained(gw_tls_t *t) {
 }
 
 const char *gw_tls_error(const gw_tls_t *t) { return t->reason ? t->reason : "no error"; }
+
+/* ---- the client certificate ---- */
+
+static char *name_text(const X509_NAME *n) {
+  BIO *b = BIO_new(BIO_s_mem());
+  char *out = NULL;
+  if (b && X509_NAME_print_ex(b, n, 0, XN_FLAG_RFC2253) >= 0) {
+    char *p;
+    long len = BIO_get_mem_data(b, &p);
+    out = gw_xstrndup(p, len > 0 ? (size_t)len : 0);
+  }
+  BIO_free(b);
+  return out ? out : gw_xstrndup("", 0);
+}
+
+static char *hex(const unsigned char *p, size_t n) {
+  char *s = gw_xmalloc(2 * n + 1);
+  for (size_t i = 0; i < n; i++) snprintf(s + 2 * i, 3, "%02x", p[i]);
+  s[2 * n] = '\0';
+  return s;
+}
+
+static char *serial_text(const X509 *x) {
+  BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+  char *h = bn ? BN_bn2hex(bn) : NULL;
+  char *out = gw_xstrndup(h ? h : "", h ? strlen(h) : 0);
+  OPENSSL_free(h);
+  BN_free(bn);
+  return out;
+}
+
+const gw_tls_peer_t *gw_tls_peer(gw_tls_t *t) {
+  if (t->peer_done || !t->ready) return t->peer;
+  t->peer_done = 1;
+  ERR_clear_error();
+  /* After a resumption the certificate comes from the session (the
+   * ticket), with the verification result of the original handshake. */
+  X509 *x = SSL_get0_peer_certificate(t->ssl);
+  if (!x) return NULL;
+  gw_tls_peer_t *p = gw_xcalloc(1, sizeof *p);
+  p->subject = name_text(X509_get_subject_name(x));
+  p->issuer = name_text(X509_get_issuer_name(x));
+  p->serial = serial_text(x);
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned len = 0;
+  if (X509_digest(x, EVP_sha256(), md, &len) != 1) len = 0;
+  p->fingerprint = hex(md, len);
+  long v = SSL_get_verify_result(t->ssl);
+  p->verified = v == X509_V_OK;
+  if (!p->verified) p->error = X509_verify_cert_error_string(v);
+  ERR_clear_error();
+  t->peer = p;
+  return p;
+}
 
 /* ---- the client side: upstreams over TLS ----
  *

@@ -11,16 +11,19 @@
  *
  * This file is the one place that calls OpenSSL's SSL_* functions.
  *
- * A server context (gw_tls_ctx_t) belongs to one listener: it is made by the
- * worker when it opens its listeners and lives as long as the worker. It
- * holds one SSL_CTX per configured certificate; the first is the default,
- * and the SNI callback switches to the certificate whose names match the
- * requested server name (an exact name first, then a wildcard "*.example.com"
+ * A server context (gw_tls_ctx_t) belongs to one listener: the worker makes
+ * it when it opens its listeners and again at each reload (so certificates
+ * are read again), and it is refcounted: the worker holds one reference and
+ * every connection accepted with it another, so a connection made before a
+ * reload keeps its certificate and settings until it closes. It holds one
+ * SSL_CTX per configured certificate; the first is the default, and the SNI
+ * callback switches to the certificate whose names match the requested
+ * server name (an exact name first, then a wildcard "*.example.com"
  * covering one label, else the default). Only TLS 1.2 and 1.3 are offered,
- * TLS 1.2 with ECDHE and AEAD ciphers only, and ALPN accepts "http/1.1" only.
- *
- * Not here: client certificates, session tickets shared across workers,
- * reloading certificates (a listener keeps those it started with).
+ * TLS 1.2 with ECDHE and AEAD ciphers only, and ALPN accepts "http/1.1"
+ * only. Sessions resume with tickets only (no session cache), encrypted with
+ * keys all workers share (tls_tickets.h). Client certificates are asked for
+ * when the listener has a client CA: required ("on") or optional.
  */
 #ifndef GW_TLS_H
 #define GW_TLS_H
@@ -41,14 +44,39 @@ typedef struct gw_tls_cert_s {
 typedef struct gw_tls_ctx_s gw_tls_ctx_t;
 typedef struct gw_tls_s gw_tls_t;
 
-/* Builds a server context from `certs` (n >= 1; the first is the default).
- * Returns it, or NULL with a message in `err` naming the file at fault. The
- * paths are read now; nothing refers to them afterwards. */
+/* What a listener does with client certificates. */
+typedef enum {
+  GW_TLS_VERIFY_OFF = 0,      /* none asked for */
+  GW_TLS_VERIFY_ON = 1,       /* required, and must chain to client_ca: else the handshake fails */
+  GW_TLS_VERIFY_OPTIONAL = 2, /* asked for; none, or one that does not verify, is let through */
+} gw_tls_verify_t;
+
+/* A TLS listener's settings, read by gw_tls_ctx_make; borrowed. */
+typedef struct gw_tls_server_s {
+  const gw_tls_cert_t *certs; /* ncerts >= 1; the first is the default */
+  size_t ncerts;
+  const char *client_ca;      /* PEM file of the CAs client certificates must chain to, or NULL */
+  gw_tls_verify_t verify;     /* OFF when client_ca is NULL */
+  const char *id;             /* names the listener ("host:port"), or NULL: a session resumes
+                               * only where the same id and client-certificate settings hold */
+  int no_resumption;          /* 1: no session tickets, so every handshake is a full one */
+} gw_tls_server_t;
+
+/* Builds a server context. Returns it (one reference, the caller's), or
+ * NULL with a message in `err` naming the file at fault. The paths are read
+ * now; nothing refers to them afterwards. */
+gw_tls_ctx_t *gw_tls_ctx_make(const gw_tls_server_t *conf, char *err, size_t errlen);
+/* The same for `certs` alone (no client certificates, no id). */
 gw_tls_ctx_t *gw_tls_ctx_new(const gw_tls_cert_t *certs, size_t n, char *err, size_t errlen);
+/* Drops the caller's reference; the context is freed once no connection
+ * made with it is left. NULL is ignored. */
 void gw_tls_ctx_free(gw_tls_ctx_t *ctx);
+/* Loads a client CA file as a listener would (at least one certificate).
+ * Returns 0, or GW_ECONFIG with a message in `err`. */
+int gw_tls_check_ca(const char *path, char *err, size_t errlen);
 
 /* A server-side TLS state for one connection, owned by the caller (freed
- * with gw_tls_free). `ctx` must outlive it. */
+ * with gw_tls_free). It holds a reference to `ctx`. */
 gw_tls_t *gw_tls_new(gw_tls_ctx_t *ctx);
 void gw_tls_free(gw_tls_t *t);
 
@@ -77,6 +105,20 @@ size_t gw_tls_pending(gw_tls_t *t, const char **p);
 void gw_tls_drained(gw_tls_t *t);
 /* The failure reason after GW_ETLS, for the log (static storage). */
 const char *gw_tls_error(const gw_tls_t *t);
+
+/* The client certificate of a connection, as scripts see it. Made on first
+ * request (gw_tls_peer) and owned by the gw_tls_t; freed with it. */
+typedef struct gw_tls_peer_s {
+  char *subject;      /* RFC 2253: "CN=alice,O=Example" */
+  char *issuer;       /* the same for the issuer */
+  char *serial;       /* upper-case hex, as `openssl x509 -serial` prints it */
+  char *fingerprint;  /* SHA-256 of the DER certificate, lower-case hex */
+  const char *error;  /* why it did not verify (static OpenSSL text), or NULL */
+  int verified;       /* 1 if it chained to client_ca (always 1 with verify "on") */
+} gw_tls_peer_t;
+
+/* The client's certificate after the handshake, or NULL when it sent none. */
+const gw_tls_peer_t *gw_tls_peer(gw_tls_t *t);
 
 /* ---- the client side: upstreams over TLS (https:// servers) ----
  *

@@ -28,6 +28,7 @@
 #include "metrics.h"
 #include "reload.h"
 #include "shm.h"
+#include "tls_tickets.h"
 
 gw_worker_t *gw__worker;
 
@@ -125,6 +126,43 @@ static int open_logs(const gw_config_t *cfg) {
   return rc;
 }
 
+/* The TLS context of listener `l` (NULL with a message in err). */
+static gw_tls_ctx_t *make_tls(const gw_config_t *cfg, const gw_listen_t *l, char *err, size_t errlen) {
+  char id[300];
+  snprintf(id, sizeof id, "%s:%d", l->host, l->port);
+  gw_tls_server_t conf = {l->certs, l->ncerts, l->client_ca, l->verify_client, id, !cfg->session_tickets};
+  char why[1024];
+  gw_tls_ctx_t *ctx = gw_tls_ctx_make(&conf, why, sizeof why);
+  if (!ctx) snprintf(err, errlen, "cannot set up TLS on %s: %s", id, why);
+  return ctx;
+}
+
+int gw_worker_tls_reload(gw_worker_t *w, const gw_config_t *next, char *err, size_t errlen) {
+  /* Before the contexts are made: they take the ticket lifetime from it. */
+  gw_tickets_set_rotate(next->ticket_rotate);
+  if (!gw_config_same_listen(w->cfg, next) || w->draining) return 0; /* needs a restart */
+  gw_tls_ctx_t **made = gw_xcalloc(next->nlisten ? next->nlisten : 1, sizeof *made);
+  for (size_t i = 0; i < next->nlisten; i++) {
+    if (next->listen[i].ncerts == 0) continue;
+    made[i] = make_tls(next, &next->listen[i], err, errlen);
+    if (!made[i]) {
+      for (size_t k = 0; k < i; k++) gw_tls_ctx_free(made[k]);
+      free(made);
+      gw_tickets_set_rotate(w->cfg->ticket_rotate);
+      return GW_ECONFIG;
+    }
+  }
+  /* All or nothing: only now do the listeners switch. Connections keep a
+   * reference to the context they were accepted with. */
+  for (size_t i = 0; i < next->nlisten; i++) {
+    if (!made[i]) continue;
+    gw_tls_ctx_free(w->tls[i]);
+    w->tls[i] = made[i];
+  }
+  free(made);
+  return 0;
+}
+
 static int open_listeners(gw_worker_t *w) {
   w->listeners = gw_xcalloc(w->cfg->nlisten, sizeof *w->listeners);
   w->tls = gw_xcalloc(w->cfg->nlisten ? w->cfg->nlisten : 1, sizeof *w->tls);
@@ -133,10 +171,10 @@ static int open_listeners(gw_worker_t *w) {
     if (l->ncerts > 0) {
       /* The files were checked when the configuration loaded (gw.config);
        * this can still fail if they changed since. */
-      char err[1024];
-      w->tls[i] = gw_tls_ctx_new(l->certs, l->ncerts, err, sizeof err);
+      char err[1400];
+      w->tls[i] = make_tls(w->cfg, l, err, sizeof err);
       if (!w->tls[i]) {
-        gw_log_error("cannot set up TLS on %s:%d: %s", l->host, l->port, err);
+        gw_log_error("%s", err);
         return GW_ECONFIG;
       }
     }
@@ -202,6 +240,7 @@ int gw_worker_run(const char *path, int index, int workers_override) {
   }
   gw_config_copy(&w->config, &w->vm->config);
   w->cfg = &w->config;
+  gw_tickets_set_rotate(w->cfg->ticket_rotate);
   if (gw_watchdog_start(w->cfg->timeouts.script) != 0)
     gw_log_warn("cannot start the watchdog thread: scripts have no CPU budget");
   gw_metrics_init((unsigned)index);

@@ -30,7 +30,8 @@ typedef struct gw_worker_s {
   int index;               /* 0..workers-1, given by the master */
   uv_tcp_t *listeners;     /* one per cfg->listen entry */
   gw_tls_ctx_t **tls;      /* one per cfg->listen entry: its TLS context, or NULL for
-                            * plain HTTP; made in open_listeners, kept until exit */
+                            * plain HTTP; made in open_listeners, replaced by each
+                            * reload (gw_worker_tls_reload); the worker's reference */
   size_t nlisteners;
   uv_tcp_t admin_listener; /* cfg->admin's socket when admin_open; conn.c compares to it */
   uint8_t admin_open;
@@ -52,6 +53,12 @@ extern gw_worker_t *gw__worker;
 int gw_worker_run(const char *path, int index, int workers_override);
 /* A connection closed: the worker may now be done draining. */
 void gw_worker_conn_closed(gw_worker_t *w);
+/* Reads the certificates of `next` (a configuration a reload loaded) into
+ * new TLS contexts for the listeners, all or nothing: on success new
+ * connections use them (open ones keep theirs) and 0 is returned; on
+ * failure nothing changes and GW_ECONFIG comes back with the reason in err.
+ * Does nothing when `next` listens elsewhere (that needs a restart). */
+int gw_worker_tls_reload(gw_worker_t *w, const gw_config_t *next, char *err, size_t errlen);
 /* Writes the worker's counters and gauges (generation, requests,
  * connections, Lua memory) to its shared memory slot. */
 void gw_worker_publish(gw_worker_t *w);

@@ -6,7 +6,7 @@
 -- to load unless gw_ffi_abi_version() equals ABI below.
 local ffi = require "ffi"
 
-local ABI = 9
+local ABI = 10
 
 ffi.cdef [[
 typedef struct gw_req_s gw_req_t;
@@ -46,6 +46,12 @@ int gw_ffi_sleep(gw_task_t *t, uint32_t ts, double seconds, uint32_t *wait_id);
 int gw_ffi_timer_start(int id, double after, double every);
 int gw_ffi_worker_index(void);
 int gw_ffi_tls_check(const char *cert, const char *key, char *err, size_t errlen);
+int gw_ffi_tls_check_ca(const char *path, char *err, size_t errlen);
+typedef struct gw_ffi_cert_s {
+  const char *subject; const char *issuer; const char *serial; const char *fingerprint;
+  const char *error; int verified;
+} gw_ffi_cert_t;
+int gw_ffi_req_client_cert(gw_req_t *r, uint32_t s, gw_ffi_cert_t *out);
 
 typedef struct gw_shdict_s gw_shdict_t;
 typedef struct gw_ffi_shval_s { int type; double num; const char *str; size_t len; } gw_ffi_shval_t;

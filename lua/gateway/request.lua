@@ -6,7 +6,7 @@
 -- headers, query and body cost nothing unless a script touches them.
 --
 -- Fields: method, path, uri, query, headers, params, ip, scheme, host, id,
--- route, ctx, consumer. Methods: req:body(), req:json(), req:header_list().
+-- route, ctx, consumer, client_cert. Methods: req:body(), req:json(), req:header_list().
 -- Errors: using a req after its request finished raises
 -- "request already finished".
 local base = require "gateway.base"
@@ -141,6 +141,25 @@ end
 function getters.scheme(req)
   local v = head(req).tls ~= 0 and "https" or "http"
   rawset(req, "scheme", v)
+  return v
+end
+
+-- req.client_cert: nil when the client sent no certificate (or on plain
+-- HTTP), else { subject =, issuer =, serial =, fingerprint =, verified =,
+-- error = } (docs/request.md). A table is cached per request; a script may change its
+-- copy without touching anyone else's.
+local cert_out = ffi.new("gw_ffi_cert_t")
+function getters.client_cert(req)
+  local rc = C.gw_ffi_req_client_cert(req._r, req._s, cert_out)
+  if rc == BAD_CONTEXT then finished() end
+  if rc ~= OK then return nil end -- not cached: req.client_cert must read nil, not false
+  local o = cert_out
+  local v = {
+    subject = ffi_string(o.subject), issuer = ffi_string(o.issuer),
+    serial = ffi_string(o.serial), fingerprint = ffi_string(o.fingerprint),
+    verified = o.verified ~= 0, error = o.error ~= nil and ffi_string(o.error) or nil,
+  }
+  rawset(req, "client_cert", v)
   return v
 end
 

@@ -102,6 +102,7 @@ function _M.load_config(path, mode)
     error_log = cfg.error_log,
     limits = cfg.limits,
     timeouts = cfg.timeouts,
+    tls = cfg.tls,
     dicts = state.dicts,
   }
 end

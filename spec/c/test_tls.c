@@ -12,6 +12,7 @@
 #include "../../src/mem.c"
 #include "../../src/buf.c"
 #include "../../src/tls.c"
+#include "../../src/tls_tickets.c"
 
 #include "runner.h"
 

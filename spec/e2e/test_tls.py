@@ -21,7 +21,9 @@ _certs = None
 
 def certs():
     """name -> PEM text for ca.pem and {a,b,w}.{pem,key} (pem = leaf + intermediate),
-    made once per run with the openssl CLI."""
+    and client certificates: alice.{pem,key} (CN=alice,O=Example, clientAuth,
+    signed by the intermediate, pem = leaf + intermediate) and mallory.{pem,key}
+    (self-signed, so it chains to nothing); made once per run with the openssl CLI."""
     global _certs
     if _certs is not None:
         return _certs
@@ -50,15 +52,25 @@ def certs():
                                  "extendedKeyUsage=serverAuth\n" % dns)
             ossl("x509", "-req", "-in", name + ".csr", "-CA", "int.pem", "-CAkey", "int.key",
                  "-CAcreateserial", "-out", name + ".crt", "-days", "2", "-extfile", name + ".ext")
+        # Client certificates (EC keys: quicker to make).
+        ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", "alice.key", "-out", "alice.csr", "-subj", "/O=Example/CN=alice")
+        write("alice.ext", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+        ossl("x509", "-req", "-in", "alice.csr", "-CA", "int.pem", "-CAkey", "int.key",
+             "-CAcreateserial", "-out", "alice.crt", "-days", "2", "-extfile", "alice.ext")
+        ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", "mallory.key", "-out", "mallory.crt", "-days", "2", "-subj", "/CN=mallory")
         out = {}
-        for name in ("ca.pem", "a.key", "b.key", "w.key"):
+        for name in ("ca.pem", "a.key", "b.key", "w.key", "alice.key", "mallory.key"):
             with open(os.path.join(d, name)) as f:
                 out[name] = f.read()
         with open(os.path.join(d, "int.pem")) as f:
             inter = f.read()
-        for name in ("a", "b", "w"):
+        for name in ("a", "b", "w", "alice"):
             with open(os.path.join(d, name + ".crt")) as f:
                 out[name + ".pem"] = f.read() + inter
+        with open(os.path.join(d, "mallory.crt")) as f:
+            out["mallory.pem"] = f.read()
         _certs = out
         return out
     finally:
@@ -82,10 +94,10 @@ gw.get("/via", function(req) return self:proxy(req, { path = "/xfp" }) end)
 '''
 
 
-def tls_gateway(config=CONFIG):
+def tls_gateway(config=CONFIG, workers=1):
     files = dict(certs())
     del files["ca.pem"]
-    return Gateway(config, files=files)
+    return Gateway(config, files=files, workers=workers)
 
 
 class CaFile:
