@@ -536,7 +536,8 @@ log "all checks passed"
 CLK_TCK=$(getconf CLK_TCK)
 
 # CPU ticks (user+system, /proc/PID/stat) of each service's process tree:
-# prints "service ticks" for every service run.sh started, from one ps call.
+# prints "service ticks system-ticks" for every service run.sh started, from
+# one ps call (system-ticks: the kernel's part of ticks).
 snap_ticks() {
   local k roots=""
   for k in "${!SVC_NAME[@]}"; do roots+=" ${SVC_NAME[k]}=${SVC_PID[k]}"; done
@@ -544,13 +545,13 @@ snap_ticks() {
     { kids[$2] = kids[$2] " " $1 }
     function ticks(p,   f, a, k, n, i, t) {
       f = "/proc/" p "/stat"; t = 0
-      if ((getline line < f) > 0) { sub(/.*\) /, "", line); split(line, a, " "); t = a[12] + a[13] }
+      if ((getline line < f) > 0) { sub(/.*\) /, "", line); split(line, a, " "); t = a[12] + a[13]; sys += a[13] }
       close(f)
       n = split(kids[p], k, " ")
       for (i = 1; i <= n; i++) t += ticks(k[i])
       return t
     }
-    END { n = split(roots, r, " "); for (i = 1; i <= n; i++) { split(r[i], nv, "="); print nv[1], ticks(nv[2]) } }'
+    END { n = split(roots, r, " "); for (i = 1; i <= n; i++) { split(r[i], nv, "="); sys = 0; t = ticks(nv[2]); print nv[1], t, sys } }'
 }
 # Per cpu: name, busy, total, steal, and time spent running tasks (user+nice+system).
 cpu_snapshot() { awk '/^cpu[0-9]+ /{ busy = $2+$3+$4+$7+$8+$9; tot = busy+$5+$6; printf "%s %d %d %d %d\n", $1, busy, tot, $9, $2+$3+$4 }' /proc/stat; }
@@ -570,9 +571,10 @@ child_ticks() {  # file-before file-after
   awk -v hz="$CLK_TCK" 'FNR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
     if (NR == FNR) b = t; else e = t } END { printf "%.0f", (e - b) * hz }' "$1" "$2"
 }
-# Ticks used between two snap_ticks files: by service $3, or by all (no $3).
-tick_delta() {  # file-before file-after [service]
-  awk -v s="${3:-}" 'NR == FNR { b[$1] = $2; next } ($1 in b) && (s == "" || $1 == s) { t += $2 - b[$1]; f = 1 }
+# Ticks used between two snap_ticks files: by service $3, or by all (no $3);
+# column $4 (default 2: all ticks; 3: the kernel's).
+tick_delta() {  # file-before file-after [service] [column]
+  awk -v s="${3:-}" -v c="${4:-2}" 'NR == FNR { b[$1] = $c; next } ($1 in b) && (s == "" || $1 == s) { t += $c - b[$1]; f = 1 }
     END { if (f) print t + 0 }' "$1" "$2"
 }
 # Percent of cpu $3's time used by tasks other than ours ($4 ticks of ours).
@@ -648,7 +650,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     times >"$RUN/times1"; c1=$(cpu_snapshot); snap_ticks >"$RUN/ticks1"
     qu1=$(stub_count 9001); qo1=$(stub_count 9002)
     T0=$RUN/ticks0 T1=$RUN/ticks1
-    st=""; [[ -n $svc ]] && st=$(tick_delta "$T0" "$T1" "$svc")
+    st=""; kt=""; [[ -n $svc ]] && { st=$(tick_delta "$T0" "$T1" "$svc"); kt=$(tick_delta "$T0" "$T1" "$svc" 3); }
     ou=$(tick_delta "$T0" "$T1" origin-users); oo=$(tick_delta "$T0" "$T1" origin-orders)
     ot=$(( ${ou:-0} + ${oo:-0} ))   # empty when no origin runs (a TLS-only run)
     ours=$(tick_delta "$T0" "$T1"); wrk_ticks=$(child_ticks "$RUN/times0" "$RUN/times1")
@@ -664,8 +666,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
     # The target's own CPU per request it served: the origin's served count is
     # its stub_status delta; every other target's is the count wrk completed.
     served=$reqs; [[ ${T_SVC[i]} == origin-users ]] && served=$((qu1 - qu0 - 1))
-    cpu_us=""
+    cpu_us=""; kern_us=""
     [[ -n $st ]] && cpu_us=$(awk -v t="$st" -v hz="$CLK_TCK" -v n="$served" 'BEGIN { printf "%.2f", (n > 0) ? t * 1e6 / hz / n : 0 }')
+    [[ -n $kt ]] && kern_us=$(awk -v t="$kt" -v hz="$CLK_TCK" -v n="$served" 'BEGIN { printf "%.2f", (n > 0) ? t * 1e6 / hz / n : 0 }')
     or_us=$(awk -v t="$ot" -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.2f", n ? t * 1e6 / hz / n : 0 }')
     calls_per=$(awk -v c="$calls" -v n="$reqs" 'BEGIN { printf "%.3f", n ? c / n : 0 }')
     or_call=$(awk -v t="$ot" -v hz="$CLK_TCK" -v c="$calls" 'BEGIN { if (c > 100) printf "%.2f", t * 1e6 / hz / c }')
@@ -677,7 +680,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     if [[ $PIN == split ]]; then
       fc=$(foreign_pct "$c0" "$c1" "cpu$CLIENT_CPU" "$wrk_ticks"); fs=$(foreign_pct "$c0" "$c1" "cpu$SERVER_CPU" "$ours")
     else fc=""; fs=""; fi
-    echo "$r,$pos,$name,${m[rps]},${m[p50_us]},${m[p90_us]},${m[p99_us]},${m[max_us]},$reqs,${m[err_status]},$sock,$busy_c,$busy_s,$steal,$cpu_us,$served,$or_us,$sys_us,$calls_per,$or_call,$fc,$fs" >>"$CSV"
+    echo "$r,$pos,$name,${m[rps]},${m[p50_us]},${m[p90_us]},${m[p99_us]},${m[max_us]},$reqs,${m[err_status]},$sock,$busy_c,$busy_s,$steal,$cpu_us,$served,$or_us,$sys_us,$calls_per,$or_call,$fc,$fs,$kern_us" >>"$CSV"
     log "round $r/$ROUNDS $(printf '%-16s' "$name") $(printf '%9.0f' "${m[rps]}") req/s  p50 ${m[p50_us]}us  p99 ${m[p99_us]}us  CPU ${cpu_us:--}us/req  cpu$CLIENT_CPU/$SERVER_CPU ${busy_c}/${busy_s}% (others ${fc:--}/${fs:--}%)  non2xx ${m[err_status]}  sockerr $sock"
     unset m
   done
@@ -690,7 +693,7 @@ done
   awk -F, -v pairs="$PAIRS" -v ref_o=origin -v ref_a=a-nginx-proxy -v cc="$CLIENT_CPU" -v sc="$SERVER_CPU" \
       -f "$BENCH/summarize.awk" "$CSV"
   echo
-  echo "server CPU µs/req: user+sys CPU of the target's own process tree (/proc) ÷ the requests it served."
+  echo "server CPU µs/req: user+sys CPU of the target's own process tree (/proc) ÷ the requests it served; \"of which kernel\": its system time alone."
   echo "Quote ratios from one run; read CPU µs/req before req/s (bench/README.md)."
   echo
   echo "Targets:"

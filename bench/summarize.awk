@@ -20,6 +20,7 @@
 #   20 origin_us_per_call: origin CPU per origin request, same run (empty if none),
 #   21/22 other_cpuC_pct/other_cpuS_pct: share of the client/server core used by
 #      processes other than wrk/our servers during the run (empty if unpinned)
+#   23 kernel_us_per_req: the system-time part of column 15
 # Flags: runs where the server core was under 90% busy (the client side,
 # not the server, limited it), and runs where other processes took over 5% of either core.
 #
@@ -67,7 +68,7 @@ NR == 1 { next }
   if ($15 != "" && $20 != "" && $20 > 0 && $19 > 0) val[t, "nm", n] = $15 / $20
   byr[t, "rps", "r", $1] = $4; byr[t, "cpu", "r", $1] = $15
   byr[t, "p50", "r", $1] = $5; byr[t, "p99", "r", $1] = $7
-  val[t, "fc", n] = $21; val[t, "fs", n] = $22
+  val[t, "fc", n] = $21; val[t, "fs", n] = $22; val[t, "kern", n] = $23
   if ($13 + 0 < 90) unsat[t]++
   if ($21 + 0 > 5 || $22 + 0 > 5) busy[t]++
   err[t] += $10 + $11
@@ -76,21 +77,21 @@ NR == 1 { next }
 END {
   for (i = 1; i <= nt; i++) {
     t = order[i]
-    nk = split("rps p50 p99 cc sc cpu cr oc nm fc fs", ks, " ")
+    nk = split("rps p50 p99 cc sc cpu cr oc nm fc fs kern", ks, " ")
     for (j = 1; j <= nk; j++) m[t, ks[j]] = median(t, ks[j])
     for (j = 1; j <= cnt[t]; j++)
       if (m[t, "oc"] != "" && val[t, "oc", j] != "" && val[t, "oc", j] > 1.2 * m[t, "oc"]) slow[t]++
   }
 
-  print "| target | req/s (median) | req/s min-max (spread) | p50 ms (min-max) | p99 ms (min-max) | server CPU µs/req (min-max) | cpu" cc " / cpu" sc " busy % | other processes on cpu" cc " / cpu" sc " % (max) | flagged runs: cpu" sc " < 90% / others > 5% | errors |"
-  print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  print "| target | req/s (median) | req/s min-max (spread) | p50 ms (min-max) | p99 ms (min-max) | server CPU µs/req (min-max) | of which kernel µs/req | cpu" cc " / cpu" sc " busy % | other processes on cpu" cc " / cpu" sc " % (max) | flagged runs: cpu" sc " < 90% / others > 5% | errors |"
+  print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for (i = 1; i <= nt; i++) {
     t = order[i]
-    printf "| %s | %.0f | %.0f-%.0f (%.0f%%) | %s (%s-%s) | %s (%s-%s) | %s | %.0f / %.0f | %s | %d / %d of %d | %d |\n", t,
+    printf "| %s | %.0f | %.0f-%.0f (%.0f%%) | %s (%s-%s) | %s (%s-%s) | %s | %s | %.0f / %.0f | %s | %d / %d of %d | %d |\n", t,
       m[t, "rps"], lo[t, "rps"], hi[t, "rps"], m[t, "rps"] ? 100 * (hi[t, "rps"] - lo[t, "rps"]) / m[t, "rps"] : 0,
       ms(m[t, "p50"]), ms(lo[t, "p50"]), ms(hi[t, "p50"]),
       ms(m[t, "p99"]), ms(lo[t, "p99"]), ms(hi[t, "p99"]),
-      rng(t, "cpu", "%.1f"), m[t, "cc"], m[t, "sc"],
+      rng(t, "cpu", "%.1f"), (m[t, "kern"] == "") ? "-" : sprintf("%.1f", m[t, "kern"]), m[t, "cc"], m[t, "sc"],
       (m[t, "fc"] == "") ? "-" : sprintf("%.0f / %.0f (%.0f / %.0f)", m[t, "fc"], m[t, "fs"], hi[t, "fc"], hi[t, "fs"]),
       unsat[t], busy[t], cnt[t], err[t]
   }

@@ -16,7 +16,7 @@ import subprocess
 import time
 
 from gwtest import eq, run_cli, wait_for, http
-from test_tls import certs, tls_gateway, CaFile, s_client, read_responses, get
+from test_tls import _check, certs, tls_gateway, CaFile, s_client, read_responses, get
 
 WORKERS_CONFIG = r'''local gw = require "gateway"
 gw.config {
@@ -252,14 +252,6 @@ def test_client_certificate_optional():
             c = json.loads(body)
             eq((status, c["subject"], c["issuer"], c["verified"]), (200, "CN=mallory", "CN=mallory", False), name)
             assert "self-signed" in c["error"] or "self signed" in c["error"], c
-
-
-def _check(tls_lua, files):
-    cfg = ('local gw = require "gateway"\n'
-           'gw.config { listen = { { addr = "127.0.0.1:$PORT", tls = %s } } }\n' % tls_lua)
-    allf = dict(files)
-    allf["gateway.lua"] = cfg
-    return run_cli(["-t", "-c", "$DIR/gateway.lua"], allf)
 
 
 def test_client_certificate_config_errors():

@@ -22,7 +22,7 @@ import time
 from gwtest import Gateway, eq, http, run_cli, wait_for
 from origin import Origin, pattern_sha256
 from test_tls import certs
-from test_upgrade import EchoUpgradeServer, read_until
+from test_upgrade import EchoUpgradeServer, echo_tunnel, read_until
 
 _selfsigned = None
 
@@ -372,29 +372,7 @@ def test_upgrade_tunnel_over_tls():
     ws = TlsEchoUpgradeServer(server_ctx("a"))
     try:
         with Gateway(conf({"WS": ws}, UPGRADE), files=gw_files()) as g:
-            s = socket.create_connection(("127.0.0.1", g.port))
-            try:
-                s.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: echo\r\n"
-                          b"Connection: Upgrade\r\n\r\nearly")
-                head = read_until(s, 1)
-                while b"\r\n\r\n" not in head:
-                    more = s.recv(4096)
-                    assert more, "closed before the 101 head: %r" % head
-                    head += more
-                h, _, rest = head.partition(b"\r\n\r\n")
-                eq(h.split(b"\r\n")[0], b"HTTP/1.1 101 Switching Protocols", "status line")
-                want = b"ready;EARLY"
-                rest += read_until(s, len(want) - len(rest))
-                eq(rest, want, "101 trailing bytes and the early data echoed")
-                payload = bytes(range(97, 123)) * 40000  # about 1 MB
-                s.sendall(payload)
-                got = read_until(s, len(payload), timeout=10)
-                eq(got, payload.upper(), "1 MB through the TLS tunnel both ways")
-                s.shutdown(socket.SHUT_WR)
-                s.settimeout(5)
-                eq(s.recv(100), b"", "half-close reaches the server, whose close reaches us")
-            finally:
-                s.close()
+            echo_tunnel(g.port, "the TLS tunnel")
         eq(len(ws.heads), 1, "one tunnel")
     finally:
         ws.stop()

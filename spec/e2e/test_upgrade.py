@@ -89,37 +89,44 @@ def read_until(s, n, timeout=5):
     return got
 
 
+def echo_tunnel(port, what="the tunnel"):
+    """Through the gateway on `port`, upgrades /ws to the echo protocol of
+    EchoUpgradeServer and checks it byte for byte: the 101 head, early data,
+    1 MB both ways, then a half-close passed on in both directions."""
+    s = socket.create_connection(("127.0.0.1", port))
+    try:
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: echo\r\n"
+                  b"Connection: Upgrade\r\n\r\nearly")
+        head = read_until(s, 1)
+        while b"\r\n\r\n" not in head:
+            more = s.recv(4096)
+            assert more, "closed before the 101 head: %r" % head
+            head += more
+        h, _, rest = head.partition(b"\r\n\r\n")
+        lines = h.decode("latin1").split("\r\n")
+        eq(lines[0], "HTTP/1.1 101 Switching Protocols", "status line")
+        low = [l.lower() for l in lines]
+        assert "upgrade: echo" in low, lines
+        assert "connection: upgrade" in low, lines
+        want = b"ready;EARLY"
+        rest += read_until(s, len(want) - len(rest))
+        eq(rest, want, "101 trailing bytes and the early data echoed")
+        payload = bytes(range(97, 123)) * 40000  # about 1 MB
+        s.sendall(payload)
+        got = read_until(s, len(payload), timeout=10)
+        eq(got, payload.upper(), "1 MB through %s both ways" % what)
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(5)
+        eq(s.recv(100), b"", "half-close reaches the server, whose close reaches us")
+    finally:
+        s.close()
+
+
 def test_upgrade_tunnel_both_ways():
     ws = EchoUpgradeServer()
     try:
         with Gateway(CONFIG.replace("@WS@", str(ws.port))) as g:
-            s = socket.create_connection(("127.0.0.1", g.port))
-            try:
-                s.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: echo\r\n"
-                          b"Connection: Upgrade\r\n\r\nearly")
-                head = read_until(s, 1)
-                while b"\r\n\r\n" not in head:
-                    more = s.recv(4096)
-                    assert more, "closed before the 101 head: %r" % head
-                    head += more
-                h, _, rest = head.partition(b"\r\n\r\n")
-                lines = h.decode("latin1").split("\r\n")
-                eq(lines[0], "HTTP/1.1 101 Switching Protocols", "status line")
-                low = [l.lower() for l in lines]
-                assert "upgrade: echo" in low, lines
-                assert "connection: upgrade" in low, lines
-                want = b"ready;EARLY"
-                rest += read_until(s, len(want) - len(rest))
-                eq(rest, want, "101 trailing bytes and the early data echoed")
-                payload = bytes(range(97, 123)) * 40000  # about 1 MB
-                s.sendall(payload)
-                got = read_until(s, len(payload), timeout=10)
-                eq(got, payload.upper(), "1 MB through the tunnel both ways")
-                s.shutdown(socket.SHUT_WR)
-                s.settimeout(5)
-                eq(s.recv(100), b"", "half-close reaches the server, whose close reaches us")
-            finally:
-                s.close()
+            echo_tunnel(g.port)
             up_head = ws.heads[0].lower()
             assert "upgrade: echo" in up_head and "connection: upgrade" in up_head, up_head
             assert "x-forwarded-for: 127.0.0.1" in up_head, up_head
