@@ -114,6 +114,15 @@ ACCEPT = {
 }
 
 
+def test_accept_token_between_blanks():
+    # "Bearer" 1*SP token, with tabs and trailing blanks tolerated.
+    t = token(claims(), "HS256", SECRET)
+    with Gateway(CFG, files=files()) as g:
+        for value in ("Bearer \t " + t + "  ", "BEARER " + t + "\t"):
+            r = send(g, "/hs", value)
+            eq(r.status, 200, "status for %r (%r)" % (value[:12], r.body[:200]))
+
+
 def _make_accept(path, make, name, lower=False):
     def test():
         t = make()
@@ -191,6 +200,8 @@ REFUSE = {
     "no_token": ("/hs", None, None),
     "basic_scheme": ("/hs", "Basic YWxpY2U6cHc=", None),
     "bearer_without_token": ("/hs", "Bearer ", None),
+    "bearer_only_blanks": ("/hs", "Bearer \t  ", None),
+    "bearer_glued_to_token": ("/hs", lambda: "Bearer" + token(claims(), "HS256", SECRET), None),
     "two_tokens": ("/hs", lambda: bearer(token(claims(), "HS256", SECRET) + " x"), "malformed token"),
     "alg_none": ("/hs", lambda: bearer(_alg_none()), "algorithm not allowed"),
     "alg_none_with_signature": ("/hs", lambda: bearer(_alg_none_signed()), "algorithm not allowed"),

@@ -44,6 +44,7 @@ local cjson = require "cjson.safe"
 
 local type, pairs, ipairs, error, tostring, next = type, pairs, ipairs, error, tostring, next
 local lower, sub, match, format, concat = string.lower, string.sub, string.match, string.format, table.concat
+local byte = string.byte
 local decode_url, decode_json = b64.decode_url, cjson.decode
 local hmac, equal = crypto.hmac, crypto.equal
 
@@ -300,6 +301,20 @@ local function verify(c, token, now)
   return claims
 end
 
+local function is_space(b) return b == 32 or (b ~= nil and b >= 9 and b <= 13) end
+
+-- The token of an Authorization value "Bearer" 1*SP token (RFC 6750 2.1),
+-- without its surrounding blanks; nil for another scheme or none after it.
+-- Byte by byte: a pattern with a lazy capture costs a step per character of
+-- the token (hundreds of them), on every request.
+local function bearer_token(auth)
+  if not auth or lower(sub(auth, 1, 6)) ~= "bearer" or not is_space(byte(auth, 7)) then return nil end
+  local first, last = 8, #auth
+  while is_space(byte(auth, first)) do first = first + 1 end
+  while last >= first and is_space(byte(auth, last)) do last = last - 1 end
+  return sub(auth, first, last)
+end
+
 local CACHE_MAX, CACHE_TTL = 1024, 60
 
 -- A shallow copy: each request gets its own claims table, so a script that
@@ -344,8 +359,7 @@ return function(opts)
   return function(req, next_mw)
     -- RFC 6750 2.1: "Bearer" 1*SP token; another scheme, or the scheme
     -- alone, is no bearer token at all (the bare challenge, section 3).
-    local auth = req.headers["authorization"]
-    local token = auth and lower(sub(auth, 1, 6)) == "bearer" and match(auth, "^%s+(.-)%s*$", 7)
+    local token = bearer_token(req.headers["authorization"])
     if not token or token == "" then
       return util.unauthorized(req, "missing bearer token", realm)
     end
