@@ -231,6 +231,7 @@ static void cancel_wait(gw_waiter_t *w) {
 
 static void free_proxy(gw_proxy_t *p) {
   gw_exchange_release(&p->x);
+  gw_buf_free(&p->extra);
   gw_buf_free(&p->body);
   gw_buf_free(&p->head);
   free(p);
@@ -475,13 +476,18 @@ GW_FFI_EXPORT int gw_ffi_proxy_await(gw_task_t *t, uint32_t ts, gw_req_t *r, uin
 /* A deferred proxy's response is returned unseen: C answers it, now if the
  * head (or a failure) is in, else when it comes. The task is still running,
  * so the request ends when it does (task_done), not here. */
-GW_FFI_EXPORT int gw_ffi_proxy_commit(gw_req_t *r, uint32_t rs, const char **err) {
+GW_FFI_EXPORT int gw_ffi_proxy_commit(gw_req_t *r, uint32_t rs, const char *lines, size_t llen,
+                                      const char **err) {
   if (!gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
   gw_proxy_t *p = r->proxy;
   if (!p || p->direct || p->waiting || r->resp_state != GW_RESP_NONE) {
     *err = "the proxied response is no longer available";
     return GW_FFI_ERROR;
   }
+  /* Header lines set on the unseen response (res:set_header), kept for
+   * when the head comes: they replace the upstream's of the same name. */
+  p->extra.len = 0;
+  gw_buf_append(&p->extra, lines, llen);
   switch (p->state) {
     case GW_PROXY_HEAD_READY:
       answer_head(p, r);
@@ -602,26 +608,10 @@ static int send_head(gw_proxy_t *p, gw_req_t *r, int status, const char *lines, 
     *err = "a response was already sent";
     return GW_FFI_ERROR;
   }
-  const char *q = lines, *end = lines + llen;
-  while (q < end) {
-    const char *eol = NULL;
-    for (const char *s = q; s + 1 < end; s++)
-      if (s[0] == '\r' && s[1] == '\n') {
-        eol = s;
-        break;
-      }
-    const char *colon = eol ? memchr(q, ':', (size_t)(eol - q)) : NULL;
-    if (!colon) {
-      *err = "invalid response header line";
-      return GW_FFI_ERROR;
-    }
-    const char *v = colon + 1;
-    while (v < eol && *v == ' ') v++;
-    if (gw_response_header(r, q, (size_t)(colon - q), v, (size_t)(eol - v)) != 0) {
-      *err = "invalid response header (CR, LF or a bad name)";
-      return GW_FFI_ERROR;
-    }
-    q = eol + 2;
+  const char *bad = gw_response_header_lines(r, lines, llen);
+  if (bad) {
+    *err = bad;
+    return GW_FFI_ERROR;
   }
   if (upstream_headers) copy_upstream_headers(p, r, lines, llen);
   gw_http1c_t *hp = &p->x.parser;
@@ -701,7 +691,8 @@ static void direct_request_done(gw_proxy_t *p) {
 /* Sends the upstream's answer as a handler returning it unchanged would. */
 static void answer_head(gw_proxy_t *p, gw_req_t *r) {
   const char *err = NULL;
-  if (send_head(p, r, p->x.parser.status, "", 0, 1, &err) != GW_FFI_OK) {
+  if (send_head(p, r, p->x.parser.status, p->extra.base ? p->extra.base : "", p->extra.len, 1, &err) !=
+      GW_FFI_OK) {
     /* Only a 101 nobody asked for gets here (requests with an upgrade take
      * the ordinary path). */
     r->resp_state = GW_RESP_NONE;
@@ -728,7 +719,7 @@ static int status_for(const char *msg) {
 /* The JSON error a handler returning (nil, err) gets. */
 static void answer_error(gw_req_t *r, const gw_proxy_t *p) {
   const char *msg = p->msg ? p->msg : gw_strerror(p->err);
-  gw_response_error(r, status_for(msg), msg);
+  gw_response_error_with(r, status_for(msg), msg, p->extra.base ? p->extra.base : "", p->extra.len);
 }
 
 /* The exchange failed before a head (after gw_ffi_upstream_proxy_direct

@@ -36,6 +36,7 @@ typedef struct gw_proxy_s {
   gw_proxy_state_t state;
   gw_buf_t body;          /* buffered body (BUFFERING) */
   gw_buf_t head;          /* a copy of the response head (header slices index it) */
+  gw_buf_t extra;         /* header lines for a committed deferred answer (gw_ffi_proxy_commit) */
   int err;                /* how the exchange ended */
   const char *msg;
   uint8_t waiting;        /* w is registered with a task */

@@ -205,12 +205,40 @@ int gw_response_send(gw_req_t *r, const char *body, size_t len) {
   return 0;
 }
 
-void gw_response_error(gw_req_t *r, int status, const char *msg) {
+const char *gw_response_header_lines(gw_req_t *r, const char *lines, size_t llen) {
+  const char *q = lines, *end = lines + llen;
+  while (q < end) {
+    const char *eol = NULL;
+    for (const char *s = q; s + 1 < end; s++)
+      if (s[0] == '\r' && s[1] == '\n') {
+        eol = s;
+        break;
+      }
+    const char *colon = eol ? memchr(q, ':', (size_t)(eol - q)) : NULL;
+    if (!colon) return "invalid response header line";
+    const char *v = colon + 1;
+    while (v < eol && *v == ' ') v++;
+    if (gw_response_header(r, q, (size_t)(colon - q), v, (size_t)(eol - v)) != 0)
+      return "invalid response header (CR, LF or a bad name)";
+    q = eol + 2;
+  }
+  return NULL;
+}
+
+void gw_response_error(gw_req_t *r, int status, const char *msg) { gw_response_error_with(r, status, msg, "", 0); }
+
+void gw_response_error_with(gw_req_t *r, int status, const char *msg, const char *lines, size_t llen) {
   if (r->resp_state != GW_RESP_NONE) return;
   gw_response_start(r, status);
   gw_response_header(r, "Content-Type", 12, "application/json", 16);
   const char *id = gw_req_id(r);
   gw_response_header(r, "X-Request-Id", 12, id, strlen(id));
+  /* Lines a script added (checked when they were given): a bad one is dropped with the rest. */
+  if (llen && gw_response_header_lines(r, lines, llen)) {
+    gw_response_start(r, status);
+    gw_response_header(r, "Content-Type", 12, "application/json", 16);
+    gw_response_header(r, "X-Request-Id", 12, id, strlen(id));
+  }
   char body[512];
   int n = snprintf(body, sizeof body, "{\"error\":\"%s\",\"request_id\":\"%s\"}", msg, id);
   if (n < 0 || (size_t)n >= sizeof body) n = snprintf(body, sizeof body, "{\"error\":\"error\",\"request_id\":\"%s\"}", id);

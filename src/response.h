@@ -48,6 +48,12 @@ int gw_response_send(gw_req_t *r, const char *body, size_t len);
 /* A complete JSON error answer {"error": msg, "request_id": id}, for
  * errors found before or outside Lua (400, 408, 413...). */
 void gw_response_error(gw_req_t *r, int status, const char *msg);
+/* The same, with "Name: value\r\n" header lines added (a proxied answer's
+ * headers set by a script, when the upstream failed instead). */
+void gw_response_error_with(gw_req_t *r, int status, const char *msg, const char *lines, size_t llen);
+/* Adds "Name: value\r\n" lines to the response head being built. Returns
+ * NULL, or what is wrong with the first bad line (lines before it stay). */
+const char *gw_response_header_lines(gw_req_t *r, const char *lines, size_t llen);
 /* The reason phrase of `status`, or "Unknown". */
 const char *gw_status_reason(int status);
 

@@ -6,7 +6,7 @@
 -- to load unless gw_ffi_abi_version() equals ABI below.
 local ffi = require "ffi"
 
-local ABI = 11
+local ABI = 12
 
 ffi.cdef [[
 typedef struct gw_req_s gw_req_t;

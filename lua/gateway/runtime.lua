@@ -200,7 +200,7 @@ end
 local function send(req, res)
   if rawget(res, "_deferred") then
     -- A deferred proxy response nobody looked at: C answers it.
-    return upstream().commit_deferred(req)
+    return upstream().commit_deferred(req, res)
   end
   local r, s = req._r, req._s
   local status = res.status

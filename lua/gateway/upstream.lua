@@ -40,7 +40,7 @@ int gw_ffi_upstream_proxy_direct(gw_req_t *r, uint32_t rs, gw_upstream_t *up, co
     size_t klen, int answer, const char **err);
 int gw_ffi_proxy_await(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs, uint32_t *wait_id,
     int *status, const char **err);
-int gw_ffi_proxy_commit(gw_req_t *r, uint32_t rs, const char **err);
+int gw_ffi_proxy_commit(gw_req_t *r, uint32_t rs, const char *lines, size_t llen, const char **err);
 int gw_ffi_proxy_read_body(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs, uint32_t *wait_id,
     const char **body, size_t *blen, const char **err);
 int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const char *lines, size_t llen,
@@ -568,7 +568,15 @@ local function materialize(d)
   return setmetatable(d, nil)
 end
 
+-- res:set_header on a deferred response keeps it deferred: the header is
+-- noted (as on an unread proxied response) and C adds it when it answers.
+local function deferred_set_header(d, name, value)
+  if rawget(d, "_deferred") == nil then return d:set_header(name, value) end
+  return proxy_set_header(d, name, value)
+end
+
 Deferred.__index = function(d, k)
+  if k == "set_header" then return deferred_set_header end
   materialize(d)
   return d[k]
 end
@@ -581,8 +589,18 @@ end
 function _M.is_deferred(res) return rawget(res, "_deferred") == true end
 
 -- Hands an unseen deferred response to C, which answers the client.
-function _M.commit_deferred(req)
-  local rc = C.gw_ffi_proxy_commit(req._r, req._s, base.out_err)
+function _M.commit_deferred(req, res)
+  local blob = ""
+  local extra = rawget(res, "_extra")
+  if extra then
+    local lines, n = {}, 0
+    for i = 1, #extra, 2 do
+      n = n + 1
+      lines[n] = extra[i] .. ": " .. tostring(extra[i + 1]) .. "\r\n"
+    end
+    blob = concat(lines, "", 1, n)
+  end
+  local rc = C.gw_ffi_proxy_commit(req._r, req._s, blob, #blob, base.out_err)
   if rc == BAD_CONTEXT then error(base.FINISHED, 0) end
   if rc ~= base.OK then error(ffi_string(base.out_err[0]), 0) end
 end

@@ -52,7 +52,22 @@ gw.use("/w", function(req, next)
   gw.sleep(0.4)
   return res
 end)
-for _, p in ipairs { "m", "r", "x", "w" } do
+-- /s sets headers on the unseen answer (as rate_limit does): it stays
+-- deferred and C adds them, replacing the upstream's of the same name.
+gw.use("/s", function(req, next)
+  local res = next()
+  local set = res.set_header -- an upstream's answer; an error answer is a plain table
+  if not set then
+    set = function(r, k, v) r.headers[k] = v end
+  end
+  set(res, "X-Added", "1")
+  set(res, "x-origin", "replaced")
+  set(res, "X-Added", "2")
+  return res
+end)
+gw.route("*", "/s/ord/*r", function(req) local res, err = up:proxy(req); return res, err end)
+gw.route("*", "/s/ord-dead/*r", function(req) local res, err = dead:proxy(req); return res, err end)
+for _, p in ipairs { "m", "r", "x", "w", "s" } do
   gw.route("*", "/" .. p .. "/up/*r", function(req) return up:proxy(req) end)
   gw.route("*", "/" .. p .. "/dead/*r", function(req) return dead:proxy(req) end)
   gw.route("*", "/" .. p .. "/tripped/*r", function(req) return tripped:proxy(req) end)
@@ -231,3 +246,17 @@ def test_answer_without_body_ending_before_the_decision():
         for path, want in [("status/204", b"len=0"), ("bytes?n=0", b"len=0"), ("bytes?n=3", b"len=3")]:
             resp = one(g.port, "GET", "/body/" + path)
             eq((resp.status, resp.body), (200, want), "res:body() after a wait: " + path)
+
+
+def test_deferred_with_headers_set():
+    with Origin("A") as a, Gateway(fill(APP, A=a, DEAD=dead_port())) as g:
+        for method, path in [("GET", "/bytes?n=1000"), ("HEAD", "/bytes?n=10"), ("GET", "/status/204"),
+                             ("GET", "/bytes?n=5000&chunked=1&piece=700")]:
+            d = one(g.port, method, "/s/up" + path)
+            o = one(g.port, method, "/s/ord" + path)
+            eq(comparable(d), comparable(o), "%s %s: deferred and ordinary" % (method, path))
+            eq((d.headers.get("x-added"), d.headers.get("x-origin")), ("2", "replaced"),
+               "%s %s: set headers win" % (method, path))
+        d, o = one(g.port, "GET", "/s/dead/e"), one(g.port, "GET", "/s/ord-dead/e")
+        eq(check_error(d, 502)["error"], check_error(o, 502)["error"], "502 body")
+        eq((d.headers.get("x-added"), o.headers.get("x-added")), ("2", "2"), "set headers on the 502 too")
