@@ -166,7 +166,9 @@ def test_metrics_prometheus_text_summed_over_workers():
             eq(g.get("/nowhere/%d" % i)[0], 404, "404")
         eq(g.http("DELETE", "/users/1")[0], 405, "405")
         eq(g.get("/boom")[0], 500, "500")
+        t0 = time.monotonic()
         eq(g.get("/slow")[0], 200, "slow")
+        slow_client = time.monotonic() - t0
         doc = status(g)
         assert all(w["requests"] > 0 for w in doc["workers"]), \
             "both workers should have served (spread by the kernel): %r" % doc["workers"]
@@ -190,7 +192,11 @@ def test_metrics_prometheus_text_summed_over_workers():
         series = check_histograms(samples, "gateway_request_duration_seconds")
         slow = dict(series[frozenset({("route", "/slow")})])
         eq(slow[0.25], 0, "the 0.3 s request is above 0.25")
-        eq(slow[0.5], 1, "and within 0.5")
+        # The gateway's own measure is within the client's: every bucket at
+        # or above what the client saw holds it (no fixed upper bound).
+        for bound, n in slow.items():
+            if bound >= slow_client:
+                eq(n, 1, "bucket %s (the client saw %.3f s)" % (bound, slow_client))
         eq(metric(samples, "gateway_request_duration_seconds_count", route="/users/:id"), 20, "histogram count")
         assert metric(samples, "gateway_request_duration_seconds_sum", route="/slow") >= 0.3, "sum"
         eq(metric(samples, "gateway_reloads_total", result="ok"), 0, "reloads ok")
