@@ -178,11 +178,15 @@ local function send_header(r, s, k, v)
 end
 
 local upstream_mod -- loaded on first use (a proxied response, a direct route)
+
+-- What a deferred proxy response becomes when its exchange failed.
+local function deferred_failure(req, err) return _M.handler_result(req, nil, err) end
+
+-- (No closure made in here: LuaJIT would not compile the callers' traces.)
 local function upstream()
   if not upstream_mod then
     upstream_mod = require "gateway.upstream"
-    -- What a deferred proxy response becomes when its exchange failed.
-    upstream_mod.deferred_failure = function(req, err) return _M.handler_result(req, nil, err) end
+    upstream_mod.deferred_failure = deferred_failure
   end
   return upstream_mod
 end

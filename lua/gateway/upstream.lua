@@ -137,23 +137,52 @@ local ProxyResponse = {}
 -- res:set_header(name, value) on a proxied answer whose headers no script
 -- read: the header is kept aside and C adds it to the upstream's own
 -- (replacing one of the same name), so the headers stay unread in Lua.
+--
+-- The lines are kept as a list (name, value, ...) for a later read of
+-- res.headers, an index by lower-case name, and the header block C takes,
+-- grown line by line: no loop runs on the usual path (LuaJIT aborts a trace
+-- on a loop inside a function called from the request's root trace).
 local function proxy_set_header(res, name, value)
   local h = rawget(res, "headers")
   if h then return Response.set_header(res, name, value) end
-  local extra = rawget(res, "_extra")
+  value = tostring(value)
+  local extra, idx = rawget(res, "_extra"), rawget(res, "_xidx")
   if not extra then
-    extra = {}
+    extra, idx = {}, {}
     rawset(res, "_extra", extra)
+    rawset(res, "_xidx", idx)
   end
   local lname = lower(name)
-  for i = 1, #extra, 2 do
-    if lower(extra[i]) == lname then
-      extra[i + 1] = value
-      return
-    end
+  local i = idx[lname]
+  if i then
+    extra[i + 1] = value
+    rawset(res, "_xblob", false) -- a replaced line: rebuilt when sent
+    return
   end
-  extra[#extra + 1] = name
-  extra[#extra + 1] = value
+  local n = #extra
+  extra[n + 1] = name
+  extra[n + 2] = value
+  idx[lname] = n + 1
+  local blob = rawget(res, "_xblob")
+  if blob ~= false then rawset(res, "_xblob", (blob or "") .. name .. ": " .. value .. "\r\n") end
+end
+
+local function rebuild_blob(extra)
+  local lines, n = {}, 0
+  for i = 1, #extra, 2 do
+    n = n + 1
+    lines[n] = extra[i] .. ": " .. extra[i + 1] .. "\r\n"
+  end
+  return concat(lines, "", 1, n)
+end
+
+-- The header block of the lines set on an unread proxied answer ("" if none).
+local function extra_blob(res)
+  local blob = rawget(res, "_xblob")
+  if blob then return blob end
+  local extra = rawget(res, "_extra")
+  if not extra then return "" end
+  return rebuild_blob(extra)
 end
 
 ProxyResponse.__index = function(res, k)
@@ -173,6 +202,8 @@ ProxyResponse.__index = function(res, k)
   if extra then
     for j = 1, #extra, 2 do h[lower(extra[j])] = extra[j + 1] end
     rawset(res, "_extra", nil)
+    rawset(res, "_xidx", nil)
+    rawset(res, "_xblob", nil)
   end
   setmetatable(h, Headers)
   rawset(res, "headers", h)
@@ -590,16 +621,7 @@ function _M.is_deferred(res) return rawget(res, "_deferred") == true end
 
 -- Hands an unseen deferred response to C, which answers the client.
 function _M.commit_deferred(req, res)
-  local blob = ""
-  local extra = rawget(res, "_extra")
-  if extra then
-    local lines, n = {}, 0
-    for i = 1, #extra, 2 do
-      n = n + 1
-      lines[n] = extra[i] .. ": " .. tostring(extra[i + 1]) .. "\r\n"
-    end
-    blob = concat(lines, "", 1, n)
-  end
+  local blob = extra_blob(res)
   local rc = C.gw_ffi_proxy_commit(req._r, req._s, blob, #blob, base.out_err)
   if rc == BAD_CONTEXT then error(base.FINISHED, 0) end
   if rc ~= base.OK then error(ffi_string(base.out_err[0]), 0) end
@@ -635,16 +657,7 @@ function _M.send_proxied(req, res)
   if headers == nil then
     -- Unread: C copies the upstream's end-to-end headers itself, after the
     -- ones set with res:set_header (which replace theirs).
-    local blob = ""
-    local extra = rawget(res, "_extra")
-    if extra then
-      local lines, n = {}, 0
-      for i = 1, #extra, 2 do
-        n = n + 1
-        lines[n] = extra[i] .. ": " .. tostring(extra[i + 1]) .. "\r\n"
-      end
-      blob = concat(lines, "", 1, n)
-    end
+    local blob = extra_blob(res)
     local rc = C.gw_ffi_resp_proxy(req._r, req._s, res.status, blob, #blob, 1, base.out_err)
     if rc == BAD_CONTEXT then error(base.FINISHED, 0) end
     if rc ~= base.OK then error(ffi_string(base.out_err[0]), 0) end
