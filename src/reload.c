@@ -32,8 +32,7 @@
 #include "watch.h"
 #include "worker.h"
 
-/* sha256 of the file at `path` as 64 hex digits, or "" if it cannot be read. */
-static void sha256_file(const char *path, char hex[65]) {
+void gw_reload_file_hash(const char *path, char hex[65]) {
   hex[0] = '\0';
   FILE *f = fopen(path, "rb");
   if (!f) return;
@@ -74,6 +73,18 @@ static void watch_files(gw_worker_t *w, const gw_vm_files_t *files) {
     if (have_dir && inside(real_dir, files->paths[i])) keep[n++] = files->paths[i];
   gw_watch_set(w->watch, keep, n);
   free(keep);
+}
+
+/* A configuration written between the hash taken before a load and the
+ * moment its watches are in place makes no event: compare, and reload if
+ * the file is no longer the one loaded. */
+static void changed_while_loading(gw_worker_t *w, const char *loaded_hash) {
+  char now[65];
+  gw_reload_file_hash(w->path, now);
+  if (w->watch && now[0] && strcmp(now, loaded_hash) != 0) {
+    gw_log_info("%s changed while it was loading: reloading", w->path);
+    gw_watch_poke(w->watch);
+  }
 }
 
 static void on_files_changed(void *data) {
@@ -171,13 +182,14 @@ int gw_reload(gw_worker_t *w, const char *trigger, char *err, size_t errlen) {
   uint64_t t0 = uv_hrtime();
   unsigned generation = w->vm->generation + 1;
   char hash[65];
-  sha256_file(w->path, hash);
+  gw_reload_file_hash(w->path, hash);
   gw_vm_files_t files = {NULL, 0};
   gw_vm_t *next = gw_vm_load(w->path, GW_VM_WORKER, generation, &files, err, errlen);
   /* Watch what this load read even if it failed: fixing a broken module
    * must reload too. */
   watch_files(w, &files);
   gw_vm_files_free(&files);
+  changed_while_loading(w, hash);
   /* Certificates are read again now, so a reload after renewing them is
    * enough; one that cannot be loaded fails the reload like a script error,
    * and the listeners keep the contexts they have. */
@@ -209,12 +221,11 @@ int gw_reload(gw_worker_t *w, const char *trigger, char *err, size_t errlen) {
   return 0;
 }
 
-void gw_reload_init(gw_worker_t *w, const gw_vm_files_t *files) {
-  char hash[65];
-  sha256_file(w->path, hash);
+void gw_reload_init(gw_worker_t *w, const gw_vm_files_t *files, const char *loaded_hash) {
   w->watch = gw_watch_new(w->loop, on_files_changed, w);
   watch_files(w, files);
-  publish_loaded(w, hash, NULL, NULL);
+  changed_while_loading(w, loaded_hash);
+  publish_loaded(w, loaded_hash, NULL, NULL);
 }
 
 void gw_reload_stop(gw_worker_t *w) {

@@ -30,8 +30,11 @@
 typedef struct gw_worker_s gw_worker_t;
 
 /* Called once the worker's first generation is running: publishes it and
- * starts watching `files` (those of the first load). */
-void gw_reload_init(gw_worker_t *w, const gw_vm_files_t *files);
+ * starts watching `files` (those of the first load). `loaded_hash` is the
+ * configuration's hash taken before that load (gw_reload_file_hash). */
+void gw_reload_init(gw_worker_t *w, const gw_vm_files_t *files, const char *loaded_hash);
+/* sha256 of the file at `path` as 64 hex digits, or "" if it cannot be read. */
+void gw_reload_file_hash(const char *path, char hex[65]);
 /* Reloads now. `trigger` says why ("SIGHUP", "file change", "admin").
  * Returns 0, or GW_ECONFIG with the error in err. Runs the new
  * configuration's Lua, so it must not be called from inside Lua code. */

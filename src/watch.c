@@ -89,6 +89,11 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int 
     while (i < d->nnames && strcmp(d->names[i], filename) != 0) i++;
     if (i == d->nnames) return; /* another file of the directory (a log, a swap file) */
   }
+  gw_watch_poke(w);
+}
+
+void gw_watch_poke(gw_watch_t *w) {
+  if (w->closing) return;
   uint64_t now = uv_now(w->loop);
   if (w->burst_start == 0) w->burst_start = now;
   /* Each event pushes the call DEBOUNCE_MS further, but never past

@@ -36,5 +36,8 @@ gw_watch_t *gw_watch_new(uv_loop_t *loop, gw_watch_cb cb, void *data);
 int gw_watch_set(gw_watch_t *w, char *const *paths, size_t n);
 /* Stops watching; the memory goes once the handles have closed. */
 void gw_watch_close(gw_watch_t *w);
+/* Acts as if a watched file had changed (debounced like an event): for a
+ * change the caller saw happen before its watches were in place. */
+void gw_watch_poke(gw_watch_t *w);
 
 #endif

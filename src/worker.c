@@ -231,8 +231,9 @@ int gw_worker_run(const char *path, int index, int workers_override) {
   w->path = path;
   w->workers_override = workers_override;
 
-  char err[4096];
+  char err[4096], loaded_hash[65];
   gw_vm_files_t files = {NULL, 0};
+  gw_reload_file_hash(path, loaded_hash); /* before the load: see changed_while_loading */
   w->vm = gw_vm_load(path, GW_VM_WORKER, 1, &files, err, sizeof err);
   if (!w->vm) {
     gw_log_error("%s", err);
@@ -250,7 +251,7 @@ int gw_worker_run(const char *path, int index, int workers_override) {
     gw_log_error("%s", err);
     return 2;
   }
-  gw_reload_init(w, &files);
+  gw_reload_init(w, &files, loaded_hash);
   gw_vm_files_free(&files);
   watch_signal(w, &w->sig_term, SIGTERM);
   watch_signal(w, &w->sig_int, SIGINT);
