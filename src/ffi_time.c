@@ -14,6 +14,7 @@
  * never be freed. Its one-shot timers still fire once, as work in flight,
  * and a retired generation cannot start new timers.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -63,7 +64,11 @@ GW_FFI_EXPORT int gw_ffi_sleep(gw_task_t *t, uint32_t ts, double seconds, uint32
   sl->timer.data = sl;
   sl->w.cancel = cancel_sleep;
   gw_waiter_add(t, &sl->w);
-  uint64_t ms = seconds <= 0 ? 0 : (uint64_t)(seconds * 1000.0 + 0.5);
+  /* Never shorter than asked: libuv counts from the loop's cached time,
+   * which can be a whole iteration old and is whole milliseconds (truncated),
+   * so refresh it and round up, plus the millisecond truncation can lose. */
+  uint64_t ms = seconds <= 0 ? 0 : (uint64_t)ceil(seconds * 1000.0) + 1;
+  uv_update_time(gw__worker->loop);
   uv_timer_start(&sl->timer, on_sleep_done, ms, 0);
   *wait_id = sl->w.id;
   return GW_FFI_AGAIN;

@@ -72,6 +72,20 @@ gw.get("/lua_kb", function(req)
   return tostring(math.floor(collectgarbage("count")))
 end)
 
+-- The shortest of 30 sleeps of 13 ms, measured with the monotonic clock.
+local ffi = require "ffi"
+ffi.cdef "double gw_ffi_monotonic(void);"
+gw.get("/sleep_floor", function(req)
+  local shortest = 1
+  for _ = 1, 30 do
+    local t0 = ffi.C.gw_ffi_monotonic()
+    gw.sleep(0.013)
+    local d = ffi.C.gw_ffi_monotonic() - t0
+    if d < shortest then shortest = d end
+  end
+  return string.format("%.6f", shortest)
+end)
+
 gw.get("/now", function(req)
   local a = gw.now()
   gw.sleep(0.2)
@@ -182,6 +196,16 @@ def test_spawned_threads_are_collected():
         after = int(g.get("/lua_kb")[2])
         assert after - before < 1024, \
             "Lua heap grew by %d KB over 8,000 finished and 400 abandoned threads" % (after - before)
+
+
+def test_sleep_is_never_shorter_than_asked():
+    # libuv counts a timer from the loop's cached time (an iteration old, and
+    # truncated to the millisecond): a sleep used to end up to a millisecond or
+    # more early, and /metrics' duration of a 0.3 s sleep was sometimes below 0.3.
+    with Gateway(APP) as g:
+        st, _, body = g.get("/sleep_floor", timeout=10)
+        eq(st, 200, "status")
+        assert float(body) >= 0.013, "shortest of 30 sleeps of 13 ms: %s s" % body.decode()
 
 
 def test_timer_after():
