@@ -380,12 +380,20 @@ def test_upstream_duration_histogram():
             eq(g.get("/via")[0], 200, "proxied")
         for _ in range(2):
             eq(g.get("/dead")[0], 502, "refused")
-        samples, types = parse_prometheus(admin(g, "GET", "/metrics")[2].decode())
         fam = "gateway_upstream_duration_seconds"
-        eq(types.get(fam), "histogram", "type")
-        series = check_histograms(samples, fam)
         timed = {"upstream": "timed", "server": "127.0.0.1:%d" % g.ports["$PORT3"]}
         gone = {"upstream": "gone", "server": "127.0.0.1:%d" % dead}
+        # A try is counted just after its answer's last bytes are written, and
+        # /metrics may be served by the other worker in between: wait for it.
+        got = {}
+
+        def counted():
+            got["samples"], got["types"] = parse_prometheus(admin(g, "GET", "/metrics")[2].decode())
+            return metric(got["samples"], fam + "_count", **timed) == 12
+        wait_for(counted, 5)
+        samples, types = got["samples"], got["types"]
+        eq(types.get(fam), "histogram", "type")
+        series = check_histograms(samples, fam)
         eq(metric(samples, fam + "_count", **timed), 12, "every try counted, summed over workers")
         eq(metric(samples, fam + "_count", **gone), 2, "failed tries counted too")
         # The backend sleeps 30 ms: no try can be shorter (lower bounds only).
