@@ -90,6 +90,16 @@ static void write_chunk(gw_req_t *r, const char *data, size_t n) {
   gw_response_flush_head(r, bufs, 3);
 }
 
+/* The upstream's body ended: the last chunk if the client gets chunks, and
+ * the head if it is still held (an empty body: the head alone). */
+static void end_body(gw_proxy_t *p, gw_req_t *r) {
+  if (p->chunked_out) {
+    uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
+    gw_response_flush_head(r, &b, 1);
+  }
+  gw_response_flush_head(r, NULL, 0);
+}
+
 static int on_body(gw_exchange_t *x, const char *data, size_t n) {
   gw_proxy_t *p = x->data;
   if (p->state == GW_PROXY_BUFFERING) {
@@ -148,11 +158,9 @@ static void on_done(gw_exchange_t *x, int err, const char *msg) {
       } else if (err) {
         gw_log_warn("proxy: upstream %s failed mid-body: %s", x->up->name, msg ? msg : gw_strerror(err));
         r->close_after = 1;
-      } else if (p->chunked_out) {
-        uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
-        gw_response_flush_head(r, &b, 1);
       }
-      gw_response_flush_head(r, NULL, 0); /* an empty body: the head alone */
+      if (err) gw_response_flush_head(r, NULL, 0);
+      else end_body(p, r);
       /* The handler finished long ago; the request ends now. */
       if (!r->task) gw_conn_request_done(c);
       break;
@@ -656,11 +664,7 @@ static int send_head(gw_proxy_t *p, gw_req_t *r, int status, const char *lines, 
   p->state = (no_body || r->method == HTTP_HEAD) ? GW_PROXY_HEAD_READY : GW_PROXY_STREAMING;
   if (p->state == GW_PROXY_STREAMING && p->ended) {
     /* The (empty) body already ended: close the framing now. */
-    if (p->chunked_out) {
-      uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
-      gw_response_flush_head(r, &b, 1);
-    }
-    gw_response_flush_head(r, NULL, 0);
+    end_body(p, r);
     p->state = GW_PROXY_DONE;
   } else if (p->state == GW_PROXY_STREAMING) {
     gw_exchange_resume(&p->x);

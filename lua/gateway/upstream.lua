@@ -616,9 +616,6 @@ Deferred.__newindex = function(d, k, v)
   d[k] = v
 end
 
--- True if `res` is a deferred response nobody looked at.
-function _M.is_deferred(res) return rawget(res, "_deferred") == true end
-
 -- Hands an unseen deferred response to C, which answers the client.
 function _M.commit_deferred(req, res)
   local blob = extra_blob(res)
