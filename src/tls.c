@@ -33,6 +33,7 @@
 
 #include "errors.h"
 #include "mem.h"
+#include "tls_record.h"
 #include "tls_tickets.h"
 
 /* TLS 1.2 only: forward secrecy and AEAD (Mozilla's "intermediate" list
@@ -77,6 +78,15 @@ struct gw_tls_s {
   uint8_t ready;      /* handshake done */
   uint8_t failed;     /* a fatal error: no further reads or writes */
   uint8_t shut;       /* close_notify queued */
+  /* TLS 1.3 server connections: the application traffic secrets OpenSSL
+   * logs during the handshake (wiped once used), then our own record
+   * layer (tls_record.h), which replaces SSL_read/SSL_write from the end
+   * of the handshake on. NULL rec: OpenSSL's record layer serves. */
+  uint8_t secrets_seen; /* bit 0: the client's, bit 1: the server's */
+  uint8_t secret_len;
+  unsigned char client_secret[GW_TLS_REC_SECRET_MAX];
+  unsigned char server_secret[GW_TLS_REC_SECRET_MAX];
+  gw_tls_rec_t *rec;
 };
 
 /* ---- the outgoing BIO: appends to gw_tls_t.out ---- */
@@ -108,6 +118,73 @@ static int init_out_method(void) {
   BIO_meth_set_ctrl(out_method, out_ctrl);
   BIO_meth_set_create(out_method, out_create);
   return 0;
+}
+
+/* ---- secrets for the record layer of our own ---- */
+
+static int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Decodes up to `max` bytes of hex; returns the byte count, 0 if bad. */
+static size_t unhex(const char *p, unsigned char *out, size_t max) {
+  size_t n = 0;
+  while (p[0] && p[1] && n < max) {
+    int hi = hex_digit(p[0]), lo = hex_digit(p[1]);
+    if (hi < 0 || lo < 0) return 0;
+    out[n++] = (unsigned char)(hi << 4 | lo);
+    p += 2;
+  }
+  return *p ? 0 : n;
+}
+
+/* OpenSSL's key log ("LABEL <client random> <secret>", NSS's format) is
+ * the one public way OpenSSL 3.0 hands out TLS 1.3 traffic secrets. We
+ * keep the two application secrets of server connections; nothing is
+ * written anywhere. */
+static void on_keylog(const SSL *ssl, const char *line) {
+  gw_tls_t *t = SSL_get_app_data(ssl);
+  if (!t) return;
+  static const char client_label[] = "CLIENT_TRAFFIC_SECRET_0 ", server_label[] = "SERVER_TRAFFIC_SECRET_0 ";
+  unsigned char *dst;
+  uint8_t bit;
+  if (strncmp(line, client_label, sizeof client_label - 1) == 0) {
+    dst = t->client_secret;
+    bit = 1;
+  } else if (strncmp(line, server_label, sizeof server_label - 1) == 0) {
+    dst = t->server_secret;
+    bit = 2;
+  } else {
+    return;
+  }
+  const char *secret = strchr(line + sizeof client_label - 1, ' ');
+  size_t n = secret ? unhex(secret + 1, dst, GW_TLS_REC_SECRET_MAX) : 0;
+  if (n == 0 || (t->secret_len && n != t->secret_len)) return;
+  t->secret_len = (uint8_t)n;
+  t->secrets_seen |= bit;
+}
+
+/* At the end of a TLS 1.3 handshake: our record layer takes over if
+ * OpenSSL holds no record it has read ahead, the suite is one we handle,
+ * and the records OpenSSL already sealed with the server's application key
+ * (its session tickets, written from `mark` on in `out`) open with the key
+ * we derived, which also tells our write sequence number. Otherwise
+ * OpenSSL's record layer goes on serving the connection. */
+static void take_over_records(gw_tls_t *t, size_t mark) {
+  if (t->secrets_seen == 3 && SSL_version(t->ssl) == TLS1_3_VERSION && !SSL_has_pending(t->ssl)) {
+    uint16_t suite = SSL_CIPHER_get_protocol_id(SSL_get_current_cipher(t->ssl));
+    t->rec = gw_tls_rec_new(suite, t->client_secret, t->server_secret, t->secret_len);
+    if (t->rec && gw_tls_rec_skip_sent(t->rec, t->out.base + mark, t->out.len - mark) != 0) {
+      gw_tls_rec_free(t->rec);
+      t->rec = NULL;
+    }
+  }
+  OPENSSL_cleanse(t->client_secret, sizeof t->client_secret);
+  OPENSSL_cleanse(t->server_secret, sizeof t->server_secret);
+  t->secrets_seen = 0;
 }
 
 /* ---- contexts ---- */
@@ -274,6 +351,7 @@ static int load_cert(gw_tls_ctx_t *ctx, server_cert_t *c, const gw_tls_cert_t *c
   SSL_CTX_set_alpn_select_cb(s, on_alpn, NULL);
   SSL_CTX_set_tlsext_servername_callback(s, on_servername);
   SSL_CTX_set_tlsext_servername_arg(s, ctx);
+  SSL_CTX_set_keylog_callback(s, on_keylog);
   SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_num_tickets(s, 1);
   SSL_CTX_set_timeout(s, gw_tickets_lifetime()); /* also the lifetime hint clients get */
@@ -388,6 +466,7 @@ gw_tls_t *gw_tls_new(gw_tls_ctx_t *ctx) {
   BIO_set_data(wbio, t);
   SSL_set_bio(t->ssl, t->rbio, wbio); /* the SSL owns both from here */
   SSL_set_accept_state(t->ssl);
+  SSL_set_app_data(t->ssl, t); /* for on_keylog */
   t->ctx = ctx;
   ctx->refs++;
   return t;
@@ -405,6 +484,9 @@ static void free_peer(gw_tls_peer_t *p) {
 void gw_tls_free(gw_tls_t *t) {
   if (!t) return;
   SSL_free(t->ssl);
+  gw_tls_rec_free(t->rec);
+  OPENSSL_cleanse(t->client_secret, sizeof t->client_secret);
+  OPENSSL_cleanse(t->server_secret, sizeof t->server_secret);
   gw_tls_ctx_free(t->ctx); /* after SSL_free: the SSL may still use its SSL_CTX */
   free_peer(t->peer);
   gw_buf_free(&t->out);
@@ -423,12 +505,31 @@ static void clear_errors(void) {
   if (ERR_peek_error() != 0) ERR_clear_error();
 }
 
+/* A result of our record layer, with its failure noted as OpenSSL's are. */
+static ssize_t rec_result(gw_tls_t *t, ssize_t rc) {
+  const char *why = gw_tls_rec_error(t->rec);
+  if (why) t->reason = why;
+  if (rc == GW_ETLS) t->failed = 1;
+  return rc;
+}
+
+/* The first records after the handshake, which OpenSSL left in its BIO. */
+static ssize_t read_leftover(gw_tls_t *t, gw_buf_t *plain) {
+  char *p;
+  long n = BIO_get_mem_data(t->rbio, &p);
+  ssize_t rc = n > 0 ? gw_tls_rec_read(t->rec, p, (size_t)n, plain, &t->out) : 0;
+  (void)BIO_reset(t->rbio);
+  return rec_result(t, rc);
+}
+
 ssize_t gw_tls_read(gw_tls_t *t, const char *in, size_t n, gw_buf_t *plain) {
   if (t->failed) return GW_ETLS;
+  if (t->rec) return rec_result(t, gw_tls_rec_read(t->rec, in, n, plain, &t->out));
   clear_errors();
   /* Copy `in` first: growing `plain` below may move the memory it is in. */
   if (n > 0 && BIO_write(t->rbio, in, (int)n) != (int)n) return fail(t);
   if (!t->ready) {
+    size_t mark = t->out.len;
     int rc = SSL_do_handshake(t->ssl);
     if (rc != 1) {
       int e = SSL_get_error(t->ssl, rc);
@@ -436,6 +537,8 @@ ssize_t gw_tls_read(gw_tls_t *t, const char *in, size_t n, gw_buf_t *plain) {
       return fail(t);
     }
     t->ready = 1;
+    if (t->secrets_seen) take_over_records(t, mark);
+    if (t->rec) return read_leftover(t, plain);
   }
   ssize_t total = 0;
   for (;;) {
@@ -471,6 +574,14 @@ int gw_tls_ready(const gw_tls_t *t) { return t->ready; }
 
 int gw_tls_write(gw_tls_t *t, const char *p, size_t len) {
   if (t->failed || !t->ready || t->shut) return GW_ETLS;
+  while (t->rec && len > 0) {
+    size_t chunk = len < (1u << 30) ? len : (1u << 30); /* a uv_buf_t holds an unsigned int */
+    uv_buf_t one = uv_buf_init((char *)p, (unsigned)chunk);
+    if (rec_result(t, gw_tls_rec_write(t->rec, &one, 1, &t->out)) != 0) return GW_ETLS;
+    p += chunk;
+    len -= chunk;
+  }
+  if (t->rec) return 0;
   clear_errors();
   while (len > 0) {
     size_t done = 0;
@@ -482,6 +593,10 @@ int gw_tls_write(gw_tls_t *t, const char *p, size_t len) {
 }
 
 int gw_tls_writev(gw_tls_t *t, const uv_buf_t *bufs, unsigned n) {
+  if (t->rec) {
+    if (t->failed || t->shut) return GW_ETLS;
+    return (int)rec_result(t, gw_tls_rec_write(t->rec, bufs, n, &t->out));
+  }
   /* Each SSL_write makes at least one record: one AEAD seal and 22 bytes
    * of framing (TLS 1.3). Joining small pieces saves both. */
   char joined[16384]; /* one record's plaintext at most */
@@ -512,6 +627,10 @@ int gw_tls_writev(gw_tls_t *t, const uv_buf_t *bufs, unsigned n) {
 void gw_tls_shutdown(gw_tls_t *t) {
   if (t->shut || t->failed || !t->ready) return;
   t->shut = 1;
+  if (t->rec) {
+    gw_tls_rec_close(t->rec, &t->out);
+    return;
+  }
   ERR_clear_error();
   SSL_shutdown(t->ssl); /* queues close_notify; we do not wait for the peer's */
   ERR_clear_error();

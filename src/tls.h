@@ -9,7 +9,10 @@
  * here touches the loop, so the same state serves the server side and the
  * upstream client (https:// servers).
  *
- * This file is the one place that calls OpenSSL's SSL_* functions.
+ * This file is the one place that calls OpenSSL's SSL_* functions. On a
+ * server connection that finished a TLS 1.3 handshake, records are sealed
+ * and opened by tls_record.c instead of SSL_read/SSL_write (the same calls
+ * here serve both; see tls_record.h).
  *
  * A server context (gw_tls_ctx_t) belongs to one listener: the worker makes
  * it when it opens its listeners and again at each reload (so certificates

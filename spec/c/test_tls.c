@@ -12,6 +12,7 @@
 #include "../../src/mem.c"
 #include "../../src/buf.c"
 #include "../../src/tls.c"
+#include "../../src/tls_record.c"
 #include "../../src/tls_tickets.c"
 
 #include "runner.h"
@@ -253,6 +254,154 @@ TEST(bad_files_name_the_file) {
   CHECK(strstr(err, "w.key") != NULL);
 }
 
+/* A TLS 1.3 handshake with the client limited to `suites` (NULL: any),
+ * or TLS 1.2 when `tls12`; the client sends `req` right after its
+ * Finished. Returns the server state (plaintext in *plain). */
+static gw_tls_t *handshake(gw_tls_ctx_t *ctx, client_t *c, const char *suites, int tls12, gw_buf_t *plain) {
+  gw_tls_t *t = gw_tls_new(ctx);
+  client_init(c, "a.test", NULL, tls12 ? TLS1_2_VERSION : 0);
+  if (suites) SSL_set_ciphersuites(c->ssl, suites);
+  pump(c, t, plain);
+  return t;
+}
+
+TEST(tls13_records_are_ours_tls12_stays_with_openssl) {
+  gw_tls_ctx_t *ctx = server_ctx();
+  REQUIRE(ctx != NULL);
+  const char *suites[] = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", NULL};
+  for (int i = 0; i < 4; i++) {
+    client_t c;
+    gw_buf_t plain;
+    gw_buf_init(&plain);
+    int tls12 = suites[i] == NULL;
+    gw_tls_t *t = handshake(ctx, &c, suites[i], tls12, &plain);
+    REQUIRE(gw_tls_ready(t));
+    CHECK_EQ(t->rec != NULL, !tls12);
+    /* Both ways, with the client asking for a key update in between. */
+    for (int round = 0; round < 3; round++) {
+      plain.len = 0;
+      CHECK_EQ(SSL_write(c.ssl, "ping", 4), 4);
+      CHECK_EQ(pump(&c, t, &plain), 4);
+      CHECK(plain.len == 4 && memcmp(plain.base, "ping", 4) == 0);
+      CHECK_EQ(gw_tls_write(t, "pong", 4), 0);
+      pump(&c, t, &plain);
+      char buf[8];
+      CHECK_EQ(SSL_read(c.ssl, buf, sizeof buf), 4);
+      if (!tls12) CHECK_EQ(SSL_key_update(c.ssl, SSL_KEY_UPDATE_REQUESTED), 1);
+    }
+    gw_buf_free(&plain);
+    client_free(&c);
+    gw_tls_free(t);
+  }
+  gw_tls_ctx_free(ctx);
+}
+
+TEST(own_key_update_before_the_sequence_limit) {
+  gw_tls_ctx_t *ctx = server_ctx();
+  REQUIRE(ctx != NULL);
+  client_t c;
+  gw_buf_t plain;
+  gw_buf_init(&plain);
+  gw_tls_t *t = handshake(ctx, &c, NULL, 0, &plain);
+  REQUIRE(t->rec != NULL);
+  /* OpenSSL sealed one session ticket with the server's application key:
+   * our first record is number 1. */
+  CHECK_EQ(t->rec->tx.seq, (uint64_t)1);
+  gw_tls_rec_rekey_after = 3;
+  /* 10 records; a KeyUpdate (27 bytes: 5 + 5 + 1 + 16) goes before each
+   * record whose sequence number reached 3, and numbering starts again. */
+  size_t expect = 0;
+  uint64_t seq = t->rec->tx.seq;
+  for (int i = 0; i < 10; i++) {
+    if (seq >= 3) {
+      expect += 27;
+      seq = 0;
+    }
+    expect += 8 + 22;
+    seq++;
+    CHECK_EQ(gw_tls_write(t, "abcdefgh", 8), 0);
+  }
+  const char *p;
+  CHECK_EQ(gw_tls_pending(t, &p), expect);
+  CHECK(expect > 300 + 2 * 27);
+  pump(&c, t, &plain);
+  char buf[128];
+  size_t got = 0;
+  int r;
+  while ((r = SSL_read(c.ssl, buf + got, (int)(sizeof buf - got))) > 0) got += (size_t)r;
+  CHECK_EQ(got, (size_t)80);
+  CHECK(memcmp(buf, "abcdefghabcdefgh", 16) == 0 && memcmp(buf + 72, "abcdefgh", 8) == 0);
+  gw_tls_rec_rekey_after = (uint64_t)1 << 24;
+  gw_buf_free(&plain);
+  client_free(&c);
+  gw_tls_free(t);
+  gw_tls_ctx_free(ctx);
+}
+
+TEST(a_tampered_record_fails_with_a_reason_and_an_alert) {
+  gw_tls_ctx_t *ctx = server_ctx();
+  REQUIRE(ctx != NULL);
+  client_t c;
+  gw_buf_t plain;
+  gw_buf_init(&plain);
+  gw_tls_t *t = handshake(ctx, &c, NULL, 0, &plain);
+  REQUIRE(t->rec != NULL);
+  SSL_write(c.ssl, "hello", 5);
+  char *p;
+  long n = BIO_get_mem_data(c.out, &p);
+  REQUIRE(n > 10);
+  p[n - 3] ^= 0x40; /* in the tag */
+  CHECK_EQ(gw_tls_read(t, p, (size_t)n, &plain), (ssize_t)GW_ETLS);
+  CHECK_EQ(plain.len, 0);
+  CHECK(strstr(gw_tls_error(t), "bad record mac") != NULL);
+  const char *alert;
+  size_t m = gw_tls_pending(t, &alert);
+  CHECK_EQ(m, (size_t)(5 + 2 + 1 + 16));
+  BIO_reset(c.out);
+  BIO_write(c.in, alert, (int)m);
+  char buf[8];
+  CHECK(SSL_read(c.ssl, buf, sizeof buf) <= 0);
+  CHECK_EQ(SSL_get_error(c.ssl, -1), SSL_ERROR_SSL);
+  CHECK_EQ(gw_tls_write(t, "x", 1), GW_ETLS);
+  gw_buf_free(&plain);
+  client_free(&c);
+  gw_tls_free(t);
+  gw_tls_ctx_free(ctx);
+}
+
+TEST(records_decrypted_in_the_buffer_they_were_read_into) {
+  gw_tls_ctx_t *ctx = server_ctx();
+  REQUIRE(ctx != NULL);
+  client_t c;
+  gw_buf_t plain;
+  gw_buf_init(&plain);
+  gw_tls_t *t = handshake(ctx, &c, NULL, 0, &plain);
+  REQUIRE(t->rec != NULL);
+  /* As the connection does: the ciphertext is read into plain's spare room,
+   * right after what it holds; some records end mid-way and continue in
+   * the next read. */
+  plain.len = 0;
+  gw_buf_append(&plain, "kept", 4);
+  unsigned char msg[3000];
+  for (size_t i = 0; i < sizeof msg; i++) msg[i] = (unsigned char)(i * 7);
+  for (int i = 0; i < 10; i++) SSL_write(c.ssl, msg + i * 300, 300);
+  char *p;
+  long n = BIO_get_mem_data(c.out, &p);
+  size_t cuts[] = {0, 100, 1000, 1001, 2000, (size_t)n};
+  for (int i = 0; i < 5; i++) {
+    size_t len = cuts[i + 1] - cuts[i];
+    gw_buf_reserve(&plain, len);
+    memcpy(plain.base + plain.len, p + cuts[i], len);
+    CHECK(gw_tls_read(t, plain.base + plain.len, len, &plain) >= 0);
+  }
+  CHECK_EQ(plain.len, 4 + sizeof msg);
+  CHECK(memcmp(plain.base, "kept", 4) == 0 && memcmp(plain.base + 4, msg, sizeof msg) == 0);
+  gw_buf_free(&plain);
+  client_free(&c);
+  gw_tls_free(t);
+  gw_tls_ctx_free(ctx);
+}
+
 static void cleanup(void) {
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
@@ -270,4 +419,7 @@ __attribute__((constructor)) static void setup(void) {
 }
 
 TEST_LIST(T(wildcard_covers_one_label), T(alpn_accepts_only_http11), T(handshake_and_data_both_ways),
-          T(sni_picks_certificate), T(refusals_fail_the_handshake), T(bad_files_name_the_file))
+          T(sni_picks_certificate), T(refusals_fail_the_handshake), T(bad_files_name_the_file),
+          T(tls13_records_are_ours_tls12_stays_with_openssl), T(own_key_update_before_the_sequence_limit),
+          T(a_tampered_record_fails_with_a_reason_and_an_alert),
+          T(records_decrypted_in_the_buffer_they_were_read_into))
