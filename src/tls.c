@@ -176,11 +176,8 @@ static void on_keylog(const SSL *ssl, const char *line) {
 static void take_over_records(gw_tls_t *t, size_t mark) {
   if (t->secrets_seen == 3 && SSL_version(t->ssl) == TLS1_3_VERSION && !SSL_has_pending(t->ssl)) {
     uint16_t suite = SSL_CIPHER_get_protocol_id(SSL_get_current_cipher(t->ssl));
-    t->rec = gw_tls_rec_new(suite, t->client_secret, t->server_secret, t->secret_len);
-    if (t->rec && gw_tls_rec_skip_sent(t->rec, t->out.base + mark, t->out.len - mark) != 0) {
-      gw_tls_rec_free(t->rec);
-      t->rec = NULL;
-    }
+    t->rec = gw_tls_rec_new(suite, t->client_secret, t->server_secret, t->secret_len, t->out.base + mark,
+                            t->out.len - mark);
   }
   OPENSSL_cleanse(t->client_secret, sizeof t->client_secret);
   OPENSSL_cleanse(t->server_secret, sizeof t->server_secret);

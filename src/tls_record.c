@@ -18,7 +18,7 @@
  * Keys (RFC 8446 7.1, 7.3): key = HKDF-Expand-Label(secret, "key", "", n),
  * iv = HKDF-Expand-Label(secret, "iv", "", 12), and a KeyUpdate replaces
  * the secret with HKDF-Expand-Label(secret, "traffic upd", "", hash size);
- * HKDF is OpenSSL's (EVP_KDF "HKDF", expand only).
+ * each output is one HMAC block (see expand_label and hmac).
  */
 #include "tls_record.h"
 
@@ -26,7 +26,6 @@
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/kdf.h>
 #include <openssl/provider.h>
 #include <string.h>
 #include <strings.h>
@@ -151,6 +150,8 @@ static int find_functions(suite_t *s) {
          s->set_params && s->provctx;
 }
 
+static size_t be16(const unsigned char *p) { return (size_t)p[0] << 8 | p[1]; }
+
 static void make_nonce(const direction_t *d, unsigned char nonce[IV_LEN]) {
   memcpy(nonce, d->iv, IV_LEN);
   for (int i = 0; i < 8; i++) nonce[IV_LEN - 1 - i] ^= (unsigned char)(d->seq >> (8 * i));
@@ -251,39 +252,60 @@ static const suite_t *usable_suite(uint16_t code) {
 
 /* ---- keys ---- */
 
-/* HKDF-Expand-Label(secret, label, "", out_len) of RFC 8446 7.1. */
+/* HMAC with the suite's hash (OpenSSL's EVP_MAC): one context per hash,
+ * made on first use and kept, re-keyed for each call. */
+static int hmac(const suite_t *s, const unsigned char *key, size_t key_len, const unsigned char *msg, size_t msg_len,
+                unsigned char out[EVP_MAX_MD_SIZE]) {
+  static EVP_MAC_CTX *by_hash[2]; /* SHA-256, SHA-384 */
+  EVP_MAC_CTX **m = &by_hash[s->hash_len == 48];
+  if (!*m) {
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *made = mac ? EVP_MAC_CTX_new(mac) : NULL;
+    EVP_MAC_free(mac); /* the context holds its own reference */
+    OSSL_PARAM p[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)s->md, 0),
+                      OSSL_PARAM_construct_end()};
+    if (made && EVP_MAC_CTX_set_params(made, p) != 1) {
+      EVP_MAC_CTX_free(made);
+      made = NULL;
+    }
+    *m = made;
+  }
+  size_t n = 0;
+  return *m && EVP_MAC_init(*m, key, key_len, NULL) == 1 && EVP_MAC_update(*m, msg, msg_len) == 1 &&
+         EVP_MAC_final(*m, out, &n, EVP_MAX_MD_SIZE) == 1 && n == s->hash_len;
+}
+
+/* HKDF-Expand-Label(secret, label, "", out_len) of RFC 8446 7.1. Every
+ * output here (a key, an IV, a secret) is at most one hash long, so
+ * HKDF-Expand (RFC 5869 2.3) is its first block alone:
+ * HMAC(secret, HkdfLabel || 0x01). spec/c/test_tls.c checks it against
+ * OpenSSL's TLS13-KDF. */
 static int expand_label(const suite_t *s, const unsigned char *secret, const char *label, unsigned char *out,
                         size_t out_len) {
-  static EVP_KDF *hkdf;
-  if (!hkdf) hkdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-  if (!hkdf) return 0;
-  unsigned char info[2 + 1 + 6 + 16 + 1];
   size_t label_len = strlen(label);
+  if (out_len > s->hash_len || label_len > 16) return 0;
+  unsigned char info[2 + 1 + 6 + 16 + 1 + 1];
   info[0] = (unsigned char)(out_len >> 8);
   info[1] = (unsigned char)out_len;
   info[2] = (unsigned char)(6 + label_len);
   memcpy(info + 3, "tls13 ", 6);
   memcpy(info + 9, label, label_len);
-  info[9 + label_len] = 0; /* empty context */
-  int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
-  OSSL_PARAM p[] = {
-      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)s->md, 0),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)secret, s->hash_len),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, 10 + label_len),
-      OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
-      OSSL_PARAM_construct_end(),
-  };
-  EVP_KDF_CTX *k = EVP_KDF_CTX_new(hkdf);
-  int ok = k && EVP_KDF_derive(k, out, out_len, p) == 1;
-  EVP_KDF_CTX_free(k);
+  info[9 + label_len] = 0;  /* the context: empty */
+  info[10 + label_len] = 1; /* HKDF-Expand's block counter */
+  unsigned char block[EVP_MAX_MD_SIZE];
+  int ok = hmac(s, secret, s->hash_len, info, 11 + label_len, block);
+  if (ok) memcpy(out, block, out_len);
+  OPENSSL_cleanse(block, sizeof block);
   return ok;
 }
 
-/* Keys a direction from its current secret (d->secret). */
-static int key_from_secret(direction_t *d, const suite_t *s, int encrypt) {
+/* Keys a direction from its current secret (d->secret). With `also`,
+ * keys that direction too, for the other operation (gw_tls_rec_new's check
+ * of the records OpenSSL sealed). */
+static int key_from_secret(direction_t *d, const suite_t *s, int encrypt, direction_t *also) {
   unsigned char key[32], iv[IV_LEN];
   int ok = expand_label(s, d->secret, "key", key, s->key_len) && expand_label(s, d->secret, "iv", iv, IV_LEN) &&
-           key_direction(d, s, key, iv, encrypt);
+           key_direction(d, s, key, iv, encrypt) && (!also || key_direction(also, s, key, iv, !encrypt));
   OPENSSL_cleanse(key, sizeof key);
   OPENSSL_cleanse(iv, sizeof iv);
   return ok;
@@ -296,18 +318,44 @@ static int next_generation(direction_t *d) {
   int ok = expand_label(s, d->secret, "traffic upd", fresh, s->hash_len);
   if (ok) memcpy(d->secret, fresh, s->hash_len);
   OPENSSL_cleanse(fresh, sizeof fresh);
-  return ok && key_from_secret(d, s, d->encrypt);
+  return ok && key_from_secret(d, s, d->encrypt, NULL);
+}
+
+/* Opens the records OpenSSL sealed with the server's key (`check` is
+ * keyed like r->tx, for opening) and sets r->tx's sequence number past
+ * them. 0 if one does not open. */
+static int count_sent(gw_tls_rec_t *r, direction_t *check, const unsigned char *p, size_t n) {
+  unsigned char scratch[MAX_CIPHER];
+  size_t off = 0;
+  int ok = 1;
+  while (ok && off < n) {
+    size_t body = n - off >= HEADER_LEN ? be16(p + off + 3) : 0;
+    ok = n - off >= HEADER_LEN && p[off] == REC_DATA && body >= TAG_LEN + 1 && body <= MAX_CIPHER &&
+         n - off - HEADER_LEN >= body &&
+         aead_open(check, p + off, p + off + HEADER_LEN, body - TAG_LEN, p + off + HEADER_LEN + body - TAG_LEN,
+                   scratch);
+    check->seq++;
+    off += HEADER_LEN + body;
+  }
+  OPENSSL_cleanse(scratch, sizeof scratch);
+  r->tx.seq = check->seq;
+  return ok;
 }
 
 gw_tls_rec_t *gw_tls_rec_new(uint16_t suite, const unsigned char *client_secret,
-                             const unsigned char *server_secret, size_t len) {
+                             const unsigned char *server_secret, size_t len, const char *sent,
+                             size_t sent_len) {
   const suite_t *s = usable_suite(suite);
   if (!s || len != s->hash_len) return NULL;
   gw_tls_rec_t *r = gw_xcalloc(1, sizeof *r);
   memcpy(r->rx.secret, client_secret, len);
   memcpy(r->tx.secret, server_secret, len);
   r->rx.suite = r->tx.suite = s;
-  if (!key_from_secret(&r->rx, s, 0) || !key_from_secret(&r->tx, s, 1)) {
+  direction_t check = {0};
+  int ok = key_from_secret(&r->rx, s, 0, NULL) && key_from_secret(&r->tx, s, 1, sent_len ? &check : NULL) &&
+           (!sent_len || count_sent(r, &check, (const unsigned char *)sent, sent_len));
+  if (check.ctx) unkey_direction(&check);
+  if (!ok) {
     gw_tls_rec_free(r);
     return NULL;
   }
@@ -325,8 +373,6 @@ void gw_tls_rec_free(gw_tls_rec_t *r) {
 const char *gw_tls_rec_error(const gw_tls_rec_t *r) { return r->why; }
 
 /* ---- sealing ---- */
-
-static size_t be16(const unsigned char *p) { return (size_t)p[0] << 8 | p[1]; }
 
 /* Seals the record whose header room and `len` plaintext bytes are at
  * out->base + start (the room for the type and the tag is reserved):
@@ -531,27 +577,4 @@ ssize_t gw_tls_rec_read(gw_tls_rec_t *r, const char *in, size_t n, gw_buf_t *pla
     return total > 0 ? total : UV_EOF;
   }
   return total > 0 ? total : GW_ETLS;
-}
-
-int gw_tls_rec_skip_sent(gw_tls_rec_t *r, const char *p, size_t n) {
-  const unsigned char *q = (const unsigned char *)p;
-  direction_t check = {0};
-  memcpy(check.secret, r->tx.secret, sizeof check.secret);
-  if (!key_from_secret(&check, r->tx.suite, 0)) return -1;
-  int ok = 1;
-  unsigned char scratch[MAX_CIPHER];
-  size_t off = 0;
-  while (ok && off < n) {
-    size_t body = n - off >= HEADER_LEN ? be16(q + off + 3) : 0;
-    ok = n - off >= HEADER_LEN && q[off] == REC_DATA && body >= TAG_LEN + 1 && body <= MAX_CIPHER &&
-         n - off >= HEADER_LEN + body;
-    ok = ok && aead_open(&check, q + off, q + off + HEADER_LEN, body - TAG_LEN, q + off + HEADER_LEN + body - TAG_LEN,
-                         scratch);
-    check.seq++;
-    off += HEADER_LEN + body;
-  }
-  if (ok) r->tx.seq = check.seq;
-  OPENSSL_cleanse(scratch, sizeof scratch);
-  unkey_direction(&check);
-  return ok ? 0 : -1;
 }

@@ -51,19 +51,17 @@ extern uint64_t gw_tls_rec_rekey_after;
 
 /* Makes the state for suite `suite` (its two-byte code point, e.g. 0x1301)
  * from the client's and the server's application traffic secrets (`len`
- * bytes each, the suite hash's length). Returns NULL when the suite or the
- * library's cipher cannot be handled here: the caller then stays with
+ * bytes each, the suite hash's length). `sent` (sent_len bytes) is what
+ * OpenSSL wrote after it switched to the server's application key (the
+ * NewSessionTicket records of the handshake's last step): each record must
+ * open with the key derived here, and counts in our write sequence.
+ * Returns NULL when the suite or the library's cipher cannot be handled
+ * here, or a sent record does not open: the caller then stays with
  * OpenSSL's record layer. */
 gw_tls_rec_t *gw_tls_rec_new(uint16_t suite, const unsigned char *client_secret,
-                             const unsigned char *server_secret, size_t len);
+                             const unsigned char *server_secret, size_t len, const char *sent,
+                             size_t sent_len);
 void gw_tls_rec_free(gw_tls_rec_t *r);
-
-/* OpenSSL wrote `p` (n bytes) after it switched to the server's
- * application key (the NewSessionTicket records of the handshake's last
- * step): each record must open with that key, and counts in our write
- * sequence. Returns 0, or -1 if one does not open (then the caller must not
- * use `r`). */
-int gw_tls_rec_skip_sent(gw_tls_rec_t *r, const char *p, size_t n);
 
 /* Opens the records in `in` (n bytes: any cut, a partial record is kept
  * for the next call) and appends their plaintext to `plain`. `in` may lie

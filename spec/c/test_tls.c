@@ -15,6 +15,10 @@
 #include "../../src/tls_record.c"
 #include "../../src/tls_tickets.c"
 
+#include <openssl/core_names.h>
+#include <openssl/kdf.h>
+#include <openssl/rand.h>
+
 #include "runner.h"
 
 static char dir[64];
@@ -402,6 +406,41 @@ TEST(records_decrypted_in_the_buffer_they_were_read_into) {
   gw_tls_ctx_free(ctx);
 }
 
+/* tls_record.c's HKDF-Expand-Label against OpenSSL's TLS13-KDF, for each
+ * suite's hash and every label it uses. */
+TEST(expand_label_matches_openssl_tls13_kdf) {
+  const uint16_t codes[] = {0x1301, 0x1302, 0x1303};
+  const char *labels[] = {"key", "iv", "traffic upd"};
+  EVP_KDF *kdf = EVP_KDF_fetch(NULL, "TLS13-KDF", NULL);
+  REQUIRE(kdf != NULL);
+  for (int i = 0; i < 3; i++) {
+    const suite_t *s = usable_suite(codes[i]);
+    REQUIRE(s != NULL);
+    unsigned char secret[48];
+    RAND_bytes(secret, sizeof secret);
+    for (int j = 0; j < 3; j++) {
+      size_t n = j == 0 ? s->key_len : j == 1 ? 12 : s->hash_len;
+      unsigned char ours[48], theirs[48];
+      CHECK(expand_label(s, secret, labels[j], ours, n));
+      int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
+      OSSL_PARAM p[] = {
+          OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
+          OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)s->md, 0),
+          OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, secret, s->hash_len),
+          OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PREFIX, "tls13 ", 6),
+          OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_LABEL, (char *)labels[j], strlen(labels[j])),
+          OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_DATA, "", 0),
+          OSSL_PARAM_construct_end(),
+      };
+      EVP_KDF_CTX *k = EVP_KDF_CTX_new(kdf);
+      CHECK(k && EVP_KDF_derive(k, theirs, n, p) == 1);
+      EVP_KDF_CTX_free(k);
+      CHECK(memcmp(ours, theirs, n) == 0);
+    }
+  }
+  EVP_KDF_free(kdf);
+}
+
 static void cleanup(void) {
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
@@ -422,4 +461,4 @@ TEST_LIST(T(wildcard_covers_one_label), T(alpn_accepts_only_http11), T(handshake
           T(sni_picks_certificate), T(refusals_fail_the_handshake), T(bad_files_name_the_file),
           T(tls13_records_are_ours_tls12_stays_with_openssl), T(own_key_update_before_the_sequence_limit),
           T(a_tampered_record_fails_with_a_reason_and_an_alert),
-          T(records_decrypted_in_the_buffer_they_were_read_into))
+          T(records_decrypted_in_the_buffer_they_were_read_into), T(expand_label_matches_openssl_tls13_kdf))
