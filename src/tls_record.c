@@ -40,6 +40,8 @@ uint64_t gw_tls_rec_rekey_after = (uint64_t)1 << 24;
 #define TAG_LEN 16
 #define IV_LEN 12
 #define HEADER_LEN 5
+#define MAX_EMPTY_IN_A_ROW 32   /* OpenSSL's MAX_EMPTY_RECORDS */
+#define MAX_WARNINGS_IN_A_ROW 5 /* OpenSSL's MAX_WARN_ALERT_COUNT: the 5th fails */
 
 enum { REC_ALERT = 21, REC_HANDSHAKE = 22, REC_DATA = 23 };
 enum { HS_KEY_UPDATE = 24 };
@@ -48,6 +50,7 @@ enum {
   ALERT_UNEXPECTED_MESSAGE = 10,
   ALERT_BAD_RECORD_MAC = 20,
   ALERT_RECORD_OVERFLOW = 22,
+  ALERT_PROTOCOL_VERSION = 70,
   ALERT_ILLEGAL_PARAMETER = 47,
   ALERT_DECODE_ERROR = 50,
   ALERT_INTERNAL_ERROR = 80,
@@ -80,10 +83,9 @@ typedef struct {
 } suite_t;
 
 static suite_t suites[] = {
-    {0x1301, "AES-128-GCM", 16, "SHA256", 32, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
-    {0x1302, "AES-256-GCM", 32, "SHA384", 48, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
-    {0x1303, "ChaCha20-Poly1305", 32, "SHA256", 32, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-     NULL},
+    {.code = 0x1301, .name = "AES-128-GCM", .key_len = 16, .md = "SHA256", .hash_len = 32},
+    {.code = 0x1302, .name = "AES-256-GCM", .key_len = 32, .md = "SHA384", .hash_len = 48},
+    {.code = 0x1303, .name = "ChaCha20-Poly1305", .key_len = 32, .md = "SHA256", .hash_len = 32},
 };
 
 /* One direction of the connection: its secret, key and sequence number. */
@@ -105,6 +107,15 @@ struct gw_tls_rec_s {
   uint8_t eof;        /* the peer's close_notify was read */
   uint8_t closed;     /* our close_notify was sealed: nothing more goes out */
   uint8_t update_due; /* the peer asked for a KeyUpdate: ours goes before our next data */
+  /* Limits OpenSSL also sets, so that a peer cannot keep us opening
+   * records that carry nothing: empty data records and user_canceled
+   * alerts in a row (application data resets both). */
+  uint8_t empty_in_a_row;
+  uint8_t warnings_in_a_row;
+  /* A handshake message cut across records (RFC 8446 5.1 allows it): the
+   * bytes of it seen so far. Only a KeyUpdate (5 bytes) is accepted. */
+  unsigned char hs[5];
+  uint8_t hs_len;
 };
 
 /* ---- the cipher implementation ---- */
@@ -464,11 +475,16 @@ void gw_tls_rec_close(gw_tls_rec_t *r, gw_buf_t *out) {
 
 /* ---- opening ---- */
 
+/* An alert record holds exactly one alert (RFC 8446 5.1). */
 static int on_alert(gw_tls_rec_t *r, const unsigned char *p, size_t len, gw_buf_t *out) {
-  if (len != 2) return fatal(r, out, ALERT_DECODE_ERROR, "a malformed alert");
+  if (len != 2) return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "a malformed alert");
   if (p[1] == ALERT_CLOSE_NOTIFY) return STOP_EOF;
-  /* RFC 8446 6.1: user_canceled precedes a close_notify; nothing to do. */
-  if (p[1] == ALERT_USER_CANCELED) return GO_ON;
+  /* RFC 8446 6.1: user_canceled precedes a close_notify; nothing to do,
+   * a few times. */
+  if (p[1] == ALERT_USER_CANCELED) {
+    if (++r->warnings_in_a_row < MAX_WARNINGS_IN_A_ROW) return GO_ON;
+    return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "too many user_canceled alerts in a row");
+  }
   r->failed = 1;
   r->closed = 1; /* no alert in answer to an alert */
   r->why = "the client sent a fatal alert";
@@ -476,18 +492,29 @@ static int on_alert(gw_tls_rec_t *r, const unsigned char *p, size_t len, gw_buf_
 }
 
 /* Post-handshake messages from the client: only KeyUpdate is allowed (we
- * ask for no post-handshake authentication), and it must end its record. */
+ * ask for no post-handshake authentication). It may come in pieces over
+ * several records, but must end its record (a key change follows it). */
 static int on_handshake(gw_tls_rec_t *r, const unsigned char *p, size_t len, gw_buf_t *out) {
-  if (len < 4 || len - 4 < ((size_t)p[1] << 16 | be16(p + 2)))
-    return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "a handshake message split across records");
-  if (p[0] != HS_KEY_UPDATE) return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "a handshake message after the handshake");
-  if (len != 5 || p[1] != 0 || p[2] != 0 || p[3] != 1)
-    return fatal(r, out, len > 5 ? ALERT_UNEXPECTED_MESSAGE : ALERT_DECODE_ERROR, "a malformed KeyUpdate");
-  if (p[4] > 1) return fatal(r, out, ALERT_ILLEGAL_PARAMETER, "a malformed KeyUpdate");
-  if (!next_generation(&r->rx)) return fatal(r, out, ALERT_INTERNAL_ERROR, "cannot update the TLS keys");
-  /* Answered before our next data record (several requests while we are
-   * silent get one answer: RFC 8446 4.6.3). */
-  if (p[4] == 1) r->update_due = 1;
+  if (len == 0) return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "an empty handshake record");
+  size_t i = 0;
+  while (i < len) {
+    while (r->hs_len < 4 && i < len) r->hs[r->hs_len++] = p[i++];
+    if (r->hs_len < 4) return GO_ON; /* the rest comes in the next record */
+    if (r->hs[0] != HS_KEY_UPDATE)
+      return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "a handshake message after the handshake");
+    size_t body = (size_t)r->hs[1] << 16 | be16(r->hs + 2);
+    if (body == 0) return fatal(r, out, ALERT_DECODE_ERROR, "an empty KeyUpdate");
+    if (body != 1) return fatal(r, out, ALERT_ILLEGAL_PARAMETER, "a KeyUpdate of the wrong length");
+    if (i == len) return GO_ON;
+    unsigned char request = p[i++];
+    r->hs_len = 0;
+    if (request > 1) return fatal(r, out, ALERT_ILLEGAL_PARAMETER, "a KeyUpdate asking for neither");
+    if (i != len) return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "a KeyUpdate not at the end of its record");
+    if (!next_generation(&r->rx)) return fatal(r, out, ALERT_INTERNAL_ERROR, "cannot update the TLS keys");
+    /* Answered before our next data record (several requests while we are
+     * silent get one answer: RFC 8446 4.6.3). */
+    if (request == 1) r->update_due = 1;
+  }
   return GO_ON;
 }
 
@@ -498,6 +525,10 @@ static int on_handshake(gw_tls_rec_t *r, const unsigned char *p, size_t len, gw_
 static int open_record(gw_tls_rec_t *r, const unsigned char *rec, size_t body_len, int in_place, gw_buf_t *plain,
                        gw_buf_t *out, ssize_t *total) {
   if (rec[0] != REC_DATA) return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "an unprotected record after the handshake");
+  /* RFC 8446 5.1 says to ignore the version; OpenSSL refuses anything but
+   * 0x0303, and so do we (no TLS 1.3 stack sends another). */
+  if (rec[1] != 3) return fatal(r, out, ALERT_PROTOCOL_VERSION, "a record of another protocol version");
+  if (rec[2] != 3) return fatal(r, out, ALERT_DECODE_ERROR, "a record with a version other than 0x0303");
   if (body_len < TAG_LEN + 1) return fatal(r, out, ALERT_BAD_RECORD_MAC, "a record too short to open");
   size_t len = body_len - TAG_LEN;
   unsigned char *dst;
@@ -515,8 +546,17 @@ static int open_record(gw_tls_rec_t *r, const unsigned char *rec, size_t body_le
   if (len == 0) return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "a record without a content type");
   unsigned char type = dst[--len];
   if (len > MAX_PLAIN) return fatal(r, out, ALERT_RECORD_OVERFLOW, "a record over 16 KB of plaintext");
+  if (r->hs_len > 0 && type != REC_HANDSHAKE)
+    return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "a record inside a handshake message cut across records");
   switch (type) {
     case REC_DATA:
+      if (len == 0) {
+        if (++r->empty_in_a_row > MAX_EMPTY_IN_A_ROW)
+          return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "too many empty records in a row");
+        return GO_ON;
+      }
+      r->empty_in_a_row = 0;
+      r->warnings_in_a_row = 0;
       if (in_place) memmove(plain->base + plain->len, dst, len);
       plain->len += len;
       *total += (ssize_t)len;

@@ -19,9 +19,10 @@
  * suites OpenSSL offers by default (AES-128-GCM, AES-256-GCM,
  * ChaCha20-Poly1305); anything else stays with OpenSSL.
  *
- * A handshake message from the peer must arrive whole within one record
- * (a KeyUpdate is 5 bytes; no TLS stack splits it): one split across
- * records fails the connection with unexpected_message.
+ * Where RFC 8446 leaves room, OpenSSL's behaviour is kept (the record
+ * version must be 0x0303; at most 32 empty records and 4 user_canceled
+ * alerts in a row; the same alerts for the same faults), checked by
+ * spec/c/test_tls_records.c against records forged by the test itself.
  *
  * The AEAD is OpenSSL's own cipher implementation, called through its
  * provider's dispatch table (see tls_record.c for why and how it is
