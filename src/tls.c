@@ -552,17 +552,16 @@ ssize_t gw_tls_read(gw_tls_t *t, const char *in, size_t n, gw_buf_t *plain) {
     }
     int e = SSL_get_error(t->ssl, rc);
     if (e == SSL_ERROR_WANT_READ) break;
-    ERR_clear_error();
     /* close_notify: plaintext read before it still counts; the socket's EOF
      * follows, or the connection's timeouts end it. */
-    if (e == SSL_ERROR_ZERO_RETURN) return total > 0 ? total : UV_EOF;
-    if (total > 0) {
-      /* Hand over what decrypted cleanly; the next read reports the error. */
-      t->failed = 1;
-      t->reason = "bad record";
-      return total;
+    if (e == SSL_ERROR_ZERO_RETURN) {
+      ERR_clear_error();
+      return total > 0 ? total : UV_EOF;
     }
-    return fail(t);
+    /* Hand over what decrypted cleanly; the next read reports the error
+     * (fail takes the reason from the error queue and clears it). */
+    ssize_t failed = fail(t);
+    return total > 0 ? total : failed;
   }
   return total;
 }
