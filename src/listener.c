@@ -16,8 +16,7 @@ static int resolve(const gw_listen_t *addr, struct sockaddr_storage *ss) {
   return UV_EINVAL;
 }
 
-int gw_listener_open(uv_loop_t *loop, uv_tcp_t *handle, const gw_listen_t *addr,
-                     uv_connection_cb cb) {
+int gw_listener_socket(const gw_listen_t *addr) {
   struct sockaddr_storage ss;
   int rc = resolve(addr, &ss);
   if (rc) return rc;
@@ -25,17 +24,62 @@ int gw_listener_open(uv_loop_t *loop, uv_tcp_t *handle, const gw_listen_t *addr,
   if (fd < 0) return -errno;
   int on = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  socklen_t len = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
   if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0 ||
-      bind(fd, (struct sockaddr *)&ss,
-           ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6)) != 0) {
+      bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, BACKLOG) != 0) {
     rc = -errno;
     close(fd);
     return rc;
   }
+  return fd;
+}
+
+int gw_listener_adopt(uv_loop_t *loop, uv_tcp_t *handle, int fd, uv_connection_cb cb) {
   uv_tcp_init(loop, handle);
-  if ((rc = uv_tcp_open(handle, fd)) != 0 || (rc = uv_listen((uv_stream_t *)handle, BACKLOG, cb)) != 0) {
+  int rc = uv_tcp_open(handle, fd);
+  if (rc != 0) {
+    close(fd);
     uv_close((uv_handle_t *)handle, NULL);
     return rc;
   }
+  if ((rc = uv_listen((uv_stream_t *)handle, BACKLOG, cb)) != 0) {
+    uv_close((uv_handle_t *)handle, NULL); /* closes fd */
+    return rc;
+  }
   return 0;
+}
+
+int gw_listener_open(uv_loop_t *loop, uv_tcp_t *handle, const gw_listen_t *addr,
+                     uv_connection_cb cb) {
+  int fd = gw_listener_socket(addr);
+  return fd < 0 ? fd : gw_listener_adopt(loop, handle, fd, cb);
+}
+
+/* ---- sockets inherited from the master (one worker process) ---- */
+
+static gw_inherited_socket_t *inherited;
+static size_t ninherited;
+
+void gw_listener_inherit(gw_inherited_socket_t *s, size_t n) {
+  inherited = s;
+  ninherited = n;
+}
+
+int gw_listener_take(const char *host, int port) {
+  for (size_t i = 0; i < ninherited; i++) {
+    gw_inherited_socket_t *s = &inherited[i];
+    if (s->fd >= 0 && s->port == port && strcmp(s->host, host) == 0) {
+      int fd = s->fd;
+      s->fd = -1;
+      return fd;
+    }
+  }
+  return -1;
+}
+
+void gw_listener_drop_untaken(void) {
+  for (size_t i = 0; i < ninherited; i++) {
+    if (inherited[i].fd >= 0) close(inherited[i].fd);
+    inherited[i].fd = -1;
+  }
 }

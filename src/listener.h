@@ -1,10 +1,18 @@
 /*
- * listener.h: a listening TCP socket of one worker.
+ * listener.h: the listening TCP sockets of the workers.
  *
- * Each worker opens its own socket with SO_REUSEPORT on every listen
+ * Each worker has its own socket with SO_REUSEPORT on every listen
  * address, so the kernel spreads new connections across workers and no
  * accept lock is needed. libuv 1.44 cannot set SO_REUSEPORT itself, so the
  * socket is made here and handed to uv_tcp_open.
+ *
+ * The master makes every worker slot's sockets before the first fork and
+ * keeps them open (master.c), so that a worker that dies leaves its socket,
+ * and the connections the kernel already queued on it, to the worker that
+ * replaces it: a crash costs the connections that worker had accepted, not
+ * those waiting to be (as nginx does with reuseport). A worker that finds no
+ * inherited socket for an address (its configuration file changed before it
+ * loaded it) opens its own.
  */
 #ifndef GW_LISTENER_H
 #define GW_LISTENER_H
@@ -13,9 +21,32 @@
 
 #include "config.h"
 
-/* Opens `addr` and listens on `handle` (initialised here on `loop`); each
- * connection calls `cb`. Returns 0 or a negative errno. */
+/* A bound, listening SO_REUSEPORT socket for `addr`: returns its file
+ * descriptor, or a negative errno. */
+int gw_listener_socket(const gw_listen_t *addr);
+
+/* Accepts on `fd` (from gw_listener_socket) through `handle`, initialised
+ * here on `loop`; each connection calls `cb`. The handle owns `fd` in this
+ * process from here on, also on failure. Returns 0 or a negative errno. */
+int gw_listener_adopt(uv_loop_t *loop, uv_tcp_t *handle, int fd, uv_connection_cb cb);
+
+/* Both in one: a socket of this process's own. */
 int gw_listener_open(uv_loop_t *loop, uv_tcp_t *handle, const gw_listen_t *addr,
                      uv_connection_cb cb);
+
+/* A socket the master made for this worker's slot (see gw_listener_inherit). */
+typedef struct {
+  char *host; /* as in the master's configuration (gw_xmalloc'd) */
+  int port;
+  int fd;     /* -1 once taken or closed */
+} gw_inherited_socket_t;
+
+/* In the worker, right after fork: the sockets the master made for this
+ * slot (the array and hosts become the worker's). */
+void gw_listener_inherit(gw_inherited_socket_t *s, size_t n);
+/* The inherited socket for host:port, taken (NULL-free: -1 if none). */
+int gw_listener_take(const char *host, int port);
+/* Closes the inherited sockets nothing took (the master still has them). */
+void gw_listener_drop_untaken(void);
 
 #endif

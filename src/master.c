@@ -10,6 +10,10 @@
  * flags. That keeps fork() simple (no loop state to hand over) and the
  * master small enough to be trusted to outlive crashing workers.
  *
+ * The master also makes each worker slot's listening sockets (listener.h)
+ * and keeps them until it stops: a worker restarted in a slot takes over
+ * the socket, and the connections queued on it, of the one that died.
+ *
  * A worker that exits while the gateway is not stopping is restarted. One
  * that fails during its start-up (exit status 2: bad configuration, port
  * taken) before any worker ever started makes the whole gateway exit 1, as a
@@ -26,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "listener.h"
 #include "log.h"
 #include "lua_vm.h"
 #include "mem.h"
@@ -38,7 +43,15 @@ typedef struct {
   pid_t pid;         /* 0 when not running */
   uint64_t started;  /* ms, monotonic */
   int fails;         /* consecutive quick deaths, for back-off */
+  gw_inherited_socket_t *sockets; /* the slot's listening sockets (listen entries, then
+                                   * admin), open until the master stops; gw_xmalloc'd */
+  size_t nsockets;
 } worker_slot_t;
+
+/* Every slot, for spawn_worker's child (which closes the other slots'
+ * sockets) and close_sockets. */
+static worker_slot_t *all_slots;
+static int nslots;
 
 static volatile sig_atomic_t got_chld, got_term, got_hup, got_usr1, got_alarm;
 /* The worker index a pending HUP came from (POST /reload: that worker has
@@ -97,6 +110,11 @@ static void install_handlers(sigset_t *blocked) {
 static pid_t spawn_worker(const char *path, int index, int workers, const sigset_t *blocked) {
   pid_t pid = fork();
   if (pid != 0) return pid;
+  /* Only this slot's sockets: a sibling's must close when the master
+   * closes its copy. */
+  for (int i = 0; i < nslots; i++)
+    for (size_t k = 0; i != index && k < all_slots[i].nsockets; k++) close(all_slots[i].sockets[k].fd);
+  gw_listener_inherit(all_slots[index].sockets, all_slots[index].nsockets);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = SIG_DFL;
@@ -152,6 +170,47 @@ static int reap(worker_slot_t *slots, int n, int stopping, int *ever_up, const c
   return 0;
 }
 
+/* Makes one listening socket per listen address (and the admin address)
+ * for each of the n slots. Returns 0, or 1 after saying which address
+ * could not be had. */
+static int open_sockets(worker_slot_t *slots, int n, const gw_config_t *cfg) {
+  gw_listen_t admin = {0};
+  /* A bad admin address gets no socket here; the worker reports it. */
+  if (cfg->admin && gw_listen_parse(cfg->admin, &admin) != 0) admin.host = NULL;
+  size_t count = cfg->nlisten + (admin.host ? 1 : 0);
+  int rc = 0;
+  for (int i = 0; i < n && rc == 0; i++) {
+    slots[i].sockets = gw_xcalloc(count ? count : 1, sizeof *slots[i].sockets);
+    for (size_t k = 0; k < count && rc == 0; k++) {
+      const gw_listen_t *l = k < cfg->nlisten ? &cfg->listen[k] : &admin;
+      int fd = gw_listener_socket(l);
+      if (fd < 0) {
+        fprintf(stderr, "gateway: cannot listen on %s:%d: %s\n", l->host, l->port, uv_strerror(fd));
+        rc = 1;
+        break;
+      }
+      slots[i].sockets[k] = (gw_inherited_socket_t){gw_xstrndup(l->host, strlen(l->host)), l->port, fd};
+      slots[i].nsockets++;
+    }
+  }
+  free(admin.host);
+  return rc;
+}
+
+/* Stops queueing connections nobody will accept (at stop, and when the
+ * master leaves). */
+static void close_sockets(worker_slot_t *slots, int n) {
+  for (int i = 0; i < n; i++) {
+    for (size_t k = 0; k < slots[i].nsockets; k++) {
+      if (slots[i].sockets[k].fd >= 0) close(slots[i].sockets[k].fd);
+      free(slots[i].sockets[k].host);
+    }
+    free(slots[i].sockets);
+    slots[i].sockets = NULL;
+    slots[i].nsockets = 0;
+  }
+}
+
 int gw_master_run(const char *path, int workers) {
   gw_log_set_role("master");
   char err[4096];
@@ -172,12 +231,19 @@ int gw_master_run(const char *path, int workers) {
     fprintf(stderr, "gateway: %s\n", err);
     return 1;
   }
+  worker_slot_t *slots = gw_xcalloc((size_t)n, sizeof *slots);
+  all_slots = slots;
+  nslots = n;
+  if (open_sockets(slots, n, &vm->config) != 0) {
+    close_sockets(slots, n);
+    gw_vm_unref(vm);
+    return 1;
+  }
   gw_vm_unref(vm);
 
   sigset_t blocked, empty;
   install_handlers(&blocked);
   sigemptyset(&empty);
-  worker_slot_t *slots = gw_xcalloc((size_t)n, sizeof *slots);
   for (int i = 0; i < n; i++) {
     slots[i].started = now_ms();
     slots[i].pid = spawn_worker(path, i, n, &blocked);
@@ -210,6 +276,7 @@ int gw_master_run(const char *path, int workers) {
     if (got_term && !stopping) {
       got_term = 0;
       stopping = 1;
+      close_sockets(slots, n); /* new connections are refused from now on */
       signal_all(slots, n, SIGTERM);
       alarm((unsigned)drain + 5);
     }
@@ -226,6 +293,7 @@ int gw_master_run(const char *path, int workers) {
       signal_all(slots, n, SIGUSR1);
     }
   }
+  close_sockets(slots, n);
   free(slots);
   gw_log_info("stopped");
   return failed ? 1 : 0;

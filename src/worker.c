@@ -163,6 +163,13 @@ int gw_worker_tls_reload(gw_worker_t *w, const gw_config_t *next, char *err, siz
   return 0;
 }
 
+/* The socket the master made for this address, else one of our own. */
+static int listen_on(gw_worker_t *w, uv_tcp_t *handle, const gw_listen_t *addr) {
+  int fd = gw_listener_take(addr->host, addr->port);
+  if (fd >= 0) return gw_listener_adopt(w->loop, handle, fd, on_connection);
+  return gw_listener_open(w->loop, handle, addr, on_connection);
+}
+
 static int open_listeners(gw_worker_t *w) {
   w->listeners = gw_xcalloc(w->cfg->nlisten, sizeof *w->listeners);
   w->tls = gw_xcalloc(w->cfg->nlisten ? w->cfg->nlisten : 1, sizeof *w->tls);
@@ -178,7 +185,7 @@ static int open_listeners(gw_worker_t *w) {
         return GW_ECONFIG;
       }
     }
-    int rc = gw_listener_open(w->loop, &w->listeners[i], l, on_connection);
+    int rc = listen_on(w, &w->listeners[i], l);
     if (rc) {
       gw_log_error("cannot listen on %s:%d: %s", l->host, l->port, gw_strerror(rc));
       return rc;
@@ -191,7 +198,7 @@ static int open_listeners(gw_worker_t *w) {
    * apart by the server handle and hands their requests to admin.c. */
   gw_listen_t addr = {0};
   int rc = gw_listen_parse(w->cfg->admin, &addr);
-  if (rc == 0) rc = gw_listener_open(w->loop, &w->admin_listener, &addr, on_connection);
+  if (rc == 0) rc = listen_on(w, &w->admin_listener, &addr);
   if (rc) {
     gw_log_error("cannot listen on admin address %s: %s", w->cfg->admin, gw_strerror(rc));
   } else {
@@ -246,7 +253,9 @@ int gw_worker_run(const char *path, int index, int workers_override) {
     gw_log_warn("cannot start the watchdog thread: scripts have no CPU budget");
   gw_metrics_init((unsigned)index);
   publish_start(w);
-  if (open_logs(w->cfg) != 0 || open_listeners(w) != 0) return 2;
+  int opened = open_logs(w->cfg) == 0 && open_listeners(w) == 0;
+  gw_listener_drop_untaken();
+  if (!opened) return 2;
   if (gw_vm_start(w->vm, err, sizeof err) != 0) {
     gw_log_error("%s", err);
     return 2;

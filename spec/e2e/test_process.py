@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from gwtest import PRELUDE, Gateway, eq, pid_alive, wait_for
+from gwtest import PRELUDE, Gateway, eq, pid_alive, run_cli, wait_for
 
 APP = PRELUDE + r'''
 gw.get("/hello", function(req) return "hello" end)
@@ -51,6 +51,58 @@ def test_worker_restarted_after_kill():
         assert g.proc.poll() is None, "master died"
         for _ in range(20):
             eq(g.get("/hello")[:3:2], (200, b"hello"), "request after the restart")
+
+
+def _read_all(sock, timeout):
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_connections_queued_on_a_dead_worker_are_served():
+    """Connections the kernel queued on a worker's socket while that worker
+    could not accept (stopped here) are answered by its replacement after it
+    is killed: the master keeps each slot's listening socket."""
+    with Gateway(APP, workers=2) as g:
+        victim = g.wait_workers(2)[0]
+        os.kill(victim, signal.SIGSTOP)
+        socks = []
+        try:
+            for _ in range(40):
+                s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
+                s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                socks.append(s)
+        finally:
+            os.kill(victim, signal.SIGKILL)
+        answers = []
+        for s in socks:
+            try:
+                answers.append(_read_all(s, 10))
+            except OSError as e:
+                answers.append(repr(e).encode())
+            finally:
+                s.close()
+        bad = [a[:60] for a in answers if not (a.startswith(b"HTTP/1.1 200") and a.endswith(b"hello"))]
+        eq(bad, [], "answers that are not 200 hello (of %d)" % len(answers))
+
+
+def test_port_taken_fails_the_start_with_its_address():
+    """A listen address another program holds: the master says which, exits 1."""
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        cfg = PRELUDE.replace("$PORT", str(port)) + 'gw.get("/", function() return "x" end)\n'
+        rc, out, err, d = run_cli(["-c", "$DIR/gw.lua", "-w", "2"], {"gw.lua": cfg})
+        eq(rc, 1, "exit status (stderr: %s)" % err[-500:])
+        assert ("cannot listen on 127.0.0.1:%d: address already in use" % port) in err, err[-500:]
+    finally:
+        holder.close()
 
 
 def test_worker_crash_in_handler():
