@@ -168,13 +168,17 @@ static void on_keylog(const SSL *ssl, const char *line) {
 }
 
 /* At the end of a TLS 1.3 handshake: our record layer takes over if
- * OpenSSL holds no record it has read ahead, the suite is one we handle,
+ * OpenSSL holds no record it has read ahead, no smaller record size was
+ * negotiated, the suite is one we handle,
  * and the records OpenSSL already sealed with the server's application key
  * (its session tickets, written from `mark` on in `out`) open with the key
  * we derived, which also tells our write sequence number. Otherwise
  * OpenSSL's record layer goes on serving the connection. */
 static void take_over_records(gw_tls_t *t, size_t mark) {
-  if (t->secrets_seen == 3 && SSL_version(t->ssl) == TLS1_3_VERSION && !SSL_has_pending(t->ssl)) {
+  /* A client that negotiated smaller records (max_fragment_length, RFC
+   * 6066: constrained devices) stays with OpenSSL, which honours it. */
+  if (t->secrets_seen == 3 && SSL_version(t->ssl) == TLS1_3_VERSION && !SSL_has_pending(t->ssl) &&
+      SSL_SESSION_get_max_fragment_length(SSL_get_session(t->ssl)) == TLSEXT_max_fragment_length_DISABLED) {
     uint16_t suite = SSL_CIPHER_get_protocol_id(SSL_get_current_cipher(t->ssl));
     t->rec = gw_tls_rec_new(suite, t->client_secret, t->server_secret, t->secret_len, t->out.base + mark,
                             t->out.len - mark);
@@ -571,7 +575,7 @@ int gw_tls_ready(const gw_tls_t *t) { return t->ready; }
 int gw_tls_write(gw_tls_t *t, const char *p, size_t len) {
   if (t->failed || !t->ready || t->shut) return GW_ETLS;
   while (t->rec && len > 0) {
-    size_t chunk = len < (1u << 30) ? len : (1u << 30); /* a uv_buf_t holds an unsigned int */
+    size_t chunk = len < (1u << 30) ? len : (1u << 30); /* uv_buf_init takes an unsigned int */
     uv_buf_t one = uv_buf_init((char *)p, (unsigned)chunk);
     if (rec_result(t, gw_tls_rec_write(t->rec, &one, 1, &t->out)) != 0) return GW_ETLS;
     p += chunk;

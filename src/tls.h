@@ -106,7 +106,7 @@ void gw_tls_shutdown(gw_tls_t *t);
 size_t gw_tls_pending(gw_tls_t *t, const char **p);
 /* The caller took (copied or wrote) everything gw_tls_pending returned. */
 void gw_tls_drained(gw_tls_t *t);
-/* The failure reason after GW_ETLS, for the log (static storage). */
+/* The failure reason after GW_ETLS, for the log (valid until gw_tls_free). */
 const char *gw_tls_error(const gw_tls_t *t);
 
 /* The client certificate of a connection, as scripts see it. Made on first

@@ -27,6 +27,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/provider.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -102,7 +104,8 @@ struct gw_tls_rec_s {
   direction_t rx;     /* the client's records */
   direction_t tx;     /* ours */
   gw_buf_t stash;     /* a partial record waiting for the rest */
-  const char *why;    /* the failure, or NULL */
+  const char *why;    /* the failure (static text or why_text), or NULL */
+  char why_text[80];  /* a client's alert, described */
   uint8_t failed;
   uint8_t eof;        /* the peer's close_notify was read */
   uint8_t closed;     /* our close_notify was sealed: nothing more goes out */
@@ -263,13 +266,16 @@ static const suite_t *usable_suite(uint16_t code) {
 
 /* ---- keys ---- */
 
-/* HMAC with the suite's hash (OpenSSL's EVP_MAC): one context per hash,
- * made on first use and kept, re-keyed for each call. */
+/* HMAC with the suite's hash (OpenSSL's EVP_MAC). A keyless context per
+ * hash is made once (fetching HMAC and the digest costs more than the
+ * HMAC); each call works on a copy that is freed at once, because a keyed
+ * context keeps the key (a traffic secret) until it is re-keyed or freed,
+ * and freeing wipes it. */
 static int hmac(const suite_t *s, const unsigned char *key, size_t key_len, const unsigned char *msg, size_t msg_len,
                 unsigned char out[EVP_MAX_MD_SIZE]) {
-  static EVP_MAC_CTX *by_hash[2]; /* SHA-256, SHA-384 */
-  EVP_MAC_CTX **m = &by_hash[s->hash_len == 48];
-  if (!*m) {
+  static EVP_MAC_CTX *keyless[2]; /* SHA-256, SHA-384 */
+  EVP_MAC_CTX **t = &keyless[s->hash_len == 48];
+  if (!*t) {
     EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
     EVP_MAC_CTX *made = mac ? EVP_MAC_CTX_new(mac) : NULL;
     EVP_MAC_free(mac); /* the context holds its own reference */
@@ -279,11 +285,14 @@ static int hmac(const suite_t *s, const unsigned char *key, size_t key_len, cons
       EVP_MAC_CTX_free(made);
       made = NULL;
     }
-    *m = made;
+    *t = made;
   }
+  EVP_MAC_CTX *m = *t ? EVP_MAC_CTX_dup(*t) : NULL;
   size_t n = 0;
-  return *m && EVP_MAC_init(*m, key, key_len, NULL) == 1 && EVP_MAC_update(*m, msg, msg_len) == 1 &&
-         EVP_MAC_final(*m, out, &n, EVP_MAX_MD_SIZE) == 1 && n == s->hash_len;
+  int ok = m && EVP_MAC_init(m, key, key_len, NULL) == 1 && EVP_MAC_update(m, msg, msg_len) == 1 &&
+           EVP_MAC_final(m, out, &n, EVP_MAX_MD_SIZE) == 1 && n == s->hash_len;
+  EVP_MAC_CTX_free(m);
+  return ok;
 }
 
 /* HKDF-Expand-Label(secret, label, "", out_len) of RFC 8446 7.1. Every
@@ -487,7 +496,8 @@ static int on_alert(gw_tls_rec_t *r, const unsigned char *p, size_t len, gw_buf_
   }
   r->failed = 1;
   r->closed = 1; /* no alert in answer to an alert */
-  r->why = "the client sent a fatal alert";
+  snprintf(r->why_text, sizeof r->why_text, "the client sent alert %d (%s)", p[1], SSL_alert_desc_string_long(p[1]));
+  r->why = r->why_text;
   return STOP_FAILED;
 }
 
@@ -524,11 +534,6 @@ static int on_handshake(gw_tls_rec_t *r, const unsigned char *p, size_t len, gw_
  * down, else decrypted straight into `plain`. */
 static int open_record(gw_tls_rec_t *r, const unsigned char *rec, size_t body_len, int in_place, gw_buf_t *plain,
                        gw_buf_t *out, ssize_t *total) {
-  if (rec[0] != REC_DATA) return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "an unprotected record after the handshake");
-  /* RFC 8446 5.1 says to ignore the version; OpenSSL refuses anything but
-   * 0x0303, and so do we (no TLS 1.3 stack sends another). */
-  if (rec[1] != 3) return fatal(r, out, ALERT_PROTOCOL_VERSION, "a record of another protocol version");
-  if (rec[2] != 3) return fatal(r, out, ALERT_DECODE_ERROR, "a record with a version other than 0x0303");
   if (body_len < TAG_LEN + 1) return fatal(r, out, ALERT_BAD_RECORD_MAC, "a record too short to open");
   size_t len = body_len - TAG_LEN;
   unsigned char *dst;
@@ -548,14 +553,14 @@ static int open_record(gw_tls_rec_t *r, const unsigned char *rec, size_t body_le
   if (len > MAX_PLAIN) return fatal(r, out, ALERT_RECORD_OVERFLOW, "a record over 16 KB of plaintext");
   if (r->hs_len > 0 && type != REC_HANDSHAKE)
     return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "a record inside a handshake message cut across records");
+  if (len == 0 && type == REC_DATA) {
+    if (++r->empty_in_a_row > MAX_EMPTY_IN_A_ROW)
+      return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "too many empty records in a row");
+    return GO_ON;
+  }
+  if (len > 0) r->empty_in_a_row = 0; /* as OpenSSL counts: any record with content */
   switch (type) {
     case REC_DATA:
-      if (len == 0) {
-        if (++r->empty_in_a_row > MAX_EMPTY_IN_A_ROW)
-          return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "too many empty records in a row");
-        return GO_ON;
-      }
-      r->empty_in_a_row = 0;
       r->warnings_in_a_row = 0;
       if (in_place) memmove(plain->base + plain->len, dst, len);
       plain->len += len;
@@ -567,9 +572,21 @@ static int open_record(gw_tls_rec_t *r, const unsigned char *rec, size_t body_le
   }
 }
 
-static int lies_in(const gw_buf_t *b, const char *p) {
+/* The header alone (RFC 8446 5.2), before its body arrives. */
+static int check_header(gw_tls_rec_t *r, const unsigned char *h, gw_buf_t *out) {
+  if (h[0] != REC_DATA) return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "an unprotected record after the handshake");
+  /* RFC 8446 5.1 says to ignore the version; OpenSSL refuses anything but
+   * 0x0303, and so do we (no TLS 1.3 stack sends another). */
+  if (h[1] != 3) return fatal(r, out, ALERT_PROTOCOL_VERSION, "a record of another protocol version");
+  if (h[2] != 3) return fatal(r, out, ALERT_DECODE_ERROR, "a record with a version other than 0x0303");
+  if (be16(h + 3) > MAX_CIPHER) return fatal(r, out, ALERT_RECORD_OVERFLOW, "a record over the TLS size limit");
+  return GO_ON;
+}
+
+/* 1 if `p` lies in b's spare room (past what it holds, within what it has). */
+static int in_spare_room(const gw_buf_t *b, const char *p) {
   uintptr_t base = (uintptr_t)b->base, at = (uintptr_t)p;
-  return b->base && at >= base && at < base + b->cap;
+  return b->base && at >= base + b->len && at < base + b->cap;
 }
 
 ssize_t gw_tls_rec_read(gw_tls_rec_t *r, const char *in, size_t n, gw_buf_t *plain, gw_buf_t *out) {
@@ -586,17 +603,15 @@ ssize_t gw_tls_rec_read(gw_tls_rec_t *r, const char *in, size_t n, gw_buf_t *pla
     src = (const unsigned char *)r->stash.base;
     len = r->stash.len;
   } else {
-    in_place = lies_in(plain, in);
+    in_place = in_spare_room(plain, in);
   }
   ssize_t total = 0;
   size_t off = 0;
   int status = GO_ON;
   while (status == GO_ON && len - off >= HEADER_LEN) {
+    status = check_header(r, src + off, out);
+    if (status != GO_ON) break;
     size_t body = be16(src + off + 3);
-    if (body > MAX_CIPHER) {
-      status = fatal(r, out, ALERT_RECORD_OVERFLOW, "a record over the TLS size limit");
-      break;
-    }
     if (len - off < HEADER_LEN + body) break;
     status = open_record(r, src + off, body, in_place, plain, out, &total);
     off += HEADER_LEN + body;

@@ -65,9 +65,11 @@ gw_tls_rec_t *gw_tls_rec_new(uint16_t suite, const unsigned char *client_secret,
 void gw_tls_rec_free(gw_tls_rec_t *r);
 
 /* Opens the records in `in` (n bytes: any cut, a partial record is kept
- * for the next call) and appends their plaintext to `plain`. `in` may lie
- * in `plain`'s spare room (the connection reads the socket there): it is
- * then decrypted in place and `plain` never grows. Our answers (a
+ * for the next call) and appends their plaintext to `plain`, which may be
+ * reallocated. `in` may lie in `plain`'s spare room (the connection reads
+ * the socket there): records wholly in it are decrypted in place and moved
+ * down; a record completing one kept from an earlier call goes through a
+ * copy of `in`, taken before `plain` grows. Our answers (a
  * KeyUpdate, a fatal alert) are appended to `out`. Returns the plaintext
  * bytes appended (0: none yet), UV_EOF once the peer's close_notify was
  * read (plaintext before it is returned first), or GW_ETLS (reason:
@@ -82,7 +84,7 @@ int gw_tls_rec_write(gw_tls_rec_t *r, const uv_buf_t *bufs, unsigned n, gw_buf_t
 /* Appends a close_notify alert to `out` (once); later writes fail. */
 void gw_tls_rec_close(gw_tls_rec_t *r, gw_buf_t *out);
 
-/* Why the last call failed (static text). */
+/* Why the last call failed (text valid until gw_tls_rec_free), or NULL. */
 const char *gw_tls_rec_error(const gw_tls_rec_t *r);
 
 #endif

@@ -1816,6 +1816,108 @@ TEST(record_failure_names_its_reason) {
   gw_tls_ctx_free(ctx);
 }
 
+/* ==== found in review ==== */
+
+/* A client that negotiated max_fragment_length (RFC 6066) gets records no
+ * longer than it asked for, in TLS 1.3 too: that connection stays with
+ * OpenSSL's record layer, which honours the limit both ways. */
+static void max_fragment_case(int version) {
+  gw_tls_ctx_t *ctx = server_ctx(0);
+  conn_t k;
+  conn_open(&k, ctx, version);
+  REQUIRE(SSL_set_tlsext_max_fragment_length(k.c.ssl, TLSEXT_max_fragment_length_512) == 1);
+  handshake(&k);
+  CHECK(k.t->rec == NULL);
+  to_client(&k);
+  client_poll(&k.c);
+  unsigned char *data = rnd(2000);
+  CHECK_EQ(gw_tls_write(k.t, (const char *)data, 2000), 0);
+  records_t r;
+  CHECK(pending_records(&k, &r));
+  for (size_t i = 0; i < r.n; i++) CHECK_MSG(r.len[i] <= 512 + 256, "record %zu: %zu bytes", i, r.len[i]);
+  to_client(&k);
+  unsigned char got[2001];
+  size_t n = 0, total = 0;
+  while (total < 2000 && SSL_read_ex(k.c.ssl, got + total, sizeof got - total, &n) == 1) total += n;
+  CHECK_EQ(total, (size_t)2000);
+  CHECK(memcmp(got, data, 2000) == 0);
+  ERR_clear_error();
+  free(data);
+  conn_close(&k);
+  gw_tls_ctx_free(ctx);
+}
+
+TEST(max_fragment_length_is_honoured) {
+  max_fragment_case(TLS1_2_VERSION);
+  max_fragment_case(TLS1_3_VERSION);
+}
+
+/* After a connection is gone, nothing in the process can still compute an
+ * HMAC under its traffic secret (tls_record.c keeps no keyed context). */
+TEST(no_hmac_context_keeps_a_secret) {
+  gw_tls_ctx_t *ctx = server_ctx(0);
+  conn_t k;
+  sealer_t s;
+  forged_ready(&k, ctx, &s, NULL);
+  forged_data(&k, &s, 10, 0);
+  CHECK_EQ(feed_sealed(&k, &s, SSL3_RT_HANDSHAKE, KEY_UPDATE_NOT_REQUESTED, 5, 0), 0);
+  sealer_update(&s);
+  forged_data(&k, &s, 10, 0);
+  const suite_t *suite = usable_suite(SSL_CIPHER_get_protocol_id(SSL_get_current_cipher(k.c.ssl)));
+  REQUIRE(suite != NULL);
+  conn_close(&k);
+  gw_tls_ctx_free(ctx);
+  static const unsigned char msg[] = "anything at all";
+  unsigned char via_ours[EVP_MAX_MD_SIZE], with_secret[EVP_MAX_MD_SIZE];
+  unsigned len = 0;
+  int ok = hmac(suite, NULL, 0, msg, sizeof msg, via_ours); /* no key: only a kept one could serve */
+  REQUIRE(HMAC(s.md, s.secret, (int)s.hlen, msg, sizeof msg, with_secret, &len) != NULL);
+  CHECK(!ok || memcmp(via_ours, with_secret, len) != 0);
+}
+
+/* Any record with content resets the count of empty ones (OpenSSL's rule):
+ * 32 empty records, a KeyUpdate, 32 more are fine. */
+TEST(a_key_update_resets_the_empty_record_count) {
+  gw_tls_ctx_t *ctx = server_ctx(0);
+  conn_t k;
+  sealer_t s;
+  forged_ready(&k, ctx, &s, NULL);
+  for (int i = 0; i < 32; i++) CHECK_EQ(feed_sealed(&k, &s, SSL3_RT_APPLICATION_DATA, NULL, 0, 0), 0);
+  CHECK_EQ(feed_sealed(&k, &s, SSL3_RT_HANDSHAKE, KEY_UPDATE_NOT_REQUESTED, 5, 0), 0);
+  sealer_update(&s);
+  for (int i = 0; i < 32; i++) CHECK_EQ(feed_sealed(&k, &s, SSL3_RT_APPLICATION_DATA, NULL, 0, 0), 0);
+  forged_data(&k, &s, 10, 0);
+  conn_close(&k);
+  gw_tls_ctx_free(ctx);
+}
+
+/* A bad header fails when it arrives, not after its (up to 16 KB) body. */
+TEST(a_bad_header_fails_before_its_body) {
+  static const unsigned char cleartext[5] = {0x16, 0x03, 0x03, 0x40, 0x00};
+  static const unsigned char version[5] = {0x17, 0x03, 0x01, 0x40, 0x00};
+  const unsigned char *cases[] = {cleartext, version};
+  for (int i = 0; i < 2; i++) {
+    gw_tls_ctx_t *ctx = server_ctx(0);
+    conn_t k;
+    conn_ready(&k, ctx);
+    CHECK_EQ(feed(&k, cases[i], 5), GW_ETLS);
+    conn_close(&k);
+    gw_tls_ctx_free(ctx);
+  }
+}
+
+/* The log says which alert the client sent. */
+TEST(a_client_alert_is_named) {
+  gw_tls_ctx_t *ctx = server_ctx(0);
+  conn_t k;
+  sealer_t s;
+  forged_ready(&k, ctx, &s, NULL);
+  CHECK_EQ(feed_sealed(&k, &s, SSL3_RT_ALERT, "\x02\x2a", 2, 0), GW_ETLS);
+  CHECK_MSG(strstr(gw_tls_error(k.t), "bad certificate") != NULL, "reason: %s", gw_tls_error(k.t));
+  conn_close(&k);
+  gw_tls_ctx_free(ctx);
+}
+
 static void cleanup(void) {
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
@@ -1848,4 +1950,7 @@ TEST_LIST(T(client_bytes_one_at_a_time), T(client_bytes_in_random_chunks), T(man
           T(bad_key_updates_fail), T(many_key_updates_in_a_row), T(unexpected_handshake_messages_fail),
           T(record_version_other_than_tls12_fails), T(data_after_close_notify_is_ignored),
           T(alerts_from_client_end_it), T(user_canceled_is_ignored_four_times_in_a_row),
-          T(malformed_alert_records_fail), T(sealed_records_each_suite), T(record_failure_names_its_reason))
+          T(malformed_alert_records_fail), T(sealed_records_each_suite), T(record_failure_names_its_reason),
+          T(max_fragment_length_is_honoured), T(no_hmac_context_keeps_a_secret),
+          T(a_key_update_resets_the_empty_record_count), T(a_bad_header_fails_before_its_body),
+          T(a_client_alert_is_named))
