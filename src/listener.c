@@ -65,6 +65,18 @@ void gw_listener_inherit(gw_inherited_socket_t *s, size_t n) {
   ninherited = n;
 }
 
+int gw_listener_inherited_match(const gw_listen_t *addrs, size_t n) {
+  if (ninherited == 0) return 1;
+  if (n != ninherited) return 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t k = 0;
+    while (k < ninherited && !(inherited[k].port == addrs[i].port && strcmp(inherited[k].host, addrs[i].host) == 0))
+      k++;
+    if (k == ninherited) return 0;
+  }
+  return 1;
+}
+
 int gw_listener_take(const char *host, int port) {
   for (size_t i = 0; i < ninherited; i++) {
     gw_inherited_socket_t *s = &inherited[i];

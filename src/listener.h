@@ -10,9 +10,12 @@
  * keeps them open (master.c), so that a worker that dies leaves its socket,
  * and the connections the kernel already queued on it, to the worker that
  * replaces it: a crash costs the connections that worker had accepted, not
- * those waiting to be (as nginx does with reuseport). A worker that finds no
- * inherited socket for an address (its configuration file changed before it
- * loaded it) opens its own.
+ * those waiting to be (as nginx does with reuseport). A worker whose
+ * configuration lists other addresses than the master's (the file changed
+ * since the gateway started) does not start: a socket of the master's that
+ * no worker accepts on would still get its share of new connections. The
+ * master closes a slot's sockets while its worker fails to start, for the
+ * same reason, and makes them again for the next try.
  */
 #ifndef GW_LISTENER_H
 #define GW_LISTENER_H
@@ -44,7 +47,13 @@ typedef struct {
 /* In the worker, right after fork: the sockets the master made for this
  * slot (the array and hosts become the worker's). */
 void gw_listener_inherit(gw_inherited_socket_t *s, size_t n);
-/* The inherited socket for host:port, taken (NULL-free: -1 if none). */
+/* 1 if the master made this worker's sockets for exactly these addresses
+ * (or made none: no master), 0 if the configuration's addresses differ
+ * from the master's (the file changed since the gateway started: listen
+ * and admin only change with a restart). */
+int gw_listener_inherited_match(const gw_listen_t *addrs, size_t n);
+/* The inherited socket for host:port, taken, or -1 if there is none (or
+ * the master could not make it again). */
 int gw_listener_take(const char *host, int port);
 /* Closes the inherited sockets nothing took (the master still has them). */
 void gw_listener_drop_untaken(void);

@@ -113,7 +113,8 @@ static pid_t spawn_worker(const char *path, int index, int workers, const sigset
   /* Only this slot's sockets: a sibling's must close when the master
    * closes its copy. */
   for (int i = 0; i < nslots; i++)
-    for (size_t k = 0; i != index && k < all_slots[i].nsockets; k++) close(all_slots[i].sockets[k].fd);
+    for (size_t k = 0; i != index && k < all_slots[i].nsockets; k++)
+      if (all_slots[i].sockets[k].fd >= 0) close(all_slots[i].sockets[k].fd);
   gw_listener_inherit(all_slots[index].sockets, all_slots[index].nsockets);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
@@ -140,6 +141,29 @@ static int running(worker_slot_t *slots, int n) {
   return k;
 }
 
+/* Closes a slot's sockets, keeping their addresses for remake_sockets. */
+static void drop_sockets(worker_slot_t *slot) {
+  for (size_t k = 0; k < slot->nsockets; k++) {
+    if (slot->sockets[k].fd >= 0) close(slot->sockets[k].fd);
+    slot->sockets[k].fd = -1;
+  }
+}
+
+/* Makes again the sockets drop_sockets closed; one that cannot be had is
+ * left for the worker to open (and report). */
+static void remake_sockets(worker_slot_t *slot) {
+  for (size_t k = 0; k < slot->nsockets; k++) {
+    gw_inherited_socket_t *s = &slot->sockets[k];
+    if (s->fd >= 0) continue;
+    gw_listen_t addr = {0};
+    addr.host = s->host;
+    addr.port = s->port;
+    int fd = gw_listener_socket(&addr);
+    if (fd < 0) gw_log_error("cannot listen on %s:%d again: %s", s->host, s->port, uv_strerror(fd));
+    s->fd = fd < 0 ? -1 : fd;
+  }
+}
+
 /* Collects dead workers; returns 1 if one failed its start before any worker
  * had ever come up (the gateway cannot start). */
 static int reap(worker_slot_t *slots, int n, int stopping, int *ever_up, const char *path,
@@ -158,11 +182,18 @@ static int reap(worker_slot_t *slots, int n, int stopping, int *ever_up, const c
       else
         gw_log_error("worker %d (pid %d) exited with status %d; restarting", i, (int)pid, WEXITSTATUS(status));
       slots[i].fails = lived < START_GRACE_MS ? slots[i].fails + 1 : 0;
+      /* A worker that could not start (status 2), or a slot whose workers
+       * keep dying at start, leaves nobody to accept on the slot's
+       * sockets: close them (their share of new connections goes to the
+       * other workers) until the next try. One quick crash keeps them: the
+       * replacement, started at once, serves what was queued. */
+      if (slots[i].fails > 1 || (WIFEXITED(status) && WEXITSTATUS(status) == 2)) drop_sockets(&slots[i]);
       if (slots[i].fails > 1) {
         /* Back off up to 5 s while a worker keeps dying at start. */
         struct timespec ts = {slots[i].fails > 5 ? 5 : slots[i].fails, 0};
         nanosleep(&ts, NULL);
       }
+      remake_sockets(&slots[i]);
       slots[i].started = now_ms();
       slots[i].pid = spawn_worker(path, i, workers, blocked);
     }

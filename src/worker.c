@@ -170,7 +170,25 @@ static int listen_on(gw_worker_t *w, uv_tcp_t *handle, const gw_listen_t *addr) 
   return gw_listener_open(w->loop, handle, addr, on_connection);
 }
 
+/* The configuration's listen and admin addresses are the ones the master
+ * made this slot's sockets for (listener.h). */
+static int same_addresses_as_master(gw_worker_t *w) {
+  size_t n = w->cfg->nlisten;
+  gw_listen_t *all = gw_xcalloc(n + 1, sizeof *all);
+  for (size_t i = 0; i < n; i++) all[i] = w->cfg->listen[i];
+  gw_listen_t admin = {0};
+  if (w->cfg->admin && gw_listen_parse(w->cfg->admin, &admin) == 0) all[n++] = admin;
+  int same = gw_listener_inherited_match(all, n);
+  free(admin.host);
+  free(all);
+  return same;
+}
+
 static int open_listeners(gw_worker_t *w) {
+  if (!same_addresses_as_master(w)) {
+    gw_log_error("the listen or admin addresses changed since the gateway started: restart it to apply them");
+    return GW_ECONFIG;
+  }
   w->listeners = gw_xcalloc(w->cfg->nlisten, sizeof *w->listeners);
   w->tls = gw_xcalloc(w->cfg->nlisten ? w->cfg->nlisten : 1, sizeof *w->tls);
   for (size_t i = 0; i < w->cfg->nlisten; i++) {

@@ -90,6 +90,54 @@ def test_connections_queued_on_a_dead_worker_are_served():
         eq(bad, [], "answers that are not 200 hello (of %d)" % len(answers))
 
 
+def _all_answered(port, n, timeout=2):
+    """n requests on new connections: the number answered 200 hello."""
+    ok = 0
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        try:
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            ok += _read_all(s, timeout).startswith(b"HTTP/1.1 200")
+        finally:
+            s.close()
+    return ok
+
+
+def _kill_first_worker(g):
+    before = g.wait_workers(2)
+    os.kill(before[0], signal.SIGKILL)
+    wait_for(lambda: not pid_alive(before[0]), 3)
+
+
+def test_listen_changed_on_disk_then_a_worker_dies():
+    """listen changes need a restart: a worker restarted with another address
+    in the file does not start (and says why), and the slot's socket, which
+    nobody would accept on, is closed: the live worker answers everything."""
+    with Gateway(APP + "-- $PORT2\n", workers=2) as g:
+        with open(g.config_path, "w") as f:
+            f.write(g._substitute(APP.replace("$PORT", "$PORT2")))
+        time.sleep(1.1)  # the workers are past their start
+        _kill_first_worker(g)
+        g.wait_stderr("restart it to apply them")
+        # Two failed starts: the master now waits 2 s before the third.
+        wait_for(lambda: g.stderr_text().count("exited with status 2") >= 2, 5)
+        eq(_all_answered(g.port, 30), 30, "answered on the first port")
+
+
+def test_a_worker_that_cannot_start_again_leaves_no_socket_behind():
+    """A broken file, then a crash: the replacement exits 2 again and again;
+    while the master waits to try again, new connections all go to the live
+    worker (none waits on the dead slot's socket)."""
+    with Gateway(APP, workers=2) as g:
+        time.sleep(1.1)
+        with open(g.config_path, "w") as f:
+            f.write("this is not lua\n")
+        _kill_first_worker(g)
+        # Two failed starts: the master now waits 2 s before the third.
+        wait_for(lambda: g.stderr_text().count("exited with status 2") >= 2, 5)
+        eq(_all_answered(g.port, 30), 30, "answered while the slot is down")
+
+
 def test_port_taken_fails_the_start_with_its_address():
     """A listen address another program holds: the master says which, exits 1."""
     holder = socket.socket()
