@@ -34,6 +34,12 @@ gw.get("/c/cookie", cache, counted({ ["Set-Cookie"] = "s=1" }))
 gw.get("/c/auth", cache, counted())
 gw.get("/c/authpublic", cache, counted({ ["Cache-Control"] = "public" }))
 gw.get("/c/varystar", cache, counted({ ["Vary"] = "*" }))
+-- The answer depends on Accept-Language and says so.
+gw.get("/c/vary", cache, function(req)
+  local n = counts:incr("vary", 1, 0)
+  return { headers = { ["Vary"] = "Accept-Language, accept-encoding" },
+           json = { n = n, lang = req.headers["accept-language"] or "none" } }
+end)
 gw.get("/c/missing", cache, counted(nil, 404))
 gw.get("/c/short", gw.mw.cache { dict = "cache", ttl = 0.5 }, counted())
 gw.get("/c/bypath", gw.mw.cache { dict = "cache", ttl = 60, key = function(req) return "p:" .. req.path end }, counted())
@@ -113,6 +119,30 @@ def test_not_stored():
         r = get(g, "/c/missing")
         r = get(g, "/c/missing")
         eq((r.status, xc(r), json.loads(r.body)["n"]), (404, "MISS", 2), "a 404 is not stored")
+    run(t)
+
+
+def test_vary_stores_one_answer_per_value():
+    def t(g, o):
+        def ask(lang=None, enc=None):
+            h = {}
+            if lang is not None:
+                h["Accept-Language"] = lang
+            if enc is not None:
+                h["Accept-Encoding"] = enc
+            r = get(g, "/c/vary", h)
+            body = json.loads(r.body)
+            return xc(r), body["n"], body["lang"]
+        eq(ask("en"), ("MISS", 1, "en"), "en first")
+        eq(ask("fr"), ("MISS", 2, "fr"), "fr is another variant")
+        eq(ask("en"), ("HIT", 1, "en"), "en again: its own stored answer")
+        eq(ask("fr"), ("HIT", 2, "fr"), "fr again")
+        eq(ask("  en "), ("HIT", 1, "en"), "blanks around the value do not matter")
+        eq(ask(), ("MISS", 3, "none"), "no Accept-Language: a variant of its own")
+        eq(ask(""), ("MISS", 4, ""), "an empty one is another")
+        eq(ask(), ("HIT", 3, "none"), "absent again")
+        eq(ask("en", "gzip"), ("MISS", 5, "en"), "every header Vary names counts")
+        eq(ask("en"), ("HIT", 1, "en"), "the first en variant is still there")
     run(t)
 
 

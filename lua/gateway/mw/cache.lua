@@ -10,6 +10,10 @@
 -- answer has no body). Answers carry `X-Cache: MISS` or `X-Cache: HIT` (a
 -- hit also `Age`).
 --
+-- An answer with Vary (other than `*`) is stored per value of the headers
+-- it names (RFC 9111 4.1): a request is served only the answer stored for
+-- its own values of those headers.
+--
 -- Not stored: statuses other than 200; a response with Set-Cookie, with
 -- Cache-Control no-store, private or no-cache, with max-age=0, or with
 -- `Vary: *`; the answer to a request carrying Authorization (unless the
@@ -200,6 +204,47 @@ local function default_key(req)
   return req.host .. " " .. req.uri
 end
 
+-- ---- Vary (RFC 9111 4.1) ----
+-- An answer with `Vary: a, b` is stored under the key plus the request's
+-- values of a and b (a variant), and the key itself holds "VARY a,b" (the
+-- index), so that a later request finds its own variant, or none.
+
+local INDEX = "VARY "
+
+-- The lower-case header names of a Vary value, sorted, without repeats;
+-- nil when there are none.
+local function vary_names(v)
+  if not v then return nil end
+  local set, list = {}, {}
+  for name in gmatch(v, "[^,%s]+") do
+    name = lower(name)
+    if not set[name] then
+      set[name] = true
+      list[#list + 1] = name
+    end
+  end
+  if #list == 0 then return nil end
+  table.sort(list)
+  return list
+end
+
+-- The request's values of `names`, normalised (lists joined, blanks
+-- collapsed), as a key suffix; an absent header differs from an empty one.
+local function variant_suffix(req, names)
+  local parts = {}
+  for i, name in ipairs(names) do
+    local v = req.headers[name]
+    if type(v) == "table" then v = concat(v, ", ") end
+    if v == nil then
+      parts[i] = name .. "\1"
+    else
+      v = string.gsub(string.gsub(v, "%s+", " "), "^ ?(.-) ?$", "%1")
+      parts[i] = name .. "=" .. v
+    end
+  end
+  return "\0vary\0" .. concat(parts, "\0")
+end
+
 return function(opts)
   local conf, err = configure(opts)
   if not conf then error(err, 2) end
@@ -222,6 +267,11 @@ return function(opts)
     local refresh = rd["no-cache"] or (rcc == nil and req.headers["pragma"] == "no-cache")
     if not refresh then
       local s = dict:get(k)
+      if type(s) == "string" and sub(s, 1, #INDEX) == INDEX then
+        local names = {}
+        for name in gmatch(sub(s, #INDEX + 1), "[^,]+") do names[#names + 1] = name end
+        s = dict:get(k .. variant_suffix(req, names))
+      end
       if type(s) == "string" then
         local status, stored, headers, body = deserialize(s)
         if status then
@@ -239,7 +289,14 @@ return function(opts)
       if ttl then
         local body, berr = body_of(res)
         if body ~= nil then
-          dict:set(k, serialize(res.status, res.headers, body, gw_mod.now()), ttl)
+          local stored = serialize(res.status, res.headers, body, gw_mod.now())
+          local names = vary_names(header_text(res.headers, "vary"))
+          if names then
+            dict:set(k, INDEX .. concat(names, ","), ttl)
+            dict:set(k .. variant_suffix(req, names), stored, ttl)
+          else
+            dict:set(k, stored, ttl)
+          end
         else
           gw_mod.log.warn("cache: reading the upstream's body failed: " .. tostring(berr))
         end
