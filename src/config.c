@@ -92,3 +92,20 @@ int gw_listen_parse(const char *s, gw_listen_t *out) {
   out->port = (int)port;
   return 0;
 }
+
+size_t gw_config_addresses(const gw_config_t *cfg, gw_listen_t **out) {
+  gw_listen_t *a = gw_xcalloc(cfg->nlisten + 1, sizeof *a);
+  size_t n = 0;
+  for (; n < cfg->nlisten; n++) {
+    a[n].host = gw_xstrndup(cfg->listen[n].host, strlen(cfg->listen[n].host));
+    a[n].port = cfg->listen[n].port;
+  }
+  if (cfg->admin && gw_listen_parse(cfg->admin, &a[n]) == 0) n++;
+  *out = a;
+  return n;
+}
+
+void gw_listen_addresses_free(gw_listen_t *a, size_t n) {
+  for (size_t i = 0; i < n; i++) free(a[i].host);
+  free(a);
+}

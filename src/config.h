@@ -69,5 +69,11 @@ int gw_config_same_listen(const gw_config_t *a, const gw_config_t *b);
 void gw_listen_copy_tls(gw_listen_t *dst, const gw_listen_t *src);
 /* Parses "host:port", "[v6]:port" or ":port"; fills `out` (host gw_xmalloc'd). */
 int gw_listen_parse(const char *s, gw_listen_t *out);
+/* Every address `cfg` accepts connections on: its listen entries, then the
+ * admin address when it parses (one that does not is reported where the
+ * admin listener opens). Returns the count; *out gets an array of host and
+ * port copies (no TLS settings), freed with gw_listen_addresses_free. */
+size_t gw_config_addresses(const gw_config_t *cfg, gw_listen_t **out);
+void gw_listen_addresses_free(gw_listen_t *a, size_t n);
 
 #endif

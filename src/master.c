@@ -103,6 +103,14 @@ static void install_handlers(sigset_t *blocked) {
   sigprocmask(SIG_BLOCK, blocked, NULL);
 }
 
+/* Closes a slot's sockets, keeping their addresses for remake_sockets. */
+static void drop_sockets(worker_slot_t *slot) {
+  for (size_t k = 0; k < slot->nsockets; k++) {
+    if (slot->sockets[k].fd >= 0) close(slot->sockets[k].fd);
+    slot->sockets[k].fd = -1;
+  }
+}
+
 /* In the child: default dispositions, then the worker. The signals stay
  * blocked until the worker has its own handlers (gw_worker_run unblocks
  * them): a HUP or TERM forwarded while it still loads its configuration
@@ -113,8 +121,7 @@ static pid_t spawn_worker(const char *path, int index, int workers, const sigset
   /* Only this slot's sockets: a sibling's must close when the master
    * closes its copy. */
   for (int i = 0; i < nslots; i++)
-    for (size_t k = 0; i != index && k < all_slots[i].nsockets; k++)
-      if (all_slots[i].sockets[k].fd >= 0) close(all_slots[i].sockets[k].fd);
+    if (i != index) drop_sockets(&all_slots[i]);
   gw_listener_inherit(all_slots[index].sockets, all_slots[index].nsockets);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
@@ -139,14 +146,6 @@ static int running(worker_slot_t *slots, int n) {
   int k = 0;
   for (int i = 0; i < n; i++) k += slots[i].pid > 0;
   return k;
-}
-
-/* Closes a slot's sockets, keeping their addresses for remake_sockets. */
-static void drop_sockets(worker_slot_t *slot) {
-  for (size_t k = 0; k < slot->nsockets; k++) {
-    if (slot->sockets[k].fd >= 0) close(slot->sockets[k].fd);
-    slot->sockets[k].fd = -1;
-  }
 }
 
 /* Makes again the sockets drop_sockets closed; one that cannot be had is
@@ -205,15 +204,13 @@ static int reap(worker_slot_t *slots, int n, int stopping, int *ever_up, const c
  * for each of the n slots. Returns 0, or 1 after saying which address
  * could not be had. */
 static int open_sockets(worker_slot_t *slots, int n, const gw_config_t *cfg) {
-  gw_listen_t admin = {0};
-  /* A bad admin address gets no socket here; the worker reports it. */
-  if (cfg->admin && gw_listen_parse(cfg->admin, &admin) != 0) admin.host = NULL;
-  size_t count = cfg->nlisten + (admin.host ? 1 : 0);
+  gw_listen_t *addrs;
+  size_t count = gw_config_addresses(cfg, &addrs);
   int rc = 0;
   for (int i = 0; i < n && rc == 0; i++) {
     slots[i].sockets = gw_xcalloc(count ? count : 1, sizeof *slots[i].sockets);
     for (size_t k = 0; k < count && rc == 0; k++) {
-      const gw_listen_t *l = k < cfg->nlisten ? &cfg->listen[k] : &admin;
+      const gw_listen_t *l = &addrs[k];
       int fd = gw_listener_socket(l);
       if (fd < 0) {
         fprintf(stderr, "gateway: cannot listen on %s:%d: %s\n", l->host, l->port, uv_strerror(fd));
@@ -224,7 +221,7 @@ static int open_sockets(worker_slot_t *slots, int n, const gw_config_t *cfg) {
       slots[i].nsockets++;
     }
   }
-  free(admin.host);
+  gw_listen_addresses_free(addrs, count);
   return rc;
 }
 
@@ -232,10 +229,8 @@ static int open_sockets(worker_slot_t *slots, int n, const gw_config_t *cfg) {
  * master leaves). */
 static void close_sockets(worker_slot_t *slots, int n) {
   for (int i = 0; i < n; i++) {
-    for (size_t k = 0; k < slots[i].nsockets; k++) {
-      if (slots[i].sockets[k].fd >= 0) close(slots[i].sockets[k].fd);
-      free(slots[i].sockets[k].host);
-    }
+    drop_sockets(&slots[i]);
+    for (size_t k = 0; k < slots[i].nsockets; k++) free(slots[i].sockets[k].host);
     free(slots[i].sockets);
     slots[i].sockets = NULL;
     slots[i].nsockets = 0;

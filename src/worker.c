@@ -173,14 +173,10 @@ static int listen_on(gw_worker_t *w, uv_tcp_t *handle, const gw_listen_t *addr) 
 /* The configuration's listen and admin addresses are the ones the master
  * made this slot's sockets for (listener.h). */
 static int same_addresses_as_master(gw_worker_t *w) {
-  size_t n = w->cfg->nlisten;
-  gw_listen_t *all = gw_xcalloc(n + 1, sizeof *all);
-  for (size_t i = 0; i < n; i++) all[i] = w->cfg->listen[i];
-  gw_listen_t admin = {0};
-  if (w->cfg->admin && gw_listen_parse(w->cfg->admin, &admin) == 0) all[n++] = admin;
+  gw_listen_t *all;
+  size_t n = gw_config_addresses(w->cfg, &all);
   int same = gw_listener_inherited_match(all, n);
-  free(admin.host);
-  free(all);
+  gw_listen_addresses_free(all, n);
   return same;
 }
 
