@@ -584,14 +584,10 @@ int gw_tls_ready(const gw_tls_t *t) { return t->ready; }
 
 int gw_tls_write(gw_tls_t *t, const char *p, size_t len) {
   if (t->failed || !t->ready || t->shut) return GW_ETLS;
-  while (t->rec && len > 0) {
-    size_t chunk = len < (1u << 30) ? len : (1u << 30); /* uv_buf_init takes an unsigned int */
-    uv_buf_t one = uv_buf_init((char *)p, (unsigned)chunk);
-    if (rec_result(t, gw_tls_rec_write(t->rec, &one, 1, &t->out)) != 0) return GW_ETLS;
-    p += chunk;
-    len -= chunk;
+  if (t->rec) {
+    uv_buf_t one = {.base = (char *)p, .len = len}; /* len is a size_t on Unix */
+    return (int)rec_result(t, gw_tls_rec_write(t->rec, &one, 1, &t->out));
   }
-  if (t->rec) return 0;
   clear_errors();
   while (len > 0) {
     size_t done = 0;
