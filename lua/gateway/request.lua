@@ -264,7 +264,10 @@ function _M.new(r_addr, serial, method, path)
     r = cast(req_ptr, r_addr)
     ptr_cache[r_addr] = r
   end
-  return setmetatable({ _r = r, _s = serial, method = method, path = path }, Req)
+  -- params and route are named (nil) so that the table's template has their
+  -- slots: setting them after routing then needs no rehash.
+  return setmetatable({ _r = r, _s = serial, method = method, path = path,
+                        params = nil, route = nil }, Req)
 end
 
 _M.Req = Req

@@ -270,16 +270,17 @@ local function build_params(rt, path)
     local names = rt.pnames
     local np = #names
     if np == 0 and not rt.cname then return EMPTY end
-    local params = {}
     local idx = rt.pidx
     -- One or two parameters (the common shapes) without a loop, which
-    -- keeps the request path a single compiled trace.
+    -- keeps the request path a single compiled trace; the constructors size
+    -- the table for them at once.
+    local params
     if np == 1 then
-        params[names[1]] = SEG[idx[1]]
+        params = { [names[1]] = SEG[idx[1]] }
     elseif np == 2 then
-        params[names[1]] = SEG[idx[1]]
-        params[names[2]] = SEG[idx[2]]
+        params = { [names[1]] = SEG[idx[1]], [names[2]] = SEG[idx[2]] }
     else
+        params = {}
         for k = 1, np do
             params[names[k]] = SEG[idx[k]]
         end
