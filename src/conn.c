@@ -317,7 +317,9 @@ static void task_result(void *owner, lua_State *co) {
   const char *ctype = lua_tolstring(co, 4, &clen);
   const char *body = lua_tolstring(co, 5, &blen);
   gw_response_start(r, (int)lua_tointeger(co, 3));
-  if (ctype) gw_response_header(r, "Content-Type", 12, ctype, clen);
+  /* The type is one of runtime.lua's constants (text or JSON), never a
+   * script's string: it needs none of gw_response_header's checks. */
+  if (ctype) gw_response_add_raw(r, "Content-Type", ctype, clen);
   gw_response_send(r, body ? body : "", body ? blen : 0);
 }
 
