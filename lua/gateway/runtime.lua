@@ -191,7 +191,8 @@ local function upstream()
   return upstream_mod
 end
 
--- The upvalue index of a route's `return UP:proxy(req)` handler, or false.
+-- For a route whose handler is `return UP:proxy(req)`: a function returning
+-- the current UP (upstream.lua direct_proxy_upvalue); else false.
 local function direct_of(route)
   local direct = route.direct
   if direct == nil then
@@ -307,7 +308,7 @@ run_step = function(req, chain, i)
     local route = chain.route
     local direct = route and direct_of(route)
     if direct then
-      local d = upstream_mod.proxy_direct(req, f, direct, false)
+      local d = upstream_mod.proxy_direct(req, direct, false)
       if d then return d end
     end
     return handler_result(req, f(req))
@@ -394,7 +395,7 @@ local function dispatch(req)
       -- No middleware can look at the answer: a string goes out as it is,
       -- and a `return UP:proxy(req)` handler is run by C (upstream.lua).
       local direct = direct_of(route)
-      if direct and upstream_mod.proxy_direct(req, route.handler, direct, true) then return end
+      if direct and upstream_mod.proxy_direct(req, direct, true) then return end
       local err
       res, err = route.handler(req)
       if type(res) == "string" then return 200, TEXT, res end

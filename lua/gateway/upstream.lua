@@ -518,10 +518,24 @@ end
 -- method, a request with a body) takes the ordinary path with the same result.
 local jutil = require "jit.util"
 local funcbc, funcinfo, funck = jutil.funcbc, jutil.funcinfo, jutil.funck
-local getupvalue, getmetatable = debug.getupvalue, getmetatable
+local upvaluejoin, getmetatable = debug.upvaluejoin, getmetatable
 local DIRECT_REF = loadstring("local u; return function(req) return u:proxy(req) end")()
 
--- The upvalue index (1-based) of UP if `fn` has the reference's shape, else false.
+-- A function returning the current value of `fn`'s upvalue `uv`: its own
+-- upvalue is joined to that very variable (debug.upvaluejoin), so it sees
+-- every later assignment, and reading it is a plain upvalue load the JIT
+-- compiles. debug.getupvalue on every request would not compile: the trace
+-- would stop there and, inside the handler's xpcall, the rest of the request
+-- would run in the interpreter.
+local function upvalue_reader(fn, uv)
+  local value
+  local function read() return value end
+  upvaluejoin(read, 1, fn, uv)
+  return read
+end
+
+-- If `fn` has the reference's shape: a function returning the current UP
+-- (see upvalue_reader); else false.
 function _M.direct_proxy_upvalue(fn)
   if type(fn) ~= "function" then return false end
   local info, ref = funcinfo(fn), funcinfo(DIRECT_REF)
@@ -540,17 +554,18 @@ function _M.direct_proxy_upvalue(fn)
       return false
     end
   end
-  return uv + 1
+  return upvalue_reader(fn, uv + 1)
 end
 
--- Starts the recognised handler `fn`'s proxy without waiting for the head.
+-- Starts the proxy of a recognised handler (`upstream_of` returns its UP)
+-- without waiting for the head.
 -- `answer`: C answers the client itself (a route without middleware);
 -- returns true, or false when the ordinary path must run the handler.
 -- Without `answer`: returns a deferred response for the middleware around
 -- (see Deferred below), or false.
 local Deferred = {}
-function _M.proxy_direct(req, fn, uv, answer)
-  local _, up = getupvalue(fn, uv)
+function _M.proxy_direct(req, upstream_of, answer)
+  local up = upstream_of()
   if getmetatable(up) ~= Upstream or rawget(up, "proxy") ~= nil then return false end
   local key = ""
   if up.hash_key then key = tostring(up.hash_key(req) or "") end
@@ -558,7 +573,11 @@ function _M.proxy_direct(req, fn, uv, answer)
     base.out_err)
   if rc == base.OK then
     if answer then return true end
-    return setmetatable({ _req = req, _proxy = true, _deferred = true }, Deferred)
+    -- Not `return setmetatable(...)`: a tail call of a builtin with side
+    -- effects ends the trace at this return (LuaJIT: "NYI: return to lower
+    -- frame").
+    local d = setmetatable({ _req = req, _proxy = true, _deferred = true }, Deferred)
+    return d
   end
   if rc == base.DECLINED then return false end
   if rc == BAD_CONTEXT then error(base.FINISHED, 2) end

@@ -83,6 +83,16 @@ gw.route("*", "/body/*r", function(req)
   return { status = res.status == 204 and 200 or res.status, body = b and ("len=" .. #b) or err }
 end)
 
+-- A direct route whose UP is reassigned while the gateway runs: each
+-- request proxies to the upstream the variable holds then.
+local current = up
+gw.route("*", "/d/current/*r", function(req) return current:proxy(req) end)
+gw.route("*", "/m/current/*r", function(req) return current:proxy(req) end)
+gw.post("/switch", function(req)
+  current = current == up and dead or up
+  return "switched"
+end)
+
 -- The recogniser, on shapes it must take (true) and must leave (false).
 local U = require "gateway.upstream"
 local a_global_up = up
@@ -260,3 +270,20 @@ def test_deferred_with_headers_set():
         d, o = one(g.port, "GET", "/s/dead/e"), one(g.port, "GET", "/s/ord-dead/e")
         eq(check_error(d, 502)["error"], check_error(o, 502)["error"], "502 body")
         eq((d.headers.get("x-added"), o.headers.get("x-added")), ("2", "2"), "set headers on the 502 too")
+
+
+def test_reassigned_upstream_is_followed():
+    # Enough requests first for LuaJIT to compile the direct path with the
+    # first upstream; each switch must still take effect at once.
+    with Origin("A") as a, Gateway(fill(APP, A=a, DEAD=dead_port())) as g:
+        for round_ in range(3):
+            for prefix in ("d", "m"):
+                with Conn(g.port) as c:
+                    for i in range(300):
+                        c.send(b"GET /%s/current/echo/%d HTTP/1.1\r\nHost: t\r\n\r\n" % (prefix.encode(), i))
+                        eq(c.read_response().status, 200, "/%s/current before switch %d (#%d)" % (prefix, round_, i))
+            eq(g.http("POST", "/switch")[0], 200, "switch to the dead upstream")
+            for prefix in ("d", "m"):
+                eq(one(g.port, "GET", "/%s/current/echo/x" % prefix).status, 502,
+                   "/%s/current after switch %d goes to the dead upstream" % (prefix, round_))
+            eq(g.http("POST", "/switch")[0], 200, "switch back")
