@@ -80,6 +80,9 @@ end
 -- Set once the configuration has loaded: no global or prefix middleware, so
 -- a route without its own (route.bare) can answer without a chain.
 local no_middleware = false
+-- Set with it: no prefix middleware, so a route's chain does not depend on
+-- the path (build_chain).
+local no_prefix_middleware = false
 
 function _M.load_config(path, mode)
   _M.mode = mode
@@ -92,6 +95,7 @@ function _M.load_config(path, mode)
   if not ok then error(e, 0) end
   state.loading = false
   no_middleware = #state.global_mw == 0 and #state.prefix_mw == 0
+  no_prefix_middleware = #state.prefix_mw == 0
   local cfg = state.config
   -- C reads plain values: "auto" and false become absent.
   return {
@@ -329,7 +333,7 @@ local function method_not_allowed(allow)
   return function(r) return error_response(r, 405, "method not allowed", { Allow = allow }) end
 end
 
-local function build_chain(req, route, allow)
+local function make_chain(req, route, allow)
   local chain, n = {}, 0
   local g = state.global_mw
   for i = 1, #g do
@@ -363,6 +367,22 @@ local function build_chain(req, route, allow)
   end
   chain.n = n
   chain.route = route
+  return chain
+end
+
+-- The request's chain, in req._chain. Chains are only read, so a route's is
+-- made once when no prefix middleware can make it depend on the path.
+local function build_chain(req, route, allow)
+  local chain
+  if route and no_prefix_middleware then
+    chain = route.chain
+    if chain == nil then
+      chain = make_chain(req, route)
+      route.chain = chain
+    end
+  else
+    chain = make_chain(req, route, allow)
+  end
   rawset(req, "_chain", chain)
   return chain
 end

@@ -168,3 +168,21 @@ def test_next_kept_and_called_from_another_request():
         doc = json.loads(body)
         eq((st, doc["ok"]), (200, False), "a kept next() fails in another request")
         assert "next()" in doc["err"], doc
+
+
+# Without prefix middleware a route's chain is made once and kept
+# (runtime.lua build_chain): each route must still get its own, every time.
+NO_PREFIX = TRACE.replace('gw.use("/api", mark("p"))\n', "")
+
+
+def test_kept_chains_stay_per_route():
+    assert NO_PREFIX != TRACE
+    with Gateway(NO_PREFIX) as g:
+        want = {"/plain": (b"ab", "ba"), "/api/r": (b"ab12", "21ba"), "/tbl": (b"abt", "tba"),
+                "/api/x": (b"ab", "ba")}
+        for i in range(60):
+            for path, (body, out) in want.items():
+                st, h, got = g.get(path)
+                eq((st, got, h.get("x-out")), (200, body, out), "%s, request %d" % (path, i))
+            st, h, _ = g.get("/nope")
+            eq((st, h.get("x-out")), (404, "ba"), "global middleware around the 404, request %d" % i)
