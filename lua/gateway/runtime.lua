@@ -428,26 +428,46 @@ local function dispatch(req)
   return send(req, res)
 end
 
--- Returns the matched route and, for a plain answer, what C should send.
-local function handle(req)
-  local ok, status, ctype, body = xpcall(dispatch, on_handler_error, req)
-  if ok then return rawget(req, "route"), status, ctype, body end
-  if C.gw_ffi_resp_sent(req._r, req._s) == 0 then finish_error(req, status) end
-  return rawget(req, "route")
+-- The requests a coroutine serves, one after another, inside one protected
+-- call that lasts until a script error: LuaJIT cannot compile a return into
+-- a pcall frame from a trace that began below it, so with one xpcall per
+-- request every trace that started inside a request (after an inner loop or
+-- an uncompiled call) stopped at the handler's return, and the rest of the
+-- request ran in the interpreter. `box.req` is the request being served, for
+-- request_entry to answer when an error ends the loop.
+local function serve(box, task_addr, task_serial, req_addr, req_serial, method, path)
+  while true do
+    box.req = nil
+    sched.begin(task_addr, task_serial)
+    local req = request.new(req_addr, req_serial, method, path)
+    box.req = req
+    sched.set_request(req)
+    local status, ctype, body = dispatch(req)
+    local route = rawget(req, "route")
+    sched.finish()
+    task_addr, task_serial, req_addr, req_serial, method, path = yield(DONE, route, status, ctype, body)
+  end
 end
 
 -- The body of request coroutines; reused across requests (see lua_vm.c).
 -- C resumes it with the task and request handles and the method and path;
 -- it yields DONE with the route and, for a plain answer, status, content
--- type and body, which C sends (conn.c task_result).
-function _M.request_entry(task_addr, task_serial, req_addr, req_serial, method, path)
+-- type and body, which C sends (conn.c task_result). serve returns only
+-- through an error, which is answered here before the next request.
+function _M.request_entry(...)
+  local box = {}
+  local _, e = xpcall(serve, on_handler_error, box, ...)
   while true do
-    sched.begin(task_addr, task_serial)
-    local req = request.new(req_addr, req_serial, method, path)
-    sched.set_request(req)
-    local route, status, ctype, body = handle(req)
+    local req = box.req
+    local route
+    if req then
+      if C.gw_ffi_resp_sent(req._r, req._s) == 0 then finish_error(req, e) end
+      route = rawget(req, "route")
+    else
+      log_error("request failed before it began: " .. tostring(e.trace or e.message))
+    end
     sched.finish()
-    task_addr, task_serial, req_addr, req_serial, method, path = yield(DONE, route, status, ctype, body)
+    _, e = xpcall(serve, on_handler_error, box, yield(DONE, route))
   end
 end
 

@@ -18,6 +18,14 @@ gw.use("/mw", function(req, next)
 end)
 gw.get("/mw/x", function(req) return "unreachable" end)
 gw.get("/ok", function(req) return "ok" end)
+gw.get("/wait/boom", function(req)
+  gw.sleep(0.05)
+  error("boom after a wait")
+end)
+gw.get("/wait/ok/:n", function(req)
+  gw.sleep(0.05)
+  return "ok " .. req.params.n
+end)
 '''
 
 
@@ -109,4 +117,35 @@ def test_crlf_in_response_header_is_500():
             assert data.startswith(b"HTTP/1.1 500 "), "%s: want a 500, got %r" % (path, data[:300])
         err = g.stderr_text().lower()
         assert "x-bad" in err or "header" in err, "the log does not say why:\n" + err
+        eq(g.get("/ok")[:3:2], (200, b"ok"), "next request")
+
+
+def test_errors_between_requests_many_times():
+    # A request coroutine serves request after request inside one protected
+    # call, restarted after each error (runtime.lua serve): errors mixed with
+    # answers, on one connection and on many at once, while others wait.
+    import threading
+    with Gateway(ERRORS) as g:
+        with Conn(g.port) as c:
+            for i in range(150):
+                path = ("/boom", "/ok", "/nilindex", "/ok", "/mw/x")[i % 5]
+                c.send(req_bytes("GET", path))
+                r = c.read_response()
+                eq(r.status, 200 if path == "/ok" else 500, "%s (#%d)" % (path, i))
+        results = {}
+
+        def client(k):
+            path = "/wait/boom" if k % 2 else "/wait/ok/%d" % k
+            results[k] = g.get(path)[:3:2]
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        for k in range(20):
+            want = 500 if k % 2 else 200
+            eq(results.get(k, (None,))[0], want, "concurrent request %d" % k)
+            if not k % 2:
+                eq(results[k][1], b"ok %d" % k, "answer of concurrent request %d" % k)
         eq(g.get("/ok")[:3:2], (200, b"ok"), "next request")
