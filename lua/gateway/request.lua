@@ -35,7 +35,11 @@ Headers.__index = function(h, name)
   local req = rawget(h, 1)
   if type(name) ~= "string" then return nil end
   local rc = C.gw_ffi_req_header(req._r, req._s, name, #name, out_str, out_len)
-  if rc == OK then return ffi_string(out_str[0], out_len[0]) end
+  -- Not `return ffi_string(...)`: see request.new.
+  if rc == OK then
+    local v = ffi_string(out_str[0], out_len[0])
+    return v
+  end
   if rc == BAD_CONTEXT then finished() end
   return nil
 end
@@ -167,7 +171,8 @@ end
 function getters.id(req)
   local p = C.gw_ffi_req_id(req._r, req._s, out_len)
   if p == nil then finished() end
-  return ffi_string(p, out_len[0])
+  local v = ffi_string(p, out_len[0])
+  return v
 end
 
 function getters.ctx(req)
@@ -266,8 +271,13 @@ function _M.new(r_addr, serial, method, path)
   end
   -- params and route are named (nil) so that the table's template has their
   -- slots: setting them after routing then needs no rehash.
-  return setmetatable({ _r = r, _s = serial, method = method, path = path,
-                        params = nil, route = nil }, Req)
+  -- Here and in other hot functions, a builtin's result is returned through
+  -- a local: LuaJIT cannot compile `return builtin(...)` (a tail call of a
+  -- builtin with side effects) when it returns to a frame below the trace's
+  -- start ("NYI: return to lower frame"); the trace would stop there.
+  local req = setmetatable({ _r = r, _s = serial, method = method, path = path,
+                             params = nil, route = nil }, Req)
+  return req
 end
 
 _M.Req = Req

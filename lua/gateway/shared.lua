@@ -109,7 +109,10 @@ function Dict:get(key)
   local d = check(self, key, "get")
   if C.gw_ffi_shdict_get(d, key, #key, val) ~= OK then return nil end
   local t = val.type
-  if t == T_STR then return ffi_string(val.str, val.len) end
+  if t == T_STR then
+    local s = ffi_string(val.str, val.len)
+    return s -- not a tail call: see request.lua's request.new
+  end
   if t == T_NUM then return val.num end
   return val.num ~= 0
 end

@@ -233,7 +233,8 @@ BufferedResponse.__index = function(res, k)
 end
 
 local function new_response(status, rawh, body)
-  return setmetatable({ status = status, _rawh = rawh, _body = body }, BufferedResponse)
+  local res = setmetatable({ status = status, _rawh = rawh, _body = body }, BufferedResponse)
+  return res -- not a tail call: see request.new
 end
 _M.new_response = new_response
 _M.Response = Response
@@ -503,7 +504,8 @@ function Upstream:proxy(req, opts)
   if rc ~= AGAIN then error("up:proxy: " .. ffi_string(base.out_err[0]), 2) end
   local status, err = sched.wait(ctx, base.out_wait[0])
   if status == nil then return nil, err end
-  return setmetatable({ status = status, _req = req, _proxy = true }, ProxyResponse)
+  local res = setmetatable({ status = status, _req = req, _proxy = true }, ProxyResponse)
+  return res -- not a tail call: see request.new
 end
 
 -- ---- direct proxies ----
@@ -573,9 +575,7 @@ function _M.proxy_direct(req, upstream_of, answer)
     base.out_err)
   if rc == base.OK then
     if answer then return true end
-    -- Not `return setmetatable(...)`: a tail call of a builtin with side
-    -- effects ends the trace at this return (LuaJIT: "NYI: return to lower
-    -- frame").
+    -- Not a tail call: see request.new.
     local d = setmetatable({ _req = req, _proxy = true, _deferred = true }, Deferred)
     return d
   end
