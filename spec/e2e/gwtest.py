@@ -235,7 +235,10 @@ class Gateway:
 
     def wait_ready(self, timeout=None):
         """Waits until $PORT accepts a TCP connection; raises with stderr if the
-        process exits or the time runs out."""
+        process exits or the time runs out. The master holds the listening
+        sockets, so this says the master is up, not that a worker has loaded
+        the file: a request waits for the workers, but a test that rewrites
+        the file at once must first wait for an answer."""
         deadline = time.monotonic() + (timeout or self.start_timeout)
         while True:
             rc = self.proc.poll()

@@ -30,8 +30,19 @@ def admin(g, method, path, body=None):
 
 
 def wait_admin(g):
-    ok = wait_for(lambda: _connects(g.port2), 5)
+    """Waits until a worker answers on the admin listener. A connection alone
+    proves nothing: the master holds the listening sockets from the start, so
+    they accept before any worker has loaded the file (and a test that edits
+    the file then could have it read by the first load)."""
+    ok = wait_for(lambda: _answers(g.port2), 5)
     assert ok, "admin listener not up on %d:\n%s" % (g.port2, g.stderr_text())
+
+
+def _answers(port):
+    try:
+        return http(port, "GET", "/status", timeout=1)[0] == 200
+    except OSError:
+        return False
 
 
 def _connects(port):

@@ -114,6 +114,9 @@ def test_listen_changed_on_disk_then_a_worker_dies():
     in the file does not start (and says why), and the slot's socket, which
     nobody would accept on, is closed: the live worker answers everything."""
     with Gateway(APP + "-- $PORT2\n", workers=2) as g:
+        # The port accepts as soon as the master holds it: give both workers
+        # time to load the first file before it changes.
+        time.sleep(1.0)
         with open(g.config_path, "w") as f:
             f.write(g._substitute(APP.replace("$PORT", "$PORT2")))
         time.sleep(1.1)  # the workers are past their start
