@@ -424,6 +424,18 @@ class Incomplete(Exception):
     pass
 
 
+def admin_answers(port):
+    """True when a worker answers GET /status on the admin listener at port.
+    A connection alone proves nothing: the master holds the listening sockets
+    from the start, so they accept before any worker has loaded the file (a
+    test that rewrites the file then could have it read by the first load).
+    Admin requests are not counted in the metrics."""
+    try:
+        return http(port, "GET", "/status", timeout=1)[0] == 200
+    except OSError:
+        return False
+
+
 def parse_response(buf, head=False, eof=False):
     """Parses one response at the start of buf.
     Returns (Response, rest) or raises Incomplete. head: the request was HEAD.

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 
-from gwtest import Conn, Gateway, eq, gw_bin, http, line_of, req_bytes, run_cli, wait_for
+from gwtest import Conn, Gateway, admin_answers, eq, gw_bin, http, line_of, req_bytes, run_cli, wait_for
 
 ADMIN_PRELUDE = ('local gw = require "gateway"\n'
                  'gw.config { listen = { "127.0.0.1:$PORT" }, admin = "127.0.0.1:$PORT2", access_log = false }\n')
@@ -30,19 +30,9 @@ def admin(g, method, path, body=None):
 
 
 def wait_admin(g):
-    """Waits until a worker answers on the admin listener. A connection alone
-    proves nothing: the master holds the listening sockets from the start, so
-    they accept before any worker has loaded the file (and a test that edits
-    the file then could have it read by the first load)."""
-    ok = wait_for(lambda: _answers(g.port2), 5)
+    """Waits until a worker answers on the admin listener (gwtest.admin_answers)."""
+    ok = wait_for(lambda: admin_answers(g.port2), 5)
     assert ok, "admin listener not up on %d:\n%s" % (g.port2, g.stderr_text())
-
-
-def _answers(port):
-    try:
-        return http(port, "GET", "/status", timeout=1)[0] == 200
-    except OSError:
-        return False
 
 
 def _connects(port):

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 
-from gwtest import (PRELUDE, Conn, Gateway, check_error, eq, http, line_of, req_bytes, run_cli,
+from gwtest import (PRELUDE, Conn, Gateway, admin_answers, check_error, eq, http, line_of, req_bytes, run_cli,
                     run_concurrently, wait_for)
 
 CFG = PRELUDE + r'''
@@ -230,7 +230,7 @@ OWN = ('local gw = require "gateway"\n'
 def test_own_dict_is_made_by_the_master_and_kept_across_reloads():
     with Gateway(OWN % ("gw.mw.rate_limit { rate = 2, per = 60 },", "v1")) as g:
         eq([g.get("/v")[0] for _ in range(3)], [200, 200, 429], "limited in the gateway's own dict")
-        assert wait_for(lambda: _answers(g.port2), 5), "admin listener"
+        assert wait_for(lambda: admin_answers(g.port2), 5), "admin listener"
         st, _, body = http(g.port2, "GET", "/status")
         dicts = {d["name"]: d for d in json.loads(body)["shared_dicts"]}
         assert "gw.rate_limit" in dicts, dicts
@@ -243,7 +243,7 @@ def test_own_dict_is_made_by_the_master_and_kept_across_reloads():
 
 def test_own_dict_added_by_a_reload_needs_a_restart():
     with Gateway(OWN % ("", "v1")) as g:
-        assert wait_for(lambda: _answers(g.port2), 5), "admin listener"
+        assert wait_for(lambda: admin_answers(g.port2), 5), "admin listener"
         new = g._substitute(OWN % ("gw.mw.rate_limit { rate = 2, per = 60 },", "v2"))
         with open(g.config_path, "w") as f:
             f.write(new)
@@ -252,14 +252,6 @@ def test_own_dict_added_by_a_reload_needs_a_restart():
         eq(g.get("/v")[2], b"v1", "the old configuration keeps serving")
 
 
-def _answers(port):
-    """A worker answers on the admin listener. A connection alone proves
-    nothing: the master's socket accepts before the workers have loaded the
-    file (which a test may be about to rewrite)."""
-    try:
-        return http(port, "GET", "/status", timeout=1)[0] == 200
-    except OSError:
-        return False
 
 
 GCRA = PRELUDE + r'''
