@@ -1,9 +1,10 @@
 """Script errors become a 500 JSON answer for that request only, with the
 traceback in the log; header values with CR/LF never reach the client."""
 
+import itertools
 import json
 
-from gwtest import PRELUDE, Conn, Gateway, eq, line_of, raw, req_bytes
+from gwtest import PRELUDE, Conn, Gateway, eq, line_of, raw, req_bytes, run_concurrently
 
 ERRORS = PRELUDE + r'''
 gw.get("/boom", function(req)
@@ -124,7 +125,6 @@ def test_errors_between_requests_many_times():
     # A request coroutine serves request after request inside one protected
     # call, restarted after each error (runtime.lua serve): errors mixed with
     # answers, on one connection and on many at once, while others wait.
-    import threading
     with Gateway(ERRORS) as g:
         with Conn(g.port) as c:
             for i in range(150):
@@ -132,20 +132,18 @@ def test_errors_between_requests_many_times():
                 c.send(req_bytes("GET", path))
                 r = c.read_response()
                 eq(r.status, 200 if path == "/ok" else 500, "%s (#%d)" % (path, i))
-        results = {}
+        numbers = itertools.count()
 
-        def client(k):
+        def one():
+            k = next(numbers)
             path = "/wait/boom" if k % 2 else "/wait/ok/%d" % k
-            results[k] = g.get(path)[:3:2]
+            return (k,) + g.get(path)[:3:2]
 
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(20)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
-        for k in range(20):
-            want = 500 if k % 2 else 200
-            eq(results.get(k, (None,))[0], want, "concurrent request %d" % k)
+        results, errors = run_concurrently(20, 1, one)
+        eq(errors, [], "client errors")
+        eq(sorted(k for k, _, _ in results), list(range(20)), "every concurrent request answered")
+        for k, status, body in results:
+            eq(status, 500 if k % 2 else 200, "concurrent request %d" % k)
             if not k % 2:
-                eq(results[k][1], b"ok %d" % k, "answer of concurrent request %d" % k)
+                eq(body, b"ok %d" % k, "answer of concurrent request %d" % k)
         eq(g.get("/ok")[:3:2], (200, b"ok"), "next request")
