@@ -94,8 +94,8 @@ function _M.load_config(path, mode)
   local ok, e = xpcall(chunk, config_traceback)
   if not ok then error(e, 0) end
   state.loading = false
-  no_middleware = #state.global_mw == 0 and #state.prefix_mw == 0
   no_prefix_middleware = #state.prefix_mw == 0
+  no_middleware = no_prefix_middleware and #state.global_mw == 0
   local cfg = state.config
   -- C reads plain values: "auto" and false become absent.
   return {
