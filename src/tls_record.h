@@ -24,9 +24,11 @@
  * alerts in a row; the same alerts for the same faults), checked by
  * spec/c/test_tls_records.c against records forged by the test itself.
  *
- * The AEAD is OpenSSL's own cipher implementation, called through its
- * provider's dispatch table (see tls_record.c for why and how it is
- * checked); no cryptography is written here.
+ * The AEAD: for AES-GCM records of up to 256 bytes of plaintext (most
+ * requests and small answers), aesgcm.c on AES-NI and PCLMULQDQ, which is
+ * checked against OpenSSL's EVP before a suite uses it; for everything
+ * else, OpenSSL's own cipher implementation, called through its provider's
+ * dispatch table (see tls_record.c for why and how it is checked).
  */
 #ifndef GW_TLS_RECORD_H
 #define GW_TLS_RECORD_H
@@ -46,6 +48,10 @@ typedef struct gw_tls_rec_s gw_tls_rec_t;
  * 5.5 bounds AES-GCM to 2^24.5 full records per key). A variable so that
  * tests can make it small. */
 extern uint64_t gw_tls_rec_rekey_after;
+
+/* 0: every record goes through OpenSSL's AEAD (as on a CPU without
+ * AES-NI). Read when a direction is keyed; for tests. */
+extern int gw_tls_rec_own_aesgcm;
 
 /* The largest secret (SHA-384's output). */
 #define GW_TLS_REC_SECRET_MAX 48

@@ -12,6 +12,7 @@
 #include "../../src/mem.c"
 #include "../../src/buf.c"
 #include "../../src/tls.c"
+#include "../../src/aesgcm.c"
 #include "../../src/tls_record.c"
 #include "../../src/tls_tickets.c"
 
@@ -173,7 +174,8 @@ TEST(handshake_and_data_both_ways) {
   while ((n = SSL_read(c.ssl, buf, sizeof buf)) > 0) got += (size_t)n;
   CHECK_EQ(got, big);
   /* A head and a short body: one record (TLS 1.3 adds 22 bytes to it). */
-  uv_buf_t two[2] = {uv_buf_init("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 38), uv_buf_init("hello", 5)};
+  uv_buf_t two[2] = {uv_buf_init("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 38),
+                     uv_buf_init("hello", 5)};
   CHECK_EQ(gw_tls_writev(t, two, 2), 0);
   const char *rec;
   CHECK_EQ(gw_tls_pending(t, &rec), (size_t)(38 + 5 + 22));
@@ -194,8 +196,8 @@ TEST(handshake_and_data_both_ways) {
 TEST(sni_picks_certificate) {
   gw_tls_ctx_t *ctx = server_ctx();
   REQUIRE(ctx != NULL);
-  const char *cases[][2] = {{"a.test", "a.test"}, {"x.w.test", "*.w.test"}, {"X.W.TEST", "*.w.test"},
-                            {"y.x.w.test", "a.test"}, {"other", "a.test"}, {NULL, "a.test"}};
+  const char *cases[][2] = {{"a.test", "a.test"},     {"x.w.test", "*.w.test"}, {"X.W.TEST", "*.w.test"},
+                            {"y.x.w.test", "a.test"}, {"other", "a.test"},      {NULL, "a.test"}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     gw_tls_t *t = gw_tls_new(ctx);
     client_t c;
@@ -206,7 +208,8 @@ TEST(sni_picks_certificate) {
     char cn[256];
     CHECK(gw_tls_ready(t));
     int right = strcmp(peer_cn(&c, cn, sizeof cn), cases[i][1]) == 0;
-    if (!right) fprintf(stderr, "  SNI %s: got %s, want %s\n", cases[i][0] ? cases[i][0] : "(none)", cn, cases[i][1]);
+    if (!right)
+      fprintf(stderr, "  SNI %s: got %s, want %s\n", cases[i][0] ? cases[i][0] : "(none)", cn, cases[i][1]);
     CHECK(right);
     gw_buf_free(&plain);
     client_free(&c);
@@ -269,10 +272,17 @@ static gw_tls_t *handshake(gw_tls_ctx_t *ctx, client_t *c, const char *suites, i
   return t;
 }
 
-TEST(tls13_records_are_ours_tls12_stays_with_openssl) {
+/* Each suite (and TLS 1.2), with short records (which aesgcm.c seals and
+ * opens for the AES suites when `own_aes` is set) and long ones (always
+ * OpenSSL's AEAD), both ways, with key updates in between. */
+static void records_both_ways(int own_aes) {
+  gw_tls_rec_own_aesgcm = own_aes;
   gw_tls_ctx_t *ctx = server_ctx();
   REQUIRE(ctx != NULL);
-  const char *suites[] = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", NULL};
+  const char *suites[] = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
+                          NULL};
+  static char big[3000], got[3000];
+  for (size_t i = 0; i < sizeof big; i++) big[i] = (char)('a' + i % 26);
   for (int i = 0; i < 4; i++) {
     client_t c;
     gw_buf_t plain;
@@ -281,16 +291,24 @@ TEST(tls13_records_are_ours_tls12_stays_with_openssl) {
     gw_tls_t *t = handshake(ctx, &c, suites[i], tls12, &plain);
     REQUIRE(gw_tls_ready(t));
     CHECK_EQ(t->rec != NULL, !tls12);
-    /* Both ways, with the client asking for a key update in between. */
+    if (t->rec) {
+      int expect_own = own_aes && i < 2 && gw_aesgcm_cpu_ok();
+      CHECK_EQ(t->rec->rx.has_own, expect_own);
+      CHECK_EQ(t->rec->tx.has_own, expect_own);
+    }
     for (int round = 0; round < 3; round++) {
-      plain.len = 0;
-      CHECK_EQ(SSL_write(c.ssl, "ping", 4), 4);
-      CHECK_EQ(pump(&c, t, &plain), 4);
-      CHECK(plain.len == 4 && memcmp(plain.base, "ping", 4) == 0);
-      CHECK_EQ(gw_tls_write(t, "pong", 4), 0);
-      pump(&c, t, &plain);
-      char buf[8];
-      CHECK_EQ(SSL_read(c.ssl, buf, sizeof buf), 4);
+      for (size_t n = 4; n <= sizeof big; n *= 25) { /* 4, then 100, then 2,500 bytes */
+        plain.len = 0;
+        CHECK_EQ(SSL_write(c.ssl, big, (int)n), (int)n);
+        CHECK_EQ(pump(&c, t, &plain), (ssize_t)n);
+        CHECK(plain.len == n && memcmp(plain.base, big, n) == 0);
+        CHECK_EQ(gw_tls_write(t, big, n), 0);
+        pump(&c, t, &plain);
+        size_t have = 0;
+        int r;
+        while (have < n && (r = SSL_read(c.ssl, got + have, (int)(sizeof got - have))) > 0) have += (size_t)r;
+        CHECK(have == n && memcmp(got, big, n) == 0);
+      }
       if (!tls12) CHECK_EQ(SSL_key_update(c.ssl, SSL_KEY_UPDATE_REQUESTED), 1);
     }
     gw_buf_free(&plain);
@@ -298,7 +316,13 @@ TEST(tls13_records_are_ours_tls12_stays_with_openssl) {
     gw_tls_free(t);
   }
   gw_tls_ctx_free(ctx);
+  gw_tls_rec_own_aesgcm = 1;
 }
+
+TEST(tls13_records_are_ours_tls12_stays_with_openssl) { records_both_ways(1); }
+
+/* The same without aesgcm.c, as on a CPU without AES-NI. */
+TEST(tls13_records_with_openssl_aead_alone) { records_both_ways(0); }
 
 TEST(own_key_update_before_the_sequence_limit) {
   gw_tls_ctx_t *ctx = server_ctx();
@@ -459,6 +483,6 @@ __attribute__((constructor)) static void setup(void) {
 
 TEST_LIST(T(wildcard_covers_one_label), T(alpn_accepts_only_http11), T(handshake_and_data_both_ways),
           T(sni_picks_certificate), T(refusals_fail_the_handshake), T(bad_files_name_the_file),
-          T(tls13_records_are_ours_tls12_stays_with_openssl), T(own_key_update_before_the_sequence_limit),
-          T(a_tampered_record_fails_with_a_reason_and_an_alert),
+          T(tls13_records_are_ours_tls12_stays_with_openssl), T(tls13_records_with_openssl_aead_alone),
+          T(own_key_update_before_the_sequence_limit), T(a_tampered_record_fails_with_a_reason_and_an_alert),
           T(records_decrypted_in_the_buffer_they_were_read_into), T(expand_label_matches_openssl_tls13_kdf))

@@ -16,6 +16,7 @@
 #include "../../src/mem.c"
 #include "../../src/buf.c"
 #include "../../src/tls.c"
+#include "../../src/aesgcm.c"
 #include "../../src/tls_record.c"
 #include "../../src/tls_tickets.c"
 
