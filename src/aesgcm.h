@@ -29,9 +29,10 @@
 /* A key, expanded. Owned by whoever embeds it (one direction of a TLS
  * connection); wiped with gw_aesgcm_wipe. */
 typedef struct {
-  unsigned char rk[15][16]; /* AES round keys, as the AES instructions take them */
-  unsigned char hkey[4][16]; /* H, H^2, H^3, H^4 (H: GHASH's key), each times x^-1, in GHASH's register order */
-  int rounds;               /* 10 (AES-128) or 14 (AES-256); 0: not keyed */
+  _Alignas(16) unsigned char rk[15][16];   /* AES round keys, as the AES instructions take them */
+  _Alignas(16) unsigned char hkey[4][16];  /* H, H^2, H^3, H^4 (H: GHASH's key), each times x^-1,
+                                              in GHASH's register order */
+  int rounds;                              /* 10 (AES-128) or 14 (AES-256); 0: not keyed */
 } gw_aesgcm_t;
 
 /* 1 if this CPU has what the code needs (AES-NI, PCLMULQDQ, SSSE3, SSE4.1). */
