@@ -43,7 +43,8 @@ int gw_aesgcm_cpu_ok(void);
 int gw_aesgcm_key(gw_aesgcm_t *g, const unsigned char *key, size_t key_len);
 
 /* Encrypts `len` bytes of `in` into `out` (the same buffer, or not
- * overlapping) and writes the tag. */
+ * overlapping) and writes the tag. `len` must stay under GCM's limit of
+ * 2^32 - 2 blocks (64 GB; tls_record.c passes at most 256 bytes). */
 void gw_aesgcm_seal(const gw_aesgcm_t *g, const unsigned char nonce[GW_AESGCM_NONCE], const unsigned char *aad,
                     size_t aad_len, const unsigned char *in, size_t len, unsigned char *out,
                     unsigned char tag[GW_AESGCM_TAG]);
