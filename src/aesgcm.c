@@ -350,14 +350,15 @@ TARGET static void make_hkeys(gw_aesgcm_t *g, const __m128i *rk) {
   }
 }
 
+/* Straight into g: a local copy of the round keys would stay behind on
+ * the stack, and any one AES-128 round key gives the key back. */
 TARGET static void expand(gw_aesgcm_t *g, const unsigned char *key, size_t key_len) {
-  __m128i rk[15];
+  __m128i *rk = (__m128i *)g->rk;
   g->rounds = key_len == 16 ? 10 : 14;
   if (key_len == 16)
     expand128(rk, key);
   else
     expand256(rk, key);
-  for (int r = 0; r <= g->rounds; r++) _mm_storeu_si128((__m128i *)g->rk[r], rk[r]);
   make_hkeys(g, rk);
 }
 

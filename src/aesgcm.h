@@ -27,7 +27,10 @@
 #define GW_AESGCM_TAG 16
 
 /* A key, expanded. Owned by whoever embeds it (one direction of a TLS
- * connection); wiped with gw_aesgcm_wipe. */
+ * connection); wiped with gw_aesgcm_wipe. It must be 16-byte aligned (the
+ * code reads it with aligned loads): the compiler sees to it for variables,
+ * heap memory that holds one must come from an aligned allocation
+ * (tls_record.c uses gw_xzalloc_aligned). */
 typedef struct {
   _Alignas(16) unsigned char rk[15][16];   /* AES round keys, as the AES instructions take them */
   _Alignas(16) unsigned char hkey[4][16];  /* H, H^2, H^3, H^4 (H: GHASH's key), each times x^-1,

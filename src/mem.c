@@ -32,6 +32,14 @@ void *gw_xcalloc(size_t count, size_t size) {
   return p;
 }
 
+void *gw_xzalloc_aligned(size_t align, size_t n) {
+  size_t rounded = (n + align - 1) / align * align; /* aligned_alloc wants a multiple */
+  void *p = aligned_alloc(align, rounded ? rounded : align);
+  if (!p) out_of_memory(n);
+  memset(p, 0, rounded ? rounded : align);
+  return p;
+}
+
 void *gw_xrealloc(void *p, size_t n) {
   void *q = realloc(p, n ? n : 1);
   if (!q) out_of_memory(n);

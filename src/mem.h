@@ -18,6 +18,10 @@
 void *gw_xmalloc(size_t n);
 void *gw_xcalloc(size_t count, size_t size);
 void *gw_xrealloc(void *p, size_t n);
+/* `n` zeroed bytes aligned to `align` (a power of two, at most 4096); freed
+ * with free(). For structs whose alignment exceeds what malloc promises
+ * under every allocator (sanitizers' included). */
+void *gw_xzalloc_aligned(size_t align, size_t n);
 char *gw_xstrndup(const char *s, size_t n);
 
 typedef struct gw_arena_chunk_s gw_arena_chunk_t;

@@ -228,6 +228,7 @@ static int key_direction(direction_t *d, const suite_t *s, const unsigned char *
   memcpy(d->iv, iv, IV_LEN);
   d->seq = 0;
   d->has_own = s->own_aes == 1 && gw_tls_rec_own_aesgcm && gw_aesgcm_key(&d->own, key, s->key_len);
+  if (!d->has_own) gw_aesgcm_wipe(&d->own); /* no key of an earlier generation stays */
   if (!d->ctx) d->ctx = s->newctx(s->provctx);
   if (!d->ctx) return 0;
   return encrypt ? s->einit(d->ctx, key, s->key_len, iv, IV_LEN, NULL) == 1
@@ -278,7 +279,9 @@ static int known_answer(const suite_t *s) {
  * sizes it is used for (both edges, a partial block, several four-block
  * rounds), open them, and refuse a changed one. */
 static int own_aes_matches(const suite_t *s) {
-  if (strncmp(s->name, "AES-", 4) != 0 || !gw_aesgcm_cpu_ok()) return 0;
+  /* Under a FIPS configuration every record stays in the validated module. */
+  if (strncmp(s->name, "AES-", 4) != 0 || !gw_aesgcm_cpu_ok() || EVP_default_properties_is_fips_enabled(NULL))
+    return 0;
   static const size_t lens[] = {0, 1, 40, 100, OWN_AES_MAX};
   unsigned char key[32], iv[IV_LEN], pt[OWN_AES_MAX], evp[OWN_AES_MAX + TAG_LEN], own[OWN_AES_MAX + TAG_LEN];
   unsigned char back[OWN_AES_MAX];
@@ -426,12 +429,9 @@ gw_tls_rec_t *gw_tls_rec_new(uint16_t suite, const unsigned char *client_secret,
                              size_t sent_len) {
   const suite_t *s = usable_suite(suite);
   if (!s || len != s->hash_len) return NULL;
-  /* aesgcm.c reads its keys with aligned loads: make the 16-byte
-   * alignment of gw_aesgcm_t explicit rather than trust every malloc
-   * (sanitizers' included) to give it. */
-  gw_tls_rec_t *r = aligned_alloc(16, (sizeof *r + 15) / 16 * 16);
-  if (!r) return NULL;
-  memset(r, 0, sizeof *r);
+  /* aesgcm.c reads its keys with aligned loads (gw_aesgcm_t is 16-byte
+   * aligned): asked for explicitly rather than trusted to every malloc. */
+  gw_tls_rec_t *r = gw_xzalloc_aligned(16, sizeof *r);
   memcpy(r->rx.secret, client_secret, len);
   memcpy(r->tx.secret, server_secret, len);
   r->rx.suite = r->tx.suite = s;
