@@ -55,8 +55,8 @@ int gw_aesgcm_cpu_ok(void) {
   static int ok = -1;
   if (ok < 0) {
     __builtin_cpu_init();
-    ok = __builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("ssse3") &&
-         __builtin_cpu_supports("sse4.1");
+    ok = __builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul") &&
+         __builtin_cpu_supports("ssse3") && __builtin_cpu_supports("sse4.1");
   }
   return ok;
 }
@@ -134,12 +134,12 @@ INLINE __m128i aes_block(const __m128i *rk, int rounds, __m128i x) {
 
 /* Four blocks side by side: one AES round takes several cycles to finish
  * but a new one can start every cycle. */
-#define ROUND_4(k)                      \
-  do {                                  \
-    b[0] = _mm_aesenc_si128(b[0], k);   \
-    b[1] = _mm_aesenc_si128(b[1], k);   \
-    b[2] = _mm_aesenc_si128(b[2], k);   \
-    b[3] = _mm_aesenc_si128(b[3], k);   \
+#define ROUND_4(k)                    \
+  do {                                \
+    b[0] = _mm_aesenc_si128(b[0], k); \
+    b[1] = _mm_aesenc_si128(b[1], k); \
+    b[2] = _mm_aesenc_si128(b[2], k); \
+    b[3] = _mm_aesenc_si128(b[3], k); \
   } while (0)
 
 INLINE void aes_4(const __m128i *rk, int rounds, __m128i b[4]) {
@@ -172,12 +172,14 @@ INLINE __m128i byte_swap(__m128i x) {
 INLINE __m128i reduce(__m128i hi, __m128i lo) {
   /* Bits of U's low lane shifted left by 127, 126 and 121: they land in
    * the high lane only. */
-  __m128i w = _mm_xor_si128(_mm_xor_si128(_mm_slli_epi64(lo, 63), _mm_slli_epi64(lo, 62)), _mm_slli_epi64(lo, 57));
+  __m128i w =
+      _mm_xor_si128(_mm_xor_si128(_mm_slli_epi64(lo, 63), _mm_slli_epi64(lo, 62)), _mm_slli_epi64(lo, 57));
   __m128i d = _mm_xor_si128(lo, _mm_slli_si128(w, 8));
   /* D >> 1, 2, 7 per lane, then the bits that cross from the high lane
    * into the low one. */
   __m128i r = _mm_xor_si128(_mm_xor_si128(_mm_srli_epi64(d, 1), _mm_srli_epi64(d, 2)), _mm_srli_epi64(d, 7));
-  __m128i cross = _mm_xor_si128(_mm_xor_si128(_mm_slli_epi64(d, 63), _mm_slli_epi64(d, 62)), _mm_slli_epi64(d, 57));
+  __m128i cross =
+      _mm_xor_si128(_mm_xor_si128(_mm_slli_epi64(d, 63), _mm_slli_epi64(d, 62)), _mm_slli_epi64(d, 57));
   r = _mm_xor_si128(r, _mm_srli_si128(cross, 8));
   return _mm_xor_si128(_mm_xor_si128(hi, d), r);
 }
@@ -188,7 +190,8 @@ INLINE __m128i reduce(__m128i hi, __m128i lo) {
 INLINE void mul_add(__m128i a, __m128i b, __m128i *hi, __m128i *mid, __m128i *lo) {
   *lo = _mm_xor_si128(*lo, _mm_clmulepi64_si128(a, b, 0x00));
   *hi = _mm_xor_si128(*hi, _mm_clmulepi64_si128(a, b, 0x11));
-  *mid = _mm_xor_si128(*mid, _mm_xor_si128(_mm_clmulepi64_si128(a, b, 0x01), _mm_clmulepi64_si128(a, b, 0x10)));
+  *mid =
+      _mm_xor_si128(*mid, _mm_xor_si128(_mm_clmulepi64_si128(a, b, 0x01), _mm_clmulepi64_si128(a, b, 0x10)));
 }
 
 INLINE __m128i fold_mid_and_reduce(__m128i hi, __m128i mid, __m128i lo) {
@@ -250,8 +253,8 @@ INLINE void store_partial(unsigned char *p, __m128i v, size_t n) {
 }
 
 /* n bytes of 0xff, then zeros: loadu(ones_then_zeros + 16 - n). */
-static const unsigned char ones_then_zeros[32] = {
-    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+static const unsigned char ones_then_zeros[32] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                                  0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
 
 /* ---- GCM ---- */
 
@@ -265,7 +268,8 @@ INLINE __m128i counter(__m128i base, uint32_t n) {
  * opening (read before the output is written, so in == out works).
  * Keystream is made four blocks at a time, and hashed four at a time. */
 INLINE __m128i crypt_and_hash(const __m128i *rk, int rounds, const __m128i hk[4], __m128i base,
-                              const unsigned char *in, size_t len, unsigned char *out, __m128i y, int sealing) {
+                              const unsigned char *in, size_t len, unsigned char *out, __m128i y,
+                              int sealing) {
   uint32_t n = 2;
   size_t i = 0;
   for (; len - i >= 64; i += 64, n += 4) {
@@ -310,8 +314,9 @@ INLINE __m128i crypt_and_hash(const __m128i *rk, int rounds, const __m128i hk[4]
 }
 
 /* The tag before it is written or compared. */
-TARGET static __m128i gcm(const gw_aesgcm_t *g, const unsigned char nonce[GW_AESGCM_NONCE], const unsigned char *aad,
-                          size_t aad_len, const unsigned char *in, size_t len, unsigned char *out, int sealing) {
+TARGET static __m128i gcm(const gw_aesgcm_t *g, const unsigned char nonce[GW_AESGCM_NONCE],
+                          const unsigned char *aad, size_t aad_len, const unsigned char *in, size_t len,
+                          unsigned char *out, int sealing) {
   /* Read in place (16-byte aligned): copying them costs a memcpy call. */
   const __m128i *rk = (const __m128i *)g->rk, *hk = (const __m128i *)g->hkey;
   unsigned char b[16] = {0};
@@ -321,7 +326,8 @@ TARGET static __m128i gcm(const gw_aesgcm_t *g, const unsigned char nonce[GW_AES
 
   __m128i y = _mm_setzero_si128();
   size_t i = 0;
-  for (; aad_len - i >= 16; i += 16) y = ghash_1(y, byte_swap(_mm_loadu_si128((const __m128i *)(aad + i))), hk);
+  for (; aad_len - i >= 16; i += 16)
+    y = ghash_1(y, byte_swap(_mm_loadu_si128((const __m128i *)(aad + i))), hk);
   if (i < aad_len) y = ghash_1(y, byte_swap(load_partial(aad + i, aad_len - i)), hk);
   y = crypt_and_hash(rk, g->rounds, hk, base, in, len, out, y, sealing);
   /* The lengths block, reflected: its second half (the ciphertext's
@@ -369,16 +375,17 @@ int gw_aesgcm_key(gw_aesgcm_t *g, const unsigned char *key, size_t key_len) {
   return 1;
 }
 
-TARGET void gw_aesgcm_seal(const gw_aesgcm_t *g, const unsigned char nonce[GW_AESGCM_NONCE], const unsigned char *aad,
-                           size_t aad_len, const unsigned char *in, size_t len, unsigned char *out,
-                           unsigned char tag[GW_AESGCM_TAG]) {
+TARGET void gw_aesgcm_seal(const gw_aesgcm_t *g, const unsigned char nonce[GW_AESGCM_NONCE],
+                           const unsigned char *aad, size_t aad_len, const unsigned char *in, size_t len,
+                           unsigned char *out, unsigned char tag[GW_AESGCM_TAG]) {
   _mm_storeu_si128((__m128i *)tag, gcm(g, nonce, aad, aad_len, in, len, out, 1));
 }
 
-TARGET int gw_aesgcm_open(const gw_aesgcm_t *g, const unsigned char nonce[GW_AESGCM_NONCE], const unsigned char *aad,
-                          size_t aad_len, const unsigned char *in, size_t len, const unsigned char tag[GW_AESGCM_TAG],
-                          unsigned char *out) {
-  __m128i diff = _mm_xor_si128(gcm(g, nonce, aad, aad_len, in, len, out, 0), _mm_loadu_si128((const __m128i *)tag));
+TARGET int gw_aesgcm_open(const gw_aesgcm_t *g, const unsigned char nonce[GW_AESGCM_NONCE],
+                          const unsigned char *aad, size_t aad_len, const unsigned char *in, size_t len,
+                          const unsigned char tag[GW_AESGCM_TAG], unsigned char *out) {
+  __m128i diff =
+      _mm_xor_si128(gcm(g, nonce, aad, aad_len, in, len, out, 0), _mm_loadu_si128((const __m128i *)tag));
   if (_mm_testz_si128(diff, diff)) return 1; /* all 128 bits compared at once: no early exit */
   memset(out, 0, len);
   return 0;
@@ -395,15 +402,15 @@ int gw_aesgcm_key(gw_aesgcm_t *g, const unsigned char *key, size_t key_len) {
   return 0;
 }
 
-void gw_aesgcm_seal(const gw_aesgcm_t *g, const unsigned char nonce[GW_AESGCM_NONCE], const unsigned char *aad,
-                    size_t aad_len, const unsigned char *in, size_t len, unsigned char *out,
-                    unsigned char tag[GW_AESGCM_TAG]) {
+void gw_aesgcm_seal(const gw_aesgcm_t *g, const unsigned char nonce[GW_AESGCM_NONCE],
+                    const unsigned char *aad, size_t aad_len, const unsigned char *in, size_t len,
+                    unsigned char *out, unsigned char tag[GW_AESGCM_TAG]) {
   (void)g, (void)nonce, (void)aad, (void)aad_len, (void)in, (void)len, (void)out, (void)tag;
 }
 
 int gw_aesgcm_open(const gw_aesgcm_t *g, const unsigned char nonce[GW_AESGCM_NONCE], const unsigned char *aad,
-                   size_t aad_len, const unsigned char *in, size_t len, const unsigned char tag[GW_AESGCM_TAG],
-                   unsigned char *out) {
+                   size_t aad_len, const unsigned char *in, size_t len,
+                   const unsigned char tag[GW_AESGCM_TAG], unsigned char *out) {
   (void)g, (void)nonce, (void)aad, (void)aad_len, (void)in, (void)tag;
   memset(out, 0, len);
   return 0;

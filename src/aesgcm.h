@@ -32,10 +32,10 @@
  * heap memory that holds one must come from an aligned allocation
  * (tls_record.c uses gw_xzalloc_aligned). */
 typedef struct {
-  _Alignas(16) unsigned char rk[15][16];   /* AES round keys, as the AES instructions take them */
-  _Alignas(16) unsigned char hkey[4][16];  /* H, H^2, H^3, H^4 (H: GHASH's key), each times x^-1,
-                                              in GHASH's register order */
-  int rounds;                              /* 10 (AES-128) or 14 (AES-256); 0: not keyed */
+  _Alignas(16) unsigned char rk[15][16];  /* AES round keys, as the AES instructions take them */
+  _Alignas(16) unsigned char hkey[4][16]; /* H, H^2, H^3, H^4 (H: GHASH's key), each times x^-1,
+                                             in GHASH's register order */
+  int rounds;                             /* 10 (AES-128) or 14 (AES-256); 0: not keyed */
 } gw_aesgcm_t;
 
 /* 1 if this CPU has what the code needs (AES-NI, PCLMULQDQ, SSSE3, SSE4.1). */
@@ -48,16 +48,16 @@ int gw_aesgcm_key(gw_aesgcm_t *g, const unsigned char *key, size_t key_len);
 /* Encrypts `len` bytes of `in` into `out` (the same buffer, or not
  * overlapping) and writes the tag. `len` must stay under GCM's limit of
  * 2^32 - 2 blocks (64 GB; tls_record.c passes at most 256 bytes). */
-void gw_aesgcm_seal(const gw_aesgcm_t *g, const unsigned char nonce[GW_AESGCM_NONCE], const unsigned char *aad,
-                    size_t aad_len, const unsigned char *in, size_t len, unsigned char *out,
-                    unsigned char tag[GW_AESGCM_TAG]);
+void gw_aesgcm_seal(const gw_aesgcm_t *g, const unsigned char nonce[GW_AESGCM_NONCE],
+                    const unsigned char *aad, size_t aad_len, const unsigned char *in, size_t len,
+                    unsigned char *out, unsigned char tag[GW_AESGCM_TAG]);
 
 /* Decrypts `len` bytes of `in` into `out` (same rules) and returns 1 if
  * the tag matches; otherwise returns 0 and `out` is zeroed, so that no
  * unauthenticated plaintext is left behind. */
 int gw_aesgcm_open(const gw_aesgcm_t *g, const unsigned char nonce[GW_AESGCM_NONCE], const unsigned char *aad,
-                   size_t aad_len, const unsigned char *in, size_t len, const unsigned char tag[GW_AESGCM_TAG],
-                   unsigned char *out);
+                   size_t aad_len, const unsigned char *in, size_t len,
+                   const unsigned char tag[GW_AESGCM_TAG], unsigned char *out);
 
 void gw_aesgcm_wipe(gw_aesgcm_t *g);
 

@@ -46,8 +46,8 @@ int gw_tls_rec_own_aesgcm = 1;
  * bytes on an AMD EPYC; requests and small answers are well under). */
 #define OWN_AES_MAX 256
 
-#define MAX_PLAIN 16384                 /* RFC 8446 5.1 */
-#define MAX_CIPHER (MAX_PLAIN + 256)    /* RFC 8446 5.2 */
+#define MAX_PLAIN 16384              /* RFC 8446 5.1 */
+#define MAX_CIPHER (MAX_PLAIN + 256) /* RFC 8446 5.2 */
 #define TAG_LEN 16
 #define IV_LEN 12
 #define HEADER_LEN 5
@@ -78,10 +78,10 @@ typedef struct {
   uint16_t code;    /* the suite's code point */
   const char *name; /* OpenSSL's name for its AEAD */
   size_t key_len;
-  const char *md;   /* the suite's hash, for HKDF */
+  const char *md; /* the suite's hash, for HKDF */
   size_t hash_len;
-  int state;        /* 0: not looked up yet; 1: usable; -1: not usable */
-  int own_aes;      /* 1: an AES-GCM suite whose short records aesgcm.c seals (checked) */
+  int state;   /* 0: not looked up yet; 1: usable; -1: not usable */
+  int own_aes; /* 1: an AES-GCM suite whose short records aesgcm.c seals (checked) */
   EVP_CIPHER *cipher;
   void *provctx;
   OSSL_FUNC_cipher_newctx_fn *newctx;
@@ -103,21 +103,21 @@ static suite_t suites[] = {
 /* One direction of the connection: its secret, key and sequence number. */
 typedef struct {
   const suite_t *suite;
-  void *ctx;                                 /* the provider's cipher context, keyed */
+  void *ctx; /* the provider's cipher context, keyed */
   unsigned char iv[IV_LEN];
   unsigned char secret[GW_TLS_REC_SECRET_MAX]; /* the current traffic secret (for KeyUpdate) */
-  uint64_t seq;                              /* the next record's sequence number */
+  uint64_t seq;                                /* the next record's sequence number */
   int encrypt;
-  int has_own;                               /* `own` is keyed: short records use it */
-  gw_aesgcm_t own;                           /* the same key for aesgcm.c */
+  int has_own;     /* `own` is keyed: short records use it */
+  gw_aesgcm_t own; /* the same key for aesgcm.c */
 } direction_t;
 
 struct gw_tls_rec_s {
-  direction_t rx;     /* the client's records */
-  direction_t tx;     /* ours */
-  gw_buf_t stash;     /* a partial record waiting for the rest */
-  const char *why;    /* the failure (static text or why_text), or NULL */
-  char why_text[80];  /* a client's alert, described */
+  direction_t rx;    /* the client's records */
+  direction_t tx;    /* ours */
+  gw_buf_t stash;    /* a partial record waiting for the rest */
+  const char *why;   /* the failure (static text or why_text), or NULL */
+  char why_text[80]; /* a client's alert, described */
   uint8_t failed;
   uint8_t eof;        /* the peer's close_notify was read */
   uint8_t closed;     /* our close_notify was sealed: nothing more goes out */
@@ -211,7 +211,8 @@ static int aead_open(const direction_t *d, const unsigned char aad[HEADER_LEN], 
   unsigned char nonce[IV_LEN];
   size_t outl = 0, finl = 0;
   make_nonce(d, nonce);
-  if (d->has_own && len <= OWN_AES_MAX) return gw_aesgcm_open(&d->own, nonce, aad, HEADER_LEN, c, len, tag, out);
+  if (d->has_own && len <= OWN_AES_MAX)
+    return gw_aesgcm_open(&d->own, nonce, aad, HEADER_LEN, c, len, tag, out);
   /* The tag is set before the data, as OpenSSL's own TLS 1.3 code does. */
   OSSL_PARAM q[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, (void *)tag, TAG_LEN),
                      OSSL_PARAM_construct_end()};
@@ -293,7 +294,8 @@ static int own_aes_matches(const suite_t *s) {
   ok = gw_aesgcm_key(&g, key, s->key_len);
   for (size_t k = 0; ok && k < sizeof lens / sizeof lens[0]; k++) {
     size_t n = lens[k];
-    unsigned char aad[HEADER_LEN] = {REC_DATA, 3, 3, (unsigned char)((n + TAG_LEN) >> 8), (unsigned char)(n + TAG_LEN)};
+    unsigned char aad[HEADER_LEN] = {REC_DATA, 3, 3, (unsigned char)((n + TAG_LEN) >> 8),
+                                     (unsigned char)(n + TAG_LEN)};
     int outl = 0, finl = 0;
     EVP_CIPHER_CTX *e = EVP_CIPHER_CTX_new();
     ok = e && EVP_EncryptInit_ex2(e, s->cipher, key, iv, NULL) == 1 &&
@@ -304,8 +306,8 @@ static int own_aes_matches(const suite_t *s) {
     EVP_CIPHER_CTX_free(e);
     if (!ok) break;
     gw_aesgcm_seal(&g, iv, aad, sizeof aad, pt, n, own, own + n);
-    ok = memcmp(own, evp, n + TAG_LEN) == 0 && gw_aesgcm_open(&g, iv, aad, sizeof aad, own, n, own + n, back) &&
-         memcmp(back, pt, n) == 0;
+    ok = memcmp(own, evp, n + TAG_LEN) == 0 &&
+         gw_aesgcm_open(&g, iv, aad, sizeof aad, own, n, own + n, back) && memcmp(back, pt, n) == 0;
     own[n / 2] ^= 0x10; /* the tag's first byte when n is 0 */
     ok = ok && !gw_aesgcm_open(&g, iv, aad, sizeof aad, own, n, own + n, back);
   }
@@ -333,8 +335,8 @@ static const suite_t *usable_suite(uint16_t code) {
  * HMAC); each call works on a copy that is freed at once, because a keyed
  * context keeps the key (a traffic secret) until it is re-keyed or freed,
  * and freeing wipes it. */
-static int hmac(const suite_t *s, const unsigned char *key, size_t key_len, const unsigned char *msg, size_t msg_len,
-                unsigned char out[EVP_MAX_MD_SIZE]) {
+static int hmac(const suite_t *s, const unsigned char *key, size_t key_len, const unsigned char *msg,
+                size_t msg_len, unsigned char out[EVP_MAX_MD_SIZE]) {
   static EVP_MAC_CTX *keyless[2]; /* SHA-256, SHA-384 */
   EVP_MAC_CTX **t = &keyless[s->hash_len == 48];
   if (!*t) {
@@ -386,8 +388,9 @@ static int expand_label(const suite_t *s, const unsigned char *secret, const cha
  * of the records OpenSSL sealed). */
 static int key_from_secret(direction_t *d, const suite_t *s, int encrypt, direction_t *also) {
   unsigned char key[32], iv[IV_LEN];
-  int ok = expand_label(s, d->secret, "key", key, s->key_len) && expand_label(s, d->secret, "iv", iv, IV_LEN) &&
-           key_direction(d, s, key, iv, encrypt) && (!also || key_direction(also, s, key, iv, !encrypt));
+  int ok = expand_label(s, d->secret, "key", key, s->key_len) &&
+           expand_label(s, d->secret, "iv", iv, IV_LEN) && key_direction(d, s, key, iv, encrypt) &&
+           (!also || key_direction(also, s, key, iv, !encrypt));
   OPENSSL_cleanse(key, sizeof key);
   OPENSSL_cleanse(iv, sizeof iv);
   return ok;
@@ -414,8 +417,8 @@ static int count_sent(gw_tls_rec_t *r, direction_t *check, const unsigned char *
     size_t body = n - off >= HEADER_LEN ? be16(p + off + 3) : 0;
     ok = n - off >= HEADER_LEN && p[off] == REC_DATA && body >= TAG_LEN + 1 && body <= MAX_CIPHER &&
          n - off - HEADER_LEN >= body &&
-         aead_open(check, p + off, p + off + HEADER_LEN, body - TAG_LEN, p + off + HEADER_LEN + body - TAG_LEN,
-                   scratch);
+         aead_open(check, p + off, p + off + HEADER_LEN, body - TAG_LEN,
+                   p + off + HEADER_LEN + body - TAG_LEN, scratch);
     check->seq++;
     off += HEADER_LEN + body;
   }
@@ -477,7 +480,8 @@ static int seal_at(gw_tls_rec_t *r, gw_buf_t *out, size_t start, size_t len, uns
 }
 
 /* A short record (an alert, a KeyUpdate) of `len` bytes. */
-static int seal_small(gw_tls_rec_t *r, gw_buf_t *out, unsigned char type, const unsigned char *body, size_t len) {
+static int seal_small(gw_tls_rec_t *r, gw_buf_t *out, unsigned char type, const unsigned char *body,
+                      size_t len) {
   gw_buf_reserve(out, HEADER_LEN + len + 1 + TAG_LEN);
   size_t start = out->len;
   memcpy(out->base + start + HEADER_LEN, body, len);
@@ -560,7 +564,8 @@ static int on_alert(gw_tls_rec_t *r, const unsigned char *p, size_t len, gw_buf_
   }
   r->failed = 1;
   r->closed = 1; /* no alert in answer to an alert */
-  snprintf(r->why_text, sizeof r->why_text, "the client sent alert %d (%s)", p[1], SSL_alert_desc_string_long(p[1]));
+  snprintf(r->why_text, sizeof r->why_text, "the client sent alert %d (%s)", p[1],
+           SSL_alert_desc_string_long(p[1]));
   r->why = r->why_text;
   return STOP_FAILED;
 }
@@ -596,8 +601,8 @@ static int on_handshake(gw_tls_rec_t *r, const unsigned char *p, size_t len, gw_
  * application data goes to the end of `plain`: when the record lies in
  * plain's own spare room (`in_place`) it is decrypted where it is and moved
  * down, else decrypted straight into `plain`. */
-static int open_record(gw_tls_rec_t *r, const unsigned char *rec, size_t body_len, int in_place, gw_buf_t *plain,
-                       gw_buf_t *out, ssize_t *total) {
+static int open_record(gw_tls_rec_t *r, const unsigned char *rec, size_t body_len, int in_place,
+                       gw_buf_t *plain, gw_buf_t *out, ssize_t *total) {
   if (body_len < TAG_LEN + 1) return fatal(r, out, ALERT_BAD_RECORD_MAC, "a record too short to open");
   size_t len = body_len - TAG_LEN;
   unsigned char *dst;
@@ -638,12 +643,14 @@ static int open_record(gw_tls_rec_t *r, const unsigned char *rec, size_t body_le
 
 /* The header alone (RFC 8446 5.2), before its body arrives. */
 static int check_header(gw_tls_rec_t *r, const unsigned char *h, gw_buf_t *out) {
-  if (h[0] != REC_DATA) return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "an unprotected record after the handshake");
+  if (h[0] != REC_DATA)
+    return fatal(r, out, ALERT_UNEXPECTED_MESSAGE, "an unprotected record after the handshake");
   /* RFC 8446 5.1 says to ignore the version; OpenSSL refuses anything but
    * 0x0303, and so do we (no TLS 1.3 stack sends another). */
   if (h[1] != 3) return fatal(r, out, ALERT_PROTOCOL_VERSION, "a record of another protocol version");
   if (h[2] != 3) return fatal(r, out, ALERT_DECODE_ERROR, "a record with a version other than 0x0303");
-  if (be16(h + 3) > MAX_CIPHER) return fatal(r, out, ALERT_RECORD_OVERFLOW, "a record over the TLS size limit");
+  if (be16(h + 3) > MAX_CIPHER)
+    return fatal(r, out, ALERT_RECORD_OVERFLOW, "a record over the TLS size limit");
   return GO_ON;
 }
 
