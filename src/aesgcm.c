@@ -31,7 +31,7 @@
  * of them that second fold never overflows. Both folds come down to:
  * D = U XOR (U << 127) XOR (U << 126) XOR (U << 121), then
  * result = high XOR D XOR (D >> 1) XOR (D >> 2) XOR (D >> 7)
- * (128-bit shifts, done as 64-bit lane shifts plus the bits that cross).
+ * (128-bit shifts), which reduce() does with two carry-less products.
  *
  * Everything is checked against OpenSSL: spec/c/test_aesgcm.c, and the
  * known-answer check tls_record.c runs before it uses this code.
@@ -168,20 +168,18 @@ INLINE __m128i byte_swap(__m128i x) {
   return _mm_shuffle_epi8(x, _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
 }
 
-/* The reduction described at the top: `hi`:`lo` is a 256-bit product. */
+/* The reduction described at the top: `hi`:`lo` is a 256-bit product.
+ * With c = 2^63 + 2^62 + 2^57, the carry-less product M(x) = x * c of a
+ * 64-bit x is, as high:low lanes, (x>>1 ^ x>>2 ^ x>>7) : (x<<63 ^ x<<62 ^
+ * x<<57): both parts of the shifts above at once. Writing lo = l1:l0,
+ *   D = (l1 ^ low(M(l0))) : l0                      (call its high lane d1)
+ *   result = hi ^ (d1 ^ high(M(d1))) : (l0 ^ high(M(l0)) ^ low(M(d1)))
+ * which is two rounds of "swap the lanes, add M(low lane)". */
 INLINE __m128i reduce(__m128i hi, __m128i lo) {
-  /* Bits of U's low lane shifted left by 127, 126 and 121: they land in
-   * the high lane only. */
-  __m128i w =
-      _mm_xor_si128(_mm_xor_si128(_mm_slli_epi64(lo, 63), _mm_slli_epi64(lo, 62)), _mm_slli_epi64(lo, 57));
-  __m128i d = _mm_xor_si128(lo, _mm_slli_si128(w, 8));
-  /* D >> 1, 2, 7 per lane, then the bits that cross from the high lane
-   * into the low one. */
-  __m128i r = _mm_xor_si128(_mm_xor_si128(_mm_srli_epi64(d, 1), _mm_srli_epi64(d, 2)), _mm_srli_epi64(d, 7));
-  __m128i cross =
-      _mm_xor_si128(_mm_xor_si128(_mm_slli_epi64(d, 63), _mm_slli_epi64(d, 62)), _mm_slli_epi64(d, 57));
-  r = _mm_xor_si128(r, _mm_srli_si128(cross, 8));
-  return _mm_xor_si128(_mm_xor_si128(hi, d), r);
+  const __m128i c = _mm_set_epi64x(0, (long long)0xC200000000000000ULL);
+  lo = _mm_xor_si128(_mm_shuffle_epi32(lo, 0x4e), _mm_clmulepi64_si128(lo, c, 0x00));
+  lo = _mm_xor_si128(_mm_shuffle_epi32(lo, 0x4e), _mm_clmulepi64_si128(lo, c, 0x00));
+  return _mm_xor_si128(hi, lo);
 }
 
 /* The 256-bit carry-less product of a and b, added into hi:lo (and its
