@@ -20,7 +20,6 @@
 
 #include "errors.h"
 #include "log.h"
-#include "lua_heap.h"
 #include "mem.h"
 #include "watchdog.h"
 
@@ -211,42 +210,9 @@ static void collect_files(lua_State *L, int runtime, gw_vm_files_t *out) {
   lua_pop(L, 1);
 }
 
-/* An error outside any protected call (a bug of ours): say what, then
- * let LuaJIT abort, as luaL_newstate's handler does. */
-static int lua_panic(lua_State *L) {
-  const char *msg = lua_tostring(L, -1);
-  fprintf(stderr, "gateway: unprotected Lua error: %s\n", msg ? msg : "?");
-  fflush(stderr);
-  return 0;
-}
-
-/* A Lua state on a gw_lua_heap_t (lua_heap.h says why), or on LuaJIT's
- * own allocator where LuaJIT does not take another (not GC64). */
-static lua_State *new_state(void) {
-  static int builtin_only; /* lua_newstate refused once: do not ask again */
-  if (!builtin_only) {
-    gw_lua_heap_t *heap = gw_lua_heap_new();
-    lua_State *L = lua_newstate(gw_lua_heap_alloc, heap);
-    if (L) {
-      lua_atpanic(L, lua_panic);
-      return L;
-    }
-    gw_lua_heap_free(heap);
-    builtin_only = 1;
-  }
-  return luaL_newstate();
-}
-
-static void close_state(lua_State *L) {
-  void *ud = NULL;
-  int ours = lua_getallocf(L, &ud) == gw_lua_heap_alloc;
-  lua_close(L);
-  if (ours) gw_lua_heap_free(ud);
-}
-
 gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, gw_vm_files_t *files,
                     char *err, size_t errlen) {
-  lua_State *L = new_state();
+  lua_State *L = luaL_newstate();
   if (!L) {
     snprintf(err, errlen, "cannot create a Lua state (out of memory)");
     return NULL;
@@ -290,7 +256,7 @@ gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, gw
   }
   current_vm = saved;
   if (rc != 0) {
-    close_state(L);
+    lua_close(L);
     vm->L = NULL;
     gw_config_free(&vm->config);
     free(vm->path);
@@ -341,7 +307,7 @@ void gw_vm_unref(gw_vm_t *vm) {
   if (vm->prev) vm->prev->next = vm->next;
   else if (live_vms == vm) live_vms = vm->next;
   if (vm->next) vm->next->prev = vm->prev;
-  if (vm->L) close_state(vm->L);
+  if (vm->L) lua_close(vm->L);
   gw_config_free(&vm->config);
   free(vm->path);
   free(vm);
