@@ -110,89 +110,60 @@ TARGET static void expand256(__m128i *rk, const unsigned char *key) {
   rk[14] = NEXT(rk[12], rk[13], 0x40, 0xff);
 }
 
-/* One block. The rounds are written out: a loop costs a counter, a
- * compare and a branch per round, as much as the round itself. */
+/* AES encryption of 1, 4 or 8 blocks side by side. The rounds are
+ * written out (ALL_ROUNDS): a loop costs a counter, a compare and a branch
+ * per round, as much as the round itself. Several blocks go side by side
+ * because one round takes a few cycles to finish while the AES unit can
+ * start a new one every cycle or two. */
+#define ALL_ROUNDS(ROUND) \
+  do {                    \
+    ROUND(rk[1]);         \
+    ROUND(rk[2]);         \
+    ROUND(rk[3]);         \
+    ROUND(rk[4]);         \
+    ROUND(rk[5]);         \
+    ROUND(rk[6]);         \
+    ROUND(rk[7]);         \
+    ROUND(rk[8]);         \
+    ROUND(rk[9]);         \
+    if (rounds == 14) {   \
+      ROUND(rk[10]);      \
+      ROUND(rk[11]);      \
+      ROUND(rk[12]);      \
+      ROUND(rk[13]);      \
+    }                     \
+  } while (0)
+
+#define ROUND_1(k) x = _mm_aesenc_si128(x, k)
+#define ROUND_4_AT(p, k)              \
+  do {                                \
+    p[0] = _mm_aesenc_si128(p[0], k); \
+    p[1] = _mm_aesenc_si128(p[1], k); \
+    p[2] = _mm_aesenc_si128(p[2], k); \
+    p[3] = _mm_aesenc_si128(p[3], k); \
+  } while (0)
+#define ROUND_4(k) ROUND_4_AT(b, k)
+#define ROUND_8(k)          \
+  do {                      \
+    ROUND_4_AT(b, k);       \
+    ROUND_4_AT((b + 4), k); \
+  } while (0)
+
 INLINE __m128i aes_block(const __m128i *rk, int rounds, __m128i x) {
   x = _mm_xor_si128(x, rk[0]);
-  x = _mm_aesenc_si128(x, rk[1]);
-  x = _mm_aesenc_si128(x, rk[2]);
-  x = _mm_aesenc_si128(x, rk[3]);
-  x = _mm_aesenc_si128(x, rk[4]);
-  x = _mm_aesenc_si128(x, rk[5]);
-  x = _mm_aesenc_si128(x, rk[6]);
-  x = _mm_aesenc_si128(x, rk[7]);
-  x = _mm_aesenc_si128(x, rk[8]);
-  x = _mm_aesenc_si128(x, rk[9]);
-  if (rounds == 14) {
-    x = _mm_aesenc_si128(x, rk[10]);
-    x = _mm_aesenc_si128(x, rk[11]);
-    x = _mm_aesenc_si128(x, rk[12]);
-    x = _mm_aesenc_si128(x, rk[13]);
-  }
+  ALL_ROUNDS(ROUND_1);
   return _mm_aesenclast_si128(x, rk[rounds]);
 }
 
-/* Four blocks side by side: one AES round takes several cycles to finish
- * but a new one can start every cycle. */
-#define ROUND_4(k)                    \
-  do {                                \
-    b[0] = _mm_aesenc_si128(b[0], k); \
-    b[1] = _mm_aesenc_si128(b[1], k); \
-    b[2] = _mm_aesenc_si128(b[2], k); \
-    b[3] = _mm_aesenc_si128(b[3], k); \
-  } while (0)
-
 INLINE void aes_4(const __m128i *rk, int rounds, __m128i b[4]) {
   for (int i = 0; i < 4; i++) b[i] = _mm_xor_si128(b[i], rk[0]);
-  ROUND_4(rk[1]);
-  ROUND_4(rk[2]);
-  ROUND_4(rk[3]);
-  ROUND_4(rk[4]);
-  ROUND_4(rk[5]);
-  ROUND_4(rk[6]);
-  ROUND_4(rk[7]);
-  ROUND_4(rk[8]);
-  ROUND_4(rk[9]);
-  if (rounds == 14) {
-    ROUND_4(rk[10]);
-    ROUND_4(rk[11]);
-    ROUND_4(rk[12]);
-    ROUND_4(rk[13]);
-  }
+  ALL_ROUNDS(ROUND_4);
   for (int i = 0; i < 4; i++) b[i] = _mm_aesenclast_si128(b[i], rk[rounds]);
 }
 
-/* The same, eight blocks side by side: the AES unit takes a new round
- * every cycle or two, and four blocks do not keep it busy. */
-#define ROUND_8(k)                    \
-  do {                                \
-    b[0] = _mm_aesenc_si128(b[0], k); \
-    b[1] = _mm_aesenc_si128(b[1], k); \
-    b[2] = _mm_aesenc_si128(b[2], k); \
-    b[3] = _mm_aesenc_si128(b[3], k); \
-    b[4] = _mm_aesenc_si128(b[4], k); \
-    b[5] = _mm_aesenc_si128(b[5], k); \
-    b[6] = _mm_aesenc_si128(b[6], k); \
-    b[7] = _mm_aesenc_si128(b[7], k); \
-  } while (0)
-
 INLINE void aes_8(const __m128i *rk, int rounds, __m128i b[8]) {
   for (int i = 0; i < 8; i++) b[i] = _mm_xor_si128(b[i], rk[0]);
-  ROUND_8(rk[1]);
-  ROUND_8(rk[2]);
-  ROUND_8(rk[3]);
-  ROUND_8(rk[4]);
-  ROUND_8(rk[5]);
-  ROUND_8(rk[6]);
-  ROUND_8(rk[7]);
-  ROUND_8(rk[8]);
-  ROUND_8(rk[9]);
-  if (rounds == 14) {
-    ROUND_8(rk[10]);
-    ROUND_8(rk[11]);
-    ROUND_8(rk[12]);
-    ROUND_8(rk[13]);
-  }
+  ALL_ROUNDS(ROUND_8);
   for (int i = 0; i < 8; i++) b[i] = _mm_aesenclast_si128(b[i], rk[rounds]);
 }
 
@@ -295,6 +266,19 @@ INLINE __m128i counter(__m128i base, uint32_t n) {
   return _mm_insert_epi32(base, (int)__builtin_bswap32(n), 3);
 }
 
+/* out = in XOR ks for `count` whole blocks, and in `hashed` what GHASH
+ * takes of each (the ciphertext, byte-swapped): out when sealing, in when
+ * opening, read before out is written so that in == out works. */
+INLINE void xor_blocks(const unsigned char *in, unsigned char *out, const __m128i *ks, __m128i *hashed,
+                       int count, int sealing) {
+  for (int j = 0; j < count; j++) {
+    __m128i x = _mm_loadu_si128((const __m128i *)(in + 16 * j));
+    __m128i c = _mm_xor_si128(x, ks[j]);
+    _mm_storeu_si128((__m128i *)(out + 16 * j), c);
+    hashed[j] = byte_swap(sealing ? c : x);
+  }
+}
+
 /* Encrypts or decrypts (the same XOR) `len` bytes from counter 2 on and
  * hashes the ciphertext into y: the output when sealing, the input when
  * opening (read before the output is written, so in == out works).
@@ -310,12 +294,7 @@ INLINE __m128i crypt_and_hash(const __m128i *rk, int rounds, const __m128i hk[4]
                      counter(base, n + 4), counter(base, n + 5), counter(base, n + 6), counter(base, n + 7)};
     aes_8(rk, rounds, ks);
     __m128i hashed[8];
-    for (int j = 0; j < 8; j++) {
-      __m128i x = _mm_loadu_si128((const __m128i *)(in + i + 16 * j));
-      __m128i c = _mm_xor_si128(x, ks[j]);
-      _mm_storeu_si128((__m128i *)(out + i + 16 * j), c);
-      hashed[j] = byte_swap(sealing ? c : x);
-    }
+    xor_blocks(in + i, out + i, ks, hashed, 8, sealing);
     y = ghash_n(y, hashed, 4, hk);
     y = ghash_n(y, hashed + 4, 4, hk);
   }
@@ -323,12 +302,7 @@ INLINE __m128i crypt_and_hash(const __m128i *rk, int rounds, const __m128i hk[4]
     __m128i ks[4] = {counter(base, n), counter(base, n + 1), counter(base, n + 2), counter(base, n + 3)};
     aes_4(rk, rounds, ks);
     __m128i hashed[4];
-    for (int j = 0; j < 4; j++) {
-      __m128i x = _mm_loadu_si128((const __m128i *)(in + i + 16 * j));
-      __m128i c = _mm_xor_si128(x, ks[j]);
-      _mm_storeu_si128((__m128i *)(out + i + 16 * j), c);
-      hashed[j] = byte_swap(sealing ? c : x);
-    }
+    xor_blocks(in + i, out + i, ks, hashed, 4, sealing);
     y = ghash_n(y, hashed, 4, hk);
   }
   if (i == len) return y;
@@ -339,12 +313,7 @@ INLINE __m128i crypt_and_hash(const __m128i *rk, int rounds, const __m128i hk[4]
   __m128i ks[4] = {counter(base, n), counter(base, n + 1), counter(base, n + 2), counter(base, n + 3)};
   aes_4(rk, rounds, ks);
   __m128i hashed[4];
-  for (size_t j = 0; j < whole; j++) {
-    __m128i x = _mm_loadu_si128((const __m128i *)(in + i + 16 * j));
-    __m128i c = _mm_xor_si128(x, ks[j]);
-    _mm_storeu_si128((__m128i *)(out + i + 16 * j), c);
-    hashed[j] = byte_swap(sealing ? c : x);
-  }
+  xor_blocks(in + i, out + i, ks, hashed, (int)whole, sealing);
   if (part) {
     __m128i x = load_partial(in + i + 16 * whole, part);
     __m128i c = _mm_xor_si128(x, ks[whole]);
