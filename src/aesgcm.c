@@ -188,7 +188,7 @@ INLINE __m128i reduce(__m128i hi, __m128i lo) {
 }
 
 /* The 256-bit carry-less product of a and b, added into hi:lo (and its
- * middle part into mid, folded in by fold_mid): products are added before
+ * middle part into mid, folded in by fold_mid_and_reduce): products are added before
  * one reduction when several blocks are hashed together. */
 INLINE void mul_add(__m128i a, __m128i b, __m128i *hi, __m128i *mid, __m128i *lo) {
   *lo = _mm_xor_si128(*lo, _mm_clmulepi64_si128(a, b, 0x00));

@@ -33,10 +33,10 @@ void *gw_xcalloc(size_t count, size_t size) {
 }
 
 void *gw_xzalloc_aligned(size_t align, size_t n) {
-  size_t rounded = (n + align - 1) / align * align; /* aligned_alloc wants a multiple */
-  void *p = aligned_alloc(align, rounded ? rounded : align);
+  size_t rounded = n ? (n + align - 1) / align * align : align; /* aligned_alloc wants a multiple */
+  void *p = aligned_alloc(align, rounded);
   if (!p) out_of_memory(n);
-  memset(p, 0, rounded ? rounded : align);
+  memset(p, 0, rounded);
   return p;
 }
 

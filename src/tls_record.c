@@ -246,22 +246,36 @@ static void unkey_direction(direction_t *d) {
   OPENSSL_cleanse(d->iv, sizeof d->iv);
 }
 
+/* Known inputs for the checks below: p[i] = i * mul + add. */
+static void pattern(unsigned char *p, size_t n, unsigned mul, unsigned add) {
+  for (size_t i = 0; i < n; i++) p[i] = (unsigned char)(i * mul + add);
+}
+
+/* The reference: `n` bytes of `pt` sealed through EVP into `out`, the tag
+ * after them. */
+static int evp_seal(const suite_t *s, const unsigned char *key, const unsigned char iv[IV_LEN],
+                    const unsigned char aad[HEADER_LEN], const unsigned char *pt, size_t n,
+                    unsigned char *out) {
+  int outl = 0, finl = 0;
+  EVP_CIPHER_CTX *e = EVP_CIPHER_CTX_new();
+  int ok = e && EVP_EncryptInit_ex2(e, s->cipher, key, iv, NULL) == 1 &&
+           EVP_EncryptUpdate(e, NULL, &outl, aad, HEADER_LEN) == 1 &&
+           (n == 0 || (EVP_EncryptUpdate(e, out, &outl, pt, (int)n) == 1 && outl == (int)n)) &&
+           EVP_EncryptFinal_ex(e, out + n, &finl) == 1 && finl == 0 &&
+           EVP_CIPHER_CTX_ctrl(e, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, out + n) == 1;
+  EVP_CIPHER_CTX_free(e);
+  return ok;
+}
+
 /* The same record sealed through EVP and through the direct calls must be
  * the same bytes, and must open only untouched. */
 static int known_answer(const suite_t *s) {
   unsigned char key[32], iv[IV_LEN], pt[40], aad[HEADER_LEN] = {REC_DATA, 3, 3, 0, sizeof pt + TAG_LEN};
   unsigned char via_evp[sizeof pt + TAG_LEN], direct[sizeof pt + TAG_LEN], back[sizeof pt];
-  for (size_t i = 0; i < sizeof key; i++) key[i] = (unsigned char)(i * 7 + 1);
-  for (size_t i = 0; i < sizeof iv; i++) iv[i] = (unsigned char)(i * 13 + 5);
-  for (size_t i = 0; i < sizeof pt; i++) pt[i] = (unsigned char)(i * 31 + 3);
-  int outl = 0, finl = 0;
-  EVP_CIPHER_CTX *e = EVP_CIPHER_CTX_new();
-  int ok = e && EVP_EncryptInit_ex2(e, s->cipher, key, iv, NULL) == 1 &&
-           EVP_EncryptUpdate(e, NULL, &outl, aad, sizeof aad) == 1 &&
-           EVP_EncryptUpdate(e, via_evp, &outl, pt, sizeof pt) == 1 && outl == (int)sizeof pt &&
-           EVP_EncryptFinal_ex(e, via_evp + outl, &finl) == 1 &&
-           EVP_CIPHER_CTX_ctrl(e, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, via_evp + sizeof pt) == 1;
-  EVP_CIPHER_CTX_free(e);
+  pattern(key, sizeof key, 7, 1);
+  pattern(iv, sizeof iv, 13, 5);
+  pattern(pt, sizeof pt, 31, 3);
+  int ok = evp_seal(s, key, iv, aad, pt, sizeof pt, via_evp);
   direction_t seal = {0}, open = {0};
   /* seq 0, so the nonce is the IV itself, as EVP was given it. */
   ok = ok && key_direction(&seal, s, key, iv, 1) && key_direction(&open, s, key, iv, 0);
@@ -288,24 +302,15 @@ static int own_aes_matches(const suite_t *s) {
   unsigned char key[32], iv[IV_LEN], pt[OWN_AES_MAX], evp[OWN_AES_MAX + TAG_LEN], own[OWN_AES_MAX + TAG_LEN];
   unsigned char back[OWN_AES_MAX];
   gw_aesgcm_t g;
-  int ok = 1;
-  for (size_t i = 0; i < sizeof key; i++) key[i] = (unsigned char)(i * 11 + 2);
-  for (size_t i = 0; i < sizeof iv; i++) iv[i] = (unsigned char)(i * 17 + 9);
-  for (size_t i = 0; i < sizeof pt; i++) pt[i] = (unsigned char)(i * 29 + 7);
-  ok = gw_aesgcm_key(&g, key, s->key_len);
+  pattern(key, sizeof key, 11, 2);
+  pattern(iv, sizeof iv, 17, 9);
+  pattern(pt, sizeof pt, 29, 7);
+  int ok = gw_aesgcm_key(&g, key, s->key_len);
   for (size_t k = 0; ok && k < sizeof lens / sizeof lens[0]; k++) {
     size_t n = lens[k];
     unsigned char aad[HEADER_LEN] = {REC_DATA, 3, 3, (unsigned char)((n + TAG_LEN) >> 8),
                                      (unsigned char)(n + TAG_LEN)};
-    int outl = 0, finl = 0;
-    EVP_CIPHER_CTX *e = EVP_CIPHER_CTX_new();
-    ok = e && EVP_EncryptInit_ex2(e, s->cipher, key, iv, NULL) == 1 &&
-         EVP_EncryptUpdate(e, NULL, &outl, aad, sizeof aad) == 1 &&
-         (n == 0 || EVP_EncryptUpdate(e, evp, &outl, pt, (int)n) == 1) &&
-         EVP_EncryptFinal_ex(e, evp + n, &finl) == 1 &&
-         EVP_CIPHER_CTX_ctrl(e, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, evp + n) == 1;
-    EVP_CIPHER_CTX_free(e);
-    if (!ok) break;
+    if (!(ok = evp_seal(s, key, iv, aad, pt, n, evp))) break;
     gw_aesgcm_seal(&g, iv, aad, sizeof aad, pt, n, own, own + n);
     ok = memcmp(own, evp, n + TAG_LEN) == 0 &&
          gw_aesgcm_open(&g, iv, aad, sizeof aad, own, n, own + n, back) && memcmp(back, pt, n) == 0;
