@@ -100,7 +100,8 @@ usage: bench/run.sh [options] [NAME=URL[|Header: value]...]
 Default targets: ${DEFAULT_TARGETS//,/, }.
 Known targets (add with --add, or pick with --targets):
 $(for i in "${!C_NAME[@]}"; do printf '  %-16s %s\n' "${C_NAME[i]}" "${C_DESC[i]}"; done)
-A NAME=URL argument adds a target that run.sh does not start (loopback only);
+A NAME=URL argument adds a target that run.sh does not start (http or https,
+loopback only; an https certificate is not checked);
 text after '|' is an extra header for that target (repeatable with '|').
 
 options (environment variable in brackets)
@@ -234,8 +235,8 @@ for e in "${EXTRA[@]}"; do
   [[ $rest == *"|"* ]] && hdrs=${rest#*|}
   [[ $name =~ ^[A-Za-z0-9_.-]+$ ]] || die "bad target name '$name'"
   cat_index "$name" >/dev/null && die "extra target $name: that name is in the catalogue"
-  [[ $url =~ ^http://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?(/|$) ]] \
-    || die "target $name: only http:// on loopback is allowed ($url)"
+  [[ $url =~ ^https?://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?(/|$) ]] \
+    || die "target $name: only http:// or https:// on loopback is allowed ($url)"
   selected_by_only "$name" || continue
   svc=""; [[ -n ${START_CMD[$name]+x} ]] && svc=start-$name
   add_target "$name" "$url" "$svc" "extra target" "" "" "$hdrs"
@@ -499,9 +500,11 @@ for i in "${!T_NAME[@]}"; do
       if [[ -n ${T_HDRS[i]} ]]; then
         IFS='|' read -ra th <<<"${T_HDRS[i]}"; for h in "${th[@]}"; do hargs+=(-H "$h"); done
       fi
+      # An https one is the user's own server: its certificate is not checked.
+      [[ ${T_URL[i]} == https://* ]] && hargs+=(--insecure)
       spid=${SVC_OF[start-$name]:-}
       for ((n = 0; n < 150; n++)); do
-        curl -s -o /dev/null --max-time 1 "${T_URL[i]}" && break
+        curl -s -o /dev/null --max-time 1 "${hargs[@]}" "${T_URL[i]}" && break
         if [[ -n $spid ]] && ! kill -0 "$spid" 2>/dev/null; then
           tail -n 20 "$RUN/start-$name.out" >&2 || true
           die "the command started for $name exited"
