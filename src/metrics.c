@@ -33,9 +33,15 @@ static uint32_t hash_bytes(const char *s, size_t n) {
   return h;
 }
 
+/* The slot of the last request's route, tried before hashing: requests of one
+ * route come in runs. Slots are never freed, so a match by name is still
+ * right; "(other)" is not kept, as it matches no name. */
+static unsigned last_route = OTHER_ROUTE;
+
 void gw_metrics_init(unsigned index) {
   self = gw_shm_metrics(index);
   self_status = gw_shm_worker(index);
+  last_route = OTHER_ROUTE;
   gw_metrics_route_t *other = self ? &self->routes[OTHER_ROUTE] : NULL;
   if (other && !other->used) {
     strcpy(other->name, "(other)");
@@ -77,12 +83,21 @@ static void count_status(unsigned route, int status) {
   gw_shm_add(&self->dropped, 1);
 }
 
+static unsigned route_index_cached(const char *name, size_t len) {
+  if (last_route != OTHER_ROUTE) {
+    const gw_metrics_route_t *r = &self->routes[last_route];
+    if (r->len == len && memcmp(r->name, name, len) == 0) return last_route;
+  }
+  last_route = route_index(name, len);
+  return last_route;
+}
+
 void gw_metrics_request(const char *route, int status, double seconds) {
   if (!self) return;
   if (!route) route = "";
   size_t len = strlen(route);
   if (len >= GW_METRICS_ROUTE_MAX) len = GW_METRICS_ROUTE_MAX - 1;
-  unsigned idx = route_index(route, len);
+  unsigned idx = route_index_cached(route, len);
   gw_metrics_route_t *r = &self->routes[idx];
   gw_shm_add(&r->buckets[gw_metrics_bucket(seconds)], 1);
   gw_shm_add(&r->count, 1);
