@@ -52,14 +52,21 @@ const char *gw_status_reason(int status) {
   }
 }
 
-/* "Date: ...\r\n", rebuilt when the second changes. */
+/* "Date: ...\r\n", rebuilt when the second changes. The clock is read once
+ * per tick of the worker's loop time (uv_now, which libuv moves once per loop
+ * iteration), not once per answer: like nginx's cached time, the Date of an
+ * answer is that of the iteration that made it. */
 static struct {
   time_t second;
+  uint64_t loop_ms; /* uv_now when the clock was last read; 0 outside a worker */
   char text[64];
   size_t len;
 } date_cache;
 
 static void refresh_date(void) {
+  uint64_t loop_ms = gw__worker ? uv_now(gw__worker->loop) : 0;
+  if (loop_ms && loop_ms == date_cache.loop_ms && date_cache.len) return;
+  date_cache.loop_ms = loop_ms;
   uv_timeval64_t tv;
   uv_gettimeofday(&tv);
   time_t now = (time_t)tv.tv_sec;

@@ -46,6 +46,35 @@ def test_keepalive():
             assert c.closed_by_peer(2), "server kept the connection after Connection: close"
 
 
+def _date_of(r):
+    """The response's Date header as a Unix time (IMF-fixdate, RFC 9110 5.6.7)."""
+    import calendar
+    value = r.headers.get("date")
+    assert value, "no Date header: %r" % r.headers
+    return calendar.timegm(time.strptime(value, "%a, %d %b %Y %H:%M:%S GMT"))
+
+
+def test_date_header_follows_the_clock():
+    # The worker reads the clock once per loop iteration, not per answer:
+    # answers on an idle keep-alive connection must still carry the time at
+    # which each was made, whole seconds apart.
+    with Gateway(BASIC) as g:
+        with Conn(g.port) as c:
+            dates = []
+            for i in range(3):
+                if i:
+                    time.sleep(1.1)
+                before = time.time()
+                c.send(req_bytes("GET", "/hello"))
+                r = c.read_response()
+                eq(r.status, 200, "answer %d" % i)
+                date = _date_of(r)
+                assert int(before) - 1 <= date <= time.time() + 1, \
+                    "Date %d is not the time of answer %d (client clock %.1f)" % (date, i, before)
+                dates.append(date)
+            assert dates[0] < dates[1] < dates[2], "Date did not move with the clock: %r" % dates
+
+
 def test_idle_keepalive_timeout():
     cfg = r'''local gw = require "gateway"
 gw.config { listen = { "127.0.0.1:$PORT" }, timeouts = { idle = 1 } }
