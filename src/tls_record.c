@@ -81,8 +81,9 @@ typedef struct {
   size_t key_len;
   const char *md; /* the suite's hash, for HKDF */
   size_t hash_len;
-  int state;   /* 0: not looked up yet; 1: usable; -1: not usable */
-  int own_aes; /* 1: an AES-GCM suite whose short records aesgcm.c seals (checked) */
+  int state;          /* 0: not looked up yet; 1: usable; -1: not usable */
+  int own_aes;        /* 1: an AES-GCM suite whose short records aesgcm.c seals (checked) */
+  int own_aes_failed; /* 1: aesgcm.c applied here but did not match EVP at start-up */
   EVP_CIPHER *cipher;
   void *provctx;
   OSSL_FUNC_cipher_newctx_fn *newctx;
@@ -291,13 +292,18 @@ static int known_answer(const suite_t *s) {
   return ok;
 }
 
+/* Whether aesgcm.c is meant for this suite here: an AES-GCM suite on a CPU
+ * with AES-NI and PCLMULQDQ, and no FIPS configuration (under one, every
+ * record stays in the validated module). */
+static int own_aes_applies(const suite_t *s) {
+  return strncmp(s->name, "AES-", 4) == 0 && gw_aesgcm_cpu_ok() &&
+         !EVP_default_properties_is_fips_enabled(NULL);
+}
+
 /* aesgcm.c must give EVP's bytes for this suite's key size at the record
  * sizes it is used for (both edges, a partial block, several four-block
  * rounds), open them, and refuse a changed one. */
 static int own_aes_matches(const suite_t *s) {
-  /* Under a FIPS configuration every record stays in the validated module. */
-  if (strncmp(s->name, "AES-", 4) != 0 || !gw_aesgcm_cpu_ok() || EVP_default_properties_is_fips_enabled(NULL))
-    return 0;
   static const size_t lens[] = {0, 1, 40, 100, OWN_AES_MAX};
   unsigned char key[32], iv[IV_LEN], pt[OWN_AES_MAX], evp[OWN_AES_MAX + TAG_LEN], own[OWN_AES_MAX + TAG_LEN];
   unsigned char back[OWN_AES_MAX];
@@ -327,11 +333,32 @@ static const suite_t *usable_suite(uint16_t code) {
     if (s->code != code) continue;
     if (s->state == 0) {
       s->state = find_functions(s) && known_answer(s) ? 1 : -1;
-      s->own_aes = s->state == 1 && own_aes_matches(s);
+      if (s->state == 1 && own_aes_applies(s)) {
+        s->own_aes = own_aes_matches(s);
+        s->own_aes_failed = !s->own_aes;
+      }
     }
     return s->state == 1 ? s : NULL;
   }
   return NULL;
+}
+
+int gw_tls_rec_self_check(char *why, size_t len) {
+  if (len) why[0] = '\0';
+  for (size_t i = 0; i < sizeof suites / sizeof suites[0]; i++) {
+    const suite_t *s = &suites[i];
+    const char *what = NULL;
+    if (!usable_suite(s->code))
+      what =
+          "failed its start-up check against OpenSSL: its TLS 1.3 records go through OpenSSL's record layer";
+    else if (s->own_aes_failed)
+      what = "aesgcm.c did not match OpenSSL's AES-GCM at start-up: records are sealed by OpenSSL's provider";
+    if (what) {
+      snprintf(why, len, "%s %s (slower, not less safe)", s->name, what);
+      return -1;
+    }
+  }
+  return 0;
 }
 
 /* ---- keys ---- */

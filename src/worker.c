@@ -28,6 +28,7 @@
 #include "metrics.h"
 #include "reload.h"
 #include "shm.h"
+#include "tls_record.h"
 #include "tls_tickets.h"
 
 gw_worker_t *gw__worker;
@@ -180,6 +181,20 @@ static int same_addresses_as_master(gw_worker_t *w) {
   return same;
 }
 
+static int has_tls_listener(const gw_config_t *cfg) {
+  for (size_t i = 0; i < cfg->nlisten; i++)
+    if (cfg->listen[i].ncerts > 0) return 1;
+  return 0;
+}
+
+/* Says so when a TLS 1.3 suite will not use the gateway's own record code
+ * (tls_record.c): its start-up checks against OpenSSL failed on this
+ * machine. Connections still work, through OpenSSL's slower record layer. */
+static void warn_of_slow_tls_records(void) {
+  char why[300];
+  if (gw_tls_rec_self_check(why, sizeof why) != 0) gw_log_warn("TLS: %s", why);
+}
+
 static int open_listeners(gw_worker_t *w) {
   if (!same_addresses_as_master(w)) {
     gw_log_error("the listen or admin addresses changed since the gateway started: restart it to apply them");
@@ -187,6 +202,7 @@ static int open_listeners(gw_worker_t *w) {
   }
   w->listeners = gw_xcalloc(w->cfg->nlisten, sizeof *w->listeners);
   w->tls = gw_xcalloc(w->cfg->nlisten ? w->cfg->nlisten : 1, sizeof *w->tls);
+  if (has_tls_listener(w->cfg)) warn_of_slow_tls_records();
   for (size_t i = 0; i < w->cfg->nlisten; i++) {
     const gw_listen_t *l = &w->cfg->listen[i];
     if (l->ncerts > 0) {

@@ -324,6 +324,32 @@ TEST(tls13_records_are_ours_tls12_stays_with_openssl) { records_both_ways(1); }
 /* The same without aesgcm.c, as on a CPU without AES-NI. */
 TEST(tls13_records_with_openssl_aead_alone) { records_both_ways(0); }
 
+/* Every suite passes its start-up checks on this machine, and a failed one
+ * is reported by name with what serves it instead (worker.c logs it). Each
+ * test runs in a child process, so the suites changed here stay changed
+ * only for this test. */
+TEST(self_check_passes_and_names_a_failed_suite) {
+  char why[300];
+  CHECK_EQ(gw_tls_rec_self_check(why, sizeof why), 0);
+  CHECK_EQ(strcmp(why, ""), 0);
+  if (gw_aesgcm_cpu_ok()) {
+    CHECK_EQ(suites[0].own_aes, 1);
+    CHECK_EQ(suites[1].own_aes, 1);
+  }
+  suites[1].own_aes = 0;
+  suites[1].own_aes_failed = 1;
+  CHECK_EQ(gw_tls_rec_self_check(why, sizeof why), -1);
+  CHECK(strstr(why, "AES-256-GCM aesgcm.c did not match") != NULL);
+  suites[1].own_aes_failed = 0;
+  suites[2].state = -1;
+  CHECK_EQ(gw_tls_rec_self_check(why, sizeof why), -1);
+  CHECK(strstr(why, "ChaCha20-Poly1305 failed its start-up check") != NULL);
+  CHECK(strstr(why, "OpenSSL's record layer") != NULL);
+  char small[8];
+  CHECK_EQ(gw_tls_rec_self_check(small, sizeof small), -1);
+  CHECK_EQ(strlen(small), sizeof small - 1);
+}
+
 TEST(own_key_update_before_the_sequence_limit) {
   gw_tls_ctx_t *ctx = server_ctx();
   REQUIRE(ctx != NULL);
@@ -484,5 +510,5 @@ __attribute__((constructor)) static void setup(void) {
 TEST_LIST(T(wildcard_covers_one_label), T(alpn_accepts_only_http11), T(handshake_and_data_both_ways),
           T(sni_picks_certificate), T(refusals_fail_the_handshake), T(bad_files_name_the_file),
           T(tls13_records_are_ours_tls12_stays_with_openssl), T(tls13_records_with_openssl_aead_alone),
-          T(own_key_update_before_the_sequence_limit), T(a_tampered_record_fails_with_a_reason_and_an_alert),
+          T(self_check_passes_and_names_a_failed_suite), T(own_key_update_before_the_sequence_limit), T(a_tampered_record_fails_with_a_reason_and_an_alert),
           T(records_decrypted_in_the_buffer_they_were_read_into), T(expand_label_matches_openssl_tls13_kdf))
