@@ -21,21 +21,7 @@
 #include <openssl/rand.h>
 
 #include "runner.h"
-
-static char dir[64];
-
-static void make_cert(const char *name, const char *dns) {
-  char cmd[1024];
-  snprintf(cmd, sizeof cmd,
-           "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
-           "-keyout %s/%s.key -out %s/%s.pem -subj '/CN=%s' -addext 'subjectAltName=DNS:%s' "
-           ">/dev/null 2>&1",
-           dir, name, dir, name, dns, dns);
-  if (system(cmd) != 0) {
-    fprintf(stderr, "cannot run: %s\n", cmd);
-    exit(1);
-  }
-}
+#include "tls_certs.h"
 
 static gw_tls_ctx_t *server_ctx(void) {
   char a[128], ak[128], w[128], wk[128];
@@ -491,18 +477,9 @@ TEST(expand_label_matches_openssl_tls13_kdf) {
   EVP_KDF_free(kdf);
 }
 
-static void cleanup(void) {
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-  if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", dir);
-}
-
-/* Once, in the parent before main; the forked tests share the files and
- * leave with _exit, so only the parent removes them. */
+/* Once, in the parent before main (tls_certs.h). */
 __attribute__((constructor)) static void setup(void) {
-  snprintf(dir, sizeof dir, "/tmp/gwtest-tlsc-XXXXXX");
-  if (!mkdtemp(dir)) exit(1);
-  atexit(cleanup);
+  certs_dir("/tmp/gwtest-tlsc-XXXXXX");
   make_cert("a", "a.test");
   make_cert("w", "*.w.test");
 }
@@ -510,5 +487,6 @@ __attribute__((constructor)) static void setup(void) {
 TEST_LIST(T(wildcard_covers_one_label), T(alpn_accepts_only_http11), T(handshake_and_data_both_ways),
           T(sni_picks_certificate), T(refusals_fail_the_handshake), T(bad_files_name_the_file),
           T(tls13_records_are_ours_tls12_stays_with_openssl), T(tls13_records_with_openssl_aead_alone),
-          T(self_check_passes_and_names_a_failed_suite), T(own_key_update_before_the_sequence_limit), T(a_tampered_record_fails_with_a_reason_and_an_alert),
+          T(self_check_passes_and_names_a_failed_suite), T(own_key_update_before_the_sequence_limit),
+          T(a_tampered_record_fails_with_a_reason_and_an_alert),
           T(records_decrypted_in_the_buffer_they_were_read_into), T(expand_label_matches_openssl_tls13_kdf))

@@ -21,21 +21,7 @@
 #include "../../src/tls_tickets.c"
 
 #include "runner.h"
-
-static char dir[64];
-
-static void make_cert(const char *name, const char *san, const char *cn) {
-  char cmd[1024];
-  snprintf(cmd, sizeof cmd,
-           "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
-           "-keyout %s/%s.key -out %s/%s.pem -subj '/CN=%s' -addext 'subjectAltName=%s' "
-           ">/dev/null 2>&1",
-           dir, name, dir, name, cn, san);
-  if (system(cmd) != 0) {
-    fprintf(stderr, "cannot run: %s\n", cmd);
-    exit(1);
-  }
-}
+#include "tls_certs.h"
 
 static char *path(const char *name, char *buf, size_t len) {
   snprintf(buf, len, "%s/%s", dir, name);
@@ -237,20 +223,11 @@ TEST(bad_ca_files_name_the_file) {
   CHECK(strstr(err, "bad ca ") != NULL);
 }
 
-static void cleanup(void) {
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-  if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", dir);
-}
-
-/* Once, in the parent before main; the forked tests share the files and
- * leave with _exit, so only the parent removes them. */
+/* Once, in the parent before main (tls_certs.h). */
 __attribute__((constructor)) static void setup(void) {
-  snprintf(dir, sizeof dir, "/tmp/gwtest-tlscl-XXXXXX");
-  if (!mkdtemp(dir)) exit(1);
-  atexit(cleanup);
-  make_cert("a", "DNS:a.test", "a.test");
-  make_cert("ip", "IP:127.0.0.1,IP:::1", "ip");
+  certs_dir("/tmp/gwtest-tlscl-XXXXXX");
+  make_cert("a", "a.test");
+  make_cert_san("ip", "IP:127.0.0.1,IP:::1", "ip");
 }
 
 TEST_LIST(T(verified_by_ca_and_name), T(ip_address_certificate), T(untrusted_chain_refused_unless_verify_is_off),

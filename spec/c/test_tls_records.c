@@ -45,23 +45,9 @@
 #include <openssl/rand.h>
 
 #include "runner.h"
-
-static char dir[64];
+#include "tls_certs.h"
 
 /* ---- certificates and contexts ---- */
-
-static void make_cert(const char *name, const char *dns) {
-  char cmd[1024];
-  snprintf(cmd, sizeof cmd,
-           "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
-           "-keyout %s/%s.key -out %s/%s.pem -subj '/CN=%s' -addext 'subjectAltName=DNS:%s' "
-           ">/dev/null 2>&1",
-           dir, name, dir, name, dns, dns);
-  if (system(cmd) != 0) {
-    fprintf(stderr, "cannot run: %s\n", cmd);
-    exit(1);
-  }
-}
 
 /* A listener's context for a.test; tickets unless `no_resumption`. */
 static gw_tls_ctx_t *server_ctx(int no_resumption) {
@@ -1919,18 +1905,9 @@ TEST(a_client_alert_is_named) {
   gw_tls_ctx_free(ctx);
 }
 
-static void cleanup(void) {
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-  if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", dir);
-}
-
-/* Once, in the parent before main; the forked tests share the files and
- * leave with _exit, so only the parent removes them. */
+/* Once, in the parent before main (tls_certs.h). */
 __attribute__((constructor)) static void setup(void) {
-  snprintf(dir, sizeof dir, "/tmp/gwtest-tlsr-XXXXXX");
-  if (!mkdtemp(dir)) exit(1);
-  atexit(cleanup);
+  certs_dir("/tmp/gwtest-tlsr-XXXXXX");
   make_cert("a", "a.test");
 }
 

@@ -8,6 +8,7 @@ bodies both ways (sha256), keep-alive reuse, session resumption (seen by the
 origin), a pooled connection the origin closed, active health checks,
 Upgrade tunnels, timeouts, and configuration errors at `gateway -t`."""
 
+import atexit
 import hashlib
 import json
 import os
@@ -51,6 +52,8 @@ class _Files:
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="gwtest-upcerts-")
+        # Kept for every test of the module; removed when the runner exits.
+        atexit.register(shutil.rmtree, self.dir, True)
         c = certs()
         ss, sskey = selfsigned()
         for name, text in (("a.pem", c["a.pem"]), ("a.key", c["a.key"]), ("b.pem", c["b.pem"]),
