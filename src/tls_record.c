@@ -84,6 +84,7 @@ typedef struct {
   int state;          /* 0: not looked up yet; 1: usable; -1: not usable */
   int own_aes;        /* 1: an AES-GCM suite whose short records aesgcm.c seals (checked) */
   int own_aes_failed; /* 1: aesgcm.c applied here but did not match EVP at start-up */
+  int no_cipher;      /* 1: OpenSSL has no such cipher, so it negotiates no such suite */
   EVP_CIPHER *cipher;
   void *provctx;
   OSSL_FUNC_cipher_newctx_fn *newctx;
@@ -162,7 +163,10 @@ static void take_functions(suite_t *s, const OSSL_DISPATCH *d) {
 /* Finds the implementation EVP_CIPHER_fetch picks for the suite's AEAD. */
 static int find_functions(suite_t *s) {
   s->cipher = EVP_CIPHER_fetch(NULL, s->name, NULL);
-  if (!s->cipher) return 0;
+  if (!s->cipher) {
+    s->no_cipher = 1;
+    return 0;
+  }
   const OSSL_PROVIDER *prov = EVP_CIPHER_get0_provider(s->cipher);
   int no_store = 0;
   const OSSL_ALGORITHM *algs = OSSL_PROVIDER_query_operation(prov, OSSL_OP_CIPHER, &no_store);
@@ -343,22 +347,31 @@ static const suite_t *usable_suite(uint16_t code) {
   return NULL;
 }
 
+/* What to say of suite `s` once its checks ran, or NULL when all is well
+ * (or OpenSSL itself lacks the cipher: then no client can negotiate it). */
+static const char *check_failure(const suite_t *s) {
+  if (s->state != 1 && !s->no_cipher)
+    return "failed its start-up check against OpenSSL: its TLS 1.3 records go through OpenSSL's record layer";
+  if (s->state == 1 && s->own_aes_failed)
+    return "aesgcm.c did not match OpenSSL's AES-GCM at start-up: records are sealed by OpenSSL's provider";
+  return NULL;
+}
+
 int gw_tls_rec_self_check(char *why, size_t len) {
+  size_t used = 0;
   if (len) why[0] = '\0';
   for (size_t i = 0; i < sizeof suites / sizeof suites[0]; i++) {
     const suite_t *s = &suites[i];
-    const char *what = NULL;
-    if (!usable_suite(s->code))
-      what =
-          "failed its start-up check against OpenSSL: its TLS 1.3 records go through OpenSSL's record layer";
-    else if (s->own_aes_failed)
-      what = "aesgcm.c did not match OpenSSL's AES-GCM at start-up: records are sealed by OpenSSL's provider";
-    if (what) {
-      snprintf(why, len, "%s %s (slower, not less safe)", s->name, what);
-      return -1;
+    usable_suite(s->code);
+    const char *what = check_failure(s);
+    if (!what) continue;
+    if (used < len) {
+      int n = snprintf(why + used, len - used, "%s%s %s (slower, not less safe)", used ? "; " : "", s->name,
+                       what);
+      used += n > 0 ? (size_t)n : 0;
     }
   }
-  return 0;
+  return used ? -1 : 0;
 }
 
 /* ---- keys ---- */

@@ -56,9 +56,10 @@ extern int gw_tls_rec_own_aesgcm;
 /* Runs the start-up checks of every TLS 1.3 suite now (otherwise they run
  * when a suite is first negotiated): this file's record code against
  * OpenSSL's EVP, and aesgcm.c where it applies. Returns 0 when all passed,
- * or -1 with the first suite that did not, and what serves it instead, in
- * `why`. A failed check is not an error (OpenSSL's slower path serves the
- * suite), but the worker logs it (worker.c). */
+ * or -1 with each suite that did not, and what serves it instead, in `why`
+ * ("; "-separated, cut to `len`). A suite OpenSSL itself lacks is not a
+ * failure. A failed check is not an error (OpenSSL's slower path serves the
+ * suite), but the first worker logs it (worker.c). */
 int gw_tls_rec_self_check(char *why, size_t len);
 
 /* The largest secret (SHA-384's output). */

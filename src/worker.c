@@ -189,9 +189,10 @@ static int has_tls_listener(const gw_config_t *cfg) {
 
 /* Says so when a TLS 1.3 suite will not use the gateway's own record code
  * (tls_record.c): its start-up checks against OpenSSL failed on this
- * machine. Connections still work, through OpenSSL's slower record layer. */
+ * machine. Connections still work, through OpenSSL's slower record layer.
+ * Every worker runs the same code on the same CPU: the first one speaks. */
 static void warn_of_slow_tls_records(void) {
-  char why[300];
+  char why[600];
   if (gw_tls_rec_self_check(why, sizeof why) != 0) gw_log_warn("TLS: %s", why);
 }
 
@@ -202,7 +203,7 @@ static int open_listeners(gw_worker_t *w) {
   }
   w->listeners = gw_xcalloc(w->cfg->nlisten, sizeof *w->listeners);
   w->tls = gw_xcalloc(w->cfg->nlisten ? w->cfg->nlisten : 1, sizeof *w->tls);
-  if (has_tls_listener(w->cfg)) warn_of_slow_tls_records();
+  if (w->index == 0 && has_tls_listener(w->cfg)) warn_of_slow_tls_records();
   for (size_t i = 0; i < w->cfg->nlisten; i++) {
     const gw_listen_t *l = &w->cfg->listen[i];
     if (l->ncerts > 0) {

@@ -206,6 +206,24 @@ def test_metrics_prometheus_text_summed_over_workers():
         assert metric(samples, "gateway_connections") >= 1, "connections (this one at least)"
 
 
+def test_metrics_count_interleaved_routes_apart():
+    # metrics.c tries the previous request's route slot first: requests that
+    # alternate between routes must still each be counted under their own.
+    with Gateway(APP) as g:
+        wait_admin(g)
+        for i in range(12):
+            eq(g.get("/users/%d" % i)[0], 200, "GET")
+            eq(g.http("POST", "/users", body="x")[0], 201, "POST")
+            if i % 3 == 0:
+                eq(g.get("/nowhere")[0], 404, "404")
+        samples, _ = parse_prometheus(admin(g, "GET", "/metrics")[2].decode())
+        rt = "gateway_requests_total"
+        eq(metric(samples, rt, route="/users/:id", status="200"), 12, "GET /users/:id")
+        eq(metric(samples, rt, route="/users", status="201"), 12, "POST /users")
+        eq(metric(samples, rt, route="", status="404"), 4, "no route")
+        eq(metric(samples, "gateway_request_duration_seconds_count", route="/users"), 12, "histogram count")
+
+
 def test_connections_gauge_counts_open_connections():
     with Gateway(APP) as g:
         wait_admin(g)

@@ -55,9 +55,9 @@ def _date_of(r):
 
 
 def test_date_header_follows_the_clock():
-    # The worker reads the clock once per loop iteration, not per answer:
-    # answers on an idle keep-alive connection must still carry the time at
-    # which each was made, whole seconds apart.
+    # The Date of each answer is cached per second (and read from the coarse
+    # clock): answers on one keep-alive connection must still carry the time
+    # at which each was made, whole seconds apart.
     with Gateway(BASIC) as g:
         with Conn(g.port) as c:
             dates = []
