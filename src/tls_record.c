@@ -83,9 +83,7 @@ typedef struct {
   size_t hash_len;
   int state;          /* 0: not looked up yet; 1: usable; -1: not usable */
   int own_aes;        /* 1: an AES-GCM suite whose short records aesgcm.c seals (checked) */
-  int own_aes_failed; /* 1: aesgcm.c applied here but did not match EVP at start-up */
-  int no_cipher;      /* 1: OpenSSL has no such cipher, so it negotiates no such suite */
-  EVP_CIPHER *cipher;
+  EVP_CIPHER *cipher; /* fetched at lookup; NULL after it if OpenSSL has no such cipher */
   void *provctx;
   OSSL_FUNC_cipher_newctx_fn *newctx;
   OSSL_FUNC_cipher_freectx_fn *freectx;
@@ -163,10 +161,7 @@ static void take_functions(suite_t *s, const OSSL_DISPATCH *d) {
 /* Finds the implementation EVP_CIPHER_fetch picks for the suite's AEAD. */
 static int find_functions(suite_t *s) {
   s->cipher = EVP_CIPHER_fetch(NULL, s->name, NULL);
-  if (!s->cipher) {
-    s->no_cipher = 1;
-    return 0;
-  }
+  if (!s->cipher) return 0;
   const OSSL_PROVIDER *prov = EVP_CIPHER_get0_provider(s->cipher);
   int no_store = 0;
   const OSSL_ALGORITHM *algs = OSSL_PROVIDER_query_operation(prov, OSSL_OP_CIPHER, &no_store);
@@ -337,10 +332,7 @@ static const suite_t *usable_suite(uint16_t code) {
     if (s->code != code) continue;
     if (s->state == 0) {
       s->state = find_functions(s) && known_answer(s) ? 1 : -1;
-      if (s->state == 1 && own_aes_applies(s)) {
-        s->own_aes = own_aes_matches(s);
-        s->own_aes_failed = !s->own_aes;
-      }
+      s->own_aes = s->state == 1 && own_aes_applies(s) && own_aes_matches(s);
     }
     return s->state == 1 ? s : NULL;
   }
@@ -350,9 +342,9 @@ static const suite_t *usable_suite(uint16_t code) {
 /* What to say of suite `s` once its checks ran, or NULL when all is well
  * (or OpenSSL itself lacks the cipher: then no client can negotiate it). */
 static const char *check_failure(const suite_t *s) {
-  if (s->state != 1 && !s->no_cipher)
+  if (s->state != 1 && s->cipher)
     return "failed its start-up check against OpenSSL: its TLS 1.3 records go through OpenSSL's record layer";
-  if (s->state == 1 && s->own_aes_failed)
+  if (s->state == 1 && !s->own_aes && own_aes_applies(s))
     return "aesgcm.c did not match OpenSSL's AES-GCM at start-up: records are sealed by OpenSSL's provider";
   return NULL;
 }
