@@ -487,6 +487,15 @@ static void waiter_unlink(gw_waiter_t *w) {
 void gw_waiter_wake(gw_waiter_t *w, gw_push_cb push, void *arg) {
   gw_task_t *t = w->task;
   if (!t || t->finished) return;
+  if (t->running) {
+    /* The task is inside one of its own FFI calls, whose caller should have
+     * registered the wait only after its synchronous part (see
+     * gw_ffi_upstream_proxy). Resuming a running coroutine fails and would
+     * tear the task down under its live frame: the wake is dropped, loudly,
+     * and the waiter is cancelled with the task. */
+    gw_log_error("internal error: waiter %u woke its own running task; wake dropped", w->id);
+    return;
+  }
   uint32_t id = w->id;
   waiter_unlink(w);
   lua_pushnumber(t->co, id);

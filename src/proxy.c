@@ -416,11 +416,20 @@ GW_FFI_EXPORT int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, 
   if (!gw_task_check(t, ts) || !gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
   gw_proxy_t *p = proxy_begin(r, up, target, tlen, lines, llen, key, klen, err);
   if (!p) return GW_FFI_ERROR;
+  /* start_proxy parses the client's body bytes already buffered, and a
+   * broken chunk among them ends the proxy right there, inside this call.
+   * The coroutine that would be woken is the one running it, and a running
+   * coroutine cannot be resumed: so the wait is registered only after, and
+   * such a failure is returned now (OK with *err: `nil, err` in Lua). */
+  start_proxy(p);
+  if (p->state == GW_PROXY_DONE) {
+    *err = p->msg ? p->msg : gw_strerror(p->err);
+    return GW_FFI_OK;
+  }
   p->w.cancel = cancel_wait;
   gw_waiter_add(t, &p->w);
   p->waiting = 1;
   *wait_id = p->w.id;
-  start_proxy(p);
   return GW_FFI_AGAIN;
 }
 

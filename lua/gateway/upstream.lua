@@ -15,7 +15,7 @@ local cjson = require "cjson.safe"
 
 local ffi, C = base.ffi, base.C
 local ffi_string = ffi.string
-local AGAIN, BAD_CONTEXT = base.AGAIN, base.BAD_CONTEXT
+local OK, AGAIN, BAD_CONTEXT = base.OK, base.AGAIN, base.BAD_CONTEXT
 local type, error, pairs, ipairs, tostring, tonumber, setmetatable, rawget, concat =
   type, error, pairs, ipairs, tostring, tonumber, setmetatable, rawget, table.concat
 local lower, find, byte, format, gsub = string.lower, string.find, string.byte, string.format, string.gsub
@@ -501,6 +501,8 @@ function Upstream:proxy(req, opts)
   local rc = C.gw_ffi_upstream_proxy(ctx.task, ctx.ts, req._r, req._s, self._up, target,
     target and #target or 0, blob, #blob, key, #key, base.out_wait, base.out_err)
   if rc == BAD_CONTEXT then error(base.FINISHED, 2) end
+  -- OK: it failed at once (the client's buffered body was broken).
+  if rc == OK then return nil, ffi_string(base.out_err[0]) end
   if rc ~= AGAIN then error("up:proxy: " .. ffi_string(base.out_err[0]), 2) end
   local status, err = sched.wait(ctx, base.out_wait[0])
   if status == nil then return nil, err end

@@ -276,6 +276,32 @@ def test_proxy_upstream_fails_mid_body():
         eq(http(g.port, "GET", "/p/ok")[0], 200, "next request")
 
 
+LATE_PROXY = r'''
+local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT" } }
+local up = gw.upstream("o", { servers = { "127.0.0.1:@A@" }, retries = 0 })
+gw.post("/late", function(req) gw.sleep(0.2) return up:proxy(req) end)
+gw.get("/ok", function() return "ok" end)
+'''
+
+
+def test_proxy_after_a_wait_with_a_broken_buffered_body():
+    # The handler waits before proxying, so the whole chunked body, with a
+    # bad chunk size, is buffered by then: up:proxy parses it inside its own
+    # call. That failure used to wake the very coroutine making the call,
+    # which cannot be resumed, and the worker crashed on the next resume.
+    with Origin("A") as a, Gateway(fill(LATE_PROXY, A=a), workers=1) as g:
+        pids = g.worker_pids()
+        bad = req_bytes("POST", "/late", [("Transfer-Encoding", "chunked")],
+                        b"10\r\n0123456789abcdef\r\nzz\r\n")
+        for _ in range(3):
+            doc = check_error(raw(g.port, bad), 502)
+            eq(doc["error"], "the client body failed", "error text")
+        eq(http(g.port, "GET", "/ok")[0], 200, "the gateway still serves")
+        eq(g.worker_pids(), pids, "worker pids (none restarted)")
+        assert "woke its own running task" not in g.stderr_text(), g.stderr_text()[-2000:]
+
+
 # ---------------------------------------------------------------------------
 # 4. keep-alive pool, stale connections
 # ---------------------------------------------------------------------------
