@@ -29,6 +29,7 @@ static int reject(gw_http1_t *h, int status, const char *reason) {
 static int on_message_begin(llhttp_t *p) {
   gw_http1_t *h = H(p);
   h->head_bytes = 0;
+  h->trailer_bytes = 0;
   h->msg_started = 0;
   h->url_done = 0;
   h->field_done = 0;
@@ -77,8 +78,19 @@ static void grow_headers(gw_req_t *r) {
   r->headers_cap = cap;
 }
 
+/* Trailer fields (after a chunked body) are dropped, as docs/http.md says:
+ * they are not the head, and their bytes are not kept where the head's
+ * offsets point (body bytes before them may have been compacted away).
+ * They are bounded like a head. */
+static int trailer_piece(gw_http1_t *h, size_t len) {
+  h->trailer_bytes += len;
+  if (h->trailer_bytes > h->limits->header_bytes) return reject(h, 431, "trailer fields too large");
+  return 0;
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   gw_http1_t *h = H(p);
+  if (h->head_done) return trailer_piece(h, len);
   gw_req_t *r = h->req;
   if (r->nheaders == 0 || h->field_done) {
     if (r->nheaders >= h->limits->headers) return reject(h, 431, "too many headers");
@@ -95,6 +107,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   gw_http1_t *h = H(p);
+  if (h->head_done) return trailer_piece(h, len);
   gw_req_t *r = h->req;
   gw_header_t *hd = &r->headers[r->nheaders - 1];
   /* An empty value may come as a zero-length piece placed anywhere (even
@@ -254,9 +267,12 @@ gw_http1_result_t gw_http1_execute(gw_http1_t *h, const char *base, size_t from,
       /* A head still arriving is refused as soon as what came of it is
        * over the limit: the whole head would be too. The raw byte count
        * stops bytes that never start a message (blank lines) as well. */
-      if (!h->head_done && !h->between_messages &&
+      if (!h->head_done &&
           /* While the target still arrives, on_url decides (414 past the limit). */
-          ((h->msg_started && h->url_done && to - h->msg_start > h->limits->header_bytes) ||
+          ((!h->between_messages && h->msg_started && h->url_done &&
+            to - h->msg_start > h->limits->header_bytes) ||
+           /* Blank lines before a request line: llhttp skips them without
+            * beginning a message, so only this count bounds them. */
            h->head_bytes > 2 * h->limits->header_bytes + 4096)) {
         h->status = 431;
         h->reason = "request head too large";

@@ -37,6 +37,7 @@ typedef struct gw_http1_s {
   uint8_t sink_paused;        /* the body sink asked to stop reading */
   uint8_t paused_at;          /* GW_HTTP1_HEAD or GW_HTTP1_MESSAGE: why llhttp paused */
   size_t head_bytes;          /* bytes of the current head so far */
+  size_t trailer_bytes;       /* bytes of the current message's trailer fields (dropped) */
   size_t msg_start;           /* offset where the current message's method starts */
   uint8_t msg_started;        /* msg_start is set */
   uint8_t url_done;           /* the whole target has arrived */

@@ -16,6 +16,14 @@ gw.get("/seq/:n", function(req)
 end)
 gw.post("/echo", function(req) return { status = 200, body = req:body() } end)
 gw.post("/ignore", function(req) return "ignored" end)
+gw.post("/seen", function(req)
+  local body = req:body()
+  local names = {}
+  for _, h in ipairs(req:header_list()) do names[#names + 1] = h[1]:lower() .. "=" .. h[2] end
+  return { status = body and 200 or 400,
+           json = { body = body, host = req.headers.host, key = req.headers["x-api-key"] or false,
+                    headers = table.concat(names, ",") } }
+end)
 '''
 
 BASIC = PRELUDE + APP
@@ -135,6 +143,64 @@ def test_chunked_request_body():
                 c.send(part)
             r = c.read_response()
             eq((r.status, r.body), (200, b"abcd0123456789"), "chunked body in pieces")
+
+
+def test_chunked_trailers_are_dropped():
+    # Trailer fields are not the head: they must not reach req.headers or
+    # req:header_list(), however their bytes are split across reads (a name
+    # split across two reads once read past the buffer's end).
+    import json
+    with Gateway(BASIC) as g:
+        for pieces in ([b"0\r\nX-Api-Key: secret\r\nHost: evil\r\n\r\n"],
+                       [b"0\r\nX-Ap", b"i-Key: sec", b"ret\r\nHo", b"st: evil\r\n\r\n"]):
+            with Conn(g.port) as c:
+                c.send(req_bytes("POST", "/seen", [("Transfer-Encoding", "chunked")]) + b"5\r\nhello\r\n")
+                for part in pieces:
+                    time.sleep(0.05)
+                    c.send(part)
+                r = c.read_response()
+                eq(r.status, 200, "answer to a body with trailers")
+                doc = json.loads(r.body)
+                eq((doc["body"], doc["host"], doc["key"]), ("hello", "t", False),
+                   "body, Host and X-Api-Key after trailers %r" % pieces)
+                eq(doc["headers"], "host=t,transfer-encoding=chunked", "header list")
+                # The connection goes on with the next request.
+                c.send(req_bytes("GET", "/hello"))
+                eq(c.read_response().body, b"hello", "next request on the connection")
+
+
+def test_chunked_trailers_too_large_fail_the_body():
+    with Gateway(LIMITS) as g:
+        with Conn(g.port) as c:
+            c.send(req_bytes("POST", "/seen", [("Transfer-Encoding", "chunked")]) + b"5\r\nhello\r\n0\r\n")
+            for i in range(10):  # under limits.headers, over limits.header_bytes
+                c.send(b"X-T%d: %s\r\n" % (i, b"t" * 200))
+            c.send(b"\r\n")
+            r = c.read_response(timeout=3)
+            eq(r.status, 400, "trailers over limits.header_bytes fail the body")
+            assert c.closed_by_peer(3), "connection kept after a failed body"
+        eq(g.get("/hello")[0], 200, "still serving")
+
+
+def test_blank_lines_before_a_request_are_bounded():
+    # llhttp skips CR LF before a request line without beginning a message;
+    # an endless stream of them must be refused, not buffered without end.
+    with Gateway(LIMITS) as g:
+        with Conn(g.port) as c:
+            c.send(b"\r\n" * 4)
+            c.send(req_bytes("GET", "/hello"))
+            eq(c.read_response().body, b"hello", "a few blank lines before a request are ignored")
+        with Conn(g.port) as c:
+            t0 = time.monotonic()
+            try:
+                for _ in range(200):
+                    c.send(b"\r\n" * 512)
+            except OSError:
+                pass  # the gateway refused and closed while we were sending
+            data = c.read_until_close(3)
+            check_error(data, 431)
+            assert time.monotonic() - t0 < 2, "refused only after %.1fs" % (time.monotonic() - t0)
+        eq(g.get("/hello")[0], 200, "still serving")
 
 
 def test_http10_client():
