@@ -95,7 +95,7 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 }
 
 static void read_start(gw_conn_t *c) {
-  if (!c->reading && c->state != GW_CONN_CLOSING) {
+  if (!c->reading && c->state != GW_CONN_CLOSING && !c->peer_eof) {
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     c->reading = 1;
   }
@@ -154,8 +154,8 @@ void gw_conn_close(gw_conn_t *c) {
 static void on_shutdown(uv_shutdown_t *req, int status) {
   gw_conn_t *c = req->data;
   free(req);
-  if (status < 0 || c->state == GW_CONN_CLOSING) {
-    gw_conn_close(c);
+  if (status < 0 || c->state == GW_CONN_CLOSING || c->peer_eof) {
+    gw_conn_close(c); /* (after the peer's EOF there is nothing to linger for) */
     return;
   }
   /* Keep reading (and dropping) until the peer closes, so that unread bytes
@@ -390,12 +390,22 @@ static void body_finished(gw_conn_t *c, gw_body_state_t state) {
   conn_unref(c);
 }
 
+/* After the peer's EOF, once the buffered requests are served: what is
+ * left (part of a head or of an unread body) can never complete, so the
+ * connection closes behind the answers already queued. */
+static void close_after_eof(gw_conn_t *c) {
+  if (!c->peer_eof) return;
+  if (c->state == GW_CONN_IDLE || c->state == GW_CONN_HEAD || c->state == GW_CONN_DISCARD)
+    close_gracefully(c);
+}
+
 /* Runs the parser over buffered bytes and acts on what it finds. */
 static void process(gw_conn_t *c) {
   if (c->in_process) return; /* the outer call's loop picks the new state up */
   c->in_process = 1;
   parse_loop(c);
   c->in_process = 0;
+  close_after_eof(c);
 }
 
 /* Whether the parser has something to do: new bytes, or (when finishing a
@@ -515,9 +525,17 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       return;
     }
     if (c->state == GW_CONN_HANDLING) {
-      /* Stop reading; the answer may still be written if the peer only half-closed. */
+      /* The peer may only have half-closed: this answer and those of the
+       * requests it pipelined before its FIN are still owed (see
+       * close_after_eof). A reset fails their writes and closes. */
       read_stop(c);
-      if (c->req) c->req->close_after = 1;
+      c->peer_eof = 1;
+      return;
+    }
+    if (c->writes_pending > 0) {
+      /* Answers still queued for a half-closed peer go out first. */
+      c->peer_eof = 1;
+      close_gracefully(c);
       return;
     }
     gw_conn_close(c);
@@ -620,6 +638,8 @@ int gw_conn_want_body(gw_conn_t *c) {
   /* Parse what is buffered already; it may complete the body synchronously. */
   conn_ref(c);
   process(c);
+  /* After the peer's EOF the rest of the body can never come. */
+  if (r->body_state == GW_BODY_READING && c->peer_eof) body_finished(c, GW_BODY_FAILED);
   conn_unref(c);
   if (r->body_state != GW_BODY_READING) return 0;
   arm_timer(c, secs_ms(c->worker->cfg->timeouts.body));
@@ -654,6 +674,8 @@ int gw_conn_stream_body(gw_conn_t *c, int (*sink)(void *, const char *, size_t, 
   /* Bytes already buffered flow on the next read callback or right now. */
   conn_ref(c);
   process(c);
+  /* After the peer's EOF the rest of the body can never come. */
+  if (r->body_state == GW_BODY_STREAMING && c->peer_eof) body_finished(c, GW_BODY_FAILED);
   conn_unref(c);
   return 0;
 }

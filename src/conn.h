@@ -54,6 +54,7 @@ struct gw_conn_s {
   unsigned requests;     /* requests served, for the log */
   uint8_t close_scheduled; /* close when refs reach 0 */
   uint8_t reading;       /* uv_read_start is in effect */
+  uint8_t peer_eof;      /* the peer half-closed: nothing more comes, what is buffered is served */
   uint8_t in_process;    /* process() is on the stack: it will look again */
   uint8_t write_failed;  /* a write failed: close on the next timer turn */
   uint8_t head_timer_set; /* the current head's timeouts.header is armed */

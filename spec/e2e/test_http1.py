@@ -16,6 +16,8 @@ gw.get("/seq/:n", function(req)
 end)
 gw.post("/echo", function(req) return { status = 200, body = req:body() } end)
 gw.post("/ignore", function(req) return "ignored" end)
+gw.get("/big/:n", function(req) gw.sleep(0.05) return string.rep("b", tonumber(req.params.n)) end)
+gw.get("/bignow/:n", function(req) return string.rep("b", tonumber(req.params.n)) end)
 gw.post("/seen", function(req)
   local body = req:body()
   local names = {}
@@ -200,6 +202,33 @@ def test_blank_lines_before_a_request_are_bounded():
             data = c.read_until_close(3)
             check_error(data, 431)
             assert time.monotonic() - t0 < 2, "refused only after %.1fs" % (time.monotonic() - t0)
+        eq(g.get("/hello")[0], 200, "still serving")
+
+
+def test_half_close_after_pipelined_requests():
+    # A client may send its requests, then its FIN (shutdown(SHUT_WR)), and
+    # read: every request sent before the FIN is answered, in order, also
+    # when the first handler waits, and then the connection closes.
+    with Gateway(BASIC) as g:
+        for tail in (b"", b"GET /hello HTTP/1.1\r\nHo"):
+            with Conn(g.port) as c:
+                c.send(b"".join(req_bytes("GET", "/seq/%d" % n) for n in (1, 2, 3)) + tail)
+                c.sock.shutdown(socket.SHUT_WR)
+                rs = parse_all(c.read_until_close(5))
+                eq([(r.status, r.body) for r in rs], [(200, b"r1"), (200, b"r2"), (200, b"r3")],
+                   "answers before the FIN (then %r)" % tail)
+        # A large answer still being written when the FIN arrives goes out
+        # whole: the FIN comes while the handler waits, or after it answered
+        # (the answer then sat in the write queue and was dropped).
+        for path, pause in (("/big/3000000", 0), ("/bignow/8000000", 0.2)):
+            with Conn(g.port) as c:
+                c.send(req_bytes("GET", path))
+                time.sleep(pause)
+                c.sock.shutdown(socket.SHUT_WR)
+                time.sleep(0.3)
+                rs = parse_all(c.read_until_close(10))
+                eq([(r.status, len(r.body)) for r in rs], [(200, int(path.split("/")[2]))],
+                   "large answer %s with a FIN" % path)
         eq(g.get("/hello")[0], 200, "still serving")
 
 
