@@ -164,9 +164,16 @@ static int inspect_headers(gw_http1_t *h, gw_req_t *r) {
       saw_te = 1;
     } else if (header_is(h, hd, "expect")) {
       if (!value_is(h, hd, "100-continue")) return reject(h, 417, "unsupported expectation");
-      r->expect_continue = 1;
+      /* RFC 9110 10.1.1: an HTTP/1.0 client's 100-continue is ignored (it
+       * cannot take a 1xx answer). */
+      r->expect_continue = r->http_minor >= 1;
     }
   }
+  /* RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
+   * framing (1.0 has no chunked coding); reading it as chunked is how a
+   * 1.0 hop in front gets a request smuggled past it. */
+  if (saw_te && r->http_major == 1 && r->http_minor == 0)
+    return reject(h, 400, "Transfer-Encoding in an HTTP/1.0 request");
   if (r->http_major == 1 && r->http_minor >= 1 && !r->host_index)
     return reject(h, 400, "missing Host header");
   /* RFC 9112 6.3: a request whose Transfer-Encoding does not end in
@@ -185,6 +192,10 @@ static int on_headers_complete(llhttp_t *p) {
   r->chunked = (p->flags & F_CHUNKED) != 0;
   r->upgrade = llhttp_get_upgrade(p) != 0;
   r->content_length = (p->flags & F_CONTENT_LENGTH) ? p->content_length : 0;
+  /* llhttp takes an HTTP/0.9 request line ("GET /x", no version) and any
+   * major version; the gateway speaks HTTP/1.x only. */
+  if (r->http_major == 0) return reject(h, 400, "HTTP/0.9 request line");
+  if (r->http_major != 1) return reject(h, 505, "HTTP version not supported");
   const char *url = h->base + r->url_off;
   const char *q = memchr(url, '?', r->url_len);
   r->path_len = q ? (uint32_t)(q - url) : r->url_len;
@@ -250,6 +261,19 @@ static gw_http1_result_t parse_error(gw_http1_t *h, llhttp_errno_t err) {
   return GW_HTTP1_ERROR;
 }
 
+/* llhttp refuses a bare LF ending a header line, but takes one ending the
+ * request line or as the blank line. Lines must end in CRLF (RFC 9112 2.2
+ * lets a server refuse a bare LF), and parsers that disagree on line ends
+ * are how requests get smuggled past a proxy. */
+static int has_bare_lf(const char *head, size_t len) {
+  const char *p = head, *end = head + len;
+  while ((p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+    if (p == head || p[-1] != '\r') return 1;
+    p++;
+  }
+  return 0;
+}
+
 gw_http1_result_t gw_http1_execute(gw_http1_t *h, const char *base, size_t from, size_t to,
                                    size_t *consumed) {
   int head_was_done = h->head_done;
@@ -285,6 +309,11 @@ gw_http1_result_t gw_http1_execute(gw_http1_t *h, const char *base, size_t from,
       if (h->paused_at == GW_HTTP1_HEAD && h->msg_started && from + used - h->msg_start > h->limits->header_bytes) {
         h->status = 431;
         h->reason = "request head too large";
+        return GW_HTTP1_ERROR;
+      }
+      if (h->paused_at == GW_HTTP1_HEAD && h->msg_started && has_bare_lf(base + h->msg_start, from + used - h->msg_start)) {
+        h->status = 400;
+        h->reason = "bare LF in the request head";
         return GW_HTTP1_ERROR;
       }
       return (gw_http1_result_t)h->paused_at;

@@ -232,6 +232,43 @@ def test_half_close_after_pipelined_requests():
         eq(g.get("/hello")[0], 200, "still serving")
 
 
+def test_line_ends_and_versions_refused():
+    # Lines end in CR LF: llhttp refuses a bare LF ending a header line, and
+    # the gateway also one ending the request line or as the blank line.
+    # HTTP/0.9 and other major versions are not spoken.
+    with Gateway(BASIC) as g:
+        for data, status, why in (
+                (b"GET /hello HTTP/1.1\r\nHost: t\r\n\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n", 400,
+                 "bare LF as the blank line"),
+                (b"GET /hello HTTP/1.1\nHost: t\r\n\r\n", 400, "bare LF after the request line"),
+                (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\nhello", 400,
+                 "bare LF before a body"),
+                (b"GET /hello\r\n\r\n", 400, "HTTP/0.9 request line"),
+                (b"GET /hello HTTP/2.0\r\nHost: t\r\n\r\n", 505, "HTTP/2.0 request line")):
+            rs = parse_all(raw(g.port, data))
+            eq([r.status for r in rs], [status], why)
+        eq(g.get("/hello")[0], 200, "still serving")
+
+
+def test_http10_transfer_encoding_and_expect():
+    # RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message is faulty
+    # framing. RFC 9110 10.1.1: an HTTP/1.0 client's 100-continue is ignored
+    # (no 1xx answer to a 1.0 client).
+    with Gateway(BASIC) as g:
+        data = raw(g.port, req_bytes("POST", "/echo", [("Transfer-Encoding", "chunked"),
+                                                       ("Connection", "keep-alive")],
+                                     b"5\r\nhello\r\n0\r\n\r\n", version="HTTP/1.0")
+                   + req_bytes("GET", "/hello"))
+        eq([r.status for r in parse_all(data)], [400], "HTTP/1.0 with Transfer-Encoding")
+        with Conn(g.port) as c:
+            c.send(req_bytes("POST", "/echo", [("Content-Length", "5"), ("Expect", "100-continue")],
+                             version="HTTP/1.0", host=None))
+            time.sleep(0.2)
+            c.send(b"hello")
+            rs = parse_all(c.read_until_close(3))
+            eq([(r.status, r.body) for r in rs], [(200, b"hello")], "no 100 Continue to an HTTP/1.0 client")
+
+
 def test_http10_client():
     with Gateway(BASIC) as g:
         data = raw(g.port, req_bytes("GET", "/hello", version="HTTP/1.0", host=None), timeout=3)
