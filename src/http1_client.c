@@ -22,8 +22,22 @@ static int on_message_begin(llhttp_t *lp) {
   return 0;
 }
 
+/* Trailer fields (after a chunked body) are dropped: the head's header
+ * slices point into the head's bytes, which the caller keeps or copies,
+ * while body bytes (and trailers among them) are consumed as they pass.
+ * They are bounded all the same. */
+static int trailer_piece(gw_http1c_t *p, size_t len) {
+  p->trailer_bytes += len;
+  if (p->trailer_bytes > GW_HTTP1C_TRAILER_MAX) {
+    p->reason = "trailer fields too large in the upstream response";
+    return -1;
+  }
+  return 0;
+}
+
 static int on_header_field(llhttp_t *lp, const char *at, size_t len) {
   gw_http1c_t *p = P(lp);
+  if (p->head_done) return trailer_piece(p, len);
   if (p->nheaders == 0 || p->last_was_value) {
     if (p->nheaders >= p->max_headers) {
       p->reason = "too many headers in the upstream response";
@@ -44,6 +58,7 @@ static int on_header_field(llhttp_t *lp, const char *at, size_t len) {
 
 static int on_header_value(llhttp_t *lp, const char *at, size_t len) {
   gw_http1c_t *p = P(lp);
+  if (p->head_done) return trailer_piece(p, len);
   gw_header_t *h = &p->headers[p->nheaders - 1];
   uint32_t off = (uint32_t)(at - p->base);
   if (!p->last_was_value) h->value_off = off;
@@ -59,6 +74,19 @@ static int on_header_value(llhttp_t *lp, const char *at, size_t len) {
 static int on_headers_complete(llhttp_t *lp) {
   gw_http1c_t *p = P(lp);
   int status = llhttp_get_status_code(lp);
+  /* llhttp reads "HTTP/1.1 2 OK" as status 2: outside 100-599 a status is
+   * invalid (RFC 9110 15), and passing it on would make the client frame
+   * the answer by another status than the one it gets. */
+  if (status < 100 || status > 599) {
+    p->reason = "invalid status in the upstream response";
+    return -1;
+  }
+  /* llhttp takes a line that is only ":" as a header with an empty name. */
+  for (uint32_t i = 0; i < p->nheaders; i++)
+    if (p->headers[i].name_len == 0) {
+      p->reason = "empty header name in the upstream response";
+      return -1;
+    }
   /* 1xx answers are interim: the final answer follows on the same stream.
    * 101 is final for an upgrade, which this parser does not carry. */
   if (status >= 100 && status < 200 && status != 101) return 0;

@@ -30,6 +30,9 @@ typedef enum {
   GW_HTTP1C_ERROR          /* malformed: see `reason` */
 } gw_http1c_result_t;
 
+/* At most this many bytes of trailer fields after a chunked body. */
+#define GW_HTTP1C_TRAILER_MAX (64 * 1024)
+
 /* Embedded in an upstream exchange; reset for each exchange. */
 struct gw_http1c_s {
   llhttp_t parser;           /* parser->data points here */
@@ -52,6 +55,7 @@ struct gw_http1c_s {
   uint32_t nheaders;
   size_t head_end;           /* offset just past the head in the caller's buffer */
   size_t max_headers;        /* at most this many headers */
+  size_t trailer_bytes;      /* bytes of trailer fields so far (dropped) */
   const char *reason;        /* on error, static */
 };
 

@@ -15,7 +15,11 @@ of the path (/bytes and /api/bytes alike; any other path echoes):
   /status/N          status N, JSON {"origin", "status"}
   /slow?ms=N         waits N ms (woken early by stop()), then echoes
   /bytes?n=N         N bytes of pattern(N) with Content-Length;
-                     &chunked=1 sends them chunked (pieces of &piece= bytes)
+                     &chunked=1 sends them chunked (pieces of &piece= bytes),
+                     each &trailer=Name:Value adds a trailer field (and
+                     &tbig=N one of N bytes), and &tsplit=1 sends the trailer
+                     section a few bytes per write
+  /badstatus?code=N  a status line with status N as it is (e.g. 2), Content-Length 2
   /close             echoes, with `Connection: close`, then closes
   /drop              reads the request and closes without answering
   /truncate?n=N      promises N bytes (Content-Length), sends N/2, closes
@@ -199,7 +203,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif tail == "bytes":
                 self._send_bytes(int(args.get("n", ["0"])[0]),
                                  args.get("chunked", ["0"])[0] == "1",
-                                 int(args.get("piece", ["65536"])[0]))
+                                 int(args.get("piece", ["65536"])[0]),
+                                 args.get("trailer", []) + ["X-Big:" + "b" * int(n) for n in args.get("tbig", [])],
+                                 "tsplit" in args)
+            elif tail == "badstatus":
+                code = args.get("code", ["2"])[0]
+                self.wfile.write(b"HTTP/1.1 %s OK\r\nContent-Length: 2\r\n\r\nok" % code.encode())
             else:
                 doc = {
                     "origin": o.name, "method": self.command, "path": u.path,
@@ -273,7 +282,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not no_body and self.command != "HEAD":
             self.wfile.write(data)
 
-    def _send_bytes(self, n, chunked, piece):
+    def _send_bytes(self, n, chunked, piece, trailers=(), tsplit=False):
         piece = max(1, piece)
         if chunked:
             self._head(200, [("Content-Type", "application/octet-stream"),
@@ -294,7 +303,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(data)
             sent += k
         if chunked:
-            self.wfile.write(b"0\r\n\r\n")
+            last = b"0\r\n" + b"".join(t.encode() + b"\r\n" for t in trailers) + b"\r\n"
+            if not tsplit:
+                self.wfile.write(last)
+                return
+            for i in range(0, len(last), 3):
+                self.wfile.write(last[i:i + 3])
+                time.sleep(0.002)
 
 
 class Origin:
