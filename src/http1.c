@@ -182,6 +182,38 @@ static int inspect_headers(gw_http1_t *h, gw_req_t *r) {
   return 0;
 }
 
+/* RFC 9112 3.2.2: a server must accept a target in absolute form
+ * ("GET http://host/path"), and take the host from it rather than from the
+ * Host header. The target is rewritten in place, in the connection's read
+ * buffer, to its origin form, so that routing, req.path and proxying see
+ * "/path"; the Host header's value is pointed at the authority, which stays
+ * just before the path (moved one byte left when the path is empty, to make
+ * room for its "/"). A userinfo part or an empty host is refused. */
+static int absolute_to_origin_form(gw_http1_t *h, gw_req_t *r) {
+  char *url = (char *)h->base + r->url_off; /* the read buffer, writable */
+  size_t skip;
+  if (r->url_len > 7 && strncasecmp(url, "http://", 7) == 0) skip = 7;
+  else if (r->url_len > 8 && strncasecmp(url, "https://", 8) == 0) skip = 8;
+  else return 0;
+  char *auth = url + skip, *end = url + r->url_len, *path = auth;
+  while (path < end && *path != '/' && *path != '?') path++;
+  size_t alen = (size_t)(path - auth);
+  if (alen == 0 || memchr(auth, '@', alen)) return reject(h, 400, "invalid absolute-form target");
+  if (path == end || *path == '?') {
+    memmove(auth - 1, auth, alen);
+    auth--;
+    *--path = '/';
+  }
+  r->url_off = (uint32_t)(path - h->base);
+  r->url_len = (uint32_t)(end - path);
+  if (r->host_index) {
+    gw_header_t *host = &r->headers[r->host_index - 1];
+    host->value_off = (uint32_t)(auth - h->base);
+    host->value_len = (uint32_t)alen;
+  }
+  return 0;
+}
+
 static int on_headers_complete(llhttp_t *p) {
   gw_http1_t *h = H(p);
   gw_req_t *r = h->req;
@@ -196,10 +228,11 @@ static int on_headers_complete(llhttp_t *p) {
    * major version; the gateway speaks HTTP/1.x only. */
   if (r->http_major == 0) return reject(h, 400, "HTTP/0.9 request line");
   if (r->http_major != 1) return reject(h, 505, "HTTP version not supported");
+  if (inspect_headers(h, r) != 0) return -1;
+  if (r->method != HTTP_CONNECT && absolute_to_origin_form(h, r) != 0) return -1;
   const char *url = h->base + r->url_off;
   const char *q = memchr(url, '?', r->url_len);
   r->path_len = q ? (uint32_t)(q - url) : r->url_len;
-  if (inspect_headers(h, r) != 0) return -1;
   h->head_done = 1;
   h->paused_at = GW_HTTP1_HEAD;
   return HPE_PAUSED;

@@ -18,6 +18,10 @@ gw.post("/echo", function(req) return { status = 200, body = req:body() } end)
 gw.post("/ignore", function(req) return "ignored" end)
 gw.get("/big/:n", function(req) gw.sleep(0.05) return string.rep("b", tonumber(req.params.n)) end)
 gw.get("/bignow/:n", function(req) return string.rep("b", tonumber(req.params.n)) end)
+gw.get("/where/*rest", function(req)
+  return { json = { path = req.path, host = req.host, x = req.query.x or false } }
+end)
+gw.get("/", function(req) return { json = { path = req.path, host = req.host, x = req.query.x or false } } end)
 gw.post("/seen", function(req)
   local body = req:body()
   local names = {}
@@ -267,6 +271,24 @@ def test_http10_transfer_encoding_and_expect():
             c.send(b"hello")
             rs = parse_all(c.read_until_close(3))
             eq([(r.status, r.body) for r in rs], [(200, b"hello")], "no 100 Continue to an HTTP/1.0 client")
+
+
+def test_absolute_form_target():
+    # RFC 9112 3.2.2: an absolute-form target is accepted, routed by its
+    # path, and its authority is the host (the Host header is ignored).
+    import json
+    with Gateway(BASIC) as g:
+        for target, want in (("http://t/where/a?x=1", {"path": "/where/a", "host": "t", "x": "1"}),
+                             ("HTTPS://ex.example:8443/where/b", {"path": "/where/b", "host": "ex.example",
+                                                                  "x": False}),
+                             ("http://ex.example?x=2", {"path": "/", "host": "ex.example", "x": "2"}),
+                             ("http://ex.example", {"path": "/", "host": "ex.example", "x": False})):
+            rs = parse_all(raw(g.port, req_bytes("GET", target, [("Connection", "close")], host="other")))
+            eq([r.status for r in rs], [200], target)
+            eq(json.loads(rs[0].body), want, target)
+        for target in ("http://user@t/where/a", "http:///where/a"):
+            rs = parse_all(raw(g.port, req_bytes("GET", target)))
+            eq([r.status for r in rs], [400], target)
 
 
 def test_http10_client():
