@@ -770,32 +770,31 @@ void gw_conn_request_done(gw_conn_t *c) {
 
 /* ---- access log ---- */
 
+/* Appends `,"key":` and the NUL-terminated `value` as a JSON string. */
+static void log_str(gw_buf_t *b, const char *key, const char *value) {
+  gw_buf_printf(b, ",\"%s\":", key);
+  gw_buf_append_json(b, value, strlen(value));
+}
+
+/* One JSON line per request. Every string goes through the JSON escaper, the
+ * fixed ones too: the request id and route can come from a script or a
+ * client, and one unescaped quote would let them add or override keys. */
 static void access_log(gw_conn_t *c, gw_req_t *r) {
   if (!gw_access_log_enabled() || !r) return;
-  gw_req_id(r);
-  char tmp[256];
   gw_buf_t b;
   gw_buf_init(&b);
   double ms = (double)(uv_hrtime() - r->start_ns) / 1e6;
-  const char *buf = c->rbuf.base;
-  gw_buf_append_str(&b, "{\"time\":");
-  snprintf(tmp, sizeof tmp, "%.3f", (double)uv_now(c->worker->loop) / 1000.0);
   uv_timeval64_t tv;
   uv_gettimeofday(&tv);
-  snprintf(tmp, sizeof tmp, "%lld.%03d", (long long)tv.tv_sec, (int)(tv.tv_usec / 1000));
-  gw_buf_append_str(&b, tmp);
-  gw_buf_append_str(&b, ",\"ip\":\"");
-  gw_buf_append_str(&b, c->ip);
-  gw_buf_append_str(&b, "\",\"method\":\"");
-  const char *m = llhttp_method_name((llhttp_method_t)r->method);
-  if (r->url_len) gw_buf_append_str(&b, m);
-  gw_buf_append_str(&b, "\",\"path\":");
-  gw_buf_append_json(&b, r->url_len ? buf + r->url_off : "", r->url_len ? r->path_len : 0);
-  gw_buf_append_str(&b, ",\"route\":");
-  gw_buf_append_json(&b, r->route ? r->route : "", r->route ? strlen(r->route) : 0);
-  snprintf(tmp, sizeof tmp, ",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f,\"request_id\":\"%s\"}\n",
-           r->status, r->resp_bytes, ms, r->id);
-  gw_buf_append_str(&b, tmp);
+  gw_buf_printf(&b, "{\"time\":%lld.%03d", (long long)tv.tv_sec, (int)(tv.tv_usec / 1000));
+  log_str(&b, "ip", c->ip);
+  log_str(&b, "method", r->url_len ? llhttp_method_name((llhttp_method_t)r->method) : "");
+  gw_buf_append_str(&b, ",\"path\":");
+  gw_buf_append_json(&b, r->url_len ? c->rbuf.base + r->url_off : "", r->url_len ? r->path_len : 0);
+  log_str(&b, "route", r->route ? r->route : "");
+  gw_buf_printf(&b, ",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f", r->status, r->resp_bytes, ms);
+  log_str(&b, "request_id", gw_req_id(r));
+  gw_buf_append_str(&b, "}\n");
   gw_access_log_write(b.base, b.len);
   gw_buf_free(&b);
 }

@@ -242,8 +242,15 @@ void gw_response_error_with(gw_req_t *r, int status, const char *msg, const char
     gw_response_header(r, "Content-Type", 12, "application/json", 16);
     gw_response_header(r, "X-Request-Id", 12, id, strlen(id));
   }
-  char body[512];
-  int n = snprintf(body, sizeof body, "{\"error\":\"%s\",\"request_id\":\"%s\"}", msg, id);
-  if (n < 0 || (size_t)n >= sizeof body) n = snprintf(body, sizeof body, "{\"error\":\"error\",\"request_id\":\"%s\"}", id);
-  gw_response_send(r, body, (size_t)n);
+  /* Both strings escaped: the id may come from a script (req.id) and the
+   * message from an upstream's error text. */
+  gw_buf_t body;
+  gw_buf_init(&body);
+  gw_buf_append_str(&body, "{\"error\":");
+  gw_buf_append_json(&body, msg, strlen(msg));
+  gw_buf_append_str(&body, ",\"request_id\":");
+  gw_buf_append_json(&body, id, strlen(id));
+  gw_buf_append(&body, "}", 1);
+  gw_response_send(r, body.base, body.len);
+  gw_buf_free(&body);
 }

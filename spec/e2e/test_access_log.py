@@ -5,7 +5,7 @@ import os
 import re
 import time
 
-from gwtest import Gateway, eq, wait_for
+from gwtest import Gateway, check_error, eq, raw, req_bytes, wait_for
 
 APP = r'''
 gw.get("/hello", function(req) return "hello" end)
@@ -89,3 +89,49 @@ def test_access_log_file_and_off():
         eq(g.get("/hello")[0], 200, "request")
         g.get("/hello")
     assert "/hello" not in g.stdout_text(), "access_log = false still logs: %r" % g.stdout_text()
+
+
+# A request id written to close the JSON string and add keys of its own, and
+# the same trick in an id a script sets (any bytes but CR, LF and NUL).
+FORGED = 'x","status":200,"path":"/forged","ip":"10.9.9.9'
+SCRIPT_ID = 'x","status":201,"path":"/forged'
+
+ESCAPE_APP = r'''
+local dead = gw.upstream("dead", { servers = { "127.0.0.1:$PORT2" }, retries = 0 })
+gw.use("/mw", gw.mw.request_id())
+gw.get("/mw/hello", function(req) return "hello" end)
+-- The middleware returns the deferred answer unseen, so C makes the 502 when
+-- the upstream refuses (upstream.lua commit_deferred), with the script's id.
+local function set_id(req, next)
+  req.id = 'x","status":201,"path":"/forged'
+  return next()
+end
+gw.get("/script-id", set_id, function(req) return dead:proxy(req) end)
+gw.get("/files/*rest", function(req) return "file" end)
+'''
+
+
+def test_access_log_fields_cannot_be_forged():
+    # $PORT2 has no listener: the proxied route fails with a JSON error made in C.
+    cfg = ('local gw = require "gateway"\n'
+           'gw.config { listen = { "127.0.0.1:$PORT" }, access_log = "stdout" }\n') + ESCAPE_APP
+    with Gateway(cfg) as g:
+        forged = [("X-Request-Id", FORGED), ("Connection", "close")]
+        resp = raw(g.port, req_bytes("GET", "/mw/hello", forged))
+        assert resp.startswith(b"HTTP/1.1 200"), resp[:200]
+        doc = check_error(raw(g.port, req_bytes("GET", "/mw/missing", forged)), 404)
+        assert re.fullmatch(r"[0-9a-f]{32}", doc["request_id"]), \
+            "a quoting X-Request-Id was kept: %r" % doc["request_id"]
+        resp = raw(g.port, req_bytes("GET", "/script-id", [("Connection", "close")]))
+        eq(check_error(resp, 502)["request_id"], SCRIPT_ID, "request_id of the C-made 502")
+        # llhttp takes '"' and '\\' as they are in a target.
+        resp = raw(g.port, b'GET /files/a"b\\c HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n')
+        assert resp.startswith(b"HTTP/1.1 200"), resp[:200]
+        entries = _entries("\n".join(g.wait_stdout_lines(4)))
+        eq([(e["path"], e["status"], e["ip"]) for e in entries],
+           [("/mw/hello", 200, "127.0.0.1"), ("/mw/missing", 404, "127.0.0.1"),
+            ("/script-id", 502, "127.0.0.1"), ('/files/a"b\\c', 200, "127.0.0.1")],
+           "path, status and ip of each line")
+        eq(entries[2]["request_id"], SCRIPT_ID, "a script's id, logged as one string")
+        for e in entries[:2]:
+            assert re.fullmatch(r"[0-9a-f]{32}", e["request_id"]), e

@@ -181,6 +181,25 @@ gw.get("/id", function(req) return req.id end)
         assert body and body.decode() == h.get("x-request-id"), (body, h)
 
 
+def test_request_id_keeps_only_safe_ids():
+    cfg = PRELUDE + r'''
+gw.use(gw.mw.request_id())
+gw.get("/id", function(req) return req.id .. " " .. req.headers["x-request-id"] end)
+'''
+    kept = ["abc-123", "A_b.c:9", "f47ac10b-58cc-4372-a567-0e02b2c3d479", "x" * 128]
+    replaced = ['a"b', "a\\b", "a b", "a,b", "a{b}", "x" * 129, "caf\u00e9"]
+    with Gateway(cfg) as g:
+        for rid in kept:
+            st, h, body = g.get("/id", {"X-Request-Id": rid})
+            eq((st, body.decode(), h.get("x-request-id")), (200, rid + " " + rid, rid), "id %r kept" % rid)
+        for rid in replaced:
+            st, h, body = g.get("/id", {"X-Request-Id": rid.encode("utf-8")})
+            new = h.get("x-request-id", "")
+            assert re.fullmatch(r"[0-9a-f]{32}", new), "id %r: sent back %r" % (rid, new)
+            # The fresh id replaces the client's in req.id and upstream alike.
+            eq((st, body.decode()), (200, new + " " + new), "id %r replaced" % rid)
+
+
 def test_module_beside_config_and_stdlib():
     cfg = PRELUDE + r'''
 local helper = require "helper"

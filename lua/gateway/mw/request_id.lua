@@ -1,8 +1,12 @@
 -- gw.mw.request_id([opts]): gives every request an id.
 --
--- Keeps a valid incoming X-Request-Id (1-128 visible ASCII characters) or
--- makes one, sets req.id (which error answers and the access log use), sends
--- it upstream in the same header and back to the client as X-Request-Id.
+-- Keeps a valid incoming X-Request-Id (1-128 characters, each an ASCII letter
+-- or digit or one of - _ . :) or makes one, sets req.id (which error answers
+-- and the access log use), sends it upstream in the same header and back to
+-- the client as X-Request-Id. The narrow set is deliberate: the id is copied
+-- into logs and JSON written by other programs too, and an id is an opaque
+-- token (UUIDs, hex, ULIDs, "1-5759e988-bd86" style ids all fit), so a quote,
+-- a backslash or a space in one is never needed and only good for injection.
 --
 -- Parameters: opts.header: the header name (default "x-request-id").
 -- Returns: a middleware function(req, next).
@@ -15,7 +19,7 @@ return function(opts)
   if type(header) ~= "string" then error("request_id: header must be a string", 2) end
   return function(req, next)
     local id = req.headers[header]
-    if id and #id <= 128 and not find(id, "[^\33-\126]") then
+    if id and #id > 0 and #id <= 128 and not find(id, "[^A-Za-z0-9_.:%-]") then
       req.id = id
     else
       id = req.id
