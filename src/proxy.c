@@ -293,6 +293,26 @@ static int named_in_connection(const char *name, size_t n, const char *conn, siz
   return 0;
 }
 
+/* Did a script write request header `name` (req.headers: set or removed)? */
+static int edited_by_script(const gw_req_t *r, const char *name, size_t n) {
+  for (const gw_header_edit_t *e = r->edits; e; e = e->next)
+    if (e->name_len == n && strncasecmp(e->name, name, n) == 0) return 1;
+  return 0;
+}
+
+/* Does the client's Connection header make `name` hop-by-hop, so that it is
+ * not forwarded (RFC 9110 7.6.1)? It drops only the client's own values: a
+ * header a script wrote is the gateway's (an auth middleware's X-Consumer,
+ * say), and a client must not be able to strip it. Host is never dropped:
+ * it names the resource, it is no connection option, and without it the
+ * upstream would get its own address instead of the client's Host. */
+static int dropped_by_connection(const gw_req_t *r, const char *name, size_t n, const char *conn,
+                                 size_t clen) {
+  if (!conn || !named_in_connection(name, n, conn, clen)) return 0;
+  if (n == 4 && strncasecmp(name, "host", 4) == 0) return 0;
+  return !edited_by_script(r, name, n);
+}
+
 static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines, size_t llen) {
   const char *buf = gw_req_buffer(r);
   size_t clen = 0;
@@ -301,7 +321,7 @@ static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines,
     const gw_header_t *h = &r->headers[i];
     const char *name = buf + h->name_off;
     if (name_in(name, h->name_len, lines, llen)) continue;
-    if (conn && named_in_connection(name, h->name_len, conn, clen)) continue;
+    if (dropped_by_connection(r, name, h->name_len, conn, clen)) continue;
     if (h->name_len == 15 && strncasecmp(name, "x-forwarded-for", 15) == 0) continue;
     size_t vlen;
     /* Through gw_req_header so that script edits win (and removals vanish). */
@@ -325,7 +345,9 @@ static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines,
   }
   /* X-Forwarded-For: the client's chain plus the client itself. */
   size_t flen = 0;
-  const char *fwd = gw_req_header(r, "x-forwarded-for", 15, &flen);
+  const char *fwd = dropped_by_connection(r, "x-forwarded-for", 15, conn, clen)
+                        ? NULL
+                        : gw_req_header(r, "x-forwarded-for", 15, &flen);
   gw_buf_t v;
   gw_buf_init(&v);
   if (fwd) {

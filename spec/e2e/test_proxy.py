@@ -128,6 +128,29 @@ def test_proxy_drops_hop_by_hop_request_headers():
         eq(hvals(d, "x-foo"), [], "header named in Connection (X-Foo) forwarded")
 
 
+def test_proxy_connection_cannot_strip_script_headers_or_host():
+    # A client naming headers in Connection drops its own values only: the
+    # headers a script wrote still go upstream with the script's values, and
+    # the client's Host is kept (not replaced by the upstream's address).
+    named = "X-Added, X-Replace, X-Remove, X-Other, Host, X-Forwarded-For"
+    with Origin("A") as a, Gateway(fill(PROXY, A=a)) as g:
+        st, _, body = http(g.port, "GET", "/edit/x", {
+            "Host": "client.example", "Connection": named, "X-Added": "mallory",
+            "X-Replace": "original", "X-Remove": "gone", "X-Other": "hop",
+            "X-Forwarded-For": "10.9.9.9"})
+        eq(st, 200, "status")
+        d = echo_of(body)
+        eq(hvals(d, "x-added"), ["added-by-script"], "header the script added")
+        eq(hvals(d, "x-replace"), ["replaced"], "header the script replaced")
+        eq(hvals(d, "x-remove"), [], "header the script removed")
+        eq(hvals(d, "x-other"), [], "client header named in Connection")
+        eq(hvals(d, "host"), ["client.example"], "Host named in Connection")
+        eq(hvals(d, "x-forwarded-host"), ["client.example"], "X-Forwarded-Host")
+        eq(hvals(d, "x-forwarded-for"), ["127.0.0.1"], "the client's own chain dropped, the client added")
+        st, _, body = http(g.port, "GET", "/p/host", {"Host": "client.example", "Connection": "host"})
+        eq((st, hvals(echo_of(body), "host")), (200, ["client.example"]), "Host on a plain proxy")
+
+
 def test_proxy_drops_hop_by_hop_response_headers():
     with Origin("A") as a, Gateway(fill(PROXY, A=a)) as g:
         q = "rh=Connection:X-Resp-Hop&rh=X-Resp-Hop:secret&rh=Keep-Alive:timeout%3D7&rh=X-Resp-Kept:yes"
