@@ -75,7 +75,9 @@ static void refresh_date(void) {
 
 int gw_response_start(gw_req_t *r, int status) {
   if (r->resp_state != GW_RESP_NONE) return GW_ESTATE;
-  if (status < 100 || status > 999) status = 500;
+  /* RFC 9110 15: no status outside 100-599 exists. A 1xx is kept for now:
+   * only the framing at send time says whether it may go (a 101 tunnel). */
+  if (status < 100 || status > 599) status = 500;
   r->status = status;
   r->resp_head.len = 0;
   if (status == 200) {
@@ -140,6 +142,22 @@ void gw_response_add_raw(gw_req_t *r, const char *name, const char *value, size_
   gw_buf_append(b, "\r\n", 2);
 }
 
+/* May the status started go out as the final answer with this framing?
+ * 200-599 may; of the 1xx only a 101 that switches an upgrade request to a
+ * tunnel. Any other 1xx is interim (RFC 9110 15.2): the client would wait
+ * for the real answer and take the next request's for it. */
+static int status_is_final(const gw_req_t *r, gw_framing_t framing) {
+  if (r->status >= 200) return 1;
+  return r->status == 101 && framing == GW_FRAMING_UPGRADE && r->upgrade;
+}
+
+/* Answers 500 instead of a head whose status cannot be final. The script
+ * layers refuse such statuses first (runtime.lua); this catches any caller. */
+static void refuse_interim_status(gw_req_t *r) {
+  gw_log_error("request %s: status %d cannot be a final answer; sending 500 instead", gw_req_id(r), r->status);
+  gw_response_error(r, 500, "internal error");
+}
+
 /* Appends Date, framing and Connection headers and the blank line. */
 static void finish_head(gw_req_t *r, gw_framing_t framing, uint64_t length) {
   if (framing == GW_FRAMING_UPGRADE) {
@@ -174,6 +192,10 @@ int gw_response_send_head(gw_req_t *r, gw_framing_t framing, uint64_t length) {
 
 int gw_response_hold_head(gw_req_t *r, gw_framing_t framing, uint64_t length) {
   if (r->resp_state != GW_RESP_NONE) return GW_ESTATE;
+  if (!status_is_final(r, framing)) {
+    refuse_interim_status(r);
+    return GW_ESTATE;
+  }
   finish_head(r, framing, length);
   r->resp_bytes = r->resp_head.len;
   r->head_held = 1;
@@ -193,6 +215,10 @@ void gw_response_flush_head(gw_req_t *r, const uv_buf_t *more, unsigned n) {
 
 int gw_response_send(gw_req_t *r, const char *body, size_t len) {
   if (r->resp_state != GW_RESP_NONE) return GW_ESTATE;
+  if (!status_is_final(r, GW_FRAMING_LENGTH)) {
+    refuse_interim_status(r);
+    return 0;
+  }
   if (status_has_body(r->status)) {
     finish_head(r, GW_FRAMING_LENGTH, len);
   } else {

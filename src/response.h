@@ -15,8 +15,10 @@
 
 #include "request.h"
 
-/* Begins a response with `status` (100..999). Returns GW_ESTATE if one was
- * already sent. */
+/* Begins a response with `status` (100..599; anything else becomes 500).
+ * Returns GW_ESTATE if one was already sent. A 1xx cannot be final: sending
+ * it answers 500 instead (a 101 passes only as GW_FRAMING_UPGRADE of an
+ * upgrade request). */
 int gw_response_start(gw_req_t *r, int status);
 /* Adds a header. Framing headers (Content-Length, Transfer-Encoding,
  * Connection) given by a script are ignored: the core decides framing.
@@ -35,7 +37,8 @@ typedef enum {
  * Connection: Upgrade of a 101). The caller checked name and value. */
 void gw_response_add_raw(gw_req_t *r, const char *name, const char *value, size_t vlen);
 /* Finishes and writes the head only; the caller writes the body itself
- * (streaming). Marks the response sent. */
+ * (streaming). Marks the response sent. A status that cannot be final
+ * (see gw_response_start) is answered 500 instead and GW_ESTATE returned. */
 int gw_response_send_head(gw_req_t *r, gw_framing_t framing, uint64_t length);
 /* The same, but the head is held back and goes out with the first body
  * bytes given to gw_response_flush_head: one write instead of two. */
@@ -43,7 +46,8 @@ int gw_response_hold_head(gw_req_t *r, gw_framing_t framing, uint64_t length);
 /* Writes the held head (if any) followed by `more` (up to 7 buffers). */
 void gw_response_flush_head(gw_req_t *r, const uv_buf_t *more, unsigned n);
 /* Finishes the head and writes head and body. The body is copied if the
- * socket cannot take it at once, so the caller's memory is free after. */
+ * socket cannot take it at once, so the caller's memory is free after. A
+ * 1xx status is answered with a 500 JSON error instead (and 0 returned). */
 int gw_response_send(gw_req_t *r, const char *body, size_t len);
 /* A complete JSON error answer {"error": msg, "request_id": id}, for
  * errors found before or outside Lua (400, 408, 413...). */

@@ -206,6 +206,20 @@ local function direct_of(route)
   return direct
 end
 
+-- Is `status` one a final answer may have? A whole number 200-599 (RFC 9110
+-- 15: 1xx are interim). Sent as the answer, a 1xx makes the client wait for
+-- the real one and take the next request's answer for it. 101 passes only
+-- for a proxied upgrade (`tunnel`): C checks that the client asked for one
+-- and turns the connection into a tunnel.
+local function final_status(status, tunnel)
+  if type(status) ~= "number" or status % 1 ~= 0 then return false end
+  return (status >= 200 and status <= 599) or (tunnel and status == 101)
+end
+
+local function bad_status(status)
+  error("response status must be a whole number 200-599, not " .. tostring(status), 0)
+end
+
 local function send(req, res)
   if rawget(res, "_deferred") then
     -- A deferred proxy response nobody looked at: C answers it.
@@ -214,6 +228,7 @@ local function send(req, res)
   local r, s = req._r, req._s
   local status = res.status
   if res._proxy and res._req == req then
+    if not final_status(status, true) then bad_status(status) end
     return upstream().send_proxied(req, res)
   end
   if res._proxy then
@@ -229,9 +244,7 @@ local function send(req, res)
     -- its Date stay behind (ours is added).
     res.headers = upstream().end_to_end(res.headers)
   end
-  if type(status) ~= "number" or status < 100 or status > 999 or status % 1 ~= 0 then
-    error("response status must be a whole number 100-999, not " .. tostring(status), 0)
-  end
+  if not final_status(status, false) then bad_status(status) end
   local headers, body = res.headers, res.body
   -- rawget: an upstream response object has json (and body) methods.
   local json = rawget(res, "json")
@@ -395,11 +408,15 @@ local function on_handler_error(err)
 end
 
 local function finish_error(req, e)
+  local trace = e.trace
   if e.status then
-    send_error(req, e.status, e.message or "error")
-    return
+    if final_status(e.status, false) then
+      send_error(req, e.status, e.message or "error")
+      return
+    end
+    trace = "error({ status = " .. tostring(e.status) .. " }): the status must be a whole number 200-599"
   end
-  log_error(format("request %s %s (id %s) failed: %s", req.method, req.path, req.id, e.trace))
+  log_error(format("request %s %s (id %s) failed: %s", req.method, req.path, req.id, trace))
   send_error(req, 500, "internal error")
 end
 

@@ -30,7 +30,9 @@ of the path (/bytes and /api/bytes alike; any other path echoes):
                      number of the TCP connection, 1-based), seq (the
                      request's number on that connection, 1-based).
                      Each `rh=Name:Value` query parameter adds a response
-                     header; `ms=N` delays the answer as /slow does.
+                     header; `ms=N` delays the answer as /slow does; each
+                     `interim=N` (a 1xx) sends an interim answer first,
+                     with a `Link` header.
 
 Settings (attributes, may be changed while it runs):
 
@@ -219,6 +221,10 @@ class _Handler(BaseHTTPRequestHandler):
                     "conn": self.conn_no, "seq": self.seq, "sni": self.sni,
                     "resumed": self.resumed,
                 }
+                for code in args.get("interim", []):
+                    # Raw: http.server would log and count it as the answer.
+                    self.wfile.write(b"HTTP/1.1 %d Interim\r\nLink: </style.css>; rel=preload\r\n\r\n"
+                                     % int(code))
                 extra = []
                 for rh in args.get("rh", []):
                     name, _, value = rh.partition(":")

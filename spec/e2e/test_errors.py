@@ -121,6 +121,56 @@ def test_crlf_in_response_header_is_500():
         eq(g.get("/ok")[:3:2], (200, b"ok"), "next request")
 
 
+INTERIM = PRELUDE + r'''
+local C = require("gateway.base").C
+gw.get("/number", function(req) return 100 end)
+gw.get("/table", function(req) return { status = 103, body = "early" } end)
+gw.get("/json", function(req) return { status = 199, json = { a = 1 } } end)
+gw.get("/switch", function(req) return { status = 101 } end)
+gw.get("/raised", function(req) error({ status = 100, message = "continue" }) end)
+gw.get("/fraction", function(req) return { status = 200.5 } end)
+gw.get("/nan", function(req) return { status = 0/0 } end)
+gw.get("/big", function(req) return 600 end)
+gw.use("/mw", function(req, next)
+  local res = next()
+  res.status = 102
+  return res
+end)
+gw.get("/mw/x", function(req) return "x" end)
+-- Past runtime.lua's check, straight to the C calls: C refuses it too.
+gw.get("/ffi", function(req)
+  C.gw_ffi_resp_start(req._r, req._s, 100)
+  C.gw_ffi_resp_send(req._r, req._s, "interim?", 8)
+  return ""
+end)
+gw.get("/secret", function(req) return "answer-for-secret" end)
+'''
+
+
+def _make_final_status(path, logged):
+    def test():
+        with Gateway(INTERIM) as g:
+            # The next request rides on the same connection: with a 1xx as the
+            # answer, a client would take the next answer for this one's.
+            with Conn(g.port) as c:
+                c.send(req_bytes("GET", path) + req_bytes("GET", "/secret"))
+                r = c.read_response()
+                _check_500(r.status, r.headers, r.body)
+                r = c.read_response()
+                eq((r.status, r.body), (200, b"answer-for-secret"), "the next answer")
+            err = g.wait_stderr(logged)
+            assert logged in err, "the log does not name the status (%r):\n%s" % (logged, err[-2000:])
+    return test
+
+
+for _path, _logged in (("/number", "not 100"), ("/table", "not 103"), ("/json", "not 199"),
+                       ("/switch", "not 101"), ("/raised", "status = 100"), ("/fraction", "not 200.5"),
+                       ("/nan", "not nan"), ("/big", "not 600"), ("/mw/x", "not 102"),
+                       ("/ffi", "status 100 cannot be a final answer")):
+    globals()["test_bad_final_status_is_500_" + _path.strip("/").replace("/", "_")] = \
+        _make_final_status(_path, _logged)
+
+
 def test_errors_between_requests_many_times():
     # A request coroutine serves request after request inside one protected
     # call, restarted after each error (runtime.lua serve): errors mixed with

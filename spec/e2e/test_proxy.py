@@ -191,6 +191,33 @@ def test_proxy_script_edits_and_overrides():
         eq(hvals(d, "x-forwarded-host"), ["client.example"], "X-Forwarded-Host is the client's Host")
 
 
+def test_proxy_upstream_interim_answers_are_skipped():
+    # 1xx answers before the upstream's final one are interim (RFC 9110 15.2):
+    # never passed on as the answer, whatever path the answer takes.
+    cfg = PROXY + r'''
+gw.get("/buffered", function(req) return up:get("/echo/b?interim=103&interim=100") end)
+gw.get("/looked/*rest", function(req)
+  local res = up:proxy(req)
+  res.headers["X-Seen-Status"] = tostring(res.status)
+  return res
+end)
+'''
+    with Origin("A") as a, Gateway(fill(cfg, A=a)) as g:
+        for path in ("/p/x?interim=103", "/p/x?interim=100&interim=103", "/looked/x?interim=102",
+                     "/buffered"):
+            with Conn(g.port) as c:
+                c.send(req_bytes("GET", path) + req_bytes("GET", "/p/next"))
+                r = c.read_response()
+                eq(r.status, 200, "%s: the first answer on the wire" % path)
+                eq(r.headers.get("link"), None, "%s: the interim answer's header" % path)
+                eq(echo_of(r.body)["path"], "/echo/b" if path == "/buffered" else path.split("?")[0],
+                   "%s: its own answer" % path)
+                if path.startswith("/looked"):
+                    eq(r.headers.get("x-seen-status"), "200", "the status a script sees")
+                r = c.read_response()
+                eq((r.status, echo_of(r.body)["path"]), (200, "/p/next"), "%s: the next answer" % path)
+
+
 def test_proxy_middleware_changes_response():
     with Origin("A") as a, Gateway(fill(PROXY, A=a)) as g:
         st, h, body = http(g.port, "GET", "/mw/x?rh=X-Up:1")

@@ -5,7 +5,7 @@ import socket
 import threading
 import time
 
-from gwtest import Gateway, eq, free_port
+from gwtest import Gateway, check_error, eq, free_port, raw, req_bytes
 
 
 class EchoUpgradeServer:
@@ -75,6 +75,12 @@ gw.config { listen = { "127.0.0.1:$PORT" } }
 local be = gw.upstream("ws", { servers = { "127.0.0.1:@WS@" } })
 gw.get("/ws", function(req) return be:proxy(req) end)
 gw.get("/plain", function(req) return be:proxy(req) end)
+gw.get("/looked", function(req)
+  local res = be:proxy(req)
+  res.headers["X-Seen"] = "yes"
+  return res
+end)
+gw.get("/buffered", function(req) return be:get("/buffered", { timeout = 1 }) end)
 '''
 
 
@@ -150,5 +156,21 @@ def test_upgrade_then_normal_requests_still_work():
                 assert b"PING" in got, got
                 s.close()
             eq(len(ws.heads), 3, "three tunnels, three upstream connections")
+    finally:
+        ws.stop()
+
+
+def test_upstream_101_without_an_upgrade_is_not_passed_on():
+    # A 101 is final only for a request that asked to switch; to any other it
+    # would leave the client waiting for the real answer.
+    ws = EchoUpgradeServer()
+    try:
+        with Gateway(CONFIG.replace("@WS@", str(ws.port))) as g:
+            for path, status in (("/plain", 502), ("/looked", 500), ("/buffered", 500)):
+                resp = raw(g.port, req_bytes("GET", path, [("Connection", "close")]))
+                check_error(resp, status)
+            err = g.stderr_text()
+            assert "101 for a request that asked for no upgrade" in err, err[-2000:]
+            eq(g.get("/plain", {"Upgrade": "echo", "Connection": "Upgrade"})[0], 101, "a real upgrade")
     finally:
         ws.stop()
