@@ -57,6 +57,12 @@ local config_schema = {
   tls = { ticket_rotate = "posnum", session_tickets = "boolean" },
 }
 
+-- Bounds of the numbers C turns into integers: past them a conversion is
+-- undefined behaviour in C (src/config.h gw_seconds_to_ms). Sizes and counts
+-- stay exact in a double up to 2^53; times are clamped in C to a year.
+local MAX_WHOLE = 2 ^ 53
+local MAX_WORKERS = 1024
+
 local function bad(key, want, got, level)
   error(("gw.config: %s must be %s (got %s)"):format(key, want, tostring(got)), level + 1)
 end
@@ -124,13 +130,17 @@ end
 
 local function check_value(key, kind, v, level)
   if kind == "workers" then
-    if v ~= "auto" and (type(v) ~= "number" or v < 1 or v % 1 ~= 0) then
-      bad(key, '"auto" or a whole number >= 1', v, level)
+    if v ~= "auto" and (type(v) ~= "number" or v < 1 or v > MAX_WORKERS or v % 1 ~= 0) then
+      bad(key, '"auto" or a whole number from 1 to ' .. MAX_WORKERS, v, level)
     end
   elseif kind == "posint" then
-    if type(v) ~= "number" or v < 1 or v % 1 ~= 0 then bad(key, "a whole number >= 1", v, level) end
+    if type(v) ~= "number" or v < 1 or v > MAX_WHOLE or v % 1 ~= 0 then
+      bad(key, "a whole number from 1 to 2^53", v, level)
+    end
   elseif kind == "posnum" then
-    if type(v) ~= "number" or v <= 0 then bad(key, "a number > 0", v, level) end
+    -- `not (v > 0)` refuses NaN too. A huge value (math.huge) is allowed:
+    -- it means "a year", the longest C waits (src/config.h GW_MAX_SECONDS).
+    if type(v) ~= "number" or not (v > 0) then bad(key, "a number > 0", v, level) end
   elseif kind == "string" then
     if type(v) ~= "string" then bad(key, "a string", v, level) end
   elseif kind == "boolean" then
@@ -323,7 +333,9 @@ end
 gw.log = { debug = log_at(0), info = log_at(1), warn = log_at(2), error = log_at(3) }
 
 local function add_timer(name, after, every, fn)
-  if type(after) ~= "number" or after < 0 then error("gw.timer." .. name .. ": seconds must be >= 0", 3) end
+  if type(after) ~= "number" or not (after >= 0) then
+    error("gw.timer." .. name .. ": seconds must be >= 0", 3) -- NaN too
+  end
   if type(fn) ~= "function" then error("gw.timer." .. name .. ": a function is required", 3) end
   state.next_timer = state.next_timer + 1
   local id = state.next_timer
@@ -341,11 +353,16 @@ local function add_timer(name, after, every, fn)
   return nil, "reloaded"
 end
 
+-- Not tail calls: add_timer's errors name the line of the call (level 3).
 gw.timer = {
-  after = function(s, fn) return add_timer("after", s, nil, fn) end,
+  after = function(s, fn)
+    local id, err = add_timer("after", s, nil, fn)
+    return id, err
+  end,
   every = function(s, fn)
-    if type(s) ~= "number" or s <= 0 then error("gw.timer.every: seconds must be > 0", 2) end
-    return add_timer("every", s, s, fn)
+    if type(s) ~= "number" or not (s > 0) then error("gw.timer.every: seconds must be > 0", 2) end
+    local id, err = add_timer("every", s, s, fn)
+    return id, err
   end,
 }
 

@@ -46,7 +46,11 @@ static ssize_t tls_read(gw_uconn_t *uc, ssize_t nread);
 static void tls_flush_body(gw_exchange_t *x);
 static void tls_close_notify(gw_uconn_t *uc);
 
-static uint64_t ms(double s) { return s <= 0 ? 1 : (uint64_t)(s * 1000.0); }
+/* An upstream timeout in ms (config.h gw_seconds_to_ms), at least 1. */
+static uint64_t ms(double s) {
+  uint64_t n = gw_seconds_to_ms(s);
+  return n ? n : 1;
+}
 
 /* ---- the request ---- */
 

@@ -9,9 +9,30 @@
 #ifndef GW_CONFIG_H
 #define GW_CONFIG_H
 
+#include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "tls.h"
+
+/* The longest wait a timeout, timer or sleep given in seconds may ask for:
+ * one year. Longer ones (1e300, math.huge) are clamped to it: a timer that
+ * long never fires in the life of a process anyway, and a deadline (a
+ * clock in ms plus the wait) stays far from the end of uint64_t. */
+#define GW_MAX_SECONDS (365.0 * 24 * 3600)
+
+/* `seconds` from the configuration or a script as whole milliseconds,
+ * rounded up so that a wait never ends early: NaN and anything <= 0 give 0,
+ * anything past GW_MAX_SECONDS gives that maximum. A double converted to an
+ * integer type it does not fit is undefined behaviour in C (on x86-64,
+ * 1e300 s gave 0 ms or 2^63: an immediate 408, a gw.sleep of 1 ms), so
+ * every configured or scripted time becomes an integer here only. Callers
+ * that need a minimum (a timer of at least 1 ms) apply it to the result. */
+static inline uint64_t gw_seconds_to_ms(double seconds) {
+  if (!(seconds > 0)) return 0; /* NaN compares false */
+  if (seconds > GW_MAX_SECONDS) seconds = GW_MAX_SECONDS;
+  return (uint64_t)ceil(seconds * 1000.0);
+}
 
 typedef struct gw_limits_s {
   size_t header_bytes; /* request line + headers; a longer target is 414, a longer head 431 */

@@ -57,7 +57,11 @@ static void conn_unref(gw_conn_t *c) {
   }
 }
 
-static uint64_t secs_ms(double s) { return s <= 0 ? 1 : (uint64_t)(s * 1000.0); }
+/* A connection timeout in ms (config.h gw_seconds_to_ms), at least 1. */
+static uint64_t secs_ms(double s) {
+  uint64_t ms = gw_seconds_to_ms(s);
+  return ms ? ms : 1;
+}
 
 static void on_timeout(uv_timer_t *t);
 

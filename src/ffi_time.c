@@ -14,7 +14,6 @@
  * never be freed. Its one-shot timers still fire once, as work in flight,
  * and a retired generation cannot start new timers.
  */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -66,8 +65,10 @@ GW_FFI_EXPORT int gw_ffi_sleep(gw_task_t *t, uint32_t ts, double seconds, uint32
   gw_waiter_add(t, &sl->w);
   /* Never shorter than asked: libuv counts from the loop's cached time,
    * which can be a whole iteration old and is whole milliseconds (truncated),
-   * so refresh it and round up, plus the millisecond truncation can lose. */
-  uint64_t ms = seconds <= 0 ? 0 : (uint64_t)ceil(seconds * 1000.0) + 1;
+   * so refresh it and round up, plus the millisecond truncation can lose.
+   * Past a year (math.huge too) the sleep is a year: gw_seconds_to_ms. */
+  uint64_t ms = gw_seconds_to_ms(seconds);
+  if (ms) ms++;
   uv_update_time(gw__worker->loop);
   uv_timer_start(&sl->timer, on_sleep_done, ms, 0);
   *wait_id = sl->w.id;
@@ -141,8 +142,8 @@ GW_FFI_EXPORT int gw_ffi_timer_start(int id, double after, double every) {
   gw_vm_ref(vm);
   lt->id = id;
   lt->repeat = every > 0;
-  uint64_t after_ms = after <= 0 ? 0 : (uint64_t)(after * 1000.0 + 0.5);
-  uint64_t every_ms = every <= 0 ? 0 : (uint64_t)(every * 1000.0 + 0.5);
+  uint64_t after_ms = gw_seconds_to_ms(after);
+  uint64_t every_ms = gw_seconds_to_ms(every);
   if (lt->repeat && every_ms == 0) every_ms = 1;
   uv_timer_start(&lt->handle, on_ltimer, after_ms, every_ms);
   /* Timers never keep a draining worker alive. */

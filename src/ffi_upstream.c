@@ -10,6 +10,7 @@
  */
 #include <lauxlib.h>
 #include <lua.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,7 +71,9 @@ GW_FFI_EXPORT gw_upstream_t *gw_ffi_upstream_declare(const char *name, const cha
   up->retries = retries;
   up->passive_failures = passive_failures;
   up->passive_cooldown = passive_cooldown;
-  up->max_body = (size_t)max_body;
+  /* upstream.lua allows 0 to 2^53; anything else (NaN included) would be
+   * undefined behaviour as a size_t, so it means "no limit" here. */
+  up->max_body = max_body >= 0 && max_body <= 0x1p53 ? (size_t)max_body : SIZE_MAX;
   up->breaker_failures = breaker_failures;
   up->breaker_window = breaker_window;
   up->breaker_cooldown = breaker_cooldown;

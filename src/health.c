@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "log.h"
 #include "mem.h"
 
@@ -85,7 +86,7 @@ int gw_health_report(gw_health_t *h, int ok, int failures, double cooldown, uint
   /* Only the report that reaches the threshold marks it (others race to 0). */
   uint32_t expected = n;
   if (!__atomic_compare_exchange_n(&h->fails, &expected, 0, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return 0;
-  __atomic_store_n(&h->down_until, now + (uint64_t)(cooldown * 1000), __ATOMIC_RELAXED);
+  __atomic_store_n(&h->down_until, now + gw_seconds_to_ms(cooldown), __ATOMIC_RELAXED);
   return 1;
 }
 
@@ -115,7 +116,7 @@ void gw_breaker_report(gw_health_t *g, int ok, int probe, int failures, double w
       __atomic_store_n(&g->window_start, now, __ATOMIC_RELAXED);
       __atomic_store_n(&g->breaker, GW_BREAKER_CLOSED, __ATOMIC_RELAXED);
     } else {
-      __atomic_store_n(&g->open_until, now + (uint64_t)(cooldown * 1000), __ATOMIC_RELAXED);
+      __atomic_store_n(&g->open_until, now + gw_seconds_to_ms(cooldown), __ATOMIC_RELAXED);
       __atomic_store_n(&g->breaker, GW_BREAKER_OPEN, __ATOMIC_RELAXED);
     }
     __atomic_store_n(&g->probe, 0, __ATOMIC_RELEASE);
@@ -123,14 +124,14 @@ void gw_breaker_report(gw_health_t *g, int ok, int probe, int failures, double w
   }
   if (ok || gw_health_load32(&g->breaker) != GW_BREAKER_CLOSED) return;
   uint64_t start = gw_health_load(&g->window_start);
-  if (now - start > (uint64_t)(window * 1000)) {
+  if (now - start > gw_seconds_to_ms(window)) {
     /* A new window; a racing reset loses at most a failure or two. */
     __atomic_store_n(&g->window_start, now, __ATOMIC_RELAXED);
     __atomic_store_n(&g->window_fails, 0, __ATOMIC_RELAXED);
   }
   uint32_t n = __atomic_add_fetch(&g->window_fails, 1, __ATOMIC_RELAXED);
   if (n >= (uint32_t)failures) {
-    __atomic_store_n(&g->open_until, now + (uint64_t)(cooldown * 1000), __ATOMIC_RELAXED);
+    __atomic_store_n(&g->open_until, now + gw_seconds_to_ms(cooldown), __ATOMIC_RELAXED);
     __atomic_store_n(&g->breaker, GW_BREAKER_OPEN, __ATOMIC_RELAXED);
     gw_log_warn("upstream %s: circuit breaker open for %.1f s after %u failures", g->name, cooldown, n);
   }

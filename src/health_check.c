@@ -139,7 +139,7 @@ void gw_health_check_configure(gw_upstream_t *up, const char *path, double inter
     ck->timer.data = ck;
     ck->running = 1;
   }
-  uint64_t every = (uint64_t)(ck->cfg.interval * 1000);
+  uint64_t every = gw_seconds_to_ms(ck->cfg.interval);
   if (path) {
     uv_timer_start(&ck->timer, on_round, 0, every);
     /* Checks never keep a draining worker alive. */

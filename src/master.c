@@ -304,7 +304,7 @@ int gw_master_run(const char *path, int workers) {
       stopping = 1;
       close_sockets(slots, n); /* new connections are refused from now on */
       signal_all(slots, n, SIGTERM);
-      alarm((unsigned)drain + 5);
+      alarm((unsigned)(gw_seconds_to_ms(drain) / 1000) + 5);
     }
     if (got_hup) {
       int from = hup_from;

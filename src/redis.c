@@ -325,7 +325,8 @@ static conn_t *conn_open(gw_redis_pool_t *p, double timeout, const char **err) {
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
   uv_timer_init(gw__worker->loop, &c->timer);
   c->timer.data = c;
-  uint64_t ms = timeout <= 0 ? 1 : (uint64_t)(timeout * 1000.0 + 0.5);
+  uint64_t ms = gw_seconds_to_ms(timeout);
+  if (!ms) ms = 1;
   uv_timer_start(&c->timer, on_connect_timeout, ms, 0);
   /* Queued now, sent once connected, answered before the caller's command. */
   if (p->pass) {
@@ -432,7 +433,8 @@ gw_redis_cmd_t *gw_redis_command(gw_redis_pool_t *p, int argc, const char **argv
   uv_timer_init(gw__worker->loop, &cmd->timer);
   cmd->timer.data = cmd;
   cmd->timer_open = 1;
-  uint64_t ms = timeout <= 0 ? 1 : (uint64_t)(timeout * 1000.0 + 0.5);
+  uint64_t ms = gw_seconds_to_ms(timeout);
+  if (!ms) ms = 1;
   uv_timer_start(&cmd->timer, on_cmd_timeout, ms, 0);
   return cmd;
 }

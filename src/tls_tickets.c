@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "config.h"
+
 /* One key. Lives in the ring; written only under the ring's lock. */
 typedef struct {
   uint64_t made;          /* CLOCK_MONOTONIC ms it was made; 0: empty or being written */
@@ -45,7 +47,7 @@ void gw_tickets_attach(void *mem) {
 }
 
 void gw_tickets_set_rotate(double seconds) {
-  uint64_t ms = (uint64_t)(seconds * 1000);
+  uint64_t ms = gw_seconds_to_ms(seconds);
   rotate_ms = ms > 0 ? ms : 1;
 }
 

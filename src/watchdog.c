@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "log.h"
 
 static uint64_t entered;   /* ms (CLOCK_MONOTONIC_COARSE) the current Lua run began, 0: none */
@@ -86,7 +87,7 @@ int gw_watchdog_start(double budget) {
 }
 
 void gw_watchdog_set_budget(double budget) {
-  uint64_t ms = budget > 0 ? (uint64_t)(budget * 1000) : 5000;
+  uint64_t ms = budget > 0 ? gw_seconds_to_ms(budget) : 5000;
   __atomic_store_n(&budget_ms, ms, __ATOMIC_RELAXED);
 }
 

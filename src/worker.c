@@ -86,7 +86,7 @@ static void start_drain(gw_worker_t *w) {
   }
   uv_timer_init(w->loop, &w->drain_timer);
   w->drain_timer.data = w;
-  uv_timer_start(&w->drain_timer, on_drain_timeout, (uint64_t)(w->cfg->timeouts.drain * 1000), 0);
+  uv_timer_start(&w->drain_timer, on_drain_timeout, gw_seconds_to_ms(w->cfg->timeouts.drain), 0);
   uv_unref((uv_handle_t *)&w->drain_timer);
   stop_loop_if_idle(w);
 }

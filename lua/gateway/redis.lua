@@ -54,12 +54,12 @@ function _M.new(url, opts, level)
   opts = opts or {}
   if type(opts) ~= "table" then error("gw.redis: options must be a table", level) end
   local timeout = opts.timeout or DEFAULT_TIMEOUT
-  if type(timeout) ~= "number" or timeout <= 0 then
+  if type(timeout) ~= "number" or not (timeout > 0) then
     error("gw.redis: timeout must be a number of seconds > 0", level)
   end
   local pool = opts.pool or DEFAULT_POOL
-  if type(pool) ~= "number" or pool < 0 or pool % 1 ~= 0 then
-    error("gw.redis: pool must be an integer >= 0", level)
+  if type(pool) ~= "number" or pool < 0 or pool > 2147483647 or pool % 1 ~= 0 then
+    error("gw.redis: pool must be an integer from 0 to 2^31-1", level)
   end
   local p = C.gw_ffi_redis_pool(url, #url, pool, errbuf, 256)
   if p == nil then error("gw.redis: " .. ffi_string(errbuf) .. ": " .. url, level) end

@@ -165,7 +165,9 @@ end
 -- gw.sleep(seconds)
 function _M.sleep(seconds)
   local ctx = get_current()
-  if type(seconds) ~= "number" or seconds < 0 then
+  -- `not (seconds >= 0)` refuses NaN too: it would never wake. A huge
+  -- value (math.huge) sleeps a year, the longest C waits (src/config.h).
+  if type(seconds) ~= "number" or not (seconds >= 0) then
     error("gw.sleep: seconds must be a number >= 0", 2)
   end
   if not ctx then error("gw.sleep: only inside a request or a timer", 2) end

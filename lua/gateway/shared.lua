@@ -36,14 +36,16 @@ local UNITS = { [""] = 1, k = 1024, m = 1024 * 1024, g = 1024 * 1024 * 1024 }
 
 -- "10m", "512k", "1g" or a number of bytes -> bytes, or nil.
 local function parse_size(size)
+  local bytes
   if type(size) == "number" then
-    if size % 1 == 0 then return size end
-    return nil
+    bytes = size
+  elseif type(size) == "string" then
+    local n, unit = match(lower(size), "^%s*(%d+)%s*([kmg]?)b?%s*$")
+    bytes = n and tonumber(n) * UNITS[unit]
   end
-  if type(size) ~= "string" then return nil end
-  local n, unit = match(lower(size), "^%s*(%d+)%s*([kmg]?)b?%s*$")
-  if not n then return nil end
-  return tonumber(n) * UNITS[unit]
+  -- Whole and at most 2^53 bytes: C keeps it as a size_t (lua_vm.c).
+  if bytes and bytes % 1 == 0 and bytes <= 2 ^ 53 then return bytes end
+  return nil
 end
 _M.parse_size = parse_size
 

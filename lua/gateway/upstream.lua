@@ -245,23 +245,32 @@ _M.Response = Response
 -- frames up from num (num, declare, gw.upstream, that line).
 local USER = 4
 
-local function num(spec, key, default)
-  local v = spec[key]
-  if v == nil then return default end
-  if type(v) ~= "number" or v < 0 then error(format("gw.upstream: %s must be a number >= 0", key), USER) end
+-- The largest value of each kind C takes: counts go to C ints, sizes to a
+-- size_t (exact in a double up to 2^53); times (seconds) have no bound here,
+-- C clamps them to a year (src/config.h GW_MAX_SECONDS). NaN is never valid.
+local MAX = { time = math.huge, count = 2147483647, size = 2 ^ 53 }
+local MAX_TEXT = { time = "", count = " and <= 2^31-1", size = " and <= 2^53" }
+
+local function checked(v, kind, name)
+  if type(v) ~= "number" or not (v >= 0 and v <= MAX[kind]) then
+    error(format("gw.upstream: %s must be a number >= 0%s", name, MAX_TEXT[kind]), USER + 1)
+  end
   return v
 end
 
-local function sub_num(spec, tkey, key, default)
+local function num(spec, key, default, kind)
+  local v = spec[key]
+  if v == nil then return default end
+  return checked(v, kind, key)
+end
+
+local function sub_num(spec, tkey, key, default, kind)
   local t = spec[tkey]
   if t == nil then return default end
   if type(t) ~= "table" then error("gw.upstream: " .. tkey .. " must be a table", USER) end
   local v = t[key]
   if v == nil then return default end
-  if type(v) ~= "number" or v < 0 then
-    error(format("gw.upstream: %s.%s must be a number >= 0", tkey, key), USER)
-  end
-  return v
+  return checked(v, kind, tkey .. "." .. key)
 end
 
 -- spec.tls: { verify = true, sni = NAME, ca = PATH } (each optional).
@@ -309,7 +318,9 @@ function _M.declare(name, spec)
     local addr, weight = s, 1
     if type(s) == "table" then addr, weight = s.addr, s.weight or 1 end
     if type(addr) ~= "string" then error("gw.upstream: server #" .. i .. " has no address", 3) end
-    if type(weight) ~= "number" or weight < 1 then error("gw.upstream: server #" .. i .. ": weight must be >= 1", 3) end
+    if type(weight) ~= "number" or not (weight >= 1 and weight <= MAX.count) then
+      error("gw.upstream: server #" .. i .. ": weight must be >= 1 and <= 2^31-1", 3)
+    end
     keep[i] = addr
     addrs[i - 1] = addr
     weights[i - 1] = weight
@@ -335,14 +346,15 @@ function _M.declare(name, spec)
   local tls_verify, tls_sni, tls_ca = tls_opts(spec.tls)
   local errbuf = ffi.new("char[512]")
   local up = C.gw_ffi_upstream_declare(name, addrs, weights, n, balance,
-    sub_num(spec, "keepalive", "idle", 32), sub_num(spec, "keepalive", "timeout", 60),
-    sub_num(spec, "timeouts", "connect", 5), sub_num(spec, "timeouts", "send", 30),
-    sub_num(spec, "timeouts", "read", 30), num(spec, "retries", 1),
-    num(passive, "failures", 0), num(passive, "cooldown", 10),
-    num(spec, "max_body", 8 * 1024 * 1024), num(breaker, "failures", 0),
-    num(breaker, "window", 10), num(breaker, "cooldown", 30),
-    active.path, num(active, "interval", 10), num(active, "timeout", 2),
-    num(active, "healthy", 2), num(active, "unhealthy", 2), tls_verify, tls_sni, tls_ca, errbuf, 512)
+    sub_num(spec, "keepalive", "idle", 32, "count"), sub_num(spec, "keepalive", "timeout", 60, "time"),
+    sub_num(spec, "timeouts", "connect", 5, "time"), sub_num(spec, "timeouts", "send", 30, "time"),
+    sub_num(spec, "timeouts", "read", 30, "time"), num(spec, "retries", 1, "count"),
+    num(passive, "failures", 0, "count"), num(passive, "cooldown", 10, "time"),
+    num(spec, "max_body", 8 * 1024 * 1024, "size"), num(breaker, "failures", 0, "count"),
+    num(breaker, "window", 10, "time"), num(breaker, "cooldown", 30, "time"),
+    active.path, num(active, "interval", 10, "time"), num(active, "timeout", 2, "time"),
+    num(active, "healthy", 2, "count"), num(active, "unhealthy", 2, "count"), tls_verify, tls_sni, tls_ca,
+    errbuf, 512)
   if up == nil then error("gw.upstream " .. name .. ": " .. ffi_string(errbuf), 3) end
   keep = nil
   return setmetatable({ name = name, _up = up, hash_key = spec.hash_key }, Upstream)
@@ -418,6 +430,10 @@ function Upstream:request(opts)
   local ctx = sched.current()
   if not ctx then error("up:request: only inside a request or a timer", 2) end
   local method = opts.method or "GET"
+  local timeout = opts.timeout or 0
+  if type(timeout) ~= "number" or not (timeout >= 0) then -- NaN too
+    error("up:request: timeout must be a number of seconds >= 0", 2)
+  end
   local target = target_of(opts.path or "/", opts.query)
   local lines, n = {}, 0
   local body, has_body = opts.body, 0
@@ -441,7 +457,7 @@ function Upstream:request(opts)
   end
   key = key ~= nil and tostring(key) or ""
   local rc = C.gw_ffi_upstream_fetch(ctx.task, ctx.ts, self._up, method, #method, target, #target,
-    blob, #blob, body, body and #body or 0, has_body, key, #key, opts.timeout or 0,
+    blob, #blob, body, body and #body or 0, has_body, key, #key, timeout,
     base.out_wait, base.out_err)
   if rc == BAD_CONTEXT then error(base.FINISHED, 2) end
   if rc ~= AGAIN then error("up:request: " .. ffi_string(base.out_err[0]), 2) end

@@ -98,6 +98,39 @@ def test_check_missing_file():
     eq(rc, 1, "exit status")
 
 
+def _check_refused(cfg, want):
+    rc, out, err, d = run_cli(["-t", "-c", "$DIR/bad.lua"], {"bad.lua": cfg})
+    both = out + err
+    assert want in both, "want %r in %r" % (want, both)
+    eq(rc, 1, "exit status of -t for %r" % want)
+
+
+def test_check_refuses_nan_and_out_of_range_numbers():
+    # Numbers C turns into integers: NaN, or past what the C type holds, was
+    # undefined behaviour in C; they are refused where they are written.
+    cases = [
+        ("gw.config { timeouts = { header = 0/0 } }", "gw.config: timeouts.header must be a number > 0"),
+        ("gw.config { tls = { ticket_rotate = 0/0 } }", "gw.config: tls.ticket_rotate must be a number > 0"),
+        ("gw.config { limits = { body_bytes = 1e300 } }", "gw.config: limits.body_bytes must be a whole number from 1 to 2^53"),
+        ("gw.config { workers = 1e300 }", "gw.config: workers must be \"auto\" or a whole number from 1 to 1024"),
+        ('gw.shared_dict("d", 1e300)', "gw.shared_dict: size must be bytes"),
+        ('gw.upstream("u", { servers = { "127.0.0.1:1" }, timeouts = { read = 0/0 } })',
+         "gw.upstream: timeouts.read must be a number >= 0"),
+        ('gw.upstream("u", { servers = { "127.0.0.1:1" }, retries = 1e300 })',
+         "gw.upstream: retries must be a number >= 0 and <= 2^31-1"),
+        ('gw.upstream("u", { servers = { "127.0.0.1:1" }, max_body = math.huge })',
+         "gw.upstream: max_body must be a number >= 0 and <= 2^53"),
+        ('gw.upstream("u", { servers = { { addr = "127.0.0.1:1", weight = 0/0 } } })',
+         "gw.upstream: server #1: weight must be >= 1"),
+        ('gw.redis("redis://127.0.0.1:1", { timeout = 0/0 })', "gw.redis: timeout must be a number of seconds > 0"),
+        ("gw.timer.every(0/0, function() end)", "gw.timer.every: seconds must be > 0"),
+    ]
+    for line, want in cases:
+        cfg = PRELUDE + line + "\n"
+        _check_refused(cfg, want)
+        _check_refused(cfg, "bad.lua:%d:" % line_of(cfg, line))
+
+
 def test_version():
     for flag in ("-v", "--version"):
         rc, out, err, d = run_cli([flag])

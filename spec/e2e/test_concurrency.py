@@ -4,10 +4,11 @@ gw.spawn, gw.timer.after/every and gw.now.
 These are behaviour checks with generous margins, not benchmarks."""
 
 import json
+import socket
 import threading
 import time
 
-from gwtest import PRELUDE, Gateway, eq
+from gwtest import PRELUDE, Gateway, eq, line_of, raw, req_bytes
 
 APP = PRELUDE + r'''
 gw.get("/slow", function(req) gw.sleep(1); return "slow" end)
@@ -234,3 +235,44 @@ def test_gw_now():
         after = time.time()
         assert before - 1 <= d["a"] <= after + 1, "gw.now() %r not wall-clock seconds (%r)" % (d["a"], before)
         assert 0.15 <= d["b"] - d["a"] <= 0.6, "gw.now() across gw.sleep(0.2): %r" % (d["b"] - d["a"])
+
+
+HUGE = r'''
+local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT" }, timeouts = { drain = 1 } }
+gw.get("/fast", function(req) return "fast" end)
+gw.get("/sleep/huge", function(req) gw.sleep(1e300) return "woke" end)
+gw.get("/sleep/inf", function(req) gw.sleep(math.huge) return "woke" end)
+gw.get("/sleep/nan", function(req) gw.sleep(0/0) return "woke" end)
+gw.get("/timer/nan", function(req) gw.timer.after(0/0, function() end) return "armed" end)
+local up = gw.upstream("u", { servers = { "127.0.0.1:$PORT2" } })
+gw.get("/request/nan", function(req) local res, err = up:get("/", { timeout = 0/0 }) return res, err end)
+'''
+
+
+def test_sleep_huge_is_long_and_nan_is_an_error():
+    # Seconds past what a uint64_t of milliseconds holds used to wrap (an
+    # undefined conversion in C): gw.sleep(1e300) and math.huge returned after
+    # 1 ms, and gw.sleep(0/0) never returned. Now a huge sleep lasts (a year,
+    # the cap) and NaN is refused at the call.
+    with Gateway(HUGE) as g:
+        for path in ("/sleep/huge", "/sleep/inf"):
+            s = socket.create_connection(("127.0.0.1", g.port), timeout=1)
+            try:
+                s.sendall(req_bytes("GET", path))
+                try:
+                    got = s.recv(100)
+                except socket.timeout:
+                    got = None
+                eq(got, None, "%s answered within 1 s" % path)
+                eq(g.get("/fast")[2], b"fast", "others served while %s sleeps" % path)
+            finally:
+                s.close()
+        for path, msg in (("/sleep/nan", "gw.sleep: seconds must be a number >= 0"),
+                          ("/timer/nan", "gw.timer.after: seconds must be >= 0"),
+                          ("/request/nan", "up:request: timeout must be a number of seconds >= 0")):
+            resp = raw(g.port, req_bytes("GET", path, [("Connection", "close")]), timeout=3)
+            assert resp.startswith(b"HTTP/1.1 500 "), "%s: %r" % (path, resp[:200])
+            err = g.wait_stderr(msg)
+            assert "gateway.lua:%d:" % line_of(g.config_text, path) in err and msg in err, err[-2000:]
+        eq(g.get("/fast")[2], b"fast", "still serving")

@@ -408,6 +408,25 @@ def test_limit_408_header_timeout():
         assert 0.8 <= took <= 3.5, "closed after %.2fs with timeouts.header = 1" % took
 
 
+def test_huge_timeouts_mean_long_not_zero():
+    # 1e300 s in milliseconds does not fit a uint64_t: the unchecked
+    # conversion gave 0 (an immediate 408 for any head in two pieces).
+    # Timeouts past a year are a year (src/config.h GW_MAX_SECONDS).
+    cfg = LIMITS.replace("timeouts = { header = 1 }",
+                         "timeouts = { header = 1e300, idle = math.huge, body = 1e300 }")
+    with Gateway(cfg) as g:
+        with Conn(g.port) as c:
+            c.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n")
+            time.sleep(0.3)
+            c.send(b"\r\n")
+            r = c.read_response()
+            eq(r.status, 200, "a head in two writes 0.3 s apart")
+            time.sleep(0.3)
+            assert not c.closed_by_peer(0.2), "idle keep-alive connection closed at once"
+            c.send(req_bytes("GET", "/hello"))
+            eq(c.read_response().status, 200, "the next request on it")
+
+
 # Requests that could smuggle another one past a proxy: each must be refused
 # with 400 and the connection closed, and nothing after it may be answered.
 SMUGGLE = {
