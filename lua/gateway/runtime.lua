@@ -411,7 +411,11 @@ local function finish_error(req, e)
   local trace = e.trace
   if e.status then
     if final_status(e.status, false) then
-      send_error(req, e.status, e.message or "error")
+      -- Only text goes into the JSON body: a table or function as message
+      -- would fail the encoder here, outside any protection.
+      local msg = e.message
+      if type(msg) == "number" then msg = tostring(msg) end
+      send_error(req, e.status, type(msg) == "string" and msg or "error")
       return
     end
     trace = "error({ status = " .. tostring(e.status) .. " }): the status must be a whole number 200-599"

@@ -171,6 +171,22 @@ for _path, _logged in (("/number", "not 100"), ("/table", "not 103"), ("/json", 
         _make_final_status(_path, _logged)
 
 
+def test_raised_error_table_with_a_non_text_message():
+    # error({ status = 4xx, message = <not text> }): the answer keeps the
+    # status with a generic message; it used to fail the JSON encoder.
+    cfg = PRELUDE + r'''
+gw.get("/fn", function(req) error({ status = 403, message = function() end }) end)
+gw.get("/tbl", function(req) error({ status = 409, message = { a = 1 } }) end)
+gw.get("/num", function(req) error({ status = 422, message = 42 }) end)
+gw.get("/ok", function(req) return "ok" end)
+'''
+    with Gateway(cfg) as g:
+        for path, status, msg in (("/fn", 403, "error"), ("/tbl", 409, "error"), ("/num", 422, "42")):
+            st, h, body = g.get(path)
+            eq((st, json.loads(body)["error"]), (status, msg), path)
+        eq(g.get("/ok")[0], 200, "still serving")
+
+
 def test_errors_between_requests_many_times():
     # A request coroutine serves request after request inside one protected
     # call, restarted after each error (runtime.lua serve): errors mixed with
