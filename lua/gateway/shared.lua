@@ -18,6 +18,7 @@ local ffi_string = ffi.string
 local OK = base.OK
 local type, error, tostring, setmetatable, tonumber = type, error, tostring, setmetatable, tonumber
 local match, lower = string.match, string.lower
+local HUGE = math.huge
 
 local T_NIL, T_BOOL, T_NUM, T_STR = 0, 1, 2, 3
 local KEY_MAX = 65535
@@ -174,8 +175,10 @@ function Dict:gcra(key, rate, per, burst)
   local d = check(self, key, "gcra")
   if per == nil then per = 1 end
   if burst == nil then burst = rate end
-  if type(rate) ~= "number" or rate <= 0 or type(per) ~= "number" or per <= 0 then
-    error("gw.shared." .. self.name .. ":gcra: rate and per must be numbers > 0", 2)
+  -- `not (x > 0)` refuses NaN too; an infinite rate or per has no interval.
+  if type(rate) ~= "number" or not (rate > 0) or rate == HUGE
+     or type(per) ~= "number" or not (per > 0) or per == HUGE then
+    error("gw.shared." .. self.name .. ":gcra: rate and per must be finite numbers > 0", 2)
   end
   if type(burst) ~= "number" or burst < 1 or burst % 1 ~= 0 then
     error("gw.shared." .. self.name .. ":gcra: burst must be a whole number >= 1", 2)

@@ -266,6 +266,8 @@ gw.get("/gcra", function(req)
   local v, err = d:gcra("s", 1)
   out.str = { v == nil, err }
   out.bad = select(2, pcall(d.gcra, d, "k", 0))
+  out.nan = select(2, pcall(d.gcra, d, "k", 0/0, 1, 5))
+  out.inf = select(2, pcall(d.gcra, d, "k", 1, math.huge, 5))
   out.burst = select(2, pcall(d.gcra, d, "k", 1, 1, 0.5))
   return { json = out }
 end)
@@ -281,5 +283,6 @@ def test_dict_gcra_from_lua():
         eq([doc[str(i)] for i in (1, 2, 3, 4)],
            [[True, 2, 20, 0], [True, 1, 40, 0], [True, 0, 60, 0], [False, 0, 60, 20]], "decisions")
         eq(doc["str"], [True, "not a number"], "a string under the key")
-        assert "rate and per must be numbers > 0" in doc["bad"], doc["bad"]
+        for k in ("bad", "nan", "inf"):
+            assert "rate and per must be finite numbers > 0" in doc[k], (k, doc[k])
         assert "burst must be a whole number" in doc["burst"], doc["burst"]
