@@ -23,15 +23,22 @@
 #include "redis.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <hiredis/async.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "log.h"
 #include "mem.h"
+#include "resp_scan.h"
 #include "worker.h"
+
+/* Exported by hiredis 0.14 but missing from its async.h (declared there
+ * from 1.0 on): parses what the context's reader holds and runs callbacks. */
+void redisProcessCallbacks(redisAsyncContext *ac);
 
 typedef struct conn_s conn_t;
 
@@ -60,6 +67,9 @@ struct conn_s {
   int handles;           /* of timer and poll, not yet closed: freed at 0 */
   gw_redis_cmd_t *cmd;   /* the command in flight, or NULL */
   const char *fail;      /* why it failed, for the commands that were on it */
+  gw_resp_scan_t scan;   /* counts the replies read (see conn_read) */
+  uint64_t sent;         /* commands handed to hiredis on it, setup ones included */
+  uint64_t replies;      /* complete replies read on it */
   uint8_t connected;     /* the connect callback said OK */
   uint8_t gone;          /* conn_gone ran */
   uint8_t is_idle;       /* on pool->idle */
@@ -260,11 +270,46 @@ static void on_setup_reply(redisAsyncContext *ac, void *r, void *privdata) {
  * be seen to fail. Here an error wakes hiredis for what it waits for, and
  * hiredis then finds the socket error itself. */
 
+/* Reads the socket into hiredis' reader ourselves, counting the replies on
+ * the way (resp_scan.h says why): a connection that answers more than it was
+ * asked, or announces a reply over the caps, is dropped before hiredis
+ * parses a byte of it. Until connected, and for the EOF or an error, hiredis
+ * reads itself and reports what it finds. */
+static void conn_read(conn_t *c) {
+  redisAsyncContext *ac = c->ac;
+  if (!(ac->c.flags & REDIS_CONNECTED)) {
+    redisAsyncHandleRead(ac);
+    return;
+  }
+  char buf[16384];
+  ssize_t n = read(ac->c.fd, buf, sizeof buf);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (n <= 0) {
+    redisAsyncHandleRead(ac); /* reads the EOF (or the error) again and reports it */
+    return;
+  }
+  if (gw_resp_scan(&c->scan, buf, (size_t)n, &c->replies) != GW_RESP_OK) {
+    gw_log_warn("redis %s:%d: a reply over the size caps; connection dropped", c->pool->host, c->pool->port);
+    conn_drop(c, "reply too large");
+    return;
+  }
+  if (c->replies > c->sent) {
+    gw_log_warn("redis %s:%d: a reply no command asked for; connection dropped", c->pool->host, c->pool->port);
+    conn_drop(c, "unexpected reply");
+    return;
+  }
+  if (redisReaderFeed(ac->c.reader, buf, (size_t)n) != REDIS_OK) {
+    conn_drop(c, "connection lost");
+    return;
+  }
+  redisProcessCallbacks(ac);
+}
+
 static void on_poll(uv_poll_t *h, int status, int events) {
   conn_t *c = h->data;
   int ev = status < 0 ? c->events : events;
   /* Either call may free the context (then conn_gone has cleared c->ac). */
-  if (c->ac && (ev & UV_READABLE)) redisAsyncHandleRead(c->ac);
+  if (c->ac && (ev & UV_READABLE)) conn_read(c);
   if (c->ac && (ev & UV_WRITABLE)) redisAsyncHandleWrite(c->ac);
 }
 
@@ -333,9 +378,11 @@ static conn_t *conn_open(gw_redis_pool_t *p, double timeout, const char **err) {
     if (p->user) {
       const char *argv[] = {"AUTH", p->user, p->pass};
       redisAsyncCommandArgv(ac, on_setup_reply, c, 3, argv, NULL);
+      c->sent++;
     } else {
       const char *argv[] = {"AUTH", p->pass};
       redisAsyncCommandArgv(ac, on_setup_reply, c, 2, argv, NULL);
+      c->sent++;
     }
   }
   if (p->db > 0) {
@@ -343,6 +390,7 @@ static conn_t *conn_open(gw_redis_pool_t *p, double timeout, const char **err) {
     snprintf(db, sizeof db, "%d", p->db);
     const char *argv[] = {"SELECT", db};
     redisAsyncCommandArgv(ac, on_setup_reply, c, 2, argv, NULL);
+    c->sent++;
   }
   return c;
 }
@@ -428,6 +476,7 @@ gw_redis_cmd_t *gw_redis_command(gw_redis_pool_t *p, int argc, const char **argv
     *err = "connection lost";
     return NULL;
   }
+  c->sent++;
   cmd->in_hiredis = 1;
   c->cmd = cmd;
   uv_timer_init(gw__worker->loop, &cmd->timer);

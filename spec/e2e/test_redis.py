@@ -523,3 +523,91 @@ def test_redis_across_a_reload():
                "the in-flight BLPOP finished on the old generation")
             n = rs.clients()
             assert 1 <= n <= 2, "the pool survived the reload: %d connections" % n
+
+
+class _ScriptedRedis:
+    """A fake Redis on a loopback port: each command read gets the bytes
+    `answer(name)` returns (all of them in one write), then, when `later`
+    is set, those bytes 0.2 s afterwards. Stopped with close()."""
+
+    def __init__(self, answer, later=None):
+        import threading
+        self.answer, self.later = answer, later
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            self.conns.append(s)
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        f = s.makefile("rb")
+        try:
+            while True:
+                line = f.readline()
+                if not line.startswith(b"*"):
+                    return
+                args = []
+                for _ in range(int(line[1:])):
+                    n = int(f.readline()[1:])
+                    args.append(f.read(n + 2)[:-2])
+                s.sendall(self.answer(args[0].upper()))
+                if self.later:
+                    time.sleep(0.2)
+                    s.sendall(self.later)
+        except (OSError, ValueError):
+            pass
+
+    def close(self):
+        self.ls.close()
+        for s in self.conns:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+FAKE_APP = PRELUDE + r'''
+local r = gw.redis("redis://127.0.0.1:$RPORT", { timeout = 1 })
+gw.get("/get", function(req)
+  local v, err = r:call("GET", "k")
+  return { json = { v = v or false, err = err or false } }
+end)
+gw.get("/ok", function(req) return "ok" end)
+'''
+
+
+def test_redis_misbehaving_server_fails_the_call_not_the_worker():
+    # hiredis 0.14 aborts the process on a reply no command waits for, and
+    # allocates an announced array's pointers before reading them: the
+    # gateway counts and bounds replies first (src/resp_scan.c), so such a
+    # server costs its own connection only. The Gateway subclass above
+    # fails the test if a worker died or a sanitizer spoke.
+    cases = (
+        (lambda name: b"$2\r\nhi\r\n+EXTRA\r\n", None, {"v": False, "err": "unexpected reply"}),
+        (lambda name: b"$2\r\nhi\r\n", b"+PUSH\r\n", {"v": "hi", "err": False}),
+        (lambda name: b"*2147483647\r\n", None, {"v": False, "err": "reply too large"}),
+        (lambda name: b"$99999999999\r\n", None, {"v": False, "err": "reply too large"}),
+    )
+    for answer, later, want in cases:
+        fake = _ScriptedRedis(answer, later)
+        try:
+            with Gateway(FAKE_APP.replace("$RPORT", str(fake.port)), workers=1) as g:
+                st, _, body = g.get("/get")
+                eq((st, json.loads(body)), (200, want), "GET against %r" % answer(b"GET"))
+                time.sleep(0.4)  # the late reply arrives on the idle connection
+                t0 = time.monotonic()
+                eq(g.get("/ok")[0], 200, "the worker still serves")
+                assert time.monotonic() - t0 < 0.5, "the worker stalled"
+        finally:
+            fake.close()
