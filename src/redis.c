@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -455,10 +456,25 @@ static void on_cmd_timeout(uv_timer_t *t) {
   conn_drop(cmd->conn, "timeout");
 }
 
+/* Commands after which the server sends replies no command asked for:
+ * hiredis then keeps the command as a callback for messages to come, long
+ * after the caller (and the command's record) are gone. */
+static int is_push_command(const char *name, size_t len) {
+  static const char *const names[] = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe",
+                                      "punsubscribe", "sunsubscribe", "monitor"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0) return 1;
+  return 0;
+}
+
 gw_redis_cmd_t *gw_redis_command(gw_redis_pool_t *p, int argc, const char **argv, const size_t *lens,
                                  double timeout, gw_redis_reply_cb cb, void *data, const char **err) {
   if (!gw__worker) {
     *err = "redis commands run only in a worker";
+    return NULL;
+  }
+  if (argc > 0 && is_push_command(argv[0], lens ? lens[0] : strlen(argv[0]))) {
+    *err = "pub/sub and MONITOR are not supported";
     return NULL;
   }
   conn_t *c = p->idle;

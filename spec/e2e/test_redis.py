@@ -611,3 +611,28 @@ def test_redis_misbehaving_server_fails_the_call_not_the_worker():
                 assert time.monotonic() - t0 < 0.5, "the worker stalled"
         finally:
             fake.close()
+
+
+def test_redis_pub_sub_commands_are_refused():
+    # SUBSCRIBE left hiredis holding the command as the callback for the
+    # messages to come, after the command's record was freed: the first
+    # message was a use-after-free. Refused before anything is sent.
+    fake = _ScriptedRedis(lambda name: b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n",
+                          b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n")
+    app = PRELUDE + r'''
+local r = gw.redis("redis://127.0.0.1:$RPORT", { timeout = 1 })
+gw.get("/sub/:cmd", function(req)
+  local v, err = r:call(req.params.cmd, "ch")
+  return { json = { v = v and true or false, err = err or false } }
+end)
+'''
+    try:
+        with Gateway(app.replace("$RPORT", str(fake.port)), workers=1) as g:
+            for name in ("SUBSCRIBE", "psubscribe", "Monitor", "ssubscribe"):
+                st, _, body = g.get("/sub/" + name)
+                eq((st, json.loads(body)), (200, {"v": False, "err": "pub/sub and MONITOR are not supported"}),
+                   name)
+            time.sleep(0.4)
+            eq(fake.conns, [], "nothing was sent to the server")
+    finally:
+        fake.close()
