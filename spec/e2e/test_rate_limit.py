@@ -203,6 +203,27 @@ def test_redis_policy_on_error():
             assert took < 2.0, "a dead Redis held requests for %.2fs" % took
 
 
+def test_redis_policy_unexpected_replies_follow_on_error():
+    # A reply of the wrong shape (SCRIPT LOAD not answering a SHA1, the
+    # script's answer not four integers) is a failure to ask Redis, so
+    # on_error decides; it used to be a 500, and a bad SHA1 was kept for
+    # every later request.
+    from test_redis import _ScriptedRedis
+    shapes = {b"SCRIPT": (b":1\r\n", b"$40\r\n" + b"a" * 40 + b"\r\n"),
+              b"EVALSHA": (b"*0\r\n", b"*2\r\n$1\r\nx\r\n$-1\r\n")}
+    for i in range(2):
+        fake = _ScriptedRedis(lambda name, i=i: shapes.get(name, (b"+OK\r\n",) * 2)[i])
+        try:
+            with Gateway(redis_app(fake.port, "allow")) as ga, Gateway(redis_app(fake.port, "deny")) as gd:
+                for _ in range(2):
+                    eq(http(ga.port, "GET", "/r")[0], 200, "on_error = allow, shape %d" % i)
+                    st, _, body = http(gd.port, "GET", "/r")
+                    eq(st, 503, "on_error = deny, shape %d" % i)
+                    eq(json.loads(body)["error"], "rate limiter unavailable", "deny body")
+        finally:
+            fake.close()
+
+
 def test_configuration_errors():
     cases = [
         ('local rl = gw.mw.rate_limit { rate = 5, dict = "nope" }\n', "dict 'nope' is not declared"),

@@ -42,7 +42,7 @@ local util = require "gateway.mwutil"
 local shared = require "gateway.shared"
 
 local type, error, tostring, floor, ceil = type, error, tostring, math.floor, math.ceil
-local format = string.format
+local format, find = string.format, string.find
 
 local KNOWN = { rate = true, per = true, burst = true, key = true, dict = true, policy = true,
                 redis = true, on_error = true, redis_timeout = true }
@@ -121,12 +121,23 @@ local function redis_limiter(conf)
   return function(key)
     if not sha then
       local got, err = client:call("SCRIPT", "LOAD", GCRA_SCRIPT)
-      if not got then return nil, "redis: " .. tostring(err) end
+      -- Only a SHA1 in hex is kept: anything else (a server that is not
+      -- Redis, a proxy in the way) would be reused for every request.
+      if type(got) ~= "string" or not find(got, "^%x+$") or #got ~= 40 then
+        return nil, "redis: " .. (got == nil and tostring(err) or "SCRIPT LOAD did not return a SHA1")
+      end
       sha = got
     end
     local r, err = client:evalsha(sha, GCRA_SCRIPT, { key }, args)
     if type(r) ~= "table" then return nil, "redis: " .. tostring(err) end
-    return r[1] == 1, r[2], r[3] / 1000, r[4] / 1000
+    -- The script returns four integers; another shape is a failure to
+    -- ask, not a decision (on_error applies).
+    local allowed, remaining, reset, retry = r[1], r[2], r[3], r[4]
+    if type(allowed) ~= "number" or type(remaining) ~= "number" or type(reset) ~= "number"
+       or type(retry) ~= "number" then
+      return nil, "redis: the rate limit script returned an unexpected reply"
+    end
+    return allowed == 1, remaining, reset / 1000, retry / 1000
   end
 end
 
