@@ -256,6 +256,14 @@ REFUSE = {
                          "malformed exp claim"),
     "nbf_not_a_number": ("/hs", lambda: bearer(token(claims(nbf=[1]), "HS256", SECRET)),
                          "malformed nbf claim"),
+    # NaN and Infinity are not JSON, but lua-cjson reads them, and a NaN exp
+    # compared false with the clock: such a token never expired.
+    "exp_nan": ("/hs-exp", lambda: bearer(token(claims(exp=float("nan")), "HS256", SECRET)),
+                "malformed exp claim"),
+    "exp_infinity": ("/hs-exp", lambda: bearer(token(claims(exp=float("inf")), "HS256", SECRET)),
+                     "malformed exp claim"),
+    "nbf_nan": ("/hs", lambda: bearer(token(claims(nbf=float("nan")), "HS256", SECRET)),
+                "malformed nbf claim"),
     "sub_not_a_string": ("/hs", lambda: bearer(token(claims(sub=42), "HS256", SECRET)),
                          "malformed sub claim"),
     "algorithm_outside_allow_list": ("/hs256-only", lambda: bearer(token(claims(), "HS512", SECRET)),

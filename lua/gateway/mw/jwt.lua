@@ -220,17 +220,25 @@ end
 
 local function is_object(v) return type(v) == "table" and v[1] == nil end
 
+-- A time claim is a finite number: lua-cjson reads NaN and Infinity (not
+-- JSON), and NaN compares false with everything, so `now >= exp` would
+-- never find such a token expired.
+local HUGE = math.huge
+local function is_time(v)
+  return type(v) == "number" and v == v and v ~= HUGE and v ~= -HUGE
+end
+
 -- Checks the claims against the configuration; nil or the reason.
 local function check_claims(c, claims, now)
   local exp, nbf, leeway = claims.exp, claims.nbf, c.leeway
   if exp ~= nil then
-    if type(exp) ~= "number" then return "malformed exp claim" end
+    if not is_time(exp) then return "malformed exp claim" end
     if now >= exp + leeway then return "token expired" end
   elseif c.require_exp then
     return "token has no exp claim"
   end
   if nbf ~= nil then
-    if type(nbf) ~= "number" then return "malformed nbf claim" end
+    if not is_time(nbf) then return "malformed nbf claim" end
     if now + leeway < nbf then return "token not yet valid" end
   end
   if c.iss then
