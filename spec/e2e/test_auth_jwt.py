@@ -301,6 +301,8 @@ REFUSE = {
                              "malformed token"),
     "payload_not_json": ("/hs", lambda: bearer(raw_token({"alg": "HS256"}, b"not json")), "malformed claims"),
     "payload_json_array": ("/hs", lambda: bearer(raw_token({"alg": "HS256"}, b'["alice"]')), "malformed claims"),
+    # lua-cjson decodes [] to the same empty table as {}.
+    "payload_empty_json_array": ("/hs", lambda: bearer(raw_token({"alg": "HS256"}, b' []')), "malformed claims"),
     "payload_json_string": ("/hs", lambda: bearer(raw_token({"alg": "HS256"}, b'"alice"')), "malformed claims"),
     "payload_bad_utf8_json": ("/hs", lambda: bearer(raw_token({"alg": "HS256"}, b'{"sub": "\xff')),
                               "malformed claims"),

@@ -44,7 +44,7 @@ local cjson = require "cjson.safe"
 
 local type, pairs, ipairs, error, tostring, next = type, pairs, ipairs, error, tostring, next
 local lower, sub, match, format, concat = string.lower, string.sub, string.match, string.format, table.concat
-local byte = string.byte
+local byte, find = string.byte, string.find
 local decode_url, decode_json = b64.decode_url, cjson.decode
 local hmac, equal = crypto.hmac, crypto.equal
 
@@ -218,7 +218,14 @@ end
 
 -- ---- verification ----
 
-local function is_object(v) return type(v) == "table" and v[1] == nil end
+-- The JSON object in `text` (decoded), or nil. lua-cjson decodes "[]" and
+-- "{}" alike, to an empty table, so the text itself must open with a brace.
+local function decode_object(text)
+  if not text or not find(text, "^[ \t\r\n]*{") then return nil end
+  local v = decode_json(text)
+  if type(v) ~= "table" then return nil end
+  return v
+end
 
 -- A time claim is a finite number: lua-cjson reads NaN and Infinity (not
 -- JSON), and NaN compares false with everything, so `now >= exp` would
@@ -267,9 +274,8 @@ end
 local function verify(c, token, now)
   local h64, p64, s64 = match(token, "^([%w_-]+)%.([%w_-]+)%.([%w_-]*)$")
   if not h64 then return nil, "malformed token" end
-  local header = decode_url(h64)
-  header = header and decode_json(header)
-  if not is_object(header) or type(header.alg) ~= "string" then return nil, "malformed token" end
+  local header = decode_object(decode_url(h64))
+  if not header or type(header.alg) ~= "string" then return nil, "malformed token" end
   if header.crit ~= nil then return nil, "unsupported crit header" end
   local alg = header.alg
   if not c.allowed[alg] then return nil, "algorithm not allowed" end
@@ -301,9 +307,8 @@ local function verify(c, token, now)
     if not entry.key:verify(alg, signing_input, sig) then return nil, "bad signature" end
   end
 
-  local payload = decode_url(p64)
-  local claims = payload and decode_json(payload)
-  if not is_object(claims) then return nil, "malformed claims" end
+  local claims = decode_object(decode_url(p64))
+  if not claims then return nil, "malformed claims" end
   local why = check_claims(c, claims, now)
   if why then return nil, why end
   return claims
