@@ -184,7 +184,12 @@ function Dict:gcra(key, rate, per, burst)
     error("gw.shared." .. self.name .. ":gcra: burst must be a whole number >= 1", 2)
   end
   local interval = per * 1000 / rate
-  local rc = C.gw_ffi_shdict_gcra(d, key, #key, interval, (burst - 1) * interval, -1, gcra_out, out_err)
+  local tolerance = (burst - 1) * interval
+  if interval == HUGE or tolerance == HUGE then
+    -- (1e-320 per second, or a huge burst of a slow rate: no whole interval)
+    error("gw.shared." .. self.name .. ":gcra: rate, per and burst give no finite interval", 2)
+  end
+  local rc = C.gw_ffi_shdict_gcra(d, key, #key, interval, tolerance, -1, gcra_out, out_err)
   if rc ~= OK then return nil, ffi_string(out_err[0]) end
   local o = gcra_out
   return o.allowed ~= 0, tonumber(o.remaining), o.reset_ms / 1000, o.retry_after_ms / 1000

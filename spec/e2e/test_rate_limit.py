@@ -289,6 +289,7 @@ gw.get("/gcra", function(req)
   out.bad = select(2, pcall(d.gcra, d, "k", 0))
   out.nan = select(2, pcall(d.gcra, d, "k", 0/0, 1, 5))
   out.inf = select(2, pcall(d.gcra, d, "k", 1, math.huge, 5))
+  out.tiny = select(2, pcall(d.gcra, d, "k", 1e-320, 1, 1))
   out.burst = select(2, pcall(d.gcra, d, "k", 1, 1, 0.5))
   return { json = out }
 end)
@@ -306,4 +307,5 @@ def test_dict_gcra_from_lua():
         eq(doc["str"], [True, "not a number"], "a string under the key")
         for k in ("bad", "nan", "inf"):
             assert "rate and per must be finite numbers > 0" in doc[k], (k, doc[k])
+        assert "no finite interval" in doc["tiny"], doc["tiny"]
         assert "burst must be a whole number" in doc["burst"], doc["burst"]
