@@ -42,7 +42,7 @@ typedef struct gw_http1_s {
   uint8_t msg_started;        /* msg_start is set */
   uint8_t url_done;           /* the whole target has arrived */
   uint8_t field_done;         /* the last header name is complete */
-  int status;                 /* on GW_HTTP1_ERROR: 400, 413, 414 or 431 */
+  int status;                 /* on GW_HTTP1_ERROR: 400, 413, 414, 417, 431 or 505 */
   const char *reason;         /* on GW_HTTP1_ERROR: why, static storage */
 } gw_http1_t;
 

@@ -28,7 +28,8 @@ typedef struct gw_waiter_s gw_waiter_t;
 
 typedef struct gw_header_s {
   uint32_t name_off, name_len;   /* slice of the connection's read buffer */
-  uint32_t value_off, value_len; /* slice of the connection's read buffer */
+  uint32_t value_off, value_len; /* slice of the same buffer; not always after the name (an
+                                    absolute-form target's authority is the Host value) */
 } gw_header_t;
 
 /* A header set or removed by a script; allocated in the request's arena. */
