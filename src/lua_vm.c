@@ -376,6 +376,20 @@ static void log_coroutine_error(gw_task_t *t) {
   gw_log_error("lua: %s", lua_tostring(co, -1));
 }
 
+/* A WAIT yield with no waiter registered on the task: nothing in C will
+ * ever resume it (every FFI call that returns AGAIN registers its waiter
+ * first, and sched.lua yields WAIT only for those). It comes from a script
+ * calling coroutine.yield(1) itself, or from gw.spawn threads that wait for
+ * each other. Left alone it would pin the request and its generation
+ * forever, so the task fails as a script error: returns LUA_ERRRUN with
+ * the message on top of the (suspended, never resumed again) coroutine. */
+static int stray_wait(gw_task_t *t) {
+  lua_settop(t->co, 0);
+  lua_pushliteral(t->co, "the handler yielded outside the gateway's waits (coroutine.yield "
+                         "in a handler, or gw.spawn threads waiting for each other)");
+  return LUA_ERRRUN;
+}
+
 /* Resumes t->co with `nargs` values already pushed, and handles the outcome. */
 static void task_resume(gw_task_t *t, int nargs) {
   /* `done` may free t (and a new task may reuse it), so what `leave`
@@ -391,7 +405,9 @@ static void task_resume(gw_task_t *t, int nargs) {
   gw_watchdog_leave();
   t->running = 0;
   current_vm = saved;
-  if (rc == LUA_YIELD && lua_tointeger(t->co, 1) == YIELD_WAIT) {
+  int wait = rc == LUA_YIELD && lua_tointeger(t->co, 1) == YIELD_WAIT;
+  if (wait && !t->waiters) rc = stray_wait(t);
+  if (wait && rc == LUA_YIELD) {
     lua_settop(t->co, 0);
   } else {
     t->finished = 1;

@@ -213,3 +213,24 @@ def test_errors_between_requests_many_times():
             if not k % 2:
                 eq(body, b"ok %d" % k, "answer of concurrent request %d" % k)
         eq(g.get("/ok")[:3:2], (200, b"ok"), "next request")
+
+
+YIELDS = PRELUDE + r'''
+gw.get("/y1", function(req) coroutine.yield(1) return "after" end)
+gw.get("/yp", function(req) return pcall(coroutine.yield, 1) end)
+gw.get("/ok", function(req) return "ok" end)
+gw.timer.after(0, function() coroutine.yield(1) end)
+'''
+
+
+def test_yield_outside_the_gateways_waits_is_500():
+    # Nothing in C waits for such a yield, so it would never be resumed: the
+    # client got no answer and the task pinned its generation for good.
+    with Gateway(YIELDS) as g:
+        g.wait_stderr("yielded outside the gateway's waits")  # the timer's
+        for path in ("/y1", "/yp"):
+            st, h, body = g.get(path, timeout=3)
+            _check_500(st, h, body)
+        err = g.wait_stderr("yielded outside")
+        assert err.count("yielded outside the gateway's waits") >= 3, err
+        eq(g.get("/ok")[:3:2], (200, b"ok"), "next request")
