@@ -28,7 +28,17 @@ void gw_buf_consume(gw_buf_t *b, size_t n);
 /* Appends printf-style formatted text. */
 void gw_buf_printf(gw_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends `s` (n bytes) as a JSON string, quotes included: '"' and '\' are
- * escaped, control bytes become \u00XX, other bytes pass as they are. */
+ * escaped, control bytes become \u00XX, valid UTF-8 sequences pass as they
+ * are, and each byte of an invalid sequence (a stray byte >= 0x80, a cut,
+ * overlong or surrogate form) becomes \ufffd, so the output is always
+ * valid JSON. */
 void gw_buf_append_json(gw_buf_t *b, const char *s, size_t n);
+/* The length of the valid UTF-8 sequence that starts `s` (n > 0 bytes
+ * left), or 0 when it is not one (RFC 3629: no overlong forms, surrogates
+ * or code points past U+10FFFF). */
+size_t gw_utf8_seq_len(const char *s, size_t n);
+/* The longest prefix of `s` (n bytes), at most `max` bytes, that does not
+ * split a UTF-8 sequence. */
+size_t gw_utf8_cut(const char *s, size_t n, size_t max);
 
 #endif

@@ -119,7 +119,11 @@ static void publish_failed(gw_worker_t *w, const char *trigger, unsigned generat
   s->info.last_reload_at = s->info.last_error_at = gw_ffi_now();
   s->info.last_reload_ok = 0;
   s->info.last_error_generation = generation;
-  snprintf(s->info.last_error, sizeof s->info.last_error, "%s", err);
+  /* Cut at a character boundary: /status shows the text as JSON, where a
+   * split character would turn into replacement characters. */
+  size_t len = gw_utf8_cut(err, strlen(err), sizeof s->info.last_error - 1);
+  memcpy(s->info.last_error, err, len);
+  s->info.last_error[len] = '\0';
   gw_shm_info_end(s);
   gw_shm_add(&s->reloads_failed, 1);
 }

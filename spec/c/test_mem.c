@@ -413,9 +413,18 @@ TEST(buf_append_json) {
   gw_buf_append_json(&b, ctl, sizeof ctl);
   CHECK_MEM_EQ(b.base, b.len, "\"\\u000a\\u0009\\u0000\\u001f\\u007fx\"");
   b.len = 0;
-  /* Bytes above 0x7f pass as they are (UTF-8 stays UTF-8). */
-  gw_buf_append_json(&b, "caf\xc3\xa9", 5);
-  CHECK_MEM_EQ(b.base, b.len, "\"caf\xc3\xa9\"");
+  /* Valid UTF-8 passes as it is. */
+  gw_buf_append_json(&b, "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 14);
+  CHECK_MEM_EQ(b.base, b.len, "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"");
+  /* Each byte of an invalid sequence becomes \ufffd: a stray byte, a cut
+   * sequence, an overlong form, a surrogate. */
+  b.len = 0;
+  gw_buf_append_json(&b, "a\xff" "b\xe2\x82" "c\xc0\xaf" "d\xed\xa0\x80", 12);
+  CHECK_MEM_EQ(b.base, b.len,
+               "\"a\\ufffdb\\ufffd\\ufffdc\\ufffd\\ufffdd\\ufffd\\ufffd\\ufffd\"");
+  b.len = 0;
+  gw_buf_append_json(&b, "\xc3", 1); /* cut at the end of the input */
+  CHECK_MEM_EQ(b.base, b.len, "\"\\ufffd\"");
   /* Appends after what is there. */
   b.len = 0;
   gw_buf_append_str(&b, "{\"k\":");
@@ -425,9 +434,18 @@ TEST(buf_append_json) {
   gw_buf_free(&b);
 }
 
+TEST(utf8_cut) {
+  const char *s = "ab\xc3\xa9\xe2\x82\xac"; /* a b é € */
+  CHECK(gw_utf8_cut(s, 7, 7) == 7);
+  CHECK(gw_utf8_cut(s, 7, 6) == 4); /* not inside the € */
+  CHECK(gw_utf8_cut(s, 7, 3) == 2); /* not inside the é */
+  CHECK(gw_utf8_cut(s, 7, 0) == 0);
+  CHECK(gw_utf8_cut("a\xff" "b", 3, 2) == 2); /* a stray byte counts as one */
+}
+
 TEST_LIST(T(arena_init_is_empty), T(arena_alignment), T(arena_allocations_keep_their_bytes),
           T(arena_chunk_fills_then_grows), T(arena_reset_keeps_one_chunk),
           T(arena_big_allocations), T(arena_zero_size_and_strndup), T(xalloc_helpers),
           T(buf_init_and_free), T(buf_append), T(buf_consume), T(buf_reserve),
           T(buf_try_reserve), T(buf_try_reserve_overflow), T(buf_reserve_overflow_aborts),
-          T(buf_printf), T(buf_append_json))
+          T(buf_printf), T(buf_append_json), T(utf8_cut))

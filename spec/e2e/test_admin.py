@@ -346,6 +346,33 @@ def test_reload_error_shown_in_status_with_file_line():
         assert doc["last_reload_error"]["line"] == line, "the last error is kept on record"
 
 
+def _reload_failing_with(g, lua_error_call):
+    with open(g.config_path, "w") as f:
+        f.write(g._substitute(APP + lua_error_call + "\n"))
+    st, _, body = admin(g, "POST", "/reload")
+    eq(st, 422, "POST /reload of a failing file")
+    # Strict: the body must be UTF-8 (json.loads on bytes would guess).
+    return json.loads(body.decode("utf-8"))
+
+
+def test_reload_error_with_invalid_utf8_is_valid_json():
+    with Gateway(APP) as g:
+        wait_admin(g)
+        # A stray byte (\255) and a valid two-byte character (é, \195\169).
+        doc = _reload_failing_with(g, r'error("bad byte \255 here, caf\195\169", 0)')
+        eq(doc["message"], "bad byte \ufffd here, caf\u00e9", "POST /reload message")
+        st, _, body = admin(g, "GET", "/status")
+        err = json.loads(body.decode("utf-8"))["last_reload_error"]
+        eq(err["message"], "bad byte \ufffd here, caf\u00e9", "/status message")
+        # /status keeps 1023 bytes of the text: the cut falls inside an é and
+        # goes back to its start rather than leave half a character.
+        doc = _reload_failing_with(g, r'error(("x"):rep(1022) .. ("\195\169"):rep(10), 0)')
+        eq(doc["message"], "x" * 1022 + "\u00e9" * 10, "POST /reload keeps the whole text")
+        st, _, body = admin(g, "GET", "/status")
+        err = json.loads(body.decode("utf-8"))["last_reload_error"]
+        eq(err["message"], "x" * 1022, "/status cut at a character boundary")
+
+
 def test_restart_needed_shown_in_status():
     with Gateway(APP) as g:
         wait_admin(g)
