@@ -63,33 +63,43 @@ static void json_time(gw_buf_t *b, double t) {
                 tm.tm_hour, tm.tm_min, tm.tm_sec, (int)((t - (double)sec) * 1000));
 }
 
+/* Whether text[0..n) looks like the file Lua names in "FILE:LINE:": no
+ * spaces, and a path (a '/' in it) or a .lua name. Anything else before a
+ * ":digits:" is the script's own words ("upstream 127.0.0.1:8080: ..."). */
+static int looks_like_file(const char *text, size_t n) {
+  if (n == 0 || memchr(text, ' ', n)) return 0;
+  return memchr(text, '/', n) || (n > 4 && memcmp(text + n - 4, ".lua", 4) == 0);
+}
+
+/* The length of FILE when `text` (first line: `first` bytes) starts with
+ * "FILE:LINE:", with the line in *line; 0 when it does not. */
+static size_t error_file_prefix(const char *text, size_t first, long *line) {
+  size_t n = strcspn(text, ": ");
+  if (n >= first || text[n] != ':' || !looks_like_file(text, n)) return 0;
+  size_t q = n + 1;
+  long v = 0;
+  while (q < first && text[q] >= '0' && text[q] <= '9' && v < 100000000) v = v * 10 + (text[q++] - '0');
+  if (q == n + 1 || q >= first || text[q] != ':') return 0;
+  *line = v;
+  return n;
+}
+
 /* Writes "message", "file" and "line" members for a Lua error text: the
- * first line is the message, and its "FILE:LINE:" prefix, when there is
+ * first line is the message, and its leading "FILE:LINE:", when there is
  * one, gives file and line (null otherwise); "detail" has the whole text
  * (with the traceback). */
 static void json_error_fields(gw_buf_t *b, const char *text) {
   size_t first = strcspn(text, "\n");
-  const char *file_end = NULL;
   long line = 0;
-  for (const char *p = text; p < text + first; p++) {
-    if (*p != ':' || p[1] < '0' || p[1] > '9') continue;
-    const char *q = p + 1;
-    long v = 0;
-    while (*q >= '0' && *q <= '9') v = v * 10 + (*q++ - '0');
-    if (*q == ':') {
-      file_end = p;
-      line = v;
-      break;
-    }
-  }
+  size_t file_len = error_file_prefix(text, first, &line);
   gw_buf_append_str(b, "\"message\":");
   gw_buf_append_json(b, text, first);
   gw_buf_append_str(b, ",\"file\":");
-  if (file_end)
-    gw_buf_append_json(b, text, (size_t)(file_end - text));
+  if (file_len)
+    gw_buf_append_json(b, text, file_len);
   else
     gw_buf_append_str(b, "null");
-  if (file_end)
+  if (file_len)
     gw_buf_printf(b, ",\"line\":%ld", line);
   else
     gw_buf_append_str(b, ",\"line\":null");

@@ -373,6 +373,21 @@ def test_reload_error_with_invalid_utf8_is_valid_json():
         eq(err["message"], "x" * 1022, "/status cut at a character boundary")
 
 
+def test_reload_error_without_a_file_has_null_file_and_line():
+    with Gateway(APP) as g:
+        wait_admin(g)
+        # host:port: in the script's own words is no file:line.
+        text = "upstream 127.0.0.1:8080: connection refused"
+        doc = _reload_failing_with(g, 'error("%s", 0)' % text)
+        eq((doc["message"], doc["file"], doc["line"]), (text, None, None), "POST /reload answer")
+        st, _, body = admin(g, "GET", "/status")
+        err = json.loads(body)["last_reload_error"]
+        eq((err["message"], err["file"], err["line"]), (text, None, None), "/status")
+        # A leading FILE:LINE: that names a .lua file is still taken.
+        doc = _reload_failing_with(g, 'error("mod.lua:12: bad value", 0)')
+        eq((doc["file"], doc["line"]), ("mod.lua", 12), "a .lua file")
+
+
 def test_restart_needed_shown_in_status():
     with Gateway(APP) as g:
         wait_admin(g)
