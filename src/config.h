@@ -40,6 +40,10 @@ typedef struct gw_limits_s {
   size_t body_bytes;   /* request body read by req:body(); more is 413 */
 } gw_limits_t;
 
+/* timeouts.script when the configuration does not set it, and the budget of
+ * the first load at start-up (before any configuration is known). */
+#define GW_SCRIPT_BUDGET_DEFAULT 5.0
+
 typedef struct gw_timeouts_s {
   double header; /* seconds to receive a whole head once it started: 408 */
   double body;   /* seconds between two reads of a body being read */

@@ -13,10 +13,12 @@
 #include "lua_vm.h"
 
 #include <lauxlib.h>
+#include <luajit.h>
 #include <lualib.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include "errors.h"
 #include "log.h"
@@ -115,7 +117,7 @@ static int config_from_lua(lua_State *L, int idx, gw_config_t *c, char *err, siz
   c->timeouts.body = num_field(L, -1, "body", 30);
   c->timeouts.idle = num_field(L, -1, "idle", 60);
   c->timeouts.drain = num_field(L, -1, "drain", 30);
-  c->timeouts.script = num_field(L, -1, "script", 5);
+  c->timeouts.script = num_field(L, -1, "script", GW_SCRIPT_BUDGET_DEFAULT);
   lua_pop(L, 1);
   lua_getfield(L, idx, "tls");
   c->ticket_rotate = lua_istable(L, -1) ? num_field(L, -1, "ticket_rotate", 3600) : 3600;
@@ -210,8 +212,61 @@ static void collect_files(lua_State *L, int runtime, gw_vm_files_t *out) {
   lua_pop(L, 1);
 }
 
-gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, gw_vm_files_t *files,
-                    char *err, size_t errlen) {
+/* ---- the CPU budget of a configuration load ----
+ *
+ * A configuration that loops while loading would hang its worker for good
+ * (and, at a reload, the generation still serving with it). Tasks have the
+ * watchdog (watchdog.h), but a load runs outside any task, and its answer
+ * to a loop the hook cannot reach (JIT-compiled code) is to end the worker,
+ * which at a reload would kill the good generation too; the master and
+ * --check load before any worker (and must not start a thread before they
+ * fork). So a load keeps its own clock, in its own thread: a count hook
+ * checks the deadline, with the JIT off so that the hook reaches every loop
+ * (a configuration runs once: interpreting it costs nothing that counts).
+ * The hook stays set, so a pcall in the configuration cannot swallow the
+ * error and go on. */
+static struct {
+  uint64_t deadline; /* uv_hrtime() past which the load fails */
+  double budget_s;   /* for the message */
+  int overran;       /* the hook fired: the load failed for its budget */
+  char where[256];   /* "FILE:LINE: " the load was running when it first fired */
+} load_clock;
+
+static void on_load_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  if (uv_hrtime() < load_clock.deadline) return;
+  if (!load_clock.overran) {
+    /* The error raised here may be caught and replaced (by the
+     * configuration's pcall, by a traceback handler the hook interrupts
+     * too), so the load's error is written from this, not from it. */
+    luaL_where(L, 0);
+    snprintf(load_clock.where, sizeof load_clock.where, "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    load_clock.overran = 1;
+    /* From now on at every instruction, so that the error reaches the
+     * frames outside a pcall too, not only the loop that ran most. */
+    lua_sethook(L, on_load_hook, LUA_MASKCOUNT, 1);
+  }
+  luaL_error(L, "configuration load exceeded timeouts.script (%.1f s)", load_clock.budget_s);
+}
+
+/* Calls the function on top of L with its 2 arguments (load_config) under
+ * the budget; returns lua_pcall's result. */
+static int load_budgeted(lua_State *L, double budget) {
+  if (!(budget > 0)) budget = GW_SCRIPT_BUDGET_DEFAULT;
+  load_clock.budget_s = budget;
+  load_clock.overran = 0;
+  load_clock.deadline = uv_hrtime() + gw_seconds_to_ms(budget) * 1000000u;
+  luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+  lua_sethook(L, on_load_hook, LUA_MASKCOUNT, 10000);
+  int rc = lua_pcall(L, 2, 1, 0);
+  lua_sethook(L, NULL, 0, 0);
+  luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_ON);
+  return rc;
+}
+
+gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, double budget,
+                    gw_vm_files_t *files, char *err, size_t errlen) {
   lua_State *L = luaL_newstate();
   if (!L) {
     snprintf(err, errlen, "cannot create a Lua state (out of memory)");
@@ -236,8 +291,12 @@ gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, gw
     lua_getfield(L, runtime, "load_config");
     lua_pushstring(L, path);
     lua_pushstring(L, mode_names[mode]);
-    rc = lua_pcall(L, 2, 1, 0);
-    if (rc == 0) rc = config_from_lua(L, lua_gettop(L), &vm->config, err, errlen) ? -1 : 0;
+    rc = load_budgeted(L, budget);
+    if (load_clock.overran) {
+      snprintf(err, errlen, "%sconfiguration load exceeded timeouts.script (%.1f s)", load_clock.where,
+               load_clock.budget_s);
+      rc = -1;
+    } else if (rc == 0) rc = config_from_lua(L, lua_gettop(L), &vm->config, err, errlen) ? -1 : 0;
     else snprintf(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "unknown error");
     if (files) collect_files(L, runtime, files);
     if (rc == 0) {

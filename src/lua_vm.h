@@ -63,8 +63,10 @@ void gw_vm_files_free(gw_vm_files_t *f);
  * configuration's timers start with gw_vm_start, once the caller has
  * decided to use this generation. If `files` is not NULL it receives the
  * files the load read, also when it failed (a broken module is watched so
- * that fixing it reloads). */
-gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, gw_vm_files_t *files,
+ * that fixing it reloads). The configuration may run `budget` seconds of
+ * CPU (timeouts.script; <= 0: its default): past that the load fails with
+ * "configuration load exceeded timeouts.script". */
+gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, double budget, gw_vm_files_t *files,
                     char *err, size_t errlen);
 /* Starts the timers the configuration declared (a worker, once). Returns 0,
  * or GW_ELUA with the error in err. */

@@ -40,7 +40,7 @@ static void print_versions(void) {
 
 static int check(const char *path) {
   char err[4096];
-  gw_vm_t *vm = gw_vm_load(path, GW_VM_CHECK, 0, NULL, err, sizeof err);
+  gw_vm_t *vm = gw_vm_load(path, GW_VM_CHECK, 0, 0, NULL, err, sizeof err);
   if (!vm) {
     fprintf(stderr, "gateway: configuration %s failed: %s\n", path, err);
     return 1;

@@ -240,7 +240,7 @@ static void close_sockets(worker_slot_t *slots, int n) {
 int gw_master_run(const char *path, int workers) {
   gw_log_set_role("master");
   char err[4096];
-  gw_vm_t *vm = gw_vm_load(path, GW_VM_MASTER, 0, NULL, err, sizeof err);
+  gw_vm_t *vm = gw_vm_load(path, GW_VM_MASTER, 0, 0, NULL, err, sizeof err);
   if (!vm) {
     fprintf(stderr, "gateway: %s\n", err);
     return 1;

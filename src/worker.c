@@ -272,7 +272,7 @@ int gw_worker_run(const char *path, int index, int workers_override) {
   char err[4096], loaded_hash[65];
   gw_vm_files_t files = {NULL, 0};
   gw_reload_file_hash(path, loaded_hash); /* before the load: see changed_while_loading */
-  w->vm = gw_vm_load(path, GW_VM_WORKER, 1, &files, err, sizeof err);
+  w->vm = gw_vm_load(path, GW_VM_WORKER, 1, 0, &files, err, sizeof err);
   if (!w->vm) {
     gw_log_error("%s", err);
     return 2;

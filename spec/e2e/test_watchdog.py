@@ -68,3 +68,46 @@ def test_compiled_loop_costs_its_worker_not_the_gateway():
         wait_for(answers, timeout=5)
         if data == b"":
             assert worker_pids(g.pid) != before, "a new worker replaced the stuck one"
+
+
+ADMIN_APP = r'''
+local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT" }, admin = "127.0.0.1:$PORT2", timeouts = { script = 0.3 } }
+gw.get("/v", function() return "v1" end)
+'''
+# A plain loop (JIT-compiled if the JIT ran), and one that pcalls the
+# overrun away.
+LOAD_LOOPS = ['local n = 0 while true do n = n + 1 end\n',
+              'while true do pcall(function() local n = 0 while true do n = n + 1 end end) end\n']
+
+
+def test_a_looping_configuration_load_fails_the_reload():
+    from gwtest import admin_answers, line_of
+    with Gateway(ADMIN_APP, workers=1) as g:
+        assert wait_for(lambda: admin_answers(g.port2), 5), "admin listener up"
+        pids = worker_pids(g.pid)
+        for loop in LOAD_LOOPS:
+            text = ADMIN_APP + loop
+            with open(g.config_path, "w") as f:
+                f.write(g._substitute(text))
+            t0 = time.monotonic()
+            st, _, body = http(g.port2, "POST", "/reload", timeout=5)
+            took = time.monotonic() - t0
+            eq(st, 422, "a reload whose load loops")
+            doc = json.loads(body)
+            assert "configuration load exceeded timeouts.script (0.3 s)" in doc["message"], doc
+            eq(doc["line"], line_of(text, loop.strip()), "the line the load was running")
+            assert took < 2, "stopped after about timeouts.script: %.2fs" % took
+            eq(http(g.port, "GET", "/v")[2], b"v1", "the old generation keeps serving")
+        eq(worker_pids(g.pid), pids, "no worker was replaced")
+
+
+def test_a_looping_configuration_fails_the_check():
+    from gwtest import PRELUDE, run_cli
+    # At start-up no configuration is known yet: the default budget (5 s).
+    t0 = time.monotonic()
+    rc, out, err, _ = run_cli(["-t", "-c", "$DIR/loop.lua"], {"loop.lua": PRELUDE + LOAD_LOOPS[0]}, timeout=15)
+    took = time.monotonic() - t0
+    eq(rc, 1, "exit status")
+    assert "configuration load exceeded timeouts.script (5.0 s)" in out + err, out + err
+    assert took < 8, "took %.1fs" % took
