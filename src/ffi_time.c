@@ -110,6 +110,11 @@ void gw_ltimers_retire(gw_vm_t *vm) {
     if (lt->vm == vm && lt->repeat) ltimer_close(lt);
 }
 
+void gw_ltimers_cancel(gw_vm_t *vm) {
+  for (gw_ltimer_t *lt = ltimers; lt; lt = lt->next)
+    if (lt->vm == vm) ltimer_close(lt);
+}
+
 static void timer_task_done(void *owner, gw_task_t *t) { gw_task_free(t); }
 
 static const gw_task_owner_t timer_task_ops = {NULL, NULL, timer_task_done, NULL};

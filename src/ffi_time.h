@@ -17,5 +17,10 @@ double gw_ffi_now(void);
  * The handles close asynchronously; the references go in their close
  * callbacks. */
 void gw_ltimers_retire(gw_vm_t *vm);
+/* Stops every timer of `vm`, one-shots included: for a generation that a
+ * reload rejected after its timers were started (gw_vm_start), which never
+ * served and so has nothing in flight that a one-shot timer belongs to
+ * (call gw_vm_retire first). */
+void gw_ltimers_cancel(gw_vm_t *vm);
 
 #endif

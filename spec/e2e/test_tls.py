@@ -482,3 +482,34 @@ def test_reload_keeps_tls_and_refuses_a_bad_certificate():
             eq(answer(b"v2"), True, "the old generation keeps serving over TLS")
         finally:
             s.close()
+
+
+def test_a_reload_rejected_at_tls_runs_none_of_its_timers():
+    # The new generation's timers start (gw_vm_start) before the certificates
+    # are read again; when those fail, the generation never goes live and
+    # none of its timers, one-shots included, may fire.
+    from gwtest import http, wait_for
+
+    def app(tag, extra=""):
+        return ('local gw = require "gateway"\n'
+                'gw.shared_dict("d", "1m")\n'
+                'gw.config { listen = { "127.0.0.1:$PORT2",\n'
+                '  { addr = "127.0.0.1:$PORT", tls = { cert = "a.pem", key = "a.key" } } } }\n'
+                'gw.get("/get", function(req) return tostring(gw.shared.d:get(req.query.k)) end)\n'
+                'gw.timer.after(0.1, function() gw.shared.d:set("after_%s", "fired") end)\n'
+                'gw.timer.every(0.1, function() gw.shared.d:set("every_%s", "fired") end)\n'
+                '%s\n' % (tag, tag, extra))
+    with tls_gateway(app("v1")) as g:
+        assert wait_for(lambda: http(g.port2, "GET", "/get?k=after_v1")[2] == b"fired", 5), "v1's timer"
+        # Valid when gw.config checks it, replaced by a key that does not
+        # match the certificate before the reload reads it again.
+        swap = ('local f = io.open("$DIR/a.key", "w")\n'
+                'f:write(io.open("$DIR/b.key"):read("*a"))\n'
+                'f:close()')
+        with open(g.config_path, "w") as f:
+            f.write(g._substitute(app("v2", swap)))
+        g.send_signal(__import__("signal").SIGHUP)
+        g.wait_stderr("key values mismatch")
+        time.sleep(0.5)
+        for key in ("after_v2", "every_v2"):
+            eq(http(g.port2, "GET", "/get?k=" + key)[2], b"nil", "the rejected generation's " + key)
