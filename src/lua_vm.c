@@ -220,7 +220,7 @@ static void collect_files(lua_State *L, int runtime, gw_vm_files_t *out) {
  * to a loop the hook cannot reach (JIT-compiled code) is to end the worker,
  * which at a reload would kill the good generation too; the master and
  * --check load before any worker (and must not start a thread before they
- * fork). So a load keeps its own clock, in its own thread: a count hook
+ * fork). So a load keeps its own clock, in the loading thread: a count hook
  * checks the deadline, with the JIT off so that the hook reaches every loop
  * (a configuration runs once: interpreting it costs nothing that counts).
  * The hook stays set, so a pcall in the configuration cannot swallow the
@@ -236,9 +236,9 @@ static void on_load_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   if (uv_hrtime() < load_clock.deadline) return;
   if (!load_clock.overran) {
-    /* The error raised here may be caught and replaced (by the
-     * configuration's pcall, by a traceback handler the hook interrupts
-     * too), so the load's error is written from this, not from it. */
+    /* The error raised here may be caught and replaced (by a pcall in
+     * the configuration, by a traceback handler the hook interrupts too),
+     * so gw_vm_load writes the load's error from load_clock instead. */
     luaL_where(L, 0);
     snprintf(load_clock.where, sizeof load_clock.where, "%s", lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -437,15 +437,15 @@ static void log_coroutine_error(gw_task_t *t) {
 
 /* A WAIT yield with no waiter registered on the task: nothing in C will
  * ever resume it (every FFI call that returns AGAIN registers its waiter
- * first, and sched.lua yields WAIT only for those). It comes from a script
- * calling coroutine.yield(1) itself, or from gw.spawn threads that wait for
- * each other. Left alone it would pin the request and its generation
+ * first, and sched.lua yields WAIT only while one is pending). It comes
+ * from a script calling coroutine.yield(1) itself (or a gw.spawn thread
+ * yielding on its own, which leaves the root waiting for nothing). Left alone it would pin the request and its generation
  * forever, so the task fails as a script error: returns LUA_ERRRUN with
  * the message on top of the (suspended, never resumed again) coroutine. */
 static int stray_wait(gw_task_t *t) {
   lua_settop(t->co, 0);
-  lua_pushliteral(t->co, "the handler yielded outside the gateway's waits (coroutine.yield "
-                         "in a handler, or gw.spawn threads waiting for each other)");
+  lua_pushliteral(t->co, "the handler yielded outside the gateway's waits, so nothing would "
+                         "ever resume it (coroutine.yield called by the script?)");
   return LUA_ERRRUN;
 }
 
