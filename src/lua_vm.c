@@ -224,7 +224,9 @@ static void collect_files(lua_State *L, int runtime, gw_vm_files_t *out) {
  * checks the deadline, with the JIT off so that the hook reaches every loop
  * (a configuration runs once: interpreting it costs nothing that counts).
  * The hook stays set, so a pcall in the configuration cannot swallow the
- * error and go on. */
+ * error and go on. Not covered: a configuration that turns the JIT back on
+ * itself (jit.on()) and then loops in compiled code, or one stuck inside a
+ * C function (a blocking read). */
 static struct {
   uint64_t deadline; /* uv_hrtime() past which the load fails */
   double budget_s;   /* for the message */
