@@ -294,11 +294,11 @@ gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, do
     lua_pushstring(L, path);
     lua_pushstring(L, mode_names[mode]);
     rc = load_budgeted(L, budget);
-    if (load_clock.overran) {
+    if (load_clock.overran) rc = -1;
+    if (load_clock.overran)
       snprintf(err, errlen, "%sconfiguration load exceeded timeouts.script (%.1f s)", load_clock.where,
                load_clock.budget_s);
-      rc = -1;
-    } else if (rc == 0) rc = config_from_lua(L, lua_gettop(L), &vm->config, err, errlen) ? -1 : 0;
+    else if (rc == 0) rc = config_from_lua(L, lua_gettop(L), &vm->config, err, errlen) ? -1 : 0;
     else snprintf(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "unknown error");
     if (files) collect_files(L, runtime, files);
     if (rc == 0) {
@@ -441,13 +441,15 @@ static void log_coroutine_error(gw_task_t *t) {
  * ever resume it (every FFI call that returns AGAIN registers its waiter
  * first, and sched.lua yields WAIT only while one is pending). It comes
  * from a script calling coroutine.yield(1) itself (or a gw.spawn thread
- * yielding on its own, which leaves the root waiting for nothing). Left alone it would pin the request and its generation
- * forever, so the task fails as a script error: returns LUA_ERRRUN with
- * the message on top of the (suspended, never resumed again) coroutine. */
+ * yielding on its own, which leaves the root waiting for nothing). Left
+ * alone it would pin the request and its generation forever, so the task
+ * fails as a script error: returns LUA_ERRRUN with the message on top of
+ * the (suspended, never resumed again) coroutine. */
 static int stray_wait(gw_task_t *t) {
   lua_settop(t->co, 0);
-  lua_pushliteral(t->co, "the handler yielded outside the gateway's waits, so nothing would "
-                         "ever resume it (coroutine.yield called by the script?)");
+  lua_pushliteral(t->co,
+                  "the handler yielded outside the gateway's waits, so nothing would "
+                  "ever resume it (coroutine.yield called by the script?)");
   return LUA_ERRRUN;
 }
 

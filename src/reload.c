@@ -188,7 +188,8 @@ int gw_reload(gw_worker_t *w, const char *trigger, char *err, size_t errlen) {
   char hash[65];
   gw_reload_file_hash(w->path, hash);
   gw_vm_files_t files = {NULL, 0};
-  gw_vm_t *next = gw_vm_load(w->path, GW_VM_WORKER, generation, w->config.timeouts.script, &files, err, errlen);
+  double budget = w->config.timeouts.script; /* the running configuration's */
+  gw_vm_t *next = gw_vm_load(w->path, GW_VM_WORKER, generation, budget, &files, err, errlen);
   /* Watch what this load read even if it failed: fixing a broken module
    * must reload too. */
   watch_files(w, &files);
