@@ -659,6 +659,13 @@ static int send_head(gw_proxy_t *p, gw_req_t *r, int status, const char *lines, 
       *err = "101 for a request that asked for no upgrade";
       return GW_FFI_ERROR;
     }
+    /* A script may change the status of a proxied answer, but a tunnel
+     * needs the upstream to have switched too: else the client's bytes
+     * would reach a server still reading HTTP. */
+    if (hp->status != 101) {
+      *err = "101 where the upstream did not switch protocols";
+      return GW_FFI_ERROR;
+    }
     const char *v = NULL;
     size_t vlen = 0;
     for (uint32_t i = 0; i < hp->nheaders; i++) {

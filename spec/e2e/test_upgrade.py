@@ -174,3 +174,26 @@ def test_upstream_101_without_an_upgrade_is_not_passed_on():
             eq(g.get("/plain", {"Upgrade": "echo", "Connection": "Upgrade"})[0], 101, "a real upgrade")
     finally:
         ws.stop()
+
+
+def test_a_script_cannot_turn_a_plain_answer_into_a_tunnel():
+    # A middleware may change a proxied answer's status, but not to 101 when
+    # the upstream did not switch: the client's bytes would then go raw to a
+    # server still reading HTTP.
+    from origin import Origin
+    cfg = r'''
+local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT" } }
+local plain = gw.upstream("plain", { servers = { "127.0.0.1:@A@" } })
+gw.get("/fake101", function(req)
+  local res = plain:proxy(req)
+  res.status = 101
+  return res
+end)
+gw.get("/ok", function(req) return "ok" end)
+'''
+    with Origin("A") as a, Gateway(cfg.replace("@A@", str(a.port))) as g:
+        resp = raw(g.port, req_bytes("GET", "/fake101", [("Upgrade", "echo"), ("Connection", "Upgrade")]))
+        check_error(resp, 500)
+        assert "101 where the upstream did not switch protocols" in g.stderr_text(), g.stderr_text()[-2000:]
+        eq(g.get("/ok")[0], 200, "still serving")
