@@ -224,9 +224,9 @@ static void collect_files(lua_State *L, int runtime, gw_vm_files_t *out) {
  * checks the deadline, with the JIT off so that the hook reaches every loop
  * (a configuration runs once: interpreting it costs nothing that counts).
  * The hook stays set, so a pcall in the configuration cannot swallow the
- * error and go on. Not covered: a configuration that turns the JIT back on
- * itself (jit.on()) and then loops in compiled code, or one stuck inside a
- * C function (a blocking read). */
+ * error and go on. jit.on() and jit.off() in the configuration are held
+ * until the load ends (runtime.lua). Not covered: a load stuck inside a C
+ * function (a blocking read). */
 static struct {
   uint64_t deadline; /* uv_hrtime() past which the load fails */
   double budget_s;   /* for the message */
@@ -253,8 +253,10 @@ static void on_load_hook(lua_State *L, lua_Debug *ar) {
 }
 
 /* Calls the function on top of L with its 2 arguments (load_config) under
- * the budget; returns lua_pcall's result. */
-static int load_budgeted(lua_State *L, double budget) {
+ * the budget; returns lua_pcall's result. The engine comes back on after,
+ * unless the configuration asked for it off (runtime.lua notes jit.on()
+ * and jit.off() during the load, at index `runtime`). */
+static int load_budgeted(lua_State *L, double budget, int runtime) {
   if (!(budget > 0)) budget = GW_SCRIPT_BUDGET_DEFAULT;
   load_clock.budget_s = budget;
   load_clock.overran = 0;
@@ -263,7 +265,10 @@ static int load_budgeted(lua_State *L, double budget) {
   lua_sethook(L, on_load_hook, LUA_MASKCOUNT, 10000);
   int rc = lua_pcall(L, 2, 1, 0);
   lua_sethook(L, NULL, 0, 0);
-  luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_ON);
+  lua_getfield(L, runtime, "jit_engine");
+  int keep_off = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (!keep_off) luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_ON);
   return rc;
 }
 
@@ -293,7 +298,7 @@ gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, do
     lua_getfield(L, runtime, "load_config");
     lua_pushstring(L, path);
     lua_pushstring(L, mode_names[mode]);
-    rc = load_budgeted(L, budget);
+    rc = load_budgeted(L, budget, runtime);
     if (load_clock.overran) rc = -1;
     if (load_clock.overran)
       snprintf(err, errlen, "%sconfiguration load exceeded timeouts.script (%.1f s)", load_clock.where,

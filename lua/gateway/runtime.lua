@@ -84,6 +84,24 @@ local no_middleware = false
 -- the path (build_chain).
 local no_prefix_middleware = false
 
+-- The load runs with LuaJIT's engine off (C keeps the load's CPU budget
+-- with a hook, which compiled code would escape): jit.on() and jit.off()
+-- without a function are noted here instead of obeyed, and C applies the
+-- configuration's last word once the load is over (lua_vm.c).
+local function hold_jit_engine()
+  local on, off = jit.on, jit.off
+  _M.jit_engine = nil
+  jit.on = function(f, ...)
+    if f == nil then _M.jit_engine = true return end
+    return on(f, ...)
+  end
+  jit.off = function(f, ...)
+    if f == nil then _M.jit_engine = false return end
+    return off(f, ...)
+  end
+  return function() jit.on, jit.off = on, off end
+end
+
 function _M.load_config(path, mode)
   _M.mode = mode
   state.mode = mode
@@ -91,7 +109,9 @@ function _M.load_config(path, mode)
   state.config_dir = path:match("^(.*)/[^/]*$") or "." -- relative key files are read from here
   local chunk, err = loadfile(path)
   if not chunk then error(err, 0) end
+  local release_jit = hold_jit_engine()
   local ok, e = xpcall(chunk, config_traceback)
+  release_jit()
   if not ok then error(e, 0) end
   state.loading = false
   no_prefix_middleware = #state.prefix_mw == 0

@@ -78,7 +78,9 @@ gw.get("/v", function() return "v1" end)
 # A plain loop (JIT-compiled if the JIT ran), and one that pcalls the
 # overrun away.
 LOAD_LOOPS = ['local n = 0 while true do n = n + 1 end\n',
-              'while true do pcall(function() local n = 0 while true do n = n + 1 end end) end\n']
+              'while true do pcall(function() local n = 0 while true do n = n + 1 end end) end\n',
+              # jit.on() is held until the load ends: the loop stays interpreted.
+              'jit.on() local n = 0 while true do n = n + 1 end\n']
 
 
 def test_a_looping_configuration_load_fails_the_reload():
@@ -111,3 +113,13 @@ def test_a_looping_configuration_fails_the_check():
     eq(rc, 1, "exit status")
     assert "configuration load exceeded timeouts.script (5.0 s)" in out + err, out + err
     assert took < 8, "took %.1fs" % took
+
+
+def test_a_configurations_jit_choice_is_kept_after_its_load():
+    # The load runs with the JIT engine off (for its CPU budget); what the
+    # configuration itself asked, on or off, holds once the load is over.
+    from gwtest import PRELUDE
+    for call, want in (("", b"true"), ("jit.off()\n", b"false"), ("jit.off() jit.on()\n", b"true")):
+        app = PRELUDE + call + 'gw.get("/jit", function() return tostring((jit.status())) end)\n'
+        with Gateway(app, workers=1) as g:
+            eq(http(g.port, "GET", "/jit")[2], want, "jit.status() after a load with %r" % call)
