@@ -293,13 +293,6 @@ static int named_in_connection(const char *name, size_t n, const char *conn, siz
   return 0;
 }
 
-/* Did a script write request header `name` (req.headers: set or removed)? */
-static int edited_by_script(const gw_req_t *r, const char *name, size_t n) {
-  for (const gw_header_edit_t *e = r->edits; e; e = e->next)
-    if (e->name_len == n && strncasecmp(e->name, name, n) == 0) return 1;
-  return 0;
-}
-
 /* Does the client's Connection header make `name` hop-by-hop, so that it is
  * not forwarded (RFC 9110 7.6.1)? It drops only the client's own values: a
  * header a script wrote is the gateway's (an auth middleware's X-Consumer,
@@ -310,7 +303,7 @@ static int dropped_by_connection(const gw_req_t *r, const char *name, size_t n, 
                                  size_t clen) {
   if (!conn || !named_in_connection(name, n, conn, clen)) return 0;
   if (n == 4 && strncasecmp(name, "host", 4) == 0) return 0;
-  return !edited_by_script(r, name, n);
+  return gw_req_header_edit(r, name, n) == NULL; /* a script's header stays */
 }
 
 static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines, size_t llen) {

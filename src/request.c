@@ -55,14 +55,14 @@ void gw_req_free(gw_req_t *r) {
 
 const char *gw_req_buffer(const gw_req_t *r) { return r->conn->rbuf.base; }
 
-static const gw_header_edit_t *find_edit(const gw_req_t *r, const char *name, size_t len) {
+const gw_header_edit_t *gw_req_header_edit(const gw_req_t *r, const char *name, size_t len) {
   for (const gw_header_edit_t *e = r->edits; e; e = e->next)
     if (e->name_len == len && strncasecmp(e->name, name, len) == 0) return e;
   return NULL;
 }
 
 const char *gw_req_header(gw_req_t *r, const char *name, size_t name_len, size_t *len) {
-  const gw_header_edit_t *e = find_edit(r, name, name_len);
+  const gw_header_edit_t *e = gw_req_header_edit(r, name, name_len);
   if (e) {
     *len = e->value_len;
     return e->value;

@@ -111,6 +111,8 @@ static inline int gw_req_check(const gw_req_t *r, uint32_t serial) {
 
 /* The connection's read buffer, against which header slices are resolved. */
 const char *gw_req_buffer(const gw_req_t *r);
+/* The script's edit of header `name` (set or removed), or NULL if it made none. */
+const gw_header_edit_t *gw_req_header_edit(const gw_req_t *r, const char *name, size_t len);
 /* Finds header `name` (case-insensitive), edits first. Several values are
  * joined with ", " into the pool. Returns NULL when absent; *len set. */
 const char *gw_req_header(gw_req_t *r, const char *name, size_t name_len, size_t *len);
