@@ -394,12 +394,15 @@ static void body_finished(gw_conn_t *c, gw_body_state_t state) {
   conn_unref(c);
 }
 
-/* After the peer's EOF, once the buffered requests are served: what is
- * left (part of a head or of an unread body) can never complete, so the
+/* After the peer's EOF, once the buffered bytes are parsed, nothing more
+ * comes: a body being read fails (its handler answers), and otherwise what
+ * is left (part of a head or of an unread body) can never complete, so the
  * connection closes behind the answers already queued. */
 static void close_after_eof(gw_conn_t *c) {
   if (!c->peer_eof) return;
-  if (c->state == GW_CONN_IDLE || c->state == GW_CONN_HEAD || c->state == GW_CONN_DISCARD)
+  if (c->state == GW_CONN_BODY && c->req)
+    body_finished(c, GW_BODY_FAILED);
+  else if (c->state == GW_CONN_IDLE || c->state == GW_CONN_HEAD || c->state == GW_CONN_DISCARD)
     close_gracefully(c);
 }
 
@@ -642,8 +645,6 @@ int gw_conn_want_body(gw_conn_t *c) {
   /* Parse what is buffered already; it may complete the body synchronously. */
   conn_ref(c);
   process(c);
-  /* After the peer's EOF the rest of the body can never come. */
-  if (r->body_state == GW_BODY_READING && c->peer_eof) body_finished(c, GW_BODY_FAILED);
   conn_unref(c);
   if (r->body_state != GW_BODY_READING) return 0;
   arm_timer(c, secs_ms(c->worker->cfg->timeouts.body));
@@ -678,8 +679,6 @@ int gw_conn_stream_body(gw_conn_t *c, int (*sink)(void *, const char *, size_t, 
   /* Bytes already buffered flow on the next read callback or right now. */
   conn_ref(c);
   process(c);
-  /* After the peer's EOF the rest of the body can never come. */
-  if (r->body_state == GW_BODY_STREAMING && c->peer_eof) body_finished(c, GW_BODY_FAILED);
   conn_unref(c);
   return 0;
 }

@@ -291,6 +291,21 @@ def test_absolute_form_target():
             eq([r.status for r in rs], [400], target)
 
 
+def test_half_close_with_a_body_cut_short():
+    # A request whose body the FIN cut short fails its body read at once
+    # (400), after the requests before it were answered; it does not wait
+    # for timeouts.body.
+    with Gateway(BASIC) as g:
+        with Conn(g.port) as c:
+            t0 = time.monotonic()
+            c.send(req_bytes("GET", "/seq/3") +
+                   req_bytes("POST", "/echo", [("Content-Length", "10")], b"abc"))
+            c.sock.shutdown(socket.SHUT_WR)
+            rs = parse_all(c.read_until_close(5))
+            eq([r.status for r in rs], [200, 400], "the first answered, the cut body refused")
+            assert time.monotonic() - t0 < 2, "waited %.1fs" % (time.monotonic() - t0)
+
+
 def test_http10_client():
     with Gateway(BASIC) as g:
         data = raw(g.port, req_bytes("GET", "/hello", version="HTTP/1.0", host=None), timeout=3)
