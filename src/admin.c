@@ -44,10 +44,8 @@ static void send_json(gw_req_t *r, int status, const gw_buf_t *body) {
 /* ---- small JSON helpers ---- */
 
 static void json_str(gw_buf_t *b, const char *s) {
-  if (s)
-    gw_buf_append_json(b, s, strlen(s));
-  else
-    gw_buf_append_str(b, "null");
+  if (s) gw_buf_append_json(b, s, strlen(s));
+  else gw_buf_append_str(b, "null");
 }
 
 /* Realtime seconds as an RFC 3339 UTC time string, or null for 0. */
@@ -95,14 +93,10 @@ static void json_error_fields(gw_buf_t *b, const char *text) {
   gw_buf_append_str(b, "\"message\":");
   gw_buf_append_json(b, text, first);
   gw_buf_append_str(b, ",\"file\":");
-  if (file_len)
-    gw_buf_append_json(b, text, file_len);
-  else
-    gw_buf_append_str(b, "null");
-  if (file_len)
-    gw_buf_printf(b, ",\"line\":%ld", line);
-  else
-    gw_buf_append_str(b, ",\"line\":null");
+  if (file_len) gw_buf_append_json(b, text, file_len);
+  else gw_buf_append_str(b, "null");
+  if (file_len) gw_buf_printf(b, ",\"line\":%ld", line);
+  else gw_buf_append_str(b, ",\"line\":null");
   gw_buf_append_str(b, ",\"detail\":");
   json_str(b, text);
 }
@@ -311,20 +305,14 @@ void gw_admin_handle(gw_req_t *r) {
   int get = r->method == HTTP_GET || r->method == HTTP_HEAD;
 #define IS(p) (len == sizeof(p) - 1 && memcmp(path, p, len) == 0)
   if (IS("/status")) {
-    if (get)
-      status(r, w);
-    else
-      method_not_allowed(r, "GET, HEAD");
+    if (get) status(r, w);
+    else method_not_allowed(r, "GET, HEAD");
   } else if (IS("/metrics")) {
-    if (get)
-      metrics(r, w);
-    else
-      method_not_allowed(r, "GET, HEAD");
+    if (get) metrics(r, w);
+    else method_not_allowed(r, "GET, HEAD");
   } else if (IS("/reload")) {
-    if (r->method == HTTP_POST)
-      reload(r, w);
-    else
-      method_not_allowed(r, "POST");
+    if (r->method == HTTP_POST) reload(r, w);
+    else method_not_allowed(r, "POST");
   } else {
     gw_response_error(r, 404, "no such admin endpoint (try /status, /metrics, POST /reload)");
   }

@@ -377,10 +377,8 @@ TARGET static void make_hkeys(gw_aesgcm_t *g, const __m128i *rk) {
 TARGET static void expand(gw_aesgcm_t *g, const unsigned char *key, size_t key_len) {
   __m128i *rk = (__m128i *)g->rk;
   g->rounds = key_len == 16 ? 10 : 14;
-  if (key_len == 16)
-    expand128(rk, key);
-  else
-    expand256(rk, key);
+  if (key_len == 16) expand128(rk, key);
+  else expand256(rk, key);
   make_hkeys(g, rk);
 }
 

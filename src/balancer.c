@@ -103,8 +103,8 @@ static gw_server_t *pick_least_conn(gw_upstream_t *up, const gw_server_t *avoid,
   return best;
 }
 
-static gw_server_t *pick_hash(gw_upstream_t *up, const char *key, size_t keylen,
-                              const gw_server_t *avoid, uint64_t now) {
+static gw_server_t *pick_hash(gw_upstream_t *up, const char *key, size_t keylen, const gw_server_t *avoid,
+                              uint64_t now) {
   if (up->nring == 0) return NULL;
   uint32_t h = gw_hash32(key ? key : "", key ? keylen : 0);
   size_t lo = 0, hi = up->nring;
@@ -142,8 +142,8 @@ static gw_server_t *pick_ewma(gw_upstream_t *up, const gw_server_t *avoid, uint6
   return best;
 }
 
-gw_server_t *gw_balancer_pick(gw_upstream_t *up, const char *key, size_t keylen,
-                              const gw_server_t *avoid, uint64_t now) {
+gw_server_t *gw_balancer_pick(gw_upstream_t *up, const char *key, size_t keylen, const gw_server_t *avoid,
+                              uint64_t now) {
   gw_server_t *s = NULL;
   for (int pass = 0; pass < 2 && !s; pass++) {
     switch (up->balance) {

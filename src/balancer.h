@@ -21,8 +21,8 @@
 
 /* Recomputes derived state (the hash ring) after the server list changed. */
 void gw_balancer_rebuild(gw_upstream_t *up);
-gw_server_t *gw_balancer_pick(gw_upstream_t *up, const char *key, size_t keylen,
-                              const gw_server_t *avoid, uint64_t now_ms);
+gw_server_t *gw_balancer_pick(gw_upstream_t *up, const char *key, size_t keylen, const gw_server_t *avoid,
+                              uint64_t now_ms);
 /* 1 if a pick would find a server now; no side effects. */
 int gw_balancer_any_usable(const gw_upstream_t *up, uint64_t now_ms);
 /* Feeds a latency sample to the EWMA of `s`. */

@@ -73,8 +73,7 @@ static int is(const char *name, size_t nlen, const char *what) {
   return nlen == n && strncasecmp(name, what, n) == 0;
 }
 
-void gw_exchange_add_header(gw_exchange_t *x, const char *name, size_t nlen, const char *value,
-                            size_t vlen) {
+void gw_exchange_add_header(gw_exchange_t *x, const char *name, size_t nlen, const char *value, size_t vlen) {
   /* Hop-by-hop headers (RFC 9110 7.6.1) and framing belong to this hop. */
   if (is(name, nlen, "connection") || is(name, nlen, "keep-alive") || is(name, nlen, "te") ||
       is(name, nlen, "trailer") || is(name, nlen, "transfer-encoding") || is(name, nlen, "upgrade") ||
@@ -85,8 +84,7 @@ void gw_exchange_add_header(gw_exchange_t *x, const char *name, size_t nlen, con
   gw_exchange_add_line(x, name, nlen, value, vlen);
 }
 
-void gw_exchange_add_line(gw_exchange_t *x, const char *name, size_t nlen, const char *value,
-                          size_t vlen) {
+void gw_exchange_add_line(gw_exchange_t *x, const char *name, size_t nlen, const char *value, size_t vlen) {
   gw_buf_t *b = &x->header_lines;
   gw_buf_reserve(b, nlen + vlen + 4);
   memcpy(b->base + b->len, name, nlen);
@@ -405,9 +403,7 @@ static void parse(gw_exchange_t *x) {
         arm(x, read_timeout(x));
         break;
       }
-      case GW_HTTP1C_PAUSED:
-        gw_http1c_resume(&x->parser);
-        break;
+      case GW_HTTP1C_PAUSED: gw_http1c_resume(&x->parser); break;
       case GW_HTTP1C_DONE:
         if (x->state != GW_X_BODY) {
           /* A HEAD answer completes without pausing at its head. */
@@ -421,9 +417,7 @@ static void parse(gw_exchange_t *x) {
         }
         finish(x, 0, NULL);
         return;
-      case GW_HTTP1C_ERROR:
-        fail(x, x->body_error ? GW_ETOOBIG : GW_EPARSE, x->parser.reason);
-        return;
+      case GW_HTTP1C_ERROR: fail(x, x->body_error ? GW_ETOOBIG : GW_EPARSE, x->parser.reason); return;
     }
   }
 }
@@ -516,9 +510,9 @@ static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
  * from x->out, which outlives the write or is only freed after an abort,
  * when libuv cancels the write without reading the buffer. */
 typedef struct {
-  uv_write_t req;  /* req.data is the gw_uconn_t */
-  size_t len;      /* bytes counted in x->body_pending */
-  int head;        /* W_BODY, W_HEAD (the head and a buffered body), W_TLS */
+  uv_write_t req; /* req.data is the gw_uconn_t */
+  size_t len;     /* bytes counted in x->body_pending */
+  int head;       /* W_BODY, W_HEAD (the head and a buffered body), W_TLS */
   char data[];
 } uwrite_t;
 
@@ -691,8 +685,8 @@ static void on_connect(uv_connect_t *req, int status) {
 static void start_try(gw_exchange_t *x) {
   const gw_server_t *avoid = x->retry_elsewhere ? x->server : NULL;
   /* A health check asks one server, whatever its health, and never retries. */
-  gw_server_t *s = x->fixed_server ? x->fixed_server
-                                   : gw_upstream_pick(x->up, x->hash_key, x->hash_key_len, avoid);
+  gw_server_t *s =
+      x->fixed_server ? x->fixed_server : gw_upstream_pick(x->up, x->hash_key, x->hash_key_len, avoid);
   if (avoid && s == avoid) {
     /* A retry goes to another server; with none left, the last failure stands. */
     x->server = NULL;
@@ -732,7 +726,6 @@ static void start_try(gw_exchange_t *x) {
   int rc = uv_tcp_connect(&uc->connect_req, &uc->tcp, (const struct sockaddr *)&s->sa, on_connect);
   if (rc != 0) fail(x, rc, "connect failed");
 }
-
 
 /* A first try that fails before any I/O (no healthy server) is reported
  * on the next loop turn: on_done must never run inside gw_exchange_start,
@@ -922,8 +915,8 @@ static void tls_failed(gw_uconn_t *uc, int in_handshake) {
     return;
   }
   if (why)
-    gw_log_error("upstream %s: server %s: TLS certificate verify failed: %s", uc->up->name,
-                 uc->server->addr, why);
+    gw_log_error("upstream %s: server %s: TLS certificate verify failed: %s", uc->up->name, uc->server->addr,
+                 why);
   else
     gw_log_error("upstream %s: server %s: TLS %s failed: %s", uc->up->name, uc->server->addr,
                  in_handshake ? "handshake" : "record", gw_tls_error(uc->tls));

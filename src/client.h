@@ -52,77 +52,83 @@ typedef struct gw_exchange_ops_s {
 /* A connection to one server. Owned by its server's pool while idle, by
  * its exchange while in use; freed after its handles close. */
 struct gw_uconn_s {
-  uv_tcp_t tcp;                /* tcp.data points here */
-  uv_timer_t timer;            /* connect, send, read, and idle timeouts */
+  uv_tcp_t tcp;     /* tcp.data points here */
+  uv_timer_t timer; /* connect, send, read, and idle timeouts */
   uv_connect_t connect_req;
   gw_server_t *server;
   gw_upstream_t *up;
   gw_uconn_t *next_idle, *prev_idle; /* server->idle list */
-  gw_exchange_t *x;            /* the exchange using it; NULL while idle */
-  gw_buf_t rbuf;               /* response bytes; the head stays until on_done */
-  size_t parsed;               /* bytes of rbuf given to the parser */
+  gw_exchange_t *x;                  /* the exchange using it; NULL while idle */
+  gw_buf_t rbuf;                     /* response bytes; the head stays until on_done */
+  size_t parsed;                     /* bytes of rbuf given to the parser */
   int handles_open;
   uint8_t connected, reading, closing, in_pool;
-  unsigned exchanges;          /* exchanges carried, > 1 means reused */
-  gw_tls_t *tls;               /* an https:// server's TLS state (owned), or NULL */
-  unsigned tls_gen;            /* up->tls_gen when it was made: a newer one is not reused */
-  uint64_t deadline;           /* loop ms when the current phase times out; 0: none */
-  uint64_t timer_due;          /* loop ms when `timer` fires; 0: not armed */
+  unsigned exchanges; /* exchanges carried, > 1 means reused */
+  gw_tls_t *tls;      /* an https:// server's TLS state (owned), or NULL */
+  unsigned tls_gen;   /* up->tls_gen when it was made: a newer one is not reused */
+  uint64_t deadline;  /* loop ms when the current phase times out; 0: none */
+  uint64_t timer_due; /* loop ms when `timer` fires; 0: not armed */
 };
 
 typedef enum {
-  GW_X_IDLE = 0, GW_X_CONNECTING, GW_X_HANDSHAKE, GW_X_SENDING, GW_X_HEAD, GW_X_BODY, GW_X_DONE
+  GW_X_IDLE = 0,
+  GW_X_CONNECTING,
+  GW_X_HANDSHAKE,
+  GW_X_SENDING,
+  GW_X_HEAD,
+  GW_X_BODY,
+  GW_X_DONE
 } gw_exchange_state_t;
 
 /* Owned by the caller (see the file comment). */
 struct gw_exchange_s {
   gw_upstream_t *up;
-  gw_server_t *server;         /* the server of the current try */
-  gw_uconn_t *uc;              /* its connection */
+  gw_server_t *server; /* the server of the current try */
+  gw_uconn_t *uc;      /* its connection */
   const gw_exchange_ops_t *ops;
-  void *data;                  /* the caller's */
+  void *data; /* the caller's */
   /* The request, kept for retries; each try serialises it into `out`. */
-  char *method;                /* "GET" */
-  char *target;                /* "/path?query" */
-  gw_buf_t header_lines;       /* "Name: value\r\n" lines, framing excluded */
-  uint8_t has_host;            /* header_lines has Host; else the server's is used */
-  uint8_t has_body;            /* send `body` with Content-Length (even if empty) */
+  char *method;          /* "GET" */
+  char *target;          /* "/path?query" */
+  gw_buf_t header_lines; /* "Name: value\r\n" lines, framing excluded */
+  uint8_t has_host;      /* header_lines has Host; else the server's is used */
+  uint8_t has_body;      /* send `body` with Content-Length (even if empty) */
   gw_buf_t body;
-  gw_buf_t out;                /* the bytes of the current try */
+  gw_buf_t out; /* the bytes of the current try */
   /* A request body streamed from the client instead of `body`. */
-  uint8_t stream_body;         /* on: the body comes through write_body */
-  int64_t stream_length;       /* its Content-Length, or -1: chunked to the server */
-  gw_buf_t body_q;             /* framed body bytes not yet handed to libuv */
-  size_t body_pending;         /* queued or in-flight body bytes */
-  uint8_t body_writing;        /* a body write is in flight */
-  uint8_t body_end_queued;     /* the client's body is complete */
-  uint8_t body_done_sent;      /* ... and its last bytes are on their way */
-  uint8_t head_sent;           /* the head write completed */
+  uint8_t stream_body;     /* on: the body comes through write_body */
+  int64_t stream_length;   /* its Content-Length, or -1: chunked to the server */
+  gw_buf_t body_q;         /* framed body bytes not yet handed to libuv */
+  size_t body_pending;     /* queued or in-flight body bytes */
+  uint8_t body_writing;    /* a body write is in flight */
+  uint8_t body_end_queued; /* the client's body is complete */
+  uint8_t body_done_sent;  /* ... and its last bytes are on their way */
+  uint8_t head_sent;       /* the head write completed */
   gw_http1c_t parser;
-  const char *resp_base;       /* the buffer the parser's header slices point into;
-                                  valid during on_head and on_done */
-  char *hash_key;              /* for the hash balancer, or NULL */
+  const char *resp_base; /* the buffer the parser's header slices point into;
+                            valid during on_head and on_done */
+  char *hash_key;        /* for the hash balancer, or NULL */
   size_t hash_key_len;
-  double timeout;              /* overrides the read timeout when > 0 */
-  uint64_t started_ms;         /* of the current try */
-  uint64_t started_ns;         /* the same, finer: for the latency histogram */
+  double timeout;      /* overrides the read timeout when > 0 */
+  uint64_t started_ms; /* of the current try */
+  uint64_t started_ns; /* the same, finer: for the latency histogram */
   gw_exchange_state_t state;
-  int tries;                   /* tries made */
-  uint8_t idempotent;          /* may be retried */
-  uint8_t head_request;        /* the method is HEAD */
-  uint8_t got_bytes;           /* a response byte arrived on this try */
-  uint8_t paused;              /* the caller paused reading */
-  uint8_t in_callback;         /* inside one of ops: no freeing */
+  int tries;            /* tries made */
+  uint8_t idempotent;   /* may be retried */
+  uint8_t head_request; /* the method is HEAD */
+  uint8_t got_bytes;    /* a response byte arrived on this try */
+  uint8_t paused;       /* the caller paused reading */
+  uint8_t in_callback;  /* inside one of ops: no freeing */
   uint8_t abort_pending;
-  uint8_t body_error;          /* on_body refused the body (too large) */
-  uint8_t reported;            /* this try's outcome went to passive health */
-  uint8_t tunnel;              /* after a 101: raw bytes both ways */
-  uint8_t retry_elsewhere;     /* the next try must use another server */
-  uv_timer_t *deferred;        /* a start reported on the next turn, or NULL */
-  const char *deferred_msg;    /* ... as this failure ("breaker open"), or NULL */
-  uint8_t probe;               /* this exchange is the breaker's half-open probe */
-  gw_server_t *fixed_server;   /* ask only this server (health checks), or NULL */
-  int last_err;                /* the failure a retry tries to get past */
+  uint8_t body_error;        /* on_body refused the body (too large) */
+  uint8_t reported;          /* this try's outcome went to passive health */
+  uint8_t tunnel;            /* after a 101: raw bytes both ways */
+  uint8_t retry_elsewhere;   /* the next try must use another server */
+  uv_timer_t *deferred;      /* a start reported on the next turn, or NULL */
+  const char *deferred_msg;  /* ... as this failure ("breaker open"), or NULL */
+  uint8_t probe;             /* this exchange is the breaker's half-open probe */
+  gw_server_t *fixed_server; /* ask only this server (health checks), or NULL */
+  int last_err;              /* the failure a retry tries to get past */
   const char *last_msg;
 };
 
@@ -132,12 +138,10 @@ void gw_exchange_set_request(gw_exchange_t *x, const char *method, size_t mlen, 
                              size_t tlen);
 /* Adds a request header; Host is noted (so the server's is not added);
  * framing and hop-by-hop headers are the client's job and are dropped. */
-void gw_exchange_add_header(gw_exchange_t *x, const char *name, size_t nlen, const char *value,
-                            size_t vlen);
+void gw_exchange_add_header(gw_exchange_t *x, const char *name, size_t nlen, const char *value, size_t vlen);
 void gw_exchange_set_body(gw_exchange_t *x, const char *body, size_t len);
 /* Adds a header line without the hop-by-hop filter (Upgrade, Connection). */
-void gw_exchange_add_line(gw_exchange_t *x, const char *name, size_t nlen, const char *value,
-                          size_t vlen);
+void gw_exchange_add_line(gw_exchange_t *x, const char *name, size_t nlen, const char *value, size_t vlen);
 /* Starts `x` (state IDLE, request set). Calls back later, never before
  * returning. Returns 0, or an error without calling back (no server). */
 int gw_exchange_start(gw_exchange_t *x);

@@ -25,8 +25,10 @@ void gw_listen_copy_tls(gw_listen_t *dst, const gw_listen_t *src) {
   if (src->ncerts) {
     dst->certs = gw_xcalloc(src->ncerts, sizeof *dst->certs);
     for (size_t k = 0; k < src->ncerts; k++) {
-      dst->certs[k].cert = src->certs[k].cert ? gw_xstrndup(src->certs[k].cert, strlen(src->certs[k].cert)) : NULL;
-      dst->certs[k].key = src->certs[k].key ? gw_xstrndup(src->certs[k].key, strlen(src->certs[k].key)) : NULL;
+      dst->certs[k].cert =
+          src->certs[k].cert ? gw_xstrndup(src->certs[k].cert, strlen(src->certs[k].cert)) : NULL;
+      dst->certs[k].key =
+          src->certs[k].key ? gw_xstrndup(src->certs[k].key, strlen(src->certs[k].key)) : NULL;
     }
   }
   dst->client_ca = src->client_ca ? gw_xstrndup(src->client_ca, strlen(src->client_ca)) : NULL;

@@ -58,7 +58,7 @@ typedef struct gw_listen_s {
   gw_tls_cert_t *certs; /* TLS listener: ncerts certificates (the first is the default),
                          * paths resolved against the configuration's folder; NULL: plain */
   size_t ncerts;
-  char *client_ca;      /* TLS listener: PEM file of the client CAs (resolved path), or NULL */
+  char *client_ca;               /* TLS listener: PEM file of the client CAs (resolved path), or NULL */
   gw_tls_verify_t verify_client; /* OFF unless client_ca is set */
 } gw_listen_t;
 
@@ -69,12 +69,12 @@ typedef struct gw_dict_decl_s {
 } gw_dict_decl_t;
 
 typedef struct gw_config_s {
-  int workers;          /* resolved: "auto" becomes the number of cores */
-  gw_listen_t *listen;  /* nlisten entries, gw_xmalloc'd */
+  int workers;         /* resolved: "auto" becomes the number of cores */
+  gw_listen_t *listen; /* nlisten entries, gw_xmalloc'd */
   size_t nlisten;
-  char *admin;          /* "host:port" or NULL when off */
-  char *access_log;     /* path, "stdout", or NULL when off */
-  char *error_log;      /* path or "stderr" */
+  char *admin;      /* "host:port" or NULL when off */
+  char *access_log; /* path, "stdout", or NULL when off */
+  char *error_log;  /* path or "stderr" */
   gw_limits_t limits;
   gw_timeouts_t timeouts;
   double ticket_rotate;  /* tls.ticket_rotate: seconds each session ticket key encrypts */

@@ -193,9 +193,9 @@ static void close_gracefully(gw_conn_t *c) {
 /* ---- writing ---- */
 
 typedef struct {
-  uv_write_t req;  /* req.data is the connection */
+  uv_write_t req; /* req.data is the connection */
   size_t len;
-  char data[];     /* the bytes the socket did not take at once */
+  char data[]; /* the bytes the socket did not take at once */
 } pending_write_t;
 
 /* A failed write closes the connection from the timer, never from inside
@@ -400,8 +400,7 @@ static void body_finished(gw_conn_t *c, gw_body_state_t state) {
  * connection closes behind the answers already queued. */
 static void close_after_eof(gw_conn_t *c) {
   if (!c->peer_eof) return;
-  if (c->state == GW_CONN_BODY && c->req)
-    body_finished(c, GW_BODY_FAILED);
+  if (c->state == GW_CONN_BODY && c->req) body_finished(c, GW_BODY_FAILED);
   else if (c->state == GW_CONN_IDLE || c->state == GW_CONN_HEAD || c->state == GW_CONN_DISCARD)
     close_gracefully(c);
 }
@@ -580,21 +579,14 @@ static void on_timeout(uv_timer_t *t) {
   c->deadline = 0;
   conn_ref(c);
   switch (c->state) {
-    case GW_CONN_IDLE:
-      gw_conn_close(c);
-      break;
-    case GW_CONN_HEAD:
-      refuse(c, 408, "request head timed out");
-      break;
+    case GW_CONN_IDLE: gw_conn_close(c); break;
+    case GW_CONN_HEAD: refuse(c, 408, "request head timed out"); break;
     case GW_CONN_BODY:
       if (c->req) body_finished(c, GW_BODY_FAILED);
       break;
     case GW_CONN_DISCARD:
-    case GW_CONN_LINGER:
-      gw_conn_close(c);
-      break;
-    default:
-      break;
+    case GW_CONN_LINGER: gw_conn_close(c); break;
+    default: break;
   }
   conn_unref(c);
 }
@@ -611,14 +603,10 @@ int gw_conn_want_body(gw_conn_t *c) {
   switch (r->body_state) {
     case GW_BODY_DONE:
     case GW_BODY_TOO_BIG:
-    case GW_BODY_FAILED:
-      return 0;
-    case GW_BODY_READING:
-      return 1;
-    case GW_BODY_STREAMING:
-      return GW_ESTATE;
-    case GW_BODY_UNREAD:
-      break;
+    case GW_BODY_FAILED: return 0;
+    case GW_BODY_READING: return 1;
+    case GW_BODY_STREAMING: return GW_ESTATE;
+    case GW_BODY_UNREAD: break;
   }
   if (r->content_length > c->http.limits->body_bytes) {
     /* Refused without reading it; the connection closes after the answer. */
@@ -746,7 +734,8 @@ void gw_conn_request_done(gw_conn_t *c) {
   conn_ref(c);
   access_log(c, r);
   /* Every request ends here once: count it (admin requests are not counted). */
-  if (!c->admin) gw_metrics_request(r->route, r->status, r->start_ns ? (double)(uv_hrtime() - r->start_ns) / 1e9 : 0);
+  if (!c->admin)
+    gw_metrics_request(r->route, r->status, r->start_ns ? (double)(uv_hrtime() - r->start_ns) / 1e9 : 0);
   c->requests++;
   c->worker->requests++;
   int keep = r->keep_alive && !r->close_after && !c->worker->draining;

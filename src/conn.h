@@ -25,47 +25,47 @@
 typedef struct gw_worker_s gw_worker_t;
 
 typedef enum {
-  GW_CONN_IDLE = 0,  /* between requests (keep-alive), nothing buffered */
-  GW_CONN_HEAD,      /* a head is arriving */
-  GW_CONN_HANDLING,  /* a request is with the Lua layer; reading paused */
-  GW_CONN_BODY,      /* the Lua layer waits for the body; reading on */
-  GW_CONN_DISCARD,   /* the answer is sent; dropping an unread body */
-  GW_CONN_TUNNEL,    /* after a 101: raw bytes both ways (proxy.c) */
-  GW_CONN_LINGER,    /* write side shut; reading until EOF before closing */
-  GW_CONN_CLOSING    /* handles are closing */
+  GW_CONN_IDLE = 0, /* between requests (keep-alive), nothing buffered */
+  GW_CONN_HEAD,     /* a head is arriving */
+  GW_CONN_HANDLING, /* a request is with the Lua layer; reading paused */
+  GW_CONN_BODY,     /* the Lua layer waits for the body; reading on */
+  GW_CONN_DISCARD,  /* the answer is sent; dropping an unread body */
+  GW_CONN_TUNNEL,   /* after a 101: raw bytes both ways (proxy.c) */
+  GW_CONN_LINGER,   /* write side shut; reading until EOF before closing */
+  GW_CONN_CLOSING   /* handles are closing */
 } gw_conn_state_t;
 
 /* Owned by its worker (listed in worker->conns); see the file comment. */
 struct gw_conn_s {
-  uv_tcp_t tcp;          /* the socket; tcp.data points here */
-  uv_timer_t timer;      /* idle, header, body and linger timeouts */
-  gw_worker_t *worker;   /* the owner */
+  uv_tcp_t tcp;                  /* the socket; tcp.data points here */
+  uv_timer_t timer;              /* idle, header, body and linger timeouts */
+  gw_worker_t *worker;           /* the owner */
   struct gw_conn_s *prev, *next; /* worker->conns list */
-  gw_http1_t http;       /* the parser */
-  gw_buf_t rbuf;         /* bytes read; the current head stays at its offsets */
-  size_t parsed;         /* bytes of rbuf already given to the parser */
-  size_t head_end;       /* where the current request's head ends in rbuf */
-  gw_req_t *req;         /* the current request, or NULL */
+  gw_http1_t http;               /* the parser */
+  gw_buf_t rbuf;                 /* bytes read; the current head stays at its offsets */
+  size_t parsed;                 /* bytes of rbuf already given to the parser */
+  size_t head_end;               /* where the current request's head ends in rbuf */
+  gw_req_t *req;                 /* the current request, or NULL */
   gw_conn_state_t state;
-  int refs;              /* callbacks in progress; close waits for 0 */
-  int handles_open;      /* libuv handles not yet closed */
-  int writes_pending;    /* uv_write requests not yet completed */
+  int refs;                   /* callbacks in progress; close waits for 0 */
+  int handles_open;           /* libuv handles not yet closed */
+  int writes_pending;         /* uv_write requests not yet completed */
   size_t write_bytes_pending; /* bytes in those requests */
-  unsigned requests;     /* requests served, for the log */
-  uint8_t close_scheduled; /* close when refs reach 0 */
-  uint8_t reading;       /* uv_read_start is in effect */
-  uint8_t peer_eof;      /* the peer half-closed: nothing more comes, what is buffered is served */
-  uint8_t in_process;    /* process() is on the stack: it will look again */
-  uint8_t write_failed;  /* a write failed: close on the next timer turn */
-  uint8_t head_timer_set; /* the current head's timeouts.header is armed */
+  unsigned requests;          /* requests served, for the log */
+  uint8_t close_scheduled;    /* close when refs reach 0 */
+  uint8_t reading;            /* uv_read_start is in effect */
+  uint8_t peer_eof;           /* the peer half-closed: nothing more comes, what is buffered is served */
+  uint8_t in_process;         /* process() is on the stack: it will look again */
+  uint8_t write_failed;       /* a write failed: close on the next timer turn */
+  uint8_t head_timer_set;     /* the current head's timeouts.header is armed */
   int (*tunnel_sink)(void *, const char *, ssize_t); /* GW_CONN_TUNNEL */
   void *tunnel_data;
-  uint64_t deadline;     /* loop ms when the current state times out; 0: none */
-  uint64_t timer_due;    /* loop ms when `timer` fires; 0: not armed */
-  uint8_t admin;         /* accepted on the admin listener: admin.c answers, never Lua */
-  gw_tls_t *tls;         /* accepted on a TLS listener: the TLS state, else NULL; freed
-                          * with the connection (on_handle_closed) */
-  char ip[48];           /* the peer address, text */
+  uint64_t deadline;  /* loop ms when the current state times out; 0: none */
+  uint64_t timer_due; /* loop ms when `timer` fires; 0: not armed */
+  uint8_t admin;      /* accepted on the admin listener: admin.c answers, never Lua */
+  gw_tls_t *tls;      /* accepted on a TLS listener: the TLS state, else NULL; freed
+                       * with the connection (on_handle_closed) */
+  char ip[48];        /* the peer address, text */
 };
 
 /* Accepts one pending connection on `server` for worker `w`; `tls` is the

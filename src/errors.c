@@ -9,8 +9,7 @@
 const char *gw_strerror(int err) {
   switch (err) {
 #define XX(name, code, msg) \
-  case code:                \
-    return msg;
+  case code: return msg;
     GW_ERRNO_MAP(XX)
 #undef XX
   }
@@ -20,8 +19,7 @@ const char *gw_strerror(int err) {
 const char *gw_err_name(int err) {
   switch (err) {
 #define XX(name, code, msg) \
-  case code:                \
-    return #name;
+  case code: return #name;
     GW_ERRNO_MAP(XX)
 #undef XX
   }

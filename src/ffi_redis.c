@@ -57,10 +57,8 @@ static int push_value(lua_State *L, const redisReply *r, int depth, int top) {
       return 0;
     case REDIS_REPLY_NIL:
     default:
-      if (top)
-        lua_pushnil(L);
-      else
-        lua_pushlightuserdata(L, NULL);
+      if (top) lua_pushnil(L);
+      else lua_pushlightuserdata(L, NULL);
       return 0;
   }
 }

@@ -71,8 +71,8 @@ static int edited(const gw_req_t *r, const char *name, size_t len) {
 /* The i-th visible header (0-based): originals a script did not touch, then
  * the newest edit of each edited name that is not a removal. Returns
  * GW_FFI_DECLINED past the end. */
-GW_FFI_EXPORT int gw_ffi_req_header_at(gw_req_t *r, uint32_t s, int i, const char **name,
-                                       size_t *nlen, const char **value, size_t *vlen) {
+GW_FFI_EXPORT int gw_ffi_req_header_at(gw_req_t *r, uint32_t s, int i, const char **name, size_t *nlen,
+                                       const char **value, size_t *vlen) {
   if (!gw_req_check(r, s)) return GW_FFI_BAD_CONTEXT;
   const char *buf = gw_req_buffer(r);
   for (uint32_t k = 0; k < r->nheaders; k++) {
@@ -127,9 +127,8 @@ GW_FFI_EXPORT int gw_ffi_req_set_id(gw_req_t *r, uint32_t s, const char *id, siz
  * with *err ("body too large" or "body read failed"). */
 void gw__conn_body_waiter(gw_conn_t *c, gw_waiter_t *w);
 
-GW_FFI_EXPORT int gw_ffi_req_body(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t s,
-                                  const char **body, size_t *len, const char **err,
-                                  uint32_t *wait_id) {
+GW_FFI_EXPORT int gw_ffi_req_body(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t s, const char **body,
+                                  size_t *len, const char **err, uint32_t *wait_id) {
   if (!gw_req_check(r, s) || !gw_task_check(t, ts)) return GW_FFI_BAD_CONTEXT;
   if (r->resp_state != GW_RESP_NONE) {
     *err = "the response was already sent";
@@ -176,8 +175,8 @@ GW_FFI_EXPORT int gw_ffi_resp_send(gw_req_t *r, uint32_t s, const char *body, si
 
 /* A whole answer in one call: status, a Content-Type and a body (the hot
  * path of handlers that return a string). */
-GW_FFI_EXPORT int gw_ffi_resp_simple(gw_req_t *r, uint32_t s, int status, const char *ctype,
-                                     size_t clen, const char *body, size_t len) {
+GW_FFI_EXPORT int gw_ffi_resp_simple(gw_req_t *r, uint32_t s, int status, const char *ctype, size_t clen,
+                                     const char *body, size_t len) {
   if (!gw_req_check(r, s)) return GW_FFI_BAD_CONTEXT;
   if (gw_response_start(r, status) != 0) return GW_FFI_ERROR;
   if (gw_response_header(r, "Content-Type", 12, ctype, clen) != 0) return GW_FFI_ERROR;

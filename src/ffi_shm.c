@@ -90,7 +90,8 @@ _Static_assert(sizeof(gw_ffi_gcra_t) == sizeof(gw_shdict_gcra_t), "gw_ffi_gcra_t
 /* One GCRA decision on `key` (see gw_shdict_gcra; now_ms < 0: the shared
  * monotonic clock, read under the dict's lock). */
 GW_FFI_EXPORT int gw_ffi_shdict_gcra(gw_shdict_t *d, const char *key, size_t klen, double emission_ms,
-                                     double tolerance_ms, double now_ms, gw_ffi_gcra_t *out, const char **err) {
+                                     double tolerance_ms, double now_ms, gw_ffi_gcra_t *out,
+                                     const char **err) {
   if (bad_key(klen) || !(emission_ms > 0) || !(tolerance_ms >= 0)) return fail(GW_ELIMIT, err);
   int rc = gw_shdict_gcra(d, key, klen, emission_ms, tolerance_ms, now_ms, (gw_shdict_gcra_t *)out);
   return rc == 0 ? GW_FFI_OK : fail(rc, err);

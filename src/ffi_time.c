@@ -38,7 +38,7 @@ GW_FFI_EXPORT double gw_ffi_monotonic(void) { return (double)uv_hrtime() / 1e9; 
 
 /* Owned by the waiting task; freed when the timer handle has closed. */
 typedef struct {
-  gw_waiter_t w;   /* first */
+  gw_waiter_t w; /* first */
   uv_timer_t timer;
 } sleep_t;
 
@@ -81,10 +81,10 @@ GW_FFI_EXPORT int gw_ffi_sleep(gw_task_t *t, uint32_t ts, double seconds, uint32
  * when its VM generation is retired). Listed in `ltimers` until then. */
 typedef struct gw_ltimer_s {
   uv_timer_t handle;
-  gw_vm_t *vm;     /* referenced until the timer is freed */
-  int id;          /* key of the Lua function in runtime's timer table */
-  int repeat;      /* gw.timer.every */
-  int closing;     /* uv_close was called */
+  gw_vm_t *vm;                     /* referenced until the timer is freed */
+  int id;                          /* key of the Lua function in runtime's timer table */
+  int repeat;                      /* gw.timer.every */
+  int closing;                     /* uv_close was called */
   struct gw_ltimer_s *prev, *next; /* the ltimers list */
 } gw_ltimer_t;
 

@@ -26,18 +26,13 @@
 
 /* ---- declaring groups ---- */
 
-GW_FFI_EXPORT gw_upstream_t *gw_ffi_upstream_declare(const char *name, const char **addrs,
-                                                     const int *weights, int n, int balance,
-                                                     int keepalive_idle, double keepalive_timeout,
-                                                     double t_connect, double t_send, double t_read,
-                                                     int retries, int passive_failures,
-                                                     double passive_cooldown, double max_body,
-                                                     int breaker_failures, double breaker_window,
-                                                     double breaker_cooldown, const char *check_path,
-                                                     double check_interval, double check_timeout,
-                                                     int check_healthy, int check_unhealthy,
-                                                     int tls_verify, const char *tls_sni,
-                                                     const char *tls_ca, char *err, size_t errlen) {
+GW_FFI_EXPORT gw_upstream_t *gw_ffi_upstream_declare(
+    const char *name, const char **addrs, const int *weights, int n, int balance, int keepalive_idle,
+    double keepalive_timeout, double t_connect, double t_send, double t_read, int retries,
+    int passive_failures, double passive_cooldown, double max_body, int breaker_failures,
+    double breaker_window, double breaker_cooldown, const char *check_path, double check_interval,
+    double check_timeout, int check_healthy, int check_unhealthy, int tls_verify, const char *tls_sni,
+    const char *tls_ca, char *err, size_t errlen) {
   /* TLS settings are loaded before anything changes, so that a bad `ca`
    * leaves the group as it was (a failed reload keeps serving with it).
    * tls_verify < 0: no `tls` table (verification on, the system's CAs). */
@@ -77,8 +72,7 @@ GW_FFI_EXPORT gw_upstream_t *gw_ffi_upstream_declare(const char *name, const cha
   up->breaker_failures = breaker_failures;
   up->breaker_window = breaker_window;
   up->breaker_cooldown = breaker_cooldown;
-  gw_health_check_configure(up, check_path, check_interval, check_timeout, check_healthy,
-                            check_unhealthy);
+  gw_health_check_configure(up, check_path, check_interval, check_timeout, check_healthy, check_unhealthy);
   return up;
 }
 
@@ -111,10 +105,10 @@ int gw__exchange_add_lines(gw_exchange_t *x, const char *lines, size_t len) {
 
 /* Owned by the waiting task until woken or cancelled; then freed. */
 typedef struct {
-  gw_waiter_t w;       /* first */
+  gw_waiter_t w; /* first */
   gw_exchange_t x;
-  gw_buf_t body;       /* the response body so far */
-  int err;             /* result */
+  gw_buf_t body; /* the response body so far */
+  int err;       /* result */
   const char *msg;
 } fetch_t;
 
@@ -173,12 +167,11 @@ static void cancel_fetch(gw_waiter_t *w) {
   if (!gw_exchange_abort(&f->x)) fetch_free(f);
 }
 
-GW_FFI_EXPORT int gw_ffi_upstream_fetch(gw_task_t *t, uint32_t ts, gw_upstream_t *up,
-                                        const char *method, size_t mlen, const char *target,
-                                        size_t tlen, const char *lines, size_t llen,
-                                        const char *body, size_t blen, int has_body,
-                                        const char *key, size_t klen, double timeout,
-                                        uint32_t *wait_id, const char **err) {
+GW_FFI_EXPORT int gw_ffi_upstream_fetch(gw_task_t *t, uint32_t ts, gw_upstream_t *up, const char *method,
+                                        size_t mlen, const char *target, size_t tlen, const char *lines,
+                                        size_t llen, const char *body, size_t blen, int has_body,
+                                        const char *key, size_t klen, double timeout, uint32_t *wait_id,
+                                        const char **err) {
   if (!gw_task_check(t, ts)) return GW_FFI_BAD_CONTEXT;
   fetch_t *f = gw_xcalloc(1, sizeof *f);
   f->x.up = up;

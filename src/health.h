@@ -24,22 +24,22 @@ typedef enum { GW_BREAKER_CLOSED = 0, GW_BREAKER_OPEN = 1, GW_BREAKER_HALF_OPEN 
 
 /* Lives in the shared zone (or privately, see above); never freed. */
 typedef struct gw_health_s {
-  uint64_t key;           /* hash of group and address; 0: free slot */
-  char name[96];          /* "group" or "group address", for /status (written once) */
-  uint32_t fails;         /* consecutive passive failures */
-  uint32_t active_down;   /* 1 while active checks say the server is down */
-  uint32_t active_ok;     /* consecutive successful active checks */
-  uint32_t active_bad;    /* consecutive failed active checks */
-  uint64_t down_until;    /* passive health: down until this time (ms) */
-  uint64_t requests;      /* exchanges reported, all workers */
-  uint64_t failures;      /* of which failed */
+  uint64_t key;         /* hash of group and address; 0: free slot */
+  char name[96];        /* "group" or "group address", for /status (written once) */
+  uint32_t fails;       /* consecutive passive failures */
+  uint32_t active_down; /* 1 while active checks say the server is down */
+  uint32_t active_ok;   /* consecutive successful active checks */
+  uint32_t active_bad;  /* consecutive failed active checks */
+  uint64_t down_until;  /* passive health: down until this time (ms) */
+  uint64_t requests;    /* exchanges reported, all workers */
+  uint64_t failures;    /* of which failed */
   /* The breaker (group entries only). */
-  uint32_t breaker;       /* gw_breaker_state_t */
-  uint32_t probe;         /* 1 while the half-open probe is in flight */
-  uint64_t window_start;  /* ms: start of the failure-counting window */
-  uint32_t window_fails;  /* failures in the window */
+  uint32_t breaker;      /* gw_breaker_state_t */
+  uint32_t probe;        /* 1 while the half-open probe is in flight */
+  uint64_t window_start; /* ms: start of the failure-counting window */
+  uint32_t window_fails; /* failures in the window */
   uint32_t pad;
-  uint64_t open_until;    /* ms: the breaker half-opens then */
+  uint64_t open_until; /* ms: the breaker half-opens then */
   /* Latency of the tries that reached the server (server entries only):
    * per bucket of metrics.h's bounds (not cumulative; the last is above
    * all), their number and summed nanoseconds, all workers. */
@@ -77,7 +77,7 @@ void gw_health_observe(gw_health_t *h, uint64_t ns);
 int gw_breaker_allow(gw_health_t *g, uint64_t now_ms, int *probe);
 /* An exchange's outcome for the breaker: `failures` within `window`
  * seconds open it for `cooldown` seconds. */
-void gw_breaker_report(gw_health_t *g, int ok, int probe, int failures, double window,
-                       double cooldown, uint64_t now_ms);
+void gw_breaker_report(gw_health_t *g, int ok, int probe, int failures, double window, double cooldown,
+                       uint64_t now_ms);
 
 #endif

@@ -23,8 +23,8 @@ typedef struct {
   gw_upstream_t *up;
   gw_active_check_t cfg;
   uv_timer_t timer;
-  int running;     /* the timer is started */
-  int in_flight;   /* checks of the current round not finished */
+  int running;   /* the timer is started */
+  int in_flight; /* checks of the current round not finished */
 } checker_t;
 
 /* One check; freed in its on_done. */

@@ -15,11 +15,11 @@
 #include "upstream.h"
 
 typedef struct gw_active_check_s {
-  char *path;        /* the request target of the check */
-  double interval;   /* seconds between rounds */
-  double timeout;    /* seconds a check may take */
-  int healthy;       /* consecutive successes that bring a server back */
-  int unhealthy;     /* consecutive failures that take it out */
+  char *path;      /* the request target of the check */
+  double interval; /* seconds between rounds */
+  double timeout;  /* seconds a check may take */
+  int healthy;     /* consecutive successes that bring a server back */
+  int unhealthy;   /* consecutive failures that take it out */
 } gw_active_check_t;
 
 /* Sets (path != NULL) or removes the active checks of `up`; in worker 0 the

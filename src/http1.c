@@ -150,8 +150,8 @@ static int inspect_headers(gw_http1_t *h, gw_req_t *r) {
   for (uint32_t i = 0; i < r->nheaders; i++) {
     gw_header_t *hd = &r->headers[i];
     /* Trailing blanks are not part of a value (RFC 9110 5.5); llhttp keeps them. */
-    while (hd->value_len > 0 &&
-           (h->base[hd->value_off + hd->value_len - 1] == ' ' || h->base[hd->value_off + hd->value_len - 1] == '\t'))
+    while (hd->value_len > 0 && (h->base[hd->value_off + hd->value_len - 1] == ' ' ||
+                                 h->base[hd->value_off + hd->value_len - 1] == '\t'))
       hd->value_len--;
     /* llhttp lets "Name : value" through; a name must be a token (RFC 9110
      * 5.1), and a proxy that trims such a name invites smuggling. */
@@ -339,26 +339,24 @@ gw_http1_result_t gw_http1_execute(gw_http1_t *h, const char *base, size_t from,
     case HPE_PAUSED:
       /* limits.header_bytes counts the whole head, request line to the
        * blank line, however the bytes were split into reads. */
-      if (h->paused_at == GW_HTTP1_HEAD && h->msg_started && from + used - h->msg_start > h->limits->header_bytes) {
+      if (h->paused_at == GW_HTTP1_HEAD && h->msg_started &&
+          from + used - h->msg_start > h->limits->header_bytes) {
         h->status = 431;
         h->reason = "request head too large";
         return GW_HTTP1_ERROR;
       }
-      if (h->paused_at == GW_HTTP1_HEAD && h->msg_started && has_bare_lf(base + h->msg_start, from + used - h->msg_start)) {
+      if (h->paused_at == GW_HTTP1_HEAD && h->msg_started &&
+          has_bare_lf(base + h->msg_start, from + used - h->msg_start)) {
         h->status = 400;
         h->reason = "bare LF in the request head";
         return GW_HTTP1_ERROR;
       }
       return (gw_http1_result_t)h->paused_at;
-    case HPE_PAUSED_UPGRADE:
-      return GW_HTTP1_UPGRADE;
-    default:
-      return parse_error(h, err);
+    case HPE_PAUSED_UPGRADE: return GW_HTTP1_UPGRADE;
+    default: return parse_error(h, err);
   }
 }
 
 void gw_http1_resume(gw_http1_t *h) { llhttp_resume(&h->parser); }
 
-int gw_http1_message_complete(const gw_http1_t *h) {
-  return h->between_messages;
-}
+int gw_http1_message_complete(const gw_http1_t *h) { return h->between_messages; }

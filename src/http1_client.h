@@ -53,10 +53,10 @@ struct gw_http1c_s {
                                 gw_http1c_init, freed by gw_http1c_free */
   uint32_t headers_cap;      /* entries allocated in headers */
   uint32_t nheaders;
-  size_t head_end;           /* offset just past the head in the caller's buffer */
-  size_t max_headers;        /* at most this many headers */
-  size_t trailer_bytes;      /* bytes of trailer fields so far (dropped) */
-  const char *reason;        /* on error, static */
+  size_t head_end;      /* offset just past the head in the caller's buffer */
+  size_t max_headers;   /* at most this many headers */
+  size_t trailer_bytes; /* bytes of trailer fields so far (dropped) */
+  const char *reason;   /* on error, static */
 };
 
 /* Readies `p` for a new response. The first call needs `p` zeroed; later

@@ -49,8 +49,7 @@ int gw_listener_adopt(uv_loop_t *loop, uv_tcp_t *handle, int fd, uv_connection_c
   return 0;
 }
 
-int gw_listener_open(uv_loop_t *loop, uv_tcp_t *handle, const gw_listen_t *addr,
-                     uv_connection_cb cb) {
+int gw_listener_open(uv_loop_t *loop, uv_tcp_t *handle, const gw_listen_t *addr, uv_connection_cb cb) {
   int fd = gw_listener_socket(addr);
   return fd < 0 ? fd : gw_listener_adopt(loop, handle, fd, cb);
 }
@@ -70,7 +69,8 @@ int gw_listener_inherited_match(const gw_listen_t *addrs, size_t n) {
   if (n != ninherited) return 0;
   for (size_t i = 0; i < n; i++) {
     size_t k = 0;
-    while (k < ninherited && !(inherited[k].port == addrs[i].port && strcmp(inherited[k].host, addrs[i].host) == 0))
+    while (k < ninherited &&
+           !(inherited[k].port == addrs[i].port && strcmp(inherited[k].host, addrs[i].host) == 0))
       k++;
     if (k == ninherited) return 0;
   }

@@ -34,14 +34,13 @@ int gw_listener_socket(const gw_listen_t *addr);
 int gw_listener_adopt(uv_loop_t *loop, uv_tcp_t *handle, int fd, uv_connection_cb cb);
 
 /* Both in one: a socket of this process's own. */
-int gw_listener_open(uv_loop_t *loop, uv_tcp_t *handle, const gw_listen_t *addr,
-                     uv_connection_cb cb);
+int gw_listener_open(uv_loop_t *loop, uv_tcp_t *handle, const gw_listen_t *addr, uv_connection_cb cb);
 
 /* A socket the master made for this worker's slot (see gw_listener_inherit). */
 typedef struct {
   char *host; /* as in the master's configuration (gw_xmalloc'd) */
   int port;
-  int fd;     /* -1 once taken or closed */
+  int fd; /* -1 once taken or closed */
 } gw_inherited_socket_t;
 
 /* In the worker, right after fork: the sockets the master made for this

@@ -18,12 +18,12 @@
 #include <unistd.h>
 
 static struct {
-  int error_fd;           /* -1 until opened: then stderr is used */
-  char *error_path;       /* NULL for stderr */
-  int access_fd;          /* -1 when off */
-  char *access_path;      /* NULL for stdout or off */
-  gw_log_level_t level;   /* lines below this level are dropped */
-  char role[32];          /* "master", "worker 2" */
+  int error_fd;         /* -1 until opened: then stderr is used */
+  char *error_path;     /* NULL for stderr */
+  int access_fd;        /* -1 when off */
+  char *access_path;    /* NULL for stdout or off */
+  gw_log_level_t level; /* lines below this level are dropped */
+  char role[32];        /* "master", "worker 2" */
 } logs = {-1, NULL, -1, NULL, GW_LOG_INFO, "gateway"};
 
 static const char *level_names[] = {"debug", "info", "warn", "error"};

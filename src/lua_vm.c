@@ -499,8 +499,7 @@ static void task_resume(gw_task_t *t, int nargs) {
 }
 
 gw_task_t *gw_task_start_request(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner, void *req,
-                                 uint32_t req_serial, const char *method, const char *path,
-                                 size_t path_len) {
+                                 uint32_t req_serial, const char *method, const char *path, size_t path_len) {
   gw_task_t *t = task_new(vm, ops, owner);
   t->entry_ref = vm->request_entry_ref;
   t->co = checkout_coroutine(vm, t->entry_ref, &t->co_ref);

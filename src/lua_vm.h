@@ -43,9 +43,9 @@ typedef struct gw_vm_s {
     int ref[64];         /* their registry refs, which keep them alive */
     int n;
   } request_pool, timer_pool;
-  int start_ref;         /* registry ref: runtime.start */
-  gw_config_t config;    /* what gw.config said, merged over the defaults */
-  char *path;            /* the configuration file */
+  int start_ref;               /* registry ref: runtime.start */
+  gw_config_t config;          /* what gw.config said, merged over the defaults */
+  char *path;                  /* the configuration file */
   struct gw_vm_s *prev, *next; /* the list of live generations */
 } gw_vm_t;
 
@@ -66,8 +66,8 @@ void gw_vm_files_free(gw_vm_files_t *f);
  * that fixing it reloads). The configuration may run `budget` seconds of
  * CPU (timeouts.script; <= 0: its default): past that the load fails with
  * "configuration load exceeded timeouts.script". */
-gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, double budget, gw_vm_files_t *files,
-                    char *err, size_t errlen);
+gw_vm_t *gw_vm_load(const char *path, gw_vm_mode_t mode, unsigned generation, double budget,
+                    gw_vm_files_t *files, char *err, size_t errlen);
 /* Starts the timers the configuration declared (a worker, once). Returns 0,
  * or GW_ELUA with the error in err. */
 int gw_vm_start(gw_vm_t *vm, char *err, size_t errlen);
@@ -85,9 +85,9 @@ gw_vm_t *gw_vm_current(void);
 
 /* How a task reports to whoever started it. */
 typedef struct gw_task_owner_s {
-  void (*enter)(void *owner);                /* before each resume: take a ref */
-  void (*leave)(void *owner);                /* after each resume */
-  void (*done)(void *owner, gw_task_t *t);   /* the root finished or died */
+  void (*enter)(void *owner);              /* before each resume: take a ref */
+  void (*leave)(void *owner);              /* after each resume */
+  void (*done)(void *owner, gw_task_t *t); /* the root finished or died */
   /* The values the root yielded with DONE (stack slots 2..top of co), read
    * before `done`; may be NULL. Request tasks answer through it when they
    * can (see runtime.lua request_entry). */
@@ -98,38 +98,36 @@ typedef struct gw_task_owner_s {
  * been called and gw_task_free; memory comes from a never-freed list so
  * that a stale (pointer, serial) handle from Lua is detected. */
 struct gw_task_s {
-  uint32_t serial;             /* changes on free; Lua handles compare it */
-  gw_vm_t *vm;                 /* referenced while the task lives */
-  lua_State *co;               /* the root coroutine */
-  int co_ref;                  /* registry ref anchoring co */
-  int entry_ref;               /* the entry function co runs: where it is parked after DONE */
-  gw_waiter_t *waiters;        /* live waits, cancelled if the task ends */
+  uint32_t serial;      /* changes on free; Lua handles compare it */
+  gw_vm_t *vm;          /* referenced while the task lives */
+  lua_State *co;        /* the root coroutine */
+  int co_ref;           /* registry ref anchoring co */
+  int entry_ref;        /* the entry function co runs: where it is parked after DONE */
+  gw_waiter_t *waiters; /* live waits, cancelled if the task ends */
   uint32_t next_waiter_id;
   const gw_task_owner_t *owner_ops;
-  void *owner;                 /* the gw_req_t, or the timer */
-  uint8_t running;             /* inside lua_resume now */
-  uint8_t finished;            /* the root yielded DONE or died */
-  uint8_t failed;              /* the root died with an error */
+  void *owner;      /* the gw_req_t, or the timer */
+  uint8_t running;  /* inside lua_resume now */
+  uint8_t finished; /* the root yielded DONE or died */
+  uint8_t failed;   /* the root died with an error */
   struct gw_task_s *next_free;
 };
 
 /* A pending wait of a task. Embedded in whatever waits (a timer, a request's
  * body state); `cancel` must stop it and release that container. */
 struct gw_waiter_s {
-  gw_task_t *task;             /* the task that waits */
-  uint32_t id;                 /* >0, handed to Lua */
+  gw_task_t *task; /* the task that waits */
+  uint32_t id;     /* >0, handed to Lua */
   void (*cancel)(gw_waiter_t *w);
-  gw_waiter_t *prev, *next;    /* task->waiters list */
+  gw_waiter_t *prev, *next; /* task->waiters list */
 };
 
 /* Starts `vm`'s request entry in a new task with the given handles.
  * Returns the task (possibly already finished: `done` was called). */
-gw_task_t *gw_task_start_request(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner,
-                                 void *req, uint32_t req_serial, const char *method,
-                                 const char *path, size_t path_len);
+gw_task_t *gw_task_start_request(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner, void *req,
+                                 uint32_t req_serial, const char *method, const char *path, size_t path_len);
 /* Starts `vm`'s timer entry for timer id `timer_id`. */
-gw_task_t *gw_task_start_timer(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner,
-                               int timer_id);
+gw_task_t *gw_task_start_timer(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner, int timer_id);
 /* Ends a task early (its request died): cancels its waits and drops the
  * coroutine without calling `done`. */
 void gw_task_abort(gw_task_t *t);

@@ -40,9 +40,9 @@
 #define START_GRACE_MS 1000
 
 typedef struct {
-  pid_t pid;         /* 0 when not running */
-  uint64_t started;  /* ms, monotonic */
-  int fails;         /* consecutive quick deaths, for back-off */
+  pid_t pid;                      /* 0 when not running */
+  uint64_t started;               /* ms, monotonic */
+  int fails;                      /* consecutive quick deaths, for back-off */
   gw_inherited_socket_t *sockets; /* the slot's listening sockets (listen entries, then
                                    * admin), open until the master stops; gw_xmalloc'd */
   size_t nsockets;
@@ -165,8 +165,8 @@ static void remake_sockets(worker_slot_t *slot) {
 
 /* Collects dead workers; returns 1 if one failed its start before any worker
  * had ever come up (the gateway cannot start). */
-static int reap(worker_slot_t *slots, int n, int stopping, int *ever_up, const char *path,
-                int workers, const sigset_t *blocked) {
+static int reap(worker_slot_t *slots, int n, int stopping, int *ever_up, const char *path, int workers,
+                const sigset_t *blocked) {
   int status;
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
@@ -179,7 +179,8 @@ static int reap(worker_slot_t *slots, int n, int stopping, int *ever_up, const c
       if (WIFSIGNALED(status))
         gw_log_error("worker %d (pid %d) killed by signal %d; restarting", i, (int)pid, WTERMSIG(status));
       else
-        gw_log_error("worker %d (pid %d) exited with status %d; restarting", i, (int)pid, WEXITSTATUS(status));
+        gw_log_error("worker %d (pid %d) exited with status %d; restarting", i, (int)pid,
+                     WEXITSTATUS(status));
       slots[i].fails = lived < START_GRACE_MS ? slots[i].fails + 1 : 0;
       /* A worker that could not start (status 2), or a slot whose workers
        * keep dying at start, leaves nobody to accept on the slot's

@@ -132,14 +132,10 @@ static int cmp_series(const void *x, const void *y) {
 static void label(gw_buf_t *out, const char *s, size_t n) {
   gw_buf_append(out, "\"", 1);
   for (size_t i = 0; i < n; i++) {
-    if (s[i] == '\\')
-      gw_buf_append(out, "\\\\", 2);
-    else if (s[i] == '"')
-      gw_buf_append(out, "\\\"", 2);
-    else if (s[i] == '\n')
-      gw_buf_append(out, "\\n", 2);
-    else
-      gw_buf_append(out, &s[i], 1);
+    if (s[i] == '\\') gw_buf_append(out, "\\\\", 2);
+    else if (s[i] == '"') gw_buf_append(out, "\\\"", 2);
+    else if (s[i] == '\n') gw_buf_append(out, "\\n", 2);
+    else gw_buf_append(out, &s[i], 1);
   }
   gw_buf_append(out, "\"", 1);
 }
@@ -172,7 +168,8 @@ static void histogram(gw_buf_t *out, const char *name, const gw_buf_t *labels, c
                   b < GW_METRICS_BUCKETS ? bound_text[b] : "+Inf", (unsigned long long)cumulative);
   }
   gw_buf_printf(out, "%s_sum{%.*s} %.9f\n", name, (int)labels->len, labels->base, (double)sum_ns / 1e9);
-  gw_buf_printf(out, "%s_count{%.*s} %llu\n", name, (int)labels->len, labels->base, (unsigned long long)count);
+  gw_buf_printf(out, "%s_count{%.*s} %llu\n", name, (int)labels->len, labels->base,
+                (unsigned long long)count);
 }
 
 static void render_requests(gw_buf_t *out, unsigned nworkers) {
@@ -319,9 +316,10 @@ static void render_upstreams(gw_buf_t *out) {
       }
     }
   }
-  gw_buf_append_str(out, "# HELP gateway_upstream_duration_seconds Time of each try with a server, from "
-                         "sending the request (or connecting) to the end of its answer or its failure.\n"
-                         "# TYPE gateway_upstream_duration_seconds histogram\n");
+  gw_buf_append_str(out,
+                    "# HELP gateway_upstream_duration_seconds Time of each try with a server, from "
+                    "sending the request (or connecting) to the end of its answer or its failure.\n"
+                    "# TYPE gateway_upstream_duration_seconds histogram\n");
   gw_buf_t labels;
   gw_buf_init(&labels);
   for (size_t i = 0; i < n; i++) {
@@ -340,14 +338,17 @@ static void render_upstreams(gw_buf_t *out) {
     }
   }
   gw_buf_free(&labels);
-  gw_buf_append_str(out, "# HELP gateway_upstream_breaker_open 1 while the group's circuit breaker is open or half-open.\n"
-                         "# TYPE gateway_upstream_breaker_open gauge\n");
+  gw_buf_append_str(
+      out,
+      "# HELP gateway_upstream_breaker_open 1 while the group's circuit breaker is open or half-open.\n"
+      "# TYPE gateway_upstream_breaker_open gauge\n");
   for (size_t i = 0; i < n; i++) {
     if (!gw_upstream_live(ups[i])) continue;
     gw_buf_append_str(out, "gateway_upstream_breaker_open{upstream=");
     label(out, ups[i]->name, strlen(ups[i]->name));
-    gw_buf_printf(out, "} %d\n",
-                  ups[i]->breaker_failures > 0 && gw_health_load32(&ups[i]->breaker->breaker) != GW_BREAKER_CLOSED);
+    gw_buf_printf(
+        out, "} %d\n",
+        ups[i]->breaker_failures > 0 && gw_health_load32(&ups[i]->breaker->breaker) != GW_BREAKER_CLOSED);
   }
 }
 

@@ -142,9 +142,7 @@ static void on_done(gw_exchange_t *x, int err, const char *msg) {
       if (p->direct) fail_direct(p);
       else wake(p, push_head);
       break;
-    case GW_PROXY_BUFFERING:
-      wake(p, push_body);
-      break;
+    case GW_PROXY_BUFFERING: wake(p, push_body); break;
     case GW_PROXY_STREAMING: {
       gw_req_t *r = p->req;
       if (!r) break;
@@ -174,8 +172,7 @@ static void on_done(gw_exchange_t *x, int err, const char *msg) {
       if (!r->task) gw_conn_request_done(r->conn);
       break;
     }
-    default:
-      break;
+    default: break;
   }
 }
 
@@ -322,7 +319,8 @@ static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines,
     if (!v) continue;
     int dup = 0; /* a name repeated in the request was joined: send it once */
     for (uint32_t k = 0; k < i; k++)
-      if (r->headers[k].name_len == h->name_len && strncasecmp(buf + r->headers[k].name_off, name, h->name_len) == 0)
+      if (r->headers[k].name_len == h->name_len &&
+          strncasecmp(buf + r->headers[k].name_off, name, h->name_len) == 0)
         dup = 1;
     if (!dup) gw_exchange_add_header(x, name, h->name_len, v, vlen);
   }
@@ -330,7 +328,8 @@ static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines,
     if (!e->value || name_in(e->name, e->name_len, lines, llen)) continue;
     int original = 0, newest = 1;
     for (uint32_t i = 0; i < r->nheaders; i++)
-      if (r->headers[i].name_len == e->name_len && strncasecmp(buf + r->headers[i].name_off, e->name, e->name_len) == 0)
+      if (r->headers[i].name_len == e->name_len &&
+          strncasecmp(buf + r->headers[i].name_off, e->name, e->name_len) == 0)
         original = 1;
     for (const gw_header_edit_t *o = r->edits; o != e; o = o->next)
       if (o->name_len == e->name_len && memcmp(o->name, e->name, e->name_len) == 0) newest = 0;
@@ -348,7 +347,8 @@ static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines,
     gw_buf_append(&v, ", ", 2);
   }
   gw_buf_append_str(&v, r->conn->ip);
-  if (!name_in("x-forwarded-for", 15, lines, llen)) gw_exchange_add_header(x, "X-Forwarded-For", 15, v.base, v.len);
+  if (!name_in("x-forwarded-for", 15, lines, llen))
+    gw_exchange_add_header(x, "X-Forwarded-For", 15, v.base, v.len);
   gw_buf_free(&v);
   if (!name_in("x-forwarded-proto", 17, lines, llen)) {
     int tls = r->conn->tls != NULL;
@@ -356,7 +356,8 @@ static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines,
   }
   size_t hlen = 0;
   const char *host = gw_req_header(r, "host", 4, &hlen);
-  if (host && !name_in("x-forwarded-host", 16, lines, llen)) gw_exchange_add_header(x, "X-Forwarded-Host", 16, host, hlen);
+  if (host && !name_in("x-forwarded-host", 16, lines, llen))
+    gw_exchange_add_header(x, "X-Forwarded-Host", 16, host, hlen);
 }
 
 /* Builds the upstream request for `r` and hands it to a new proxy, which
@@ -425,9 +426,9 @@ static void start_proxy(gw_proxy_t *p) {
 }
 
 GW_FFI_EXPORT int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs,
-                                        gw_upstream_t *up, const char *target, size_t tlen,
-                                        const char *lines, size_t llen, const char *key, size_t klen,
-                                        uint32_t *wait_id, const char **err) {
+                                        gw_upstream_t *up, const char *target, size_t tlen, const char *lines,
+                                        size_t llen, const char *key, size_t klen, uint32_t *wait_id,
+                                        const char **err) {
   if (!gw_task_check(t, ts) || !gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
   gw_proxy_t *p = proxy_begin(r, up, target, tlen, lines, llen, key, klen, err);
   if (!p) return GW_FFI_ERROR;
@@ -459,9 +460,8 @@ GW_FFI_EXPORT int gw_ffi_upstream_proxy(gw_task_t *t, uint32_t ts, gw_req_t *r, 
  *     (gw_ffi_proxy_await), and one that returns it unseen hands it to C
  *     (gw_ffi_proxy_commit), which answers as in the first case.
  * Requests with a body or an upgrade take the ordinary path: GW_FFI_DECLINED. */
-GW_FFI_EXPORT int gw_ffi_upstream_proxy_direct(gw_req_t *r, uint32_t rs, gw_upstream_t *up,
-                                               const char *key, size_t klen, int answer,
-                                               const char **err) {
+GW_FFI_EXPORT int gw_ffi_upstream_proxy_direct(gw_req_t *r, uint32_t rs, gw_upstream_t *up, const char *key,
+                                               size_t klen, int answer, const char **err) {
   if (!gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
   if (r->content_length > 0 || r->chunked || r->upgrade) return GW_FFI_DECLINED;
   gw_proxy_t *p = proxy_begin(r, up, NULL, 0, "", 0, key, klen, err);
@@ -478,8 +478,8 @@ GW_FFI_EXPORT int gw_ffi_upstream_proxy_direct(gw_req_t *r, uint32_t rs, gw_upst
 /* A deferred proxy's response is looked at: its status now (GW_FFI_OK), a
  * wait for the head (GW_FFI_AGAIN, then the ordinary (status) or (nil, err)
  * results), or its failure (GW_FFI_ERROR, *err the upstream error). */
-GW_FFI_EXPORT int gw_ffi_proxy_await(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs,
-                                     uint32_t *wait_id, int *status, const char **err) {
+GW_FFI_EXPORT int gw_ffi_proxy_await(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t rs, uint32_t *wait_id,
+                                     int *status, const char **err) {
   if (!gw_task_check(t, ts) || !gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
   gw_proxy_t *p = r->proxy;
   if (!p || p->direct || p->waiting) {
@@ -487,21 +487,15 @@ GW_FFI_EXPORT int gw_ffi_proxy_await(gw_task_t *t, uint32_t ts, gw_req_t *r, uin
     return GW_FFI_ERROR;
   }
   switch (p->state) {
-    case GW_PROXY_HEAD_READY:
-      *status = p->x.parser.status;
-      return GW_FFI_OK;
-    case GW_PROXY_DONE:
-      *err = p->msg ? p->msg : gw_strerror(p->err);
-      return GW_FFI_ERROR;
+    case GW_PROXY_HEAD_READY: *status = p->x.parser.status; return GW_FFI_OK;
+    case GW_PROXY_DONE: *err = p->msg ? p->msg : gw_strerror(p->err); return GW_FFI_ERROR;
     case GW_PROXY_WAIT_HEAD:
       p->w.cancel = cancel_wait;
       gw_waiter_add(t, &p->w);
       p->waiting = 1;
       *wait_id = p->w.id;
       return GW_FFI_AGAIN;
-    default:
-      *err = "the proxied response is no longer available";
-      return GW_FFI_ERROR;
+    default: *err = "the proxied response is no longer available"; return GW_FFI_ERROR;
   }
 }
 
@@ -521,19 +515,13 @@ GW_FFI_EXPORT int gw_ffi_proxy_commit(gw_req_t *r, uint32_t rs, const char *line
   p->extra.len = 0;
   gw_buf_append(&p->extra, lines, llen);
   switch (p->state) {
-    case GW_PROXY_HEAD_READY:
-      answer_head(p, r);
-      return GW_FFI_OK;
-    case GW_PROXY_DONE:
-      answer_error(r, p);
-      return GW_FFI_OK;
+    case GW_PROXY_HEAD_READY: answer_head(p, r); return GW_FFI_OK;
+    case GW_PROXY_DONE: answer_error(r, p); return GW_FFI_OK;
     case GW_PROXY_WAIT_HEAD:
       p->direct = 1;
       p->direct_started = 1;
       return GW_FFI_OK;
-    default:
-      *err = "the proxied response is no longer available";
-      return GW_FFI_ERROR;
+    default: *err = "the proxied response is no longer available"; return GW_FFI_ERROR;
   }
 }
 
@@ -576,13 +564,14 @@ GW_FFI_EXPORT int gw_ffi_proxy_read_body(gw_task_t *t, uint32_t ts, gw_req_t *r,
 /* Hop-by-hop headers (and the Date and framing ours replace) never pass. */
 static int end_to_end(const char *name, size_t n, const char *conn, size_t clen) {
   /* Lengths first: this runs for every header of every proxied answer. */
-#define HOP(s) {s, sizeof s - 1}
+#define HOP(s) \
+  { s, sizeof s - 1 }
   static const struct {
     const char *name;
     size_t len;
-  } hop[] = {HOP("connection"), HOP("keep-alive"),        HOP("te"),
-             HOP("trailer"),    HOP("transfer-encoding"), HOP("upgrade"),
-             HOP("proxy-connection"), HOP("content-length"), HOP("date")};
+  } hop[] = {HOP("connection"),       HOP("keep-alive"),        HOP("te"),
+             HOP("trailer"),          HOP("transfer-encoding"), HOP("upgrade"),
+             HOP("proxy-connection"), HOP("content-length"),    HOP("date")};
 #undef HOP
   for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
     if (hop[i].len == n && strncasecmp(hop[i].name, name, n) == 0) return 0;
@@ -703,8 +692,8 @@ static int send_head(gw_proxy_t *p, gw_req_t *r, int status, const char *lines, 
   return GW_FFI_OK;
 }
 
-GW_FFI_EXPORT int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const char *lines,
-                                    size_t llen, int upstream_headers, const char **err) {
+GW_FFI_EXPORT int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const char *lines, size_t llen,
+                                    int upstream_headers, const char **err) {
   if (!gw_req_check(r, rs)) return GW_FFI_BAD_CONTEXT;
   gw_proxy_t *p = r->proxy;
   if (!p || p->state != GW_PROXY_HEAD_READY) {

@@ -30,23 +30,23 @@ typedef enum {
 } gw_proxy_state_t;
 
 typedef struct gw_proxy_s {
-  gw_waiter_t w;          /* first: the head wait, then the body wait */
+  gw_waiter_t w; /* first: the head wait, then the body wait */
   gw_exchange_t x;
-  gw_req_t *req;          /* the owner */
+  gw_req_t *req; /* the owner */
   gw_proxy_state_t state;
-  gw_buf_t body;          /* buffered body (BUFFERING) */
-  gw_buf_t head;          /* a copy of the response head (header slices index it) */
-  gw_buf_t extra;         /* header lines for a committed deferred answer (gw_ffi_proxy_commit) */
-  int err;                /* how the exchange ended */
+  gw_buf_t body;  /* buffered body (BUFFERING) */
+  gw_buf_t head;  /* a copy of the response head (header slices index it) */
+  gw_buf_t extra; /* header lines for a committed deferred answer (gw_ffi_proxy_commit) */
+  int err;        /* how the exchange ended */
   const char *msg;
-  uint8_t waiting;        /* w is registered with a task */
-  uint8_t chunked_out;    /* the client gets chunked framing */
-  uint8_t client_paused;  /* upstream reads wait for the client to drain */
+  uint8_t waiting;            /* w is registered with a task */
+  uint8_t chunked_out;        /* the client gets chunked framing */
+  uint8_t client_paused;      /* upstream reads wait for the client to drain */
   uint8_t client_body_paused; /* client reads wait for the upstream to drain */
-  uint8_t client_eof;     /* the tunnel's client side ended */
-  uint8_t direct;         /* no Lua waits: C answers (gw_ffi_upstream_proxy_direct) */
-  uint8_t direct_started; /* ... and the call that started it has returned */
-  uint8_t ended;          /* the exchange ended after the head, with no body bytes */
+  uint8_t client_eof;         /* the tunnel's client side ended */
+  uint8_t direct;             /* no Lua waits: C answers (gw_ffi_upstream_proxy_direct) */
+  uint8_t direct_started;     /* ... and the call that started it has returned */
+  uint8_t ended;              /* the exchange ended after the head, with no body bytes */
 } gw_proxy_t;
 
 /* Client writes queued past this pause the upstream; below LOW resume it. */

@@ -295,7 +295,8 @@ static void conn_read(conn_t *c) {
     return;
   }
   if (c->replies > c->sent) {
-    gw_log_warn("redis %s:%d: a reply no command asked for; connection dropped", c->pool->host, c->pool->port);
+    gw_log_warn("redis %s:%d: a reply no command asked for; connection dropped", c->pool->host,
+                c->pool->port);
     conn_drop(c, "unexpected reply");
     return;
   }
@@ -317,10 +318,8 @@ static void on_poll(uv_poll_t *h, int status, int events) {
 static void poll_update(conn_t *c, int add, int del) {
   if (uv_is_closing((uv_handle_t *)&c->poll)) return;
   c->events = (c->events | add) & ~del;
-  if (c->events)
-    uv_poll_start(&c->poll, c->events, on_poll);
-  else
-    uv_poll_stop(&c->poll);
+  if (c->events) uv_poll_start(&c->poll, c->events, on_poll);
+  else uv_poll_stop(&c->poll);
 }
 static void ev_add_read(void *data) { poll_update(data, UV_READABLE, 0); }
 static void ev_del_read(void *data) { poll_update(data, 0, UV_READABLE); }
@@ -436,10 +435,8 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata) {
   const char *err = NULL;
   cmd->in_hiredis = 0;
   c->cmd = NULL;
-  if (!reply)
-    err = cmd->err ? cmd->err : conn_fail_msg(c, ac);
-  else
-    conn_release(c); /* before the callback, which may send the next command */
+  if (!reply) err = cmd->err ? cmd->err : conn_fail_msg(c, ac);
+  else conn_release(c); /* before the callback, which may send the next command */
   cmd_close_timer(cmd);
   gw_redis_reply_cb cb = cmd->cb;
   cmd->cb = NULL;
@@ -460,7 +457,7 @@ static void on_cmd_timeout(uv_timer_t *t) {
  * hiredis then keeps the command as a callback for messages to come, long
  * after the caller (and the command's record) are gone. */
 static int is_push_command(const char *name, size_t len) {
-  static const char *const names[] = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe",
+  static const char *const names[] = {"subscribe",    "psubscribe",   "ssubscribe", "unsubscribe",
                                       "punsubscribe", "sunsubscribe", "monitor"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0) return 1;
@@ -478,10 +475,8 @@ gw_redis_cmd_t *gw_redis_command(gw_redis_pool_t *p, int argc, const char **argv
     return NULL;
   }
   conn_t *c = p->idle;
-  if (c)
-    idle_remove(c);
-  else if (!(c = conn_open(p, timeout, err)))
-    return NULL;
+  if (c) idle_remove(c);
+  else if (!(c = conn_open(p, timeout, err))) return NULL;
   gw_redis_cmd_t *cmd = gw_xcalloc(1, sizeof *cmd);
   cmd->conn = c;
   cmd->cb = cb;

@@ -198,7 +198,8 @@ int gw_reload(gw_worker_t *w, const char *trigger, char *err, size_t errlen) {
   /* Certificates are read again now, so a reload after renewing them is
    * enough; one that cannot be loaded fails the reload like a script error,
    * and the listeners keep the contexts they have. */
-  if (next && (gw_vm_start(next, err, errlen) != 0 || gw_worker_tls_reload(w, &next->config, err, errlen) != 0)) {
+  if (next &&
+      (gw_vm_start(next, err, errlen) != 0 || gw_worker_tls_reload(w, &next->config, err, errlen) != 0)) {
     gw_vm_retire(next);
     gw_ltimers_cancel(next); /* it never went live: none of its timers may run */
     gw_vm_unref(next);

@@ -57,47 +57,47 @@ typedef enum {
 
 /* Owned by its gw_conn_t; see the file comment for its lifetime. */
 typedef struct gw_req_s {
-  uint32_t serial;      /* changes at every alloc and free; Lua handles compare it */
-  gw_conn_t *conn;      /* the owner; NULL only while on the free list */
-  gw_arena_t pool;      /* whatever dies with the request */
+  uint32_t serial;            /* changes at every alloc and free; Lua handles compare it */
+  gw_conn_t *conn;            /* the owner; NULL only while on the free list */
+  gw_arena_t pool;            /* whatever dies with the request */
   struct gw_req_s *next_free; /* free-list link */
 
   /* The head, filled by http1.c. */
-  uint8_t method;           /* llhttp_method_t */
+  uint8_t method; /* llhttp_method_t */
   uint8_t http_major, http_minor;
-  uint8_t keep_alive;       /* the client allows another request after this one */
-  uint8_t expect_continue;  /* "Expect: 100-continue" not yet answered */
-  uint8_t chunked;          /* Transfer-Encoding: chunked */
-  uint8_t upgrade;          /* Upgrade or CONNECT */
-  uint32_t url_off, url_len;  /* the request target, slice of the read buffer */
-  uint32_t path_len;          /* bytes of the target before '?' */
-  gw_header_t *headers;       /* pool-allocated array */
+  uint8_t keep_alive;        /* the client allows another request after this one */
+  uint8_t expect_continue;   /* "Expect: 100-continue" not yet answered */
+  uint8_t chunked;           /* Transfer-Encoding: chunked */
+  uint8_t upgrade;           /* Upgrade or CONNECT */
+  uint32_t url_off, url_len; /* the request target, slice of the read buffer */
+  uint32_t path_len;         /* bytes of the target before '?' */
+  gw_header_t *headers;      /* pool-allocated array */
   uint32_t nheaders, headers_cap;
-  uint32_t host_index;        /* index+1 of the Host header, 0 if none */
-  uint64_t content_length;    /* declared, or 0 */
-  gw_header_edit_t *edits;    /* changes made by scripts */
+  uint32_t host_index;     /* index+1 of the Host header, 0 if none */
+  uint64_t content_length; /* declared, or 0 */
+  gw_header_edit_t *edits; /* changes made by scripts */
 
   /* The body, read on demand. */
   gw_body_state_t body_state;
-  gw_buf_t body;              /* decoded body bytes (chunked framing removed) */
-  gw_waiter_t *body_waiter;   /* the coroutine waiting in req:body(), or NULL */
+  gw_buf_t body;            /* decoded body bytes (chunked framing removed) */
+  gw_waiter_t *body_waiter; /* the coroutine waiting in req:body(), or NULL */
   /* GW_BODY_STREAMING: body bytes go here as they are decoded; end is 1 when
    * the body is complete, -1 when it failed. Returns 1 to pause reading. */
   int (*body_sink)(void *data, const char *p, size_t n, int end);
   void *body_sink_data;
 
   /* Processing and the response. */
-  gw_task_t *task;            /* the coroutine running the handler, or NULL */
+  gw_task_t *task; /* the coroutine running the handler, or NULL */
   gw_resp_state_t resp_state;
-  int status;                 /* response status, for the log */
-  uint8_t close_after;        /* close the connection after this response */
-  uint8_t head_held;          /* resp_head is finished but not written yet (proxy.c) */
-  size_t resp_bytes;          /* bytes of the response, head included */
-  gw_buf_t resp_head;         /* response head under construction */
-  uint64_t start_ns;          /* uv_hrtime() when the head started */
-  char id[129];               /* request id, "" until made or set (incoming ids up to 128 bytes) */
-  char *route;                /* matched pattern (pool), or NULL */
-  struct gw_proxy_s *proxy;   /* up:proxy in progress, or NULL; freed with the request */
+  int status;               /* response status, for the log */
+  uint8_t close_after;      /* close the connection after this response */
+  uint8_t head_held;        /* resp_head is finished but not written yet (proxy.c) */
+  size_t resp_bytes;        /* bytes of the response, head included */
+  gw_buf_t resp_head;       /* response head under construction */
+  uint64_t start_ns;        /* uv_hrtime() when the head started */
+  char id[129];             /* request id, "" until made or set (incoming ids up to 128 bytes) */
+  char *route;              /* matched pattern (pool), or NULL */
+  struct gw_proxy_s *proxy; /* up:proxy in progress, or NULL; freed with the request */
 } gw_req_t;
 
 /* Takes a request from the free list (or makes one) for `conn`. */
@@ -118,8 +118,7 @@ const gw_header_edit_t *gw_req_header_edit(const gw_req_t *r, const char *name, 
 const char *gw_req_header(gw_req_t *r, const char *name, size_t name_len, size_t *len);
 /* Records a script's change to a request header; value NULL removes it.
  * Returns GW_EHEADER if the name is not a token or the value has CR, LF or NUL. */
-int gw_req_set_header(gw_req_t *r, const char *name, size_t name_len, const char *value,
-                      size_t value_len);
+int gw_req_set_header(gw_req_t *r, const char *name, size_t name_len, const char *value, size_t value_len);
 /* Fills r->id with a new random id unless it has one; returns it. */
 const char *gw_req_id(gw_req_t *r);
 /* 1 if `name` is a valid header token and `value` has no CR, LF or NUL. */

@@ -69,7 +69,8 @@ static void refresh_date(void) {
   if (now == date_cache.second && date_cache.len) return;
   struct tm tm;
   gmtime_r(&now, &tm);
-  date_cache.len = strftime(date_cache.text, sizeof date_cache.text, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+  date_cache.len =
+      strftime(date_cache.text, sizeof date_cache.text, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
   date_cache.second = now;
 }
 
@@ -154,7 +155,8 @@ static int status_is_final(const gw_req_t *r, gw_framing_t framing) {
 /* Answers 500 instead of a head whose status cannot be final. The script
  * layers refuse such statuses first (runtime.lua); this catches any caller. */
 static void refuse_interim_status(gw_req_t *r) {
-  gw_log_error("request %s: status %d cannot be a final answer; sending 500 instead", gw_req_id(r), r->status);
+  gw_log_error("request %s: status %d cannot be a final answer; sending 500 instead", gw_req_id(r),
+               r->status);
   gw_response_error(r, 500, "internal error");
 }
 
@@ -254,7 +256,9 @@ const char *gw_response_header_lines(gw_req_t *r, const char *lines, size_t llen
   return NULL;
 }
 
-void gw_response_error(gw_req_t *r, int status, const char *msg) { gw_response_error_with(r, status, msg, "", 0); }
+void gw_response_error(gw_req_t *r, int status, const char *msg) {
+  gw_response_error_with(r, status, msg, "", 0);
+}
 
 void gw_response_error_with(gw_req_t *r, int status, const char *msg, const char *lines, size_t llen) {
   if (r->resp_state != GW_RESP_NONE) return;

@@ -23,8 +23,7 @@ int gw_response_start(gw_req_t *r, int status);
 /* Adds a header. Framing headers (Content-Length, Transfer-Encoding,
  * Connection) given by a script are ignored: the core decides framing.
  * Returns GW_EHEADER when the name or value is invalid. */
-int gw_response_header(gw_req_t *r, const char *name, size_t nlen, const char *value,
-                       size_t vlen);
+int gw_response_header(gw_req_t *r, const char *name, size_t nlen, const char *value, size_t vlen);
 typedef enum {
   GW_FRAMING_LENGTH = 0, /* Content-Length: length */
   GW_FRAMING_CHUNKED,    /* Transfer-Encoding: chunked; the caller frames the body */

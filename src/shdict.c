@@ -112,10 +112,8 @@ static void free_push(gw_shdict_t *d, size_t b) {
 
 static void free_unlink(gw_shdict_t *d, size_t b) {
   freelink_t *l = link_of(d, b);
-  if (l->prev)
-    link_of(d, l->prev)->next = l->next;
-  else
-    d->free_head = l->next;
+  if (l->prev) link_of(d, l->prev)->next = l->next;
+  else d->free_head = l->next;
   if (l->next) link_of(d, l->next)->prev = l->prev;
 }
 
@@ -171,14 +169,10 @@ static void reset(gw_shdict_t *d) {
 
 static void lru_unlink(gw_shdict_t *d, size_t b) {
   entry_t *e = entry_of(d, b);
-  if (e->lprev)
-    entry_of(d, e->lprev)->lnext = e->lnext;
-  else
-    d->lru_head = e->lnext;
-  if (e->lnext)
-    entry_of(d, e->lnext)->lprev = e->lprev;
-  else
-    d->lru_tail = e->lprev;
+  if (e->lprev) entry_of(d, e->lprev)->lnext = e->lnext;
+  else d->lru_head = e->lnext;
+  if (e->lnext) entry_of(d, e->lnext)->lprev = e->lprev;
+  else d->lru_tail = e->lprev;
 }
 
 static void lru_push(gw_shdict_t *d, size_t b) {

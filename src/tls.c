@@ -74,16 +74,16 @@ struct gw_tls_ctx_s {
 
 /* Owned by its connection; freed by gw_tls_free. */
 struct gw_tls_s {
-  SSL *ssl;           /* owns both BIOs */
-  gw_tls_ctx_t *ctx;  /* a reference: SNI reads its certificate list */
+  SSL *ssl;            /* owns both BIOs */
+  gw_tls_ctx_t *ctx;   /* a reference: SNI reads its certificate list */
   gw_tls_peer_t *peer; /* the client certificate's description, made on first use */
-  uint8_t peer_done;  /* peer was looked at (NULL then means: no certificate) */
-  BIO *rbio;          /* ciphertext from the socket (memory BIO) */
-  gw_buf_t out;       /* ciphertext for the socket (written by out_bio) */
-  const char *reason; /* why it failed (static OpenSSL text), or NULL */
-  uint8_t ready;      /* handshake done */
-  uint8_t failed;     /* a fatal error: no further reads or writes */
-  uint8_t shut;       /* close_notify queued */
+  uint8_t peer_done;   /* peer was looked at (NULL then means: no certificate) */
+  BIO *rbio;           /* ciphertext from the socket (memory BIO) */
+  gw_buf_t out;        /* ciphertext for the socket (written by out_bio) */
+  const char *reason;  /* why it failed (static OpenSSL text), or NULL */
+  uint8_t ready;       /* handshake done */
+  uint8_t failed;      /* a fatal error: no further reads or writes */
+  uint8_t shut;        /* close_notify queued */
   /* TLS 1.3 server connections: the application traffic secrets OpenSSL
    * logs during the handshake (wiped once used), then our own record
    * layer (tls_record.h), which replaces SSL_read/SSL_write from the end
@@ -332,8 +332,7 @@ static int set_client_auth(SSL_CTX *s, const gw_tls_server_t *conf, char *err, s
   }
   if (conf->verify == GW_TLS_VERIFY_ON)
     SSL_CTX_set_verify(s, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
-  else
-    SSL_CTX_set_verify(s, SSL_VERIFY_PEER, on_verify_optional);
+  else SSL_CTX_set_verify(s, SSL_VERIFY_PEER, on_verify_optional);
   return 0;
 }
 

@@ -58,11 +58,11 @@ typedef enum {
 typedef struct gw_tls_server_s {
   const gw_tls_cert_t *certs; /* ncerts >= 1; the first is the default */
   size_t ncerts;
-  const char *client_ca;      /* PEM file of the CAs client certificates must chain to, or NULL */
-  gw_tls_verify_t verify;     /* OFF when client_ca is NULL */
-  const char *id;             /* names the listener ("host:port"), or NULL: a session resumes
-                               * only where the same id and client-certificate settings hold */
-  int no_resumption;          /* 1: no session tickets, so every handshake is a full one */
+  const char *client_ca;  /* PEM file of the CAs client certificates must chain to, or NULL */
+  gw_tls_verify_t verify; /* OFF when client_ca is NULL */
+  const char *id;         /* names the listener ("host:port"), or NULL: a session resumes
+                           * only where the same id and client-certificate settings hold */
+  int no_resumption;      /* 1: no session tickets, so every handshake is a full one */
 } gw_tls_server_t;
 
 /* Builds a server context. Returns it (one reference, the caller's), or
@@ -112,12 +112,12 @@ const char *gw_tls_error(const gw_tls_t *t);
 /* The client certificate of a connection, as scripts see it. Made on first
  * request (gw_tls_peer) and owned by the gw_tls_t; freed with it. */
 typedef struct gw_tls_peer_s {
-  char *subject;      /* RFC 2253: "CN=alice,O=Example" */
-  char *issuer;       /* the same for the issuer */
-  char *serial;       /* upper-case hex, as `openssl x509 -serial` prints it */
-  char *fingerprint;  /* SHA-256 of the DER certificate, lower-case hex */
-  const char *error;  /* why it did not verify (static OpenSSL text), or NULL */
-  int verified;       /* 1 if it chained to client_ca (always 1 with verify "on") */
+  char *subject;     /* RFC 2253: "CN=alice,O=Example" */
+  char *issuer;      /* the same for the issuer */
+  char *serial;      /* upper-case hex, as `openssl x509 -serial` prints it */
+  char *fingerprint; /* SHA-256 of the DER certificate, lower-case hex */
+  const char *error; /* why it did not verify (static OpenSSL text), or NULL */
+  int verified;      /* 1 if it chained to client_ca (always 1 with verify "on") */
 } gw_tls_peer_t;
 
 /* The client's certificate after the handshake, or NULL when it sent none. */

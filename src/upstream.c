@@ -72,7 +72,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 
 static void start_resolve(gw_server_t *s) {
   if (!gw__worker) return; /* configuration check or master: nothing to connect */
-  s->resolving = 1; /* from now on on_resolved keeps it going, every RESOLVE_EVERY_MS */
+  s->resolving = 1;        /* from now on on_resolved keeps it going, every RESOLVE_EVERY_MS */
   resolve_t *r = gw_xcalloc(1, sizeof *r);
   r->server = s;
   r->req.data = r;
@@ -143,8 +143,8 @@ static gw_server_t *find_server(gw_upstream_t *up, const char *addr) {
   return NULL;
 }
 
-int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *weights, size_t n,
-                            char *err, size_t errlen) {
+int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *weights, size_t n, char *err,
+                            size_t errlen) {
   gw_server_t **list = gw_xcalloc(n ? n : 1, sizeof *list);
   for (size_t i = 0; i < n; i++) {
     gw_server_t *s = find_server(up, addrs[i]);
@@ -208,8 +208,7 @@ void gw_upstream_set_tls(gw_upstream_t *up, gw_tls_client_ctx_t *ctx, int verify
   up->tls_gen++;
 }
 
-gw_server_t *gw_upstream_pick(gw_upstream_t *up, const char *key, size_t keylen,
-                              const gw_server_t *avoid) {
+gw_server_t *gw_upstream_pick(gw_upstream_t *up, const char *key, size_t keylen, const gw_server_t *avoid) {
   return gw_balancer_pick(up, key, keylen, avoid, gw_now_ms());
 }
 
@@ -229,8 +228,8 @@ int gw_upstream_breaker_allow(gw_upstream_t *up, int *probe) {
 
 void gw_upstream_breaker_report(gw_upstream_t *up, int ok, int probe) {
   if (up->breaker_failures <= 0) return;
-  gw_breaker_report(up->breaker, ok, probe, up->breaker_failures, up->breaker_window,
-                    up->breaker_cooldown, gw_now_ms());
+  gw_breaker_report(up->breaker, ok, probe, up->breaker_failures, up->breaker_window, up->breaker_cooldown,
+                    gw_now_ms());
 }
 
 int gw_upstream_live(const gw_upstream_t *up) {

@@ -34,8 +34,8 @@ typedef enum {
 
 /* Owned by its group; never freed while the worker runs. */
 typedef struct gw_server_s {
-  char *addr;                 /* "host:port" as declared */
-  char *host;                 /* host part, for the Host header and SNI */
+  char *addr; /* "host:port" as declared */
+  char *host; /* host part, for the Host header and SNI */
   int port;
   struct sockaddr_storage sa; /* resolved address */
   int resolved;               /* sa is valid */
@@ -58,31 +58,31 @@ typedef struct gw_server_s {
 /* Owned by the registry; never freed while the worker runs. */
 typedef struct gw_upstream_s {
   char *name;
-  gw_server_t **servers;      /* nservers pointers */
+  gw_server_t **servers; /* nservers pointers */
   size_t nservers;
   gw_balance_t balance;
-  uint32_t *ring;             /* consistent-hash ring: hashes */
-  uint32_t *ring_server;      /* ... and the server index of each point */
+  uint32_t *ring;        /* consistent-hash ring: hashes */
+  uint32_t *ring_server; /* ... and the server index of each point */
   size_t nring;
-  size_t rr_next;             /* least_conn: where the next tie-break starts */
-  unsigned declared_gen;      /* the VM generation that last declared the group */
-  int keepalive_idle;         /* idle connections kept per server */
-  double keepalive_timeout;   /* seconds an idle connection is kept */
+  size_t rr_next;                   /* least_conn: where the next tie-break starts */
+  unsigned declared_gen;            /* the VM generation that last declared the group */
+  int keepalive_idle;               /* idle connections kept per server */
+  double keepalive_timeout;         /* seconds an idle connection is kept */
   double t_connect, t_send, t_read; /* seconds */
-  int retries;                /* extra tries for idempotent requests */
-  int passive_failures;       /* failures that mark a server down (0: off) */
-  double passive_cooldown;    /* seconds it stays down */
-  int breaker_failures;       /* failures within breaker_window that open the breaker (0: off) */
-  double breaker_window;      /* seconds */
-  double breaker_cooldown;    /* seconds open before a half-open probe */
-  struct gw_health_s *breaker; /* the group's breaker state, shared by all workers */
-  size_t max_body;            /* buffered answers larger than this fail */
+  int retries;                      /* extra tries for idempotent requests */
+  int passive_failures;             /* failures that mark a server down (0: off) */
+  double passive_cooldown;          /* seconds it stays down */
+  int breaker_failures;             /* failures within breaker_window that open the breaker (0: off) */
+  double breaker_window;            /* seconds */
+  double breaker_cooldown;          /* seconds open before a half-open probe */
+  struct gw_health_s *breaker;      /* the group's breaker state, shared by all workers */
+  size_t max_body;                  /* buffered answers larger than this fail */
   /* `tls` settings, for https:// servers (see gw_upstream_set_tls). */
   gw_tls_client_ctx_t *tls_ctx; /* NULL until a declaration asks for TLS */
-  int tls_verify;             /* check certificates (the default) */
-  char *tls_sni;              /* the server name to send and check, or NULL: the host */
-  char *tls_ca;               /* the trusted certificates file, or NULL: the system's */
-  unsigned tls_gen;           /* bumped when the settings change: older pooled connections go */
+  int tls_verify;               /* check certificates (the default) */
+  char *tls_sni;                /* the server name to send and check, or NULL: the host */
+  char *tls_ca;                 /* the trusted certificates file, or NULL: the system's */
+  unsigned tls_gen;             /* bumped when the settings change: older pooled connections go */
 } gw_upstream_t;
 
 /* The group named `name`, made empty on first use. */
@@ -91,8 +91,8 @@ gw_upstream_t *gw_upstream_get(const char *name);
  * the state of servers whose address did not change. Returns 0, or
  * GW_ECONFIG with `err` filled (bad address). "https://host[:port]" servers
  * (port 443 by default) speak TLS with the group's tls settings. */
-int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *weights, size_t n,
-                            char *err, size_t errlen);
+int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *weights, size_t n, char *err,
+                            size_t errlen);
 /* Installs `ctx` (made by the caller from `verify` and `ca`; owned by `up`
  * from now on) as the group's TLS context with `sni` (may be NULL). When
  * the settings equal the current ones (the `ca` file's bytes included),
@@ -104,8 +104,7 @@ void gw_upstream_set_tls(gw_upstream_t *up, gw_tls_client_ctx_t *ctx, int verify
 /* Picks a server for a new exchange; `key` is used by the hash balancer;
  * `avoid` (may be NULL) is skipped when another server is available (retries).
  * Returns NULL when every server is down. */
-gw_server_t *gw_upstream_pick(gw_upstream_t *up, const char *key, size_t keylen,
-                              const gw_server_t *avoid);
+gw_server_t *gw_upstream_pick(gw_upstream_t *up, const char *key, size_t keylen, const gw_server_t *avoid);
 /* Passive health: the outcome of one exchange with `s`. */
 void gw_server_report(gw_upstream_t *up, gw_server_t *s, int ok, double latency_ms);
 /* The breaker: may an exchange start? (*probe: it is the half-open probe) */

@@ -133,12 +133,9 @@ static void add_entry(dir_watch_t **dirs, const char *dir, size_t dirlen, const 
 
 static void add_path(dir_watch_t **dirs, const char *path) {
   const char *slash = strrchr(path, '/');
-  if (!slash)
-    add_entry(dirs, ".", 1, path);
-  else if (slash == path)
-    add_entry(dirs, "/", 1, slash + 1);
-  else
-    add_entry(dirs, path, (size_t)(slash - path), slash + 1);
+  if (!slash) add_entry(dirs, ".", 1, path);
+  else if (slash == path) add_entry(dirs, "/", 1, slash + 1);
+  else add_entry(dirs, path, (size_t)(slash - path), slash + 1);
 }
 
 static int same_set(const gw_watch_t *w, char *const *paths, size_t n) {

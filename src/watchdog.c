@@ -57,9 +57,10 @@ static void *watch(void *arg) {
     uint64_t over = now_ms() - since, budget = __atomic_load_n(&budget_ms, __ATOMIC_RELAXED);
     if (over > 2 * budget) {
       /* The hook did not stop it: a JIT-compiled loop. Only a new worker helps. */
-      gw_log_error("a script ran %.1f s without yielding (timeouts.script %.1f s) and could not be "
-                   "stopped; ending this worker",
-                   (double)over / 1000.0, (double)budget / 1000.0);
+      gw_log_error(
+          "a script ran %.1f s without yielding (timeouts.script %.1f s) and could not be "
+          "stopped; ending this worker",
+          (double)over / 1000.0, (double)budget / 1000.0);
       _exit(3);
     }
     if (over > budget && hooked_run != r) {

@@ -95,9 +95,7 @@ static void on_signal(uv_signal_t *s, int signum) {
   gw_worker_t *w = s->data;
   switch (signum) {
     case SIGTERM:
-    case SIGINT:
-      start_drain(w);
-      break;
+    case SIGINT: start_drain(w); break;
     case SIGUSR1:
       if (gw_log_reopen() != 0) gw_log_error("reopening the logs failed");
       break;

@@ -20,30 +20,30 @@ typedef struct gw_conn_s gw_conn_t;
 typedef struct gw_watch_s gw_watch_t;
 
 typedef struct gw_worker_s {
-  uv_loop_t *loop;         /* the process's loop */
-  const char *path;        /* the configuration file (argv, lives as long as the process) */
-  int workers_override;    /* -w N, or 0: then a change of `workers` needs a restart */
-  gw_vm_t *vm;             /* current generation; new requests take a ref */
-  gw_config_t config;      /* the worker's own copy of the settings: it outlives every
-                            * generation; limits and timeouts change in place on reload */
-  const gw_config_t *cfg;  /* always &config (connections point into it) */
-  int index;               /* 0..workers-1, given by the master */
-  uv_tcp_t *listeners;     /* one per cfg->listen entry */
-  gw_tls_ctx_t **tls;      /* one per cfg->listen entry: its TLS context, or NULL for
-                            * plain HTTP; made in open_listeners, replaced by each
-                            * reload (gw_worker_tls_reload); the worker's reference */
+  uv_loop_t *loop;        /* the process's loop */
+  const char *path;       /* the configuration file (argv, lives as long as the process) */
+  int workers_override;   /* -w N, or 0: then a change of `workers` needs a restart */
+  gw_vm_t *vm;            /* current generation; new requests take a ref */
+  gw_config_t config;     /* the worker's own copy of the settings: it outlives every
+                           * generation; limits and timeouts change in place on reload */
+  const gw_config_t *cfg; /* always &config (connections point into it) */
+  int index;              /* 0..workers-1, given by the master */
+  uv_tcp_t *listeners;    /* one per cfg->listen entry */
+  gw_tls_ctx_t **tls;     /* one per cfg->listen entry: its TLS context, or NULL for
+                           * plain HTTP; made in open_listeners, replaced by each
+                           * reload (gw_worker_tls_reload); the worker's reference */
   size_t nlisteners;
   uv_tcp_t admin_listener; /* cfg->admin's socket when admin_open; conn.c compares to it */
   uint8_t admin_open;
-  gw_conn_t *conns;        /* every open connection */
+  gw_conn_t *conns; /* every open connection */
   size_t nconns;
-  uint8_t draining;        /* SIGTERM seen: no new requests, exit when idle */
+  uint8_t draining; /* SIGTERM seen: no new requests, exit when idle */
   uv_signal_t sig_term, sig_int, sig_usr1, sig_hup;
-  uv_timer_t drain_timer;  /* forces exit after timeouts.drain */
-  uv_timer_t stats_timer;  /* publishes gauges to the shared memory slot every second */
-  gw_watch_t *watch;       /* the configuration's files (reload.c); NULL when draining */
-  uint64_t requests;       /* requests finished, admin ones included (/status shows the
-                            * shared slot's count, kept by metrics.c without them) */
+  uv_timer_t drain_timer; /* forces exit after timeouts.drain */
+  uv_timer_t stats_timer; /* publishes gauges to the shared memory slot every second */
+  gw_watch_t *watch;      /* the configuration's files (reload.c); NULL when draining */
+  uint64_t requests;      /* requests finished, admin ones included (/status shows the
+                           * shared slot's count, kept by metrics.c without them) */
 } gw_worker_t;
 
 extern gw_worker_t *gw__worker;
