@@ -199,6 +199,10 @@ function gw.config(t)
       cfg[k] = check_value(k, kind, v, 3)
     end
   end
+  -- The file's own CPU budget holds for the rest of its load (lua_vm.c).
+  if state.loading and type(t.timeouts) == "table" and t.timeouts.script ~= nil then
+    C.gw_ffi_load_budget(cfg.timeouts.script)
+  end
   -- The admin endpoints must never be reachable on a public listener.
   if cfg.admin then
     for _, a in ipairs(cfg.listen) do

@@ -21,6 +21,7 @@
 #include <uv.h>
 
 #include "errors.h"
+#include "ffi.h"
 #include "log.h"
 #include "mem.h"
 #include "watchdog.h"
@@ -228,6 +229,8 @@ static void collect_files(lua_State *L, int runtime, gw_vm_files_t *out) {
  * until the load ends (runtime.lua). Not covered: a load stuck inside a C
  * function (a blocking read). */
 static struct {
+  int active;        /* a load is running (gw_ffi_load_budget applies) */
+  uint64_t started;  /* uv_hrtime() when it began */
   uint64_t deadline; /* uv_hrtime() past which the load fails */
   double budget_s;   /* for the message */
   int overran;       /* the hook fired: the load failed for its budget */
@@ -252,19 +255,31 @@ static void on_load_hook(lua_State *L, lua_Debug *ar) {
   luaL_error(L, "configuration load exceeded timeouts.script (%.1f s)", load_clock.budget_s);
 }
 
+/* gw.config's timeouts.script, set while a configuration loads, is that
+ * load's budget from then on, counted from the load's start: the file's
+ * own value, not the running configuration's (or at start-up the default),
+ * which is only the budget until the file says otherwise. */
+GW_FFI_EXPORT void gw_ffi_load_budget(double seconds) {
+  if (!load_clock.active || !(seconds > 0)) return;
+  load_clock.budget_s = seconds;
+  load_clock.deadline = load_clock.started + gw_seconds_to_ms(seconds) * 1000000u;
+}
+
 /* Calls the function on top of L with its 2 arguments (load_config) under
  * the budget; returns lua_pcall's result. The engine comes back on after,
  * unless the configuration asked for it off (runtime.lua notes jit.on()
  * and jit.off() during the load, at index `runtime`). */
 static int load_budgeted(lua_State *L, double budget, int runtime) {
   if (!(budget > 0)) budget = GW_SCRIPT_BUDGET_DEFAULT;
-  load_clock.budget_s = budget;
   load_clock.overran = 0;
-  load_clock.deadline = uv_hrtime() + gw_seconds_to_ms(budget) * 1000000u;
+  load_clock.started = uv_hrtime();
+  load_clock.active = 1;
+  gw_ffi_load_budget(budget);
   luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
   lua_sethook(L, on_load_hook, LUA_MASKCOUNT, 10000);
   int rc = lua_pcall(L, 2, 1, 0);
   lua_sethook(L, NULL, 0, 0);
+  load_clock.active = 0;
   lua_getfield(L, runtime, "jit_engine");
   int keep_off = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
   lua_pop(L, 1);

@@ -188,7 +188,7 @@ int gw_reload(gw_worker_t *w, const char *trigger, char *err, size_t errlen) {
   char hash[65];
   gw_reload_file_hash(w->path, hash);
   gw_vm_files_t files = {NULL, 0};
-  double budget = w->config.timeouts.script; /* the running configuration's */
+  double budget = w->config.timeouts.script; /* until the new file's gw.config sets its own */
   gw_vm_t *next = gw_vm_load(w->path, GW_VM_WORKER, generation, budget, &files, err, errlen);
   /* Watch what this load read even if it failed: fixing a broken module
    * must reload too. */

@@ -6,7 +6,7 @@
 -- to load unless gw_ffi_abi_version() equals ABI below.
 local ffi = require "ffi"
 
-local ABI = 12
+local ABI = 13
 
 ffi.cdef [[
 typedef struct gw_req_s gw_req_t;
@@ -45,6 +45,7 @@ double gw_ffi_monotonic(void);
 int gw_ffi_sleep(gw_task_t *t, uint32_t ts, double seconds, uint32_t *wait_id);
 int gw_ffi_timer_start(int id, double after, double every);
 int gw_ffi_worker_index(void);
+void gw_ffi_load_budget(double seconds);
 int gw_ffi_tls_check(const char *cert, const char *key, char *err, size_t errlen);
 int gw_ffi_tls_check_ca(const char *path, char *err, size_t errlen);
 typedef struct gw_ffi_cert_s {

@@ -115,6 +115,37 @@ def test_a_looping_configuration_fails_the_check():
     assert took < 8, "took %.1fs" % took
 
 
+def test_a_configuration_load_has_the_budget_the_file_sets():
+    # At start-up (-t here) the budget is the default only until gw.config
+    # sets timeouts.script: from then on the file's own value holds,
+    # counted from the start of the load.
+    from gwtest import run_cli
+    app = ('local gw = require "gateway"\n'
+           'gw.config { listen = { "127.0.0.1:1" }, timeouts = { script = 0.3 } }\n' + LOAD_LOOPS[0])
+    t0 = time.monotonic()
+    rc, out, err, _ = run_cli(["-t", "-c", "$DIR/loop.lua"], {"loop.lua": app}, timeout=15)
+    took = time.monotonic() - t0
+    eq(rc, 1, "exit status")
+    assert "configuration load exceeded timeouts.script (0.3 s)" in out + err, out + err
+    assert took < 3, "stopped after about the file's 0.3 s, not the default 5 s: %.1fs" % took
+
+
+def test_a_reload_may_raise_its_own_load_budget():
+    # The running configuration allows 0.3 s; the new one raises it to 10 s
+    # before a load step that takes about 1 s of CPU: the reload succeeds.
+    from gwtest import admin_answers
+    slow = ('gw.config { timeouts = { script = 10 } }\n'
+            'local t0 = os.clock() while os.clock() - t0 < 1 do end\n'
+            'gw.get("/v2", function() return "v2" end)\n')
+    with Gateway(ADMIN_APP, workers=1) as g:
+        assert wait_for(lambda: admin_answers(g.port2), 5), "admin listener up"
+        with open(g.config_path, "w") as f:
+            f.write(g._substitute(ADMIN_APP + slow))
+        st, _, body = http(g.port2, "POST", "/reload", timeout=15)
+        eq(st, 200, "the reload of a file that raised its own budget: %r" % body)
+        eq(http(g.port, "GET", "/v2")[2], b"v2", "the new generation serves")
+
+
 def test_a_configurations_jit_choice_is_kept_after_its_load():
     # The load runs with the JIT engine off (for its CPU budget); what the
     # configuration itself asked, on or off, holds once the load is over.
