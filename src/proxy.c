@@ -733,8 +733,9 @@ static void answer_direct(gw_proxy_t *p) {
   direct_request_done(p);
 }
 
-/* The status Lua's runtime gives an upstream error (runtime.lua status_for). */
-static int status_for(const char *msg) {
+/* The status of an upstream error a handler returns (nil, err) with: here
+ * and, through the FFI, in runtime.lua (handler_result). */
+GW_FFI_EXPORT int gw_ffi_upstream_error_status(const char *msg) {
   if (strstr(msg, "timed out") || strcmp(msg, "timeout") == 0) return 504;
   if (strcmp(msg, "no healthy server") == 0 || strcmp(msg, "breaker open") == 0) return 503;
   return 502;
@@ -743,7 +744,8 @@ static int status_for(const char *msg) {
 /* The JSON error a handler returning (nil, err) gets. */
 static void answer_error(gw_req_t *r, const gw_proxy_t *p) {
   const char *msg = p->msg ? p->msg : gw_strerror(p->err);
-  gw_response_error_with(r, status_for(msg), msg, p->extra.base ? p->extra.base : "", p->extra.len);
+  gw_response_error_with(r, gw_ffi_upstream_error_status(msg), msg, p->extra.base ? p->extra.base : "",
+                         p->extra.len);
 }
 
 /* The exchange failed before a head (after gw_ffi_upstream_proxy_direct

@@ -18,7 +18,7 @@ local OK, BAD_CONTEXT = base.OK, base.BAD_CONTEXT
 local yield = coroutine.yield
 local type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset, rawget, next =
   type, pairs, ipairs, error, tostring, xpcall, setmetatable, rawset, rawget, next
-local sub, lower, byte, format, find = string.sub, string.lower, string.byte, string.format, string.find
+local sub, lower, byte, format = string.sub, string.lower, string.byte, string.format
 local traceback = debug.traceback
 local encode = cjson.encode
 
@@ -297,17 +297,12 @@ local function error_response(req, status, message, headers)
 end
 _M.error_response = error_response
 
--- A handler that returns nil and an upstream error answers 502, 503 or 504.
-local function status_for(err)
-  if find(err, "timed out", 1, true) or err == "timeout" then return 504 end
-  if err == "no healthy server" or err == "breaker open" then return 503 end
-  return 502
-end
-
+-- A handler that returns nil and an upstream error answers 502, 503 or 504
+-- (src/proxy.c gw_ffi_upstream_error_status, which C's own answers use too).
 local function handler_result(req, res, err)
   if res == nil and err ~= nil then
     local msg = tostring(err)
-    return error_response(req, status_for(msg), msg)
+    return error_response(req, C.gw_ffi_upstream_error_status(msg), msg)
   end
   return normalize(res)
 end
