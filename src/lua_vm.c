@@ -26,8 +26,23 @@
 #include "mem.h"
 #include "watchdog.h"
 
-#define YIELD_DONE 0
-#define YIELD_WAIT 1
+/* What a task's root coroutine yields first to C: DONE (the request or
+ * timer firing is over) or WAIT (a waiter is registered). Each is the
+ * address of a static, handed to Lua as a lightuserdata by the module
+ * "gateway.yield_marks": no value a script yields by itself
+ * (coroutine.yield() with nothing, 0, 1, a string) can pass for one, so a
+ * stray yield is an error, never a finished request whose suspended
+ * coroutine the next request would resume. */
+static const char yield_done_mark, yield_wait_mark;
+
+static int open_yield_marks(lua_State *L) {
+  lua_createtable(L, 0, 2);
+  lua_pushlightuserdata(L, (void *)&yield_done_mark);
+  lua_setfield(L, -2, "DONE");
+  lua_pushlightuserdata(L, (void *)&yield_wait_mark);
+  lua_setfield(L, -2, "WAIT");
+  return 1;
+}
 
 struct gw_lua_module_s {
   const char *name, *chunk, *code;
@@ -61,6 +76,8 @@ static void register_modules(lua_State *L) {
     lua_pushcclosure(L, load_embedded, 1);
     lua_setfield(L, -2, gw__lua_modules[i].name);
   }
+  lua_pushcfunction(L, open_yield_marks);
+  lua_setfield(L, -2, "gateway.yield_marks");
   lua_pushcfunction(L, luaopen_cjson);
   lua_setfield(L, -2, "cjson");
   lua_pushcfunction(L, luaopen_cjson_safe);
@@ -457,15 +474,18 @@ static void log_coroutine_error(gw_task_t *t) {
   gw_log_error("lua: %s", lua_tostring(co, -1));
 }
 
-/* A WAIT yield with no waiter registered on the task: nothing in C will
- * ever resume it (every FFI call that returns AGAIN registers its waiter
- * first, and sched.lua yields WAIT only while one is pending). It comes
- * from a script calling coroutine.yield(1) itself (or a gw.spawn thread
- * yielding on its own, which leaves the root waiting for nothing). Left
- * alone it would pin the request and its generation forever, so the task
- * fails as a script error: returns LUA_ERRRUN with the message on top of
- * the (suspended, never resumed again) coroutine. */
-static int stray_wait(gw_task_t *t) {
+/* A yield that is neither DONE nor a WAIT with a waiter registered on the
+ * task: nothing in C would ever resume it rightly (every FFI call that
+ * returns AGAIN registers its waiter first, and sched.lua yields WAIT only
+ * while one is pending). It comes from a script calling coroutine.yield
+ * itself at the top of its handler or timer (or a gw.spawn thread yielding
+ * on its own, which leaves the root waiting for nothing). Taken as DONE,
+ * the suspended coroutine would go back to the pool and the next request
+ * would resume it inside this handler; left waiting, it would pin the
+ * request and its generation forever. So the task fails as a script
+ * error: returns LUA_ERRRUN with the message on top of the (suspended,
+ * never resumed again) coroutine. */
+static int stray_yield(gw_task_t *t) {
   lua_settop(t->co, 0);
   lua_pushliteral(t->co,
                   "the handler yielded outside the gateway's waits, so nothing would "
@@ -488,8 +508,12 @@ static void task_resume(gw_task_t *t, int nargs) {
   gw_watchdog_leave();
   t->running = 0;
   current_vm = saved;
-  int wait = rc == LUA_YIELD && lua_tointeger(t->co, 1) == YIELD_WAIT;
-  if (wait && !t->waiters) rc = stray_wait(t);
+  int wait = 0;
+  if (rc == LUA_YIELD) {
+    const void *mark = lua_touserdata(t->co, 1);
+    wait = mark == &yield_wait_mark;
+    if (wait ? !t->waiters : mark != &yield_done_mark) rc = stray_yield(t);
+  }
   if (wait && rc == LUA_YIELD) {
     lua_settop(t->co, 0);
   } else {

@@ -26,7 +26,10 @@ local yield, resume, running, create, status =
 local error, select, pairs, type, setmetatable, unpack = error, select, pairs, type, setmetatable, unpack
 local traceback = debug.traceback
 
-local WAIT, DONE = 1, 0
+-- The first value the root yields to C: markers C made (lua_vm.c), which
+-- nothing a script yields by itself can equal.
+local marks = require "gateway.yield_marks"
+local WAIT, DONE = marks.WAIT, marks.DONE
 
 local _M = { WAIT = WAIT, DONE = DONE }
 

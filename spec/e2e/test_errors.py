@@ -234,3 +234,38 @@ def test_yield_outside_the_gateways_waits_is_500():
         err = g.wait_stderr("yielded outside")
         assert err.count("yielded outside the gateway's waits") >= 3, err
         eq(g.get("/ok")[:3:2], (200, b"ok"), "next request")
+
+
+OWN_YIELDS = PRELUDE + r'''
+local values = { none = function() coroutine.yield() end, zero = function() coroutine.yield(0) end,
+                 text = function() coroutine.yield("x") end, nothing = function() coroutine.yield(nil, 1) end }
+gw.get("/y/:kind", function(req)
+  local who = req.headers["x-user"]
+  values[req.params.kind]()
+  return "private data of " .. who
+end)
+gw.get("/ok", function(req) return "ok for " .. req.headers["x-user"] end)
+local fired = 0
+gw.timer.every(0.05, function()
+  fired = fired + 1
+  if fired == 1 then coroutine.yield(0) end
+  gw.log.info("timer run " .. fired .. " done")
+end)
+'''
+
+
+def test_a_yield_that_is_not_the_gateways_never_ends_the_task():
+    # Any value but the gateway's own markers (nothing, 0, a string): the
+    # task fails, and no later request or timer firing resumes the handler
+    # that yielded (it once went back to the pool suspended, and the next
+    # request, another client's, got its answer).
+    with Gateway(OWN_YIELDS) as g:
+        for kind in ("none", "zero", "text", "nothing"):
+            st, h, body = g.get("/y/" + kind, {"X-User": "alice"}, timeout=3)
+            _check_500(st, h, body)
+            for n in range(3):
+                st, _, body = g.get("/ok", {"X-User": "bob"})
+                eq((st, body), (200, b"ok for bob"), "the next request after a yield of %s" % kind)
+        err = g.wait_stderr("timer run 3 done")
+        assert "private data" not in err, err
+        assert err.count("yielded outside the gateway's waits") >= 5, err
