@@ -54,8 +54,16 @@ static uint64_t ms(double s) {
 
 /* ---- the request ---- */
 
-void gw_exchange_set_request(gw_exchange_t *x, const char *method, size_t mlen, const char *target,
-                             size_t tlen) {
+static int target_valid(const char *target, size_t tlen) {
+  if (tlen == 0) return 0;
+  for (size_t i = 0; i < tlen; i++)
+    if ((unsigned char)target[i] <= 0x20 || (unsigned char)target[i] == 0x7f) return 0;
+  return 1;
+}
+
+int gw_exchange_set_request(gw_exchange_t *x, const char *method, size_t mlen, const char *target,
+                            size_t tlen) {
+  if (!gw_header_valid(method, mlen, NULL, 0) || !target_valid(target, tlen)) return -1;
   free(x->method);
   free(x->target);
   x->method = gw_xstrndup(method, mlen);
@@ -66,6 +74,7 @@ void gw_exchange_set_request(gw_exchange_t *x, const char *method, size_t mlen, 
   x->idempotent = 0;
   for (size_t i = 0; i < sizeof idem / sizeof idem[0]; i++)
     if (strlen(idem[i]) == mlen && memcmp(idem[i], method, mlen) == 0) x->idempotent = 1;
+  return 0;
 }
 
 static int is(const char *name, size_t nlen, const char *what) {

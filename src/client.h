@@ -133,9 +133,12 @@ struct gw_exchange_s {
 };
 
 /* Fills the request of `x`: method, target, header lines (the caller adds
- * them with gw_exchange_add_header), and optionally a body. */
-void gw_exchange_set_request(gw_exchange_t *x, const char *method, size_t mlen, const char *target,
-                             size_t tlen);
+ * them with gw_exchange_add_header), and optionally a body. Returns -1 (and
+ * sets nothing) unless the method is a token and the target a non-empty run
+ * of visible bytes: a space, CR, LF or other control byte there would let a
+ * script's caller write the rest of the request line, or a second request. */
+int gw_exchange_set_request(gw_exchange_t *x, const char *method, size_t mlen, const char *target,
+                            size_t tlen);
 /* Adds a request header; Host is noted (so the server's is not added);
  * framing and hop-by-hop headers are the client's job and are dropped. */
 void gw_exchange_add_header(gw_exchange_t *x, const char *name, size_t nlen, const char *value, size_t vlen);

@@ -178,7 +178,11 @@ GW_FFI_EXPORT int gw_ffi_upstream_fetch(gw_task_t *t, uint32_t ts, gw_upstream_t
   f->x.ops = &fetch_ops;
   f->x.data = f;
   f->x.timeout = timeout;
-  gw_exchange_set_request(&f->x, method, mlen, target, tlen);
+  if (gw_exchange_set_request(&f->x, method, mlen, target, tlen) != 0) {
+    fetch_free(f);
+    *err = "invalid method or path (a space, CR, LF or another control byte)";
+    return GW_FFI_ERROR;
+  }
   if (gw__exchange_add_lines(&f->x, lines, llen) != 0) {
     fetch_free(f);
     *err = "invalid request header (CR, LF or a bad name)";

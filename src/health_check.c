@@ -102,7 +102,8 @@ static void on_round(uv_timer_t *t) {
     c->x.data = c;
     c->x.fixed_server = s;
     c->x.timeout = ck->cfg.timeout;
-    gw_exchange_set_request(&c->x, "GET", 3, ck->cfg.path, strlen(ck->cfg.path));
+    /* The path was checked when the configuration loaded (upstream.lua). */
+    (void)gw_exchange_set_request(&c->x, "GET", 3, ck->cfg.path, strlen(ck->cfg.path));
     gw_exchange_add_header(&c->x, "User-Agent", 10, "gateway-health-check", 20);
     ck->in_flight++;
     if (gw_exchange_start(&c->x) != 0) {

@@ -385,7 +385,11 @@ static gw_proxy_t *proxy_begin(gw_req_t *r, gw_upstream_t *up, const char *targe
     target = gw_req_buffer(r) + r->url_off;
     tlen = r->url_len;
   }
-  gw_exchange_set_request(&p->x, method, strlen(method), target, tlen);
+  if (gw_exchange_set_request(&p->x, method, strlen(method), target, tlen) != 0) {
+    gw_proxy_destroy(p);
+    *err = "invalid path (a space, CR, LF or another control byte)";
+    return NULL;
+  }
   if (gw__exchange_add_lines(&p->x, lines, llen) != 0) {
     gw_proxy_destroy(p);
     *err = "invalid request header (CR, LF or a bad name)";

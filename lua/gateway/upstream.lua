@@ -12,6 +12,8 @@
 local base = require "gateway.base"
 local sched = require "gateway.sched"
 local cjson = require "cjson.safe"
+local mwutil = require "gateway.mwutil"
+local is_token, is_header_value = mwutil.is_token, mwutil.is_header_value
 
 local ffi, C = base.ffi, base.C
 local ffi_string = ffi.string
@@ -117,6 +119,21 @@ function Response:json()
   return v
 end
 
+-- "name: value\r\n" for a header block, or nil when the name is not an
+-- HTTP token or the value holds CR, LF or NUL. Every block made here goes to
+-- C as one string that C splits on CRLF again, so a CRLF inside a value
+-- would otherwise come out as a header line of the script's caller's
+-- choosing (header injection, response splitting).
+local function header_line(name, value)
+  value = tostring(value)
+  if not (is_token(name) and is_header_value(value)) then return nil end
+  return name .. ": " .. value .. "\r\n"
+end
+
+local function bad_response_header(name, level)
+  error(format("response header %q is invalid (CR/LF or a bad name)", tostring(name)), level + 1)
+end
+
 -- Puts a header into a lower-case table: repeated names are joined with
 -- ", ", except Set-Cookie, which becomes a list.
 local function add_header(h, name, value)
@@ -145,6 +162,8 @@ local ProxyResponse = {}
 local function proxy_set_header(res, name, value)
   local h = rawget(res, "headers")
   if h then return Response.set_header(res, name, value) end
+  local line = header_line(name, value)
+  if not line then bad_response_header(name, 2) end
   value = tostring(value)
   local extra, idx = rawget(res, "_extra"), rawget(res, "_xidx")
   if not extra then
@@ -164,7 +183,7 @@ local function proxy_set_header(res, name, value)
   extra[n + 2] = value
   idx[lname] = n + 1
   local blob = rawget(res, "_xblob")
-  if blob ~= false then rawset(res, "_xblob", (blob or "") .. name .. ": " .. value .. "\r\n") end
+  if blob ~= false then rawset(res, "_xblob", (blob or "") .. line) end
 end
 
 local function rebuild_blob(extra)
@@ -332,8 +351,9 @@ function _M.declare(name, spec)
   end
   local active = spec.health and spec.health.active
   if active ~= nil then
-    if type(active) ~= "table" or type(active.path) ~= "string" or active.path:sub(1, 1) ~= "/" then
-      error("gw.upstream: health.active.path must be a path starting with '/'", 3)
+    if type(active) ~= "table" or type(active.path) ~= "string" or active.path:sub(1, 1) ~= "/"
+        or find(active.path, "[%z\1-\32\127]") then
+      error("gw.upstream: health.active.path must be a path starting with '/', without spaces or control bytes", 3)
     end
   end
   active = active or {}
@@ -396,17 +416,23 @@ local function encode_query(q)
 end
 _M.encode_query = encode_query
 
+-- Appends the lines of `headers` (name -> value or list of values) to out
+-- from out[n + 1]; returns the new n, or nil and the first invalid name.
 local function header_lines(headers, out, n)
   if headers then
     for k, v in pairs(headers) do
       if type(v) == "table" then
         for _, x in ipairs(v) do
+          local line = header_line(k, x)
+          if not line then return nil, k end
           n = n + 1
-          out[n] = k .. ": " .. tostring(x) .. "\r\n"
+          out[n] = line
         end
       else
+        local line = header_line(k, v)
+        if not line then return nil, k end
         n = n + 1
-        out[n] = k .. ": " .. tostring(v) .. "\r\n"
+        out[n] = line
       end
     end
   end
@@ -443,6 +469,7 @@ function Upstream:request(opts)
     lines[n] = "Content-Type: application/json\r\n"
   end
   n = header_lines(opts.headers, lines, n)
+  if not n then error("up:request: invalid request header (CR, LF or a bad name)", 2) end
   if body ~= nil then
     body = tostring(body)
     has_body = 1
@@ -510,7 +537,9 @@ function Upstream:proxy(req, opts)
   local blob = ""
   if opts.headers then
     local lines = {}
-    blob = concat(lines, "", 1, header_lines(opts.headers, lines, 0))
+    local n = header_lines(opts.headers, lines, 0)
+    if not n then error("up:proxy: invalid request header (CR, LF or a bad name)", 2) end
+    blob = concat(lines, "", 1, n)
   end
   local key = ""
   if self.hash_key then key = tostring(self.hash_key(req) or "") end
@@ -698,7 +727,8 @@ function _M.send_proxied(req, res)
     return
   end
   local lines = {}
-  local n = header_lines(_M.end_to_end(headers), lines, 0)
+  local n, bad = header_lines(_M.end_to_end(headers), lines, 0)
+  if not n then error(format("response header %q is invalid (CR/LF or a bad name)", tostring(bad)), 0) end
   local blob = concat(lines, "", 1, n)
   local rc = C.gw_ffi_resp_proxy(req._r, req._s, res.status, blob, #blob, 0, base.out_err)
   if rc == BAD_CONTEXT then error(base.FINISHED, 0) end

@@ -44,6 +44,9 @@ gw.get("/c/missing", cache, counted(nil, 404))
 gw.get("/c/short", gw.mw.cache { dict = "cache", ttl = 0.5 }, counted())
 gw.get("/c/bypath", gw.mw.cache { dict = "cache", ttl = 60, key = function(req) return "p:" .. req.path end }, counted())
 gw.get("/c/getonly", gw.mw.cache { dict = "cache", ttl = 60, methods = { "GET" } }, counted())
+-- A header the core refuses to send (CR LF inside): never stored, where it
+-- would have come back as two lines of the handler's making.
+gw.get("/c/crlf", cache, counted({ ["X-Note"] = "a\r\nX-Injected: yes" }))
 gw.get("/c/text", cache, function(req)
   return "text " .. counts:incr("text", 1, 0)
 end)
@@ -236,3 +239,13 @@ def test_configuration_errors():
     ]
     for body, needle in cases:
         check_cli_error(PRELUDE + body, needle)
+
+
+def test_an_answer_with_a_crlf_header_is_never_stored():
+    def t(g, o):
+        for n in range(3):
+            r = get(g, "/c/crlf")
+            eq(r.status, 500, "the handler's answer cannot be sent (%r)" % r.raw[:200])
+            assert b"x-injected" not in r.raw.lower(), r.raw
+        g.wait_stderr("cache: an answer with an invalid header is not stored")
+    run(t)

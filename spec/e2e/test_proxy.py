@@ -28,6 +28,17 @@ gw.use("/mw", function(req, next)
   return res
 end)
 
+-- A CRLF in a header set on a proxied answer: refused (500), never split
+-- into lines of the script's caller's making (?how=set: res:set_header on
+-- unread headers; ?how=table: res.headers after reading them).
+gw.get("/splitting", function(req)
+  local res = up:proxy(req, { path = "/echo/split" })
+  local v = "hi\r\nSet-Cookie: session=attacker"
+  if req.query.how == "set" then res:set_header("X-Note", v)
+  else res.headers["X-Note"] = v end
+  return res
+end)
+
 gw.route("*", "/p/*rest", function(req) return up:proxy(req) end)
 gw.route("*", "/edit/*rest", function(req)
   req.headers["X-Added"] = "added-by-script"
@@ -362,6 +373,17 @@ gw.config { listen = { "127.0.0.1:$PORT" } }
 local up = gw.upstream("o", { servers = { "127.0.0.1:@A@" } })
 local nopool = gw.upstream("nopool", { servers = { "127.0.0.1:@B@" }, keepalive = { idle = 0 } })
 local short = gw.upstream("short", { servers = { "127.0.0.1:@C@" }, keepalive = { timeout = 0.3 } })
+-- A CRLF in a header set on a proxied answer: refused (500), never split
+-- into lines of the script's caller's making (?how=set: res:set_header on
+-- unread headers; ?how=table: res.headers after reading them).
+gw.get("/splitting", function(req)
+  local res = up:proxy(req, { path = "/echo/split" })
+  local v = "hi\r\nSet-Cookie: session=attacker"
+  if req.query.how == "set" then res:set_header("X-Note", v)
+  else res.headers["X-Note"] = v end
+  return res
+end)
+
 gw.route("*", "/p/*rest", function(req) return up:proxy(req) end)
 gw.get("/nopool/*rest", function(req) return nopool:proxy(req) end)
 gw.get("/short/*rest", function(req) return short:proxy(req) end)
@@ -546,6 +568,17 @@ KILL = r'''
 local gw = require "gateway"
 gw.config { listen = { "127.0.0.1:$PORT" } }
 local up = gw.upstream("o", { servers = { "127.0.0.1:@A@", "127.0.0.1:@B@" } })
+-- A CRLF in a header set on a proxied answer: refused (500), never split
+-- into lines of the script's caller's making (?how=set: res:set_header on
+-- unread headers; ?how=table: res.headers after reading them).
+gw.get("/splitting", function(req)
+  local res = up:proxy(req, { path = "/echo/split" })
+  local v = "hi\r\nSet-Cookie: session=attacker"
+  if req.query.how == "set" then res:set_header("X-Note", v)
+  else res.headers["X-Note"] = v end
+  return res
+end)
+
 gw.route("*", "/p/*rest", function(req) return up:proxy(req) end)
 '''
 
@@ -653,3 +686,12 @@ def test_proxy_set_header_without_reading_headers():
         st, h, body = http(g.port, "GET", "/read")
         eq((h.get("x-replace"), h.get("x-seen"), body), ("new", "up", b"body"),
            "set before reading, then read and changed")
+
+
+def test_a_crlf_header_on_a_proxied_answer_is_refused_not_split():
+    with Origin("A") as a, Gateway(fill(PROXY, A=a)) as g:
+        for how in ("set", "table"):
+            out = raw(g.port, req_bytes("GET", "/splitting?how=" + how, [("Connection", "close")]))
+            assert out.startswith(b"HTTP/1.1 500 "), (how, out[:300])
+            assert b"set-cookie" not in out.lower(), (how, out)
+        eq(http(g.port, "GET", "/p/echo/after")[0], 200, "the next request")

@@ -569,3 +569,49 @@ gw.get("/x", function(req) return up:proxy(req) end)
     with Origin("a") as a, Gateway(fill(cfg, A=a)) as g:
         ok = wait_for(lambda: http(g.port, "GET", "/x")[0] == 200, 5)
         assert ok, "localhost never resolved: %r\n%s" % (http(g.port, "GET", "/x"), g.stderr_text()[-2000:])
+
+
+# ---------------------------------------------------------------------------
+# what a script hands an upstream request is checked piece by piece
+# ---------------------------------------------------------------------------
+
+INJECT = HEAD + r'''
+local up = gw.upstream("o", { servers = { "127.0.0.1:@A@" } })
+local cases = {
+  value    = function(v) return up:get("/echo/v", { headers = { ["X-Note"] = v } }) end,
+  list     = function(v) return up:get("/echo/l", { headers = { ["X-Note"] = { "ok", v } } }) end,
+  name     = function(v) return up:get("/echo/n", { headers = { ["X-A" .. v] = "1" } }) end,
+  path     = function(v) return up:get("/echo/p" .. v) end,
+  query    = function(v) return up:request { path = "/echo/q", query = "a=" .. v } end,
+  method   = function(v) return up:request { method = "GET" .. v, path = "/echo/m" } end,
+  proxyhdr = function(v, req) return up:proxy(req, { headers = { ["X-Note"] = v } }) end,
+  proxypath = function(v, req) return up:proxy(req, { path = "/echo/pp" .. v }) end,
+}
+gw.get("/inject/:case", function(req)
+  local v = req.query.v
+  local ok, res, err = pcall(cases[req.params.case], v, req)
+  if not ok then return { status = 400, json = { refused = res } } end
+  if res == nil then return { status = 502, json = { err = err } } end
+  return "sent"
+end)
+'''
+
+
+def test_crlf_and_controls_never_reach_an_upstream_request():
+    # A CRLF inside one value, name, path, query or method once came out at
+    # the upstream as a line of its own: an injected header, or a second
+    # (smuggled) request. Each is refused before anything is sent.
+    from urllib.parse import quote
+    evil = quote("x\r\nX-Injected: yes", safe="")
+    smuggle = quote(" HTTP/1.1\r\nHost: a\r\n\r\nGET /echo/admin", safe="")
+    with Origin("A") as a, Gateway(fill(INJECT, A=a)) as g:
+        for case, v in (("value", evil), ("list", evil), ("name", evil), ("path", smuggle),
+                        ("query", smuggle), ("method", smuggle), ("proxyhdr", evil),
+                        ("proxypath", smuggle), ("path", quote("\x00x")), ("value", quote("a\x00b"))):
+            st, _, body = http(g.port, "GET", "/inject/%s?v=%s" % (case, v))
+            eq(st, 400, "%s %r: the script's call raised (%r)" % (case, v, body))
+            assert b"invalid" in body, body
+        eq(a.requests, 0, "nothing reached the upstream: %r" % a.log)
+        st, _, body = http(g.port, "GET", "/inject/value?v=fine")
+        eq((st, body), (200, b"sent"), "a clean value still goes out")
+        eq([e["headers"].get("x-note") for e in a.log], ["fine"], "what the upstream saw")

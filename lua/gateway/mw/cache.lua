@@ -162,18 +162,20 @@ end
 -- ---- the stored form ----
 -- "<status> <stored_at> <header bytes>\n" .. "name: value\r\n"... .. body
 
+-- Returns nil for headers that cannot be sent (a name that is not a token,
+-- a value with CR, LF or NUL): such an answer fails when it is sent, and
+-- stored it would come back split into lines of its own making.
 local function serialize(status, headers, body, now)
   local lines, n = {}, 0
   for k, v in pairs(headers) do
     if type(k) == "string" and not SKIP[lower(k)] then
-      if type(v) == "table" then
-        for i = 1, #v do
-          n = n + 1
-          lines[n] = k .. ": " .. tostring(v[i]) .. "\r\n"
-        end
-      else
+      if not util.is_token(k) then return nil end
+      local list = type(v) == "table" and v or { v }
+      for i = 1, #list do
+        local value = tostring(list[i])
+        if not util.is_header_value(value) then return nil end
         n = n + 1
-        lines[n] = k .. ": " .. tostring(v) .. "\r\n"
+        lines[n] = k .. ": " .. value .. "\r\n"
       end
     end
   end
@@ -290,8 +292,10 @@ return function(opts)
         local body, berr = body_of(res)
         if body ~= nil then
           local stored = serialize(res.status, res.headers, body, gw_mod.now())
-          local names = vary_names(header_text(res.headers, "vary"))
-          if names then
+          local names = stored and vary_names(header_text(res.headers, "vary"))
+          if not stored then
+            gw_mod.log.warn("cache: an answer with an invalid header is not stored")
+          elseif names then
             dict:set(k, INDEX .. concat(names, ","), ttl)
             dict:set(k .. variant_suffix(req, names), stored, ttl)
           else
