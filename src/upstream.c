@@ -146,6 +146,9 @@ static gw_server_t *find_server(gw_upstream_t *up, const char *addr) {
 int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *weights, size_t n, char *err,
                             size_t errlen) {
   gw_server_t **list = gw_xcalloc(n ? n : 1, sizeof *list);
+  /* Every address is parsed before any lookup starts: a lookup in flight
+   * holds its server, so a new server may be freed (a later address is
+   * bad) only while none has begun. */
   for (size_t i = 0; i < n; i++) {
     gw_server_t *s = find_server(up, addrs[i]);
     if (!s) {
@@ -154,12 +157,20 @@ int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *we
         free(s->host);
         free(s);
         for (size_t k = 0; k < i; k++)
-          if (!find_server(up, list[k]->addr)) free(list[k]);
+          if (!find_server(up, list[k]->addr)) {
+            free(list[k]->host);
+            free(list[k]->addr);
+            free(list[k]);
+          }
         free(list);
         return GW_ECONFIG;
       }
       s->addr = gw_xstrndup(addrs[i], strlen(addrs[i]));
     }
+    list[i] = s;
+  }
+  for (size_t i = 0; i < n; i++) {
+    gw_server_t *s = list[i];
     /* Also for a server found in the list: one declared by the master's own
      * load (inherited by the fork) was never resolved there. */
     if (!s->resolved && !s->resolving) start_resolve(s);
@@ -169,7 +180,6 @@ int gw_upstream_set_servers(gw_upstream_t *up, const char **addrs, const int *we
      * existed (the master's own load, inherited by forked workers) must
      * move to the shared entries. It is the same entry otherwise. */
     s->health = gw_health_get(up->name, s->addr);
-    list[i] = s;
   }
   /* Servers the new list dropped stay allocated for exchanges in flight. */
   for (size_t i = 0; i < up->nservers; i++) {
