@@ -128,6 +128,49 @@ local function check_tls(key, t, level)
   return { certs = out, client_ca = ca, verify_client = verify }
 end
 
+-- The host and port of a numeric address: "IPv4:port", "[IPv6]:port" or
+-- ":port" (every interface), or nil. Ports and IPv4 bytes are range-checked
+-- here, so that -t refuses what the gateway could not listen on.
+local function split_addr(a)
+  local host, port
+  if type(a) == "string" then host, port = a:match("^(.*):(%d+)$") end
+  port = tonumber(port)
+  if not (host and port and port >= 1 and port <= 65535) then return nil end
+  local b1, b2, b3, b4 = host:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if b1 then
+    for _, b in ipairs { b1, b2, b3, b4 } do
+      if tonumber(b) > 255 then return nil end
+    end
+  elseif host ~= "" and not host:match("^%[[%x:.]+%]$") then
+    return nil
+  end
+  return host, port
+end
+
+-- The same address always in the same spelling, "*" for every interface
+-- (0.0.0.0, [::], ":port"), so that two spellings of one socket compare equal.
+local function host_key(host)
+  if host == "" then return "*" end
+  local b1, b2, b3, b4 = host:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if b1 then
+    local key = ("%d.%d.%d.%d"):format(tonumber(b1), tonumber(b2), tonumber(b3), tonumber(b4))
+    return key == "0.0.0.0" and "*" or key
+  end
+  local v6 = host:sub(2, -2):lower()
+  if v6:find(".", 1, true) then return v6 end -- an IPv4 tail: kept as written
+  local head, tail = v6:match("^(.-)::(.*)$")
+  local groups = {}
+  for g in (head or v6):gmatch("[^:]+") do groups[#groups + 1] = tonumber(g, 16) end
+  if head then
+    local rest = {}
+    for g in tail:gmatch("[^:]+") do rest[#rest + 1] = tonumber(g, 16) end
+    for _ = 1, 8 - #groups - #rest do groups[#groups + 1] = 0 end
+    for _, g in ipairs(rest) do groups[#groups + 1] = g end
+  end
+  local key = ("%x:"):rep(#groups):format(unpack(groups))
+  return key:find("^[0:]*$") and "*" or key
+end
+
 local function check_value(key, kind, v, level)
   if kind == "workers" then
     if v ~= "auto" and (type(v) ~= "number" or v < 1 or v > MAX_WORKERS or v % 1 ~= 0) then
@@ -148,8 +191,8 @@ local function check_value(key, kind, v, level)
   elseif kind == "string_or_false" then
     if v ~= false and type(v) ~= "string" then bad(key, "a string or false", v, level) end
   elseif kind == "addr_or_false" then
-    if v ~= false and (type(v) ~= "string" or not v:match("^.*:%d+$")) then
-      bad(key, '"host:port" or false', v, level)
+    if v ~= false and not split_addr(v) then
+      bad(key, '"IPv4:port" or "[IPv6]:port" (a numeric address) or false', v, level)
     end
   elseif kind == "listen" then
     if type(v) == "string" then v = { v } end
@@ -166,11 +209,7 @@ local function check_value(key, kind, v, level)
         if a.tls ~= nil then tls = check_tls(key .. "[" .. i .. "].tls", a.tls, level + 1) end
         a = a.addr
       end
-      local host, port
-      if type(a) == "string" then host, port = a:match("^(.*):(%d+)$") end
-      port = tonumber(port)
-      local numeric = host and (host:match("^%d+%.%d+%.%d+%.%d+$") or host:match("^%[[%x:.]+%]$") or host == "")
-      if not (host and numeric and port and port >= 1 and port <= 65535) then
+      if not split_addr(a) then
         bad(key .. "[" .. i .. "]", '"IPv4:port" or "[IPv6]:port" (a numeric address)', a, level)
       end
       -- A TLS listener stays a table for C (lua_vm.c); a plain one a string.
@@ -203,11 +242,20 @@ function gw.config(t)
   if state.loading and type(t.timeouts) == "table" and t.timeouts.script ~= nil then
     C.gw_ffi_load_budget(cfg.timeouts.script)
   end
-  -- The admin endpoints must never be reachable on a public listener.
+  -- The admin endpoints must never be reachable on a public listener: not
+  -- the same socket under another spelling (127.0.0.1:080, 0.0.0.0 and
+  -- ":port"), nor one port on every interface and one address, which the
+  -- kernel would share (SO_REUSEPORT) between the admin and a listener.
   if cfg.admin then
+    local ahost, aport = split_addr(cfg.admin)
+    local akey = host_key(ahost)
     for _, a in ipairs(cfg.listen) do
       if type(a) == "table" then a = a.addr end
-      if a == cfg.admin then error("gw.config: admin must not be one of the listen addresses (" .. a .. ")", 2) end
+      local host, port = split_addr(a)
+      local key = host_key(host)
+      if port == aport and (key == akey or key == "*" or akey == "*") then
+        error("gw.config: admin (" .. cfg.admin .. ") must not share a port with the listen address " .. a, 2)
+      end
     end
   end
 end

@@ -269,13 +269,34 @@ def test_no_admin_listener_unless_configured():
 
 
 def test_admin_address_checked():
-    for admin_addr, needle in [("127.0.0.1:$PORT", "must not be one of the listen"),
-                               ("nonsense", "host:port")]:
+    # Another spelling of a listen socket, or the same port on every
+    # interface, would have the kernel share one port between the admin and
+    # a public listener (SO_REUSEPORT): refused, as are addresses the
+    # gateway could not listen on at all.
+    share, numeric = "must not share a port with the listen address", "a numeric address"
+    for listen, admin_addr, needle in [("127.0.0.1:$PORT", "127.0.0.1:$PORT", share),
+                                       ("127.0.0.1:$PORT", "127.0.0.1:0$PORT", share),
+                                       ("127.0.0.1:$PORT", "0.0.0.0:$PORT", share),
+                                       ("127.0.0.1:$PORT", ":$PORT", share),
+                                       ("0.0.0.0:$PORT", "127.0.0.1:$PORT", share),
+                                       ("[::]:$PORT", "127.0.0.1:$PORT", share),
+                                       ("[::1]:$PORT", "[0:0::0001]:$PORT", share),
+                                       ("127.0.0.1:$PORT", "nonsense", numeric),
+                                       ("127.0.0.1:$PORT", "localhost:$PORT2", numeric),
+                                       ("127.0.0.1:$PORT", "127.0.0.1:99999", numeric),
+                                       ("127.0.0.1:$PORT", "127.0.0.1:0", numeric),
+                                       ("127.0.0.1:$PORT", "127.0.0.256:$PORT2", numeric)]:
         cfg = ('local gw = require "gateway"\n'
-               'gw.config { listen = { "127.0.0.1:$PORT" }, admin = "%s" }\n' % admin_addr)
+               'gw.config { listen = { "%s" }, admin = "%s" }\n' % (listen, admin_addr))
         rc, out, err, _ = run_cli(["-t", "-c", "$DIR/gateway.lua"], {"gateway.lua": cfg})
-        eq(rc, 1, "exit status for admin %r" % admin_addr)
+        eq(rc, 1, "exit status for listen %r, admin %r" % (listen, admin_addr))
         assert needle in out + err and "gateway.lua:2:" in out + err, out + err
+    # Another address on the same port, or the same address on another port, is fine.
+    for listen, admin_addr in [("127.0.0.1:$PORT", "127.0.0.2:$PORT"), ("127.0.0.1:$PORT", "127.0.0.1:$PORT2")]:
+        cfg = ('local gw = require "gateway"\n'
+               'gw.config { listen = { "%s" }, admin = "%s" }\n' % (listen, admin_addr))
+        rc, out, err, _ = run_cli(["-t", "-c", "$DIR/gateway.lua"], {"gateway.lua": cfg})
+        eq(rc, 0, "listen %r, admin %r: %s" % (listen, admin_addr, out + err))
 
 
 def reads_file_app(tag_file):
