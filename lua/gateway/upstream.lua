@@ -464,7 +464,9 @@ function Upstream:request(opts)
   local lines, n = {}, 0
   local body, has_body = opts.body, 0
   if opts.json ~= nil then
-    body = cjson.encode(opts.json)
+    local jerr
+    body, jerr = cjson.encode(opts.json)
+    if body == nil then error("up:request: json cannot be encoded: " .. tostring(jerr), 2) end
     n = n + 1
     lines[n] = "Content-Type: application/json\r\n"
   end

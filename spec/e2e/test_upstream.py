@@ -586,6 +586,7 @@ local cases = {
   method   = function(v) return up:request { method = "GET" .. v, path = "/echo/m" } end,
   proxyhdr = function(v, req) return up:proxy(req, { headers = { ["X-Note"] = v } }) end,
   proxypath = function(v, req) return up:proxy(req, { path = "/echo/pp" .. v }) end,
+  json     = function(v) local t = {} t.self = t return up:post("/echo/j", nil, { json = { x = 0/0, c = t } }) end,
 }
 gw.get("/inject/:case", function(req)
   local v = req.query.v
@@ -600,17 +601,19 @@ end)
 def test_crlf_and_controls_never_reach_an_upstream_request():
     # A CRLF inside one value, name, path, query or method once came out at
     # the upstream as a line of its own: an injected header, or a second
-    # (smuggled) request. Each is refused before anything is sent.
+    # (smuggled) request. Each is refused before anything is sent, as is a
+    # `json =` cjson cannot encode (it went out as an empty body).
     from urllib.parse import quote
     evil = quote("x\r\nX-Injected: yes", safe="")
     smuggle = quote(" HTTP/1.1\r\nHost: a\r\n\r\nGET /echo/admin", safe="")
     with Origin("A") as a, Gateway(fill(INJECT, A=a)) as g:
         for case, v in (("value", evil), ("list", evil), ("name", evil), ("path", smuggle),
                         ("query", smuggle), ("method", smuggle), ("proxyhdr", evil),
-                        ("proxypath", smuggle), ("path", quote("\x00x")), ("value", quote("a\x00b"))):
+                        ("proxypath", smuggle), ("path", quote("\x00x")), ("value", quote("a\x00b")),
+                        ("json", "")):
             st, _, body = http(g.port, "GET", "/inject/%s?v=%s" % (case, v))
             eq(st, 400, "%s %r: the script's call raised (%r)" % (case, v, body))
-            assert b"invalid" in body, body
+            assert b"invalid" in body or b"cannot be encoded" in body, body
         eq(a.requests, 0, "nothing reached the upstream: %r" % a.log)
         st, _, body = http(g.port, "GET", "/inject/value?v=fine")
         eq((st, body), (200, b"sent"), "a clean value still goes out")
