@@ -379,7 +379,7 @@ local function log_at(level)
     local parts = {}
     for i = 1, n do parts[i] = tostring((select(i, ...))) end
     local msg = table.concat(parts, " ")
-    C.gw_ffi_log(level, msg, #msg)
+    C.gw_ffi_log(level, msg, #msg, 1) -- one line: LF escaped too
   end
 end
 gw.log = { debug = log_at(0), info = log_at(1), warn = log_at(2), error = log_at(3) }

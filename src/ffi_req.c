@@ -189,7 +189,10 @@ GW_FFI_EXPORT int gw_ffi_resp_sent(gw_req_t *r, uint32_t s) {
   return r->resp_state != GW_RESP_NONE;
 }
 
-GW_FFI_EXPORT void gw_ffi_log(int level, const char *msg, size_t len) {
+/* gw.log writes one line (one_line: line feeds escaped too); the runtime's
+ * own errors keep a traceback's lines, each after the first indented. */
+GW_FFI_EXPORT void gw_ffi_log(int level, const char *msg, size_t len, int one_line) {
   if (level < GW_LOG_DEBUG || level > GW_LOG_ERROR) level = GW_LOG_INFO;
-  gw_log_text((gw_log_level_t)level, msg, len);
+  if (one_line) gw_log_line((gw_log_level_t)level, msg, len);
+  else gw_log_text((gw_log_level_t)level, msg, len);
 }

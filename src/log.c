@@ -108,16 +108,50 @@ static size_t format_prefix(char *buf, size_t cap, gw_log_level_t level) {
   return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
-void gw_log_text(gw_log_level_t level, const char *msg, size_t len) {
+/* Copies msg into dst (at most cap bytes) so that no byte of it can pass
+ * for the start of another log line: control bytes become \xNN (\n, \r
+ * and \t by name in one_line mode), and otherwise a line feed is followed by
+ * a tab, so that a traceback's lines stay lines but each after the first is
+ * indented (a message carrying client text, as errors and gw.log do, could
+ * otherwise write a whole line of its choosing). Returns the bytes written. */
+static size_t escape_message(char *dst, size_t cap, const char *msg, size_t len, int one_line) {
+  static const char hex[] = "0123456789abcdef";
+  size_t n = 0;
+  for (size_t i = 0; i < len && n + 4 <= cap; i++) {
+    unsigned char c = (unsigned char)msg[i];
+    if (c == '\n' && !one_line) {
+      dst[n++] = '\n';
+      if (i + 1 < len && msg[i + 1] != '\t') dst[n++] = '\t';
+    } else if (c == '\t' && !one_line) {
+      dst[n++] = '\t';
+    } else if (c < 0x20 || c == 0x7f) {
+      dst[n++] = '\\';
+      if (c == '\n' || c == '\r' || c == '\t') {
+        dst[n++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+      } else {
+        dst[n++] = 'x';
+        dst[n++] = hex[c >> 4];
+        dst[n++] = hex[c & 15];
+      }
+    } else {
+      dst[n++] = (char)c;
+    }
+  }
+  return n;
+}
+
+static void log_text(gw_log_level_t level, const char *msg, size_t len, int one_line) {
   if (level < logs.level) return;
   char buf[8192];
   size_t n = format_prefix(buf, sizeof buf, level);
-  if (len > sizeof buf - n - 1) len = sizeof buf - n - 1;
-  memcpy(buf + n, msg, len);
-  n += len;
+  n += escape_message(buf + n, sizeof buf - n - 1, msg, len, one_line);
   buf[n++] = '\n';
   write_all(logs.error_fd >= 0 ? logs.error_fd : STDERR_FILENO, buf, n);
 }
+
+void gw_log_text(gw_log_level_t level, const char *msg, size_t len) { log_text(level, msg, len, 0); }
+
+void gw_log_line(gw_log_level_t level, const char *msg, size_t len) { log_text(level, msg, len, 1); }
 
 void gw_log(gw_log_level_t level, const char *fmt, ...) {
   if (level < logs.level) return;

@@ -23,8 +23,11 @@ void gw_log_set_level(gw_log_level_t level);
 void gw_log_set_role(const char *role);
 
 void gw_log(gw_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Writes `len` bytes of message text at `level` (used by gw.log from Lua). */
+/* Writes `len` bytes of message text at `level`. Control bytes are escaped;
+ * line feeds are kept, each followed by a tab (tracebacks). */
 void gw_log_text(gw_log_level_t level, const char *msg, size_t len);
+/* The same as one line: line feeds too are escaped (gw.log from Lua). */
+void gw_log_line(gw_log_level_t level, const char *msg, size_t len);
 int gw_access_log_enabled(void);
 /* Writes one ready-made line (ending in '\n') to the access log. */
 void gw_access_log_write(const char *line, size_t len);

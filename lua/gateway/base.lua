@@ -39,7 +39,7 @@ int gw_ffi_resp_send(gw_req_t *r, uint32_t s, const char *body, size_t len);
 int gw_ffi_resp_sent(gw_req_t *r, uint32_t s);
 int gw_ffi_resp_simple(gw_req_t *r, uint32_t s, int status, const char *ctype, size_t clen,
                        const char *body, size_t len);
-void gw_ffi_log(int level, const char *msg, size_t len);
+void gw_ffi_log(int level, const char *msg, size_t len, int one_line);
 double gw_ffi_now(void);
 double gw_ffi_monotonic(void);
 int gw_ffi_sleep(gw_task_t *t, uint32_t ts, double seconds, uint32_t *wait_id);

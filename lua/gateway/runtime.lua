@@ -142,8 +142,9 @@ end
 
 -- ---- responses ----
 
+-- Tracebacks keep their lines (C indents every line after the first).
 local function log_error(msg)
-  C.gw_ffi_log(3, msg, #msg)
+  C.gw_ffi_log(3, msg, #msg, 0)
 end
 
 local function send_error(req, status, message, extra_headers)

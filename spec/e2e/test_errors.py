@@ -3,6 +3,7 @@ traceback in the log; header values with CR/LF never reach the client."""
 
 import itertools
 import json
+import time
 
 from gwtest import PRELUDE, Conn, Gateway, eq, line_of, raw, req_bytes, run_concurrently
 
@@ -269,3 +270,33 @@ def test_a_yield_that_is_not_the_gateways_never_ends_the_task():
         err = g.wait_stderr("timer run 3 done")
         assert "private data" not in err, err
         assert err.count("yielded outside the gateway's waits") >= 5, err
+
+
+LOG_FORGE = PRELUDE + r'''
+gw.get("/log", function(req)
+  gw.log.warn("note: " .. req.query.v)
+  return "logged"
+end)
+gw.get("/fail", function(req) error("bad input: " .. req.query.v) end)
+'''
+
+
+def test_client_text_cannot_write_a_log_line_of_its_own():
+    # gw.log writes one line (control bytes escaped); an error message keeps
+    # its line feeds for tracebacks, but each following line is indented,
+    # so no client text can start a line that looks like the gateway's.
+    from urllib.parse import quote
+    forged = "x\r\n2026-01-01T00:00:00.000Z [error] master[1]: FORGED\x1b[31m"
+    with Gateway(LOG_FORGE) as g:
+        eq(g.get("/log?v=" + quote(forged))[2], b"logged", "gw.log")
+        eq(g.get("/fail?v=" + quote(forged))[0], 500, "error()")
+        err = g.wait_stderr("request GET /fail")
+        time.sleep(0.2)
+        err = g.stderr_text()
+        lines = err.split("\n")
+        assert not any(l.startswith("2026-01-01") for l in lines), err
+        assert "\x1b" not in err and "\r" not in err, repr(err)
+        logged = [l for l in lines if "note: x" in l]
+        eq(len(logged), 1, "the gw.log line: %r" % err)
+        assert "note: x\\r\\n2026-01-01T00:00:00.000Z [error] master[1]: FORGED\\x1b[31m" in logged[0], logged
+        assert "\n\t2026-01-01T00:00:00.000Z [error] master[1]: FORGED" in err, repr(err)
