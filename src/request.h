@@ -92,6 +92,7 @@ typedef struct gw_req_s {
   int status;               /* response status, for the log */
   uint8_t close_after;      /* close the connection after this response */
   uint8_t head_held;        /* resp_head is finished but not written yet (proxy.c) */
+  uint8_t own_date;         /* the head has a Date from a script: the core adds none */
   size_t resp_bytes;        /* bytes of the response, head included */
   gw_buf_t resp_head;       /* response head under construction */
   uint64_t start_ns;        /* uv_hrtime() when the head started */

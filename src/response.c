@@ -81,6 +81,7 @@ int gw_response_start(gw_req_t *r, int status) {
   if (status < 100 || status > 599) status = 500;
   r->status = status;
   r->resp_head.len = 0;
+  r->own_date = 0;
   if (status == 200) {
     gw_buf_append(&r->resp_head, "HTTP/1.1 200 OK\r\n", 17);
     return 0;
@@ -104,6 +105,8 @@ int gw_response_header(gw_req_t *r, const char *name, size_t nlen, const char *v
     if (vlen == 5 && strncasecmp(value, "close", 5) == 0) r->close_after = 1;
     return 0;
   }
+  /* Date is a single field (RFC 9110 6.6.1): a script's replaces the core's. */
+  if (name_is(name, nlen, "date")) r->own_date = 1;
   gw_buf_t *b = &r->resp_head;
   gw_buf_reserve(b, nlen + vlen + 4);
   memcpy(b->base + b->len, name, nlen);
@@ -164,7 +167,7 @@ static void refuse_interim_status(gw_req_t *r) {
 static void finish_head(gw_req_t *r, gw_framing_t framing, uint64_t length) {
   if (framing == GW_FRAMING_UPGRADE) {
     refresh_date();
-    gw_buf_append(&r->resp_head, date_cache.text, date_cache.len);
+    if (!r->own_date) gw_buf_append(&r->resp_head, date_cache.text, date_cache.len);
     gw_buf_append(&r->resp_head, "\r\n", 2);
     r->resp_state = GW_RESP_SENT;
     return;
@@ -172,7 +175,7 @@ static void finish_head(gw_req_t *r, gw_framing_t framing, uint64_t length) {
   int keep = r->keep_alive && !r->close_after && !gw__worker->draining && framing != GW_FRAMING_CLOSE;
   refresh_date();
   gw_buf_t *b = &r->resp_head;
-  gw_buf_append(b, date_cache.text, date_cache.len);
+  if (!r->own_date) gw_buf_append(b, date_cache.text, date_cache.len);
   if (framing == GW_FRAMING_LENGTH) append_length(b, length);
   else if (framing == GW_FRAMING_CHUNKED) gw_buf_append_str(b, "Transfer-Encoding: chunked\r\n");
   if (!keep) {

@@ -89,6 +89,25 @@ def test_date_header_follows_the_clock():
             assert dates[0] < dates[1] < dates[2], "Date did not move with the clock: %r" % dates
 
 
+def test_a_scripts_date_replaces_the_cores():
+    # Date is a single field (RFC 9110 6.6.1): two would be a broken answer.
+    cfg = BASIC + r'''
+gw.get("/dated", function(req)
+  return { headers = { date = "Tue, 01 Jan 2030 00:00:00 GMT" }, body = "dated" }
+end)
+'''
+    with Gateway(cfg) as g:
+        with Conn(g.port) as c:
+            c.send(req_bytes("GET", "/dated"))
+            r = c.read_response()
+            eq(r.raw.lower().count(b"\r\ndate:"), 1, "one Date: %r" % r.raw)
+            eq(r.headers.get("date"), "Tue, 01 Jan 2030 00:00:00 GMT", "the script's")
+            c.send(req_bytes("GET", "/hello"))
+            r = c.read_response()
+            eq(r.raw.lower().count(b"\r\ndate:"), 1, "the next answer has the core's Date: %r" % r.raw)
+            assert _date_of(r) > time.time() - 60, r.headers
+
+
 def test_idle_keepalive_timeout():
     cfg = r'''local gw = require "gateway"
 gw.config { listen = { "127.0.0.1:$PORT" }, timeouts = { idle = 1 } }
