@@ -302,7 +302,9 @@ _M.error_response = error_response
 -- (src/proxy.c gw_ffi_upstream_error_status, which C's own answers use too).
 local function handler_result(req, res, err)
   if res == nil and err ~= nil then
-    local msg = tostring(err)
+    -- A table's or function's tostring is a heap address: not for clients.
+    local t = type(err)
+    local msg = (t == "string" or t == "number") and tostring(err) or "upstream error"
     return error_response(req, C.gw_ffi_upstream_error_status(msg), msg)
   end
   return normalize(res)

@@ -300,3 +300,19 @@ def test_client_text_cannot_write_a_log_line_of_its_own():
         eq(len(logged), 1, "the gw.log line: %r" % err)
         assert "note: x\\r\\n2026-01-01T00:00:00.000Z [error] master[1]: FORGED\\x1b[31m" in logged[0], logged
         assert "\n\t2026-01-01T00:00:00.000Z [error] master[1]: FORGED" in err, repr(err)
+
+
+NIL_ERR = PRELUDE + r'''
+local errs = { text = "broken", timeout = "timeout", number = 42, table = { code = 42 },
+               fn = function() end }
+gw.get("/nilerr/:kind", function(req) return nil, errs[req.params.kind] end)
+'''
+
+
+def test_nil_err_answers_never_show_a_heap_address():
+    with Gateway(NIL_ERR) as g:
+        for kind, status, msg in (("text", 502, "broken"), ("timeout", 504, "timeout"),
+                                  ("number", 502, "42"), ("table", 502, "upstream error"),
+                                  ("fn", 502, "upstream error")):
+            st, _, body = g.get("/nilerr/" + kind)
+            eq((st, json.loads(body)["error"]), (status, msg), "nil, %s" % kind)
