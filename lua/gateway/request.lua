@@ -30,9 +30,13 @@ local function finished() error(base.FINISHED, 3) end
 -- ---- headers: a proxy table, reads and writes go to C ----
 
 local Headers = {}
+-- The key the proxy keeps its req under: a table no script can name, so
+-- every string key and every other key reaches __index and __newindex
+-- (in slot 1, req.headers[1] read the req and a write replaced it).
+local REQ = {}
 
 Headers.__index = function(h, name)
-  local req = rawget(h, 1)
+  local req = rawget(h, REQ)
   if type(name) ~= "string" then return nil end
   local rc = C.gw_ffi_req_header(req._r, req._s, name, #name, out_str, out_len)
   -- Not `return ffi_string(...)`: see request.new.
@@ -45,7 +49,7 @@ Headers.__index = function(h, name)
 end
 
 Headers.__newindex = function(h, name, value)
-  local req = rawget(h, 1)
+  local req = rawget(h, REQ)
   if type(name) ~= "string" then error("header names are strings", 2) end
   if value ~= nil and type(value) ~= "string" then value = tostring(value) end
   local rc = C.gw_ffi_req_set_header(req._r, req._s, name, #name, value, value and #value or 0)
@@ -99,7 +103,7 @@ local function head(req)
 end
 
 function getters.headers(req)
-  local h = setmetatable({ req }, Headers)
+  local h = setmetatable({ [REQ] = req }, Headers)
   rawset(req, "headers", h)
   return h
 end

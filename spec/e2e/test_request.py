@@ -119,3 +119,21 @@ def test_body_read_twice():
         st, _, body = g.http("POST", "/twice", body=b"q" * 5000)
         eq(st, 200, "status")
         eq(json.loads(body), {"same": True, "len": 5000}, "req:body() twice")
+
+
+NON_STRING_HEADER_KEYS = PRELUDE + r'''
+gw.get("/hkeys", function(req)
+  local read = { req.headers[1] == nil, req.headers[true] == nil }
+  local ok, err = pcall(function() req.headers[1] = "x" end)
+  return { json = { absent = read[1] and read[2], raised = not ok and tostring(err):match("header names are strings") ~= nil,
+                    after = req.headers["x-probe"] } }
+end)
+'''
+
+
+def test_header_keys_that_are_not_strings():
+    # No key may reach the proxy's own slot: reading one gives nil, writing
+    # one raises, and the request's headers still work after.
+    with Gateway(NON_STRING_HEADER_KEYS) as g:
+        st, _, body = g.get("/hkeys", {"X-Probe": "still"})
+        eq((st, json.loads(body)), (200, {"absent": True, "raised": True, "after": "still"}), "answer")
