@@ -422,10 +422,17 @@ end
 
 local function on_handler_error(err)
   if type(err) == "table" and err.status then return err end
+  -- On an overflowed stack a traceback has no room left and would fail this
+  -- handler too (xpcall then gives only "error in error handling").
+  if type(err) == "string" and sub(err, -14) == "stack overflow" then
+    return { trace = err .. " (runaway recursion? no traceback: the stack is full)" }
+  end
   return { trace = traceback(tostring(err), 2) }
 end
 
 local function finish_error(req, e)
+  -- Not a table when the error handler itself failed.
+  if type(e) ~= "table" then e = { trace = tostring(e) } end
   local trace = e.trace
   if e.status then
     if final_status(e.status, false) then

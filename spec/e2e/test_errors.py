@@ -316,3 +316,21 @@ def test_nil_err_answers_never_show_a_heap_address():
                                   ("fn", 502, "upstream error")):
             st, _, body = g.get("/nilerr/" + kind)
             eq((st, json.loads(body)["error"]), (status, msg), "nil, %s" % kind)
+
+
+OVERFLOW = PRELUDE + r'''
+local function deep(n) return deep(n + 1) + 1 end
+gw.get("/so", function(req) return tostring(deep(1)) end)
+'''
+
+
+def test_a_stack_overflow_is_logged_with_its_message():
+    # The traceback handler once failed on the full stack, and the log said
+    # only "failed: nil".
+    with Gateway(OVERFLOW) as g:
+        st, h, body = g.get("/so")
+        _check_500(st, h, body)
+        err = g.wait_stderr("request GET /so")
+        line = [l for l in err.split("\n") if "request GET /so" in l][0]
+        assert "gateway.lua:%d: stack overflow" % line_of(OVERFLOW, "local function deep") in line, line
+        eq(g.get("/so")[0], 500, "again, same worker")
