@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "health.h"
 #include "mem.h"
 #include "shdict.h"
@@ -96,7 +97,9 @@ void gw_metrics_request(const char *route, int status, double seconds) {
   if (!self) return;
   if (!route) route = "";
   size_t len = strlen(route);
-  if (len >= GW_METRICS_ROUTE_MAX) len = GW_METRICS_ROUTE_MAX - 1;
+  /* Cut on a character boundary: half a character would make the label,
+   * and the whole scrape, invalid UTF-8 (Prometheus refuses it). */
+  if (len >= GW_METRICS_ROUTE_MAX) len = gw_utf8_cut(route, len, GW_METRICS_ROUTE_MAX - 1);
   unsigned idx = route_index_cached(route, len);
   gw_metrics_route_t *r = &self->routes[idx];
   gw_shm_add(&r->buckets[gw_metrics_bucket(seconds)], 1);

@@ -481,3 +481,16 @@ def test_upstream_duration_histogram():
         # The backend sleeps 30 ms: no try can be shorter (lower bounds only).
         eq(dict(series[frozenset(timed.items())])[0.025], 0, "nothing under 25 ms")
         assert metric(samples, fam + "_sum", **timed) >= 12 * 0.03, "sum of 12 tries of 30 ms or more"
+
+
+def test_a_long_route_name_is_cut_on_a_character_boundary_in_metrics():
+    # Route labels are cut to 199 bytes; cut inside "é" (here a parameter's
+    # name) they made /metrics invalid UTF-8, which Prometheus refuses whole.
+    cfg = ADMIN_PRELUDE + 'gw.get("/" .. string.rep("a", 195) .. "/:\\195\\169", function(req) return "long" end)\n'
+    with Gateway(cfg) as g:
+        wait_admin(g)
+        eq(g.get("/" + "a" * 195 + "/x")[:3:2], (200, b"long"), "the long route")
+        st, _, body = admin(g, "GET", "/metrics")
+        eq(st, 200, "GET /metrics")
+        text = body.decode("utf-8")  # raises on half a character
+        assert 'route="/' + "a" * 195 + '/:"' in text, text[-2000:]
