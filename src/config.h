@@ -44,6 +44,9 @@ typedef struct gw_limits_s {
  * the first load at start-up (before any configuration is known). */
 #define GW_SCRIPT_BUDGET_DEFAULT 5.0
 
+/* The most workers gw.config (MAX_WORKERS in lua/gateway.lua) and -w allow. */
+#define GW_MAX_WORKERS 1024
+
 typedef struct gw_timeouts_s {
   double header; /* seconds to receive a whole head once it started: 408 */
   double body;   /* seconds between two reads of a body being read */

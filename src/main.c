@@ -10,11 +10,13 @@
 #include <hiredis/hiredis.h>
 #include <llhttp.h>
 #include <openssl/crypto.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
+#include "config.h"
 #include "lua_vm.h"
 #include "master.h"
 #include "version.h"
@@ -50,17 +52,34 @@ static int check(const char *path) {
   return 0;
 }
 
+/* -w's value: a whole number from 1 to GW_MAX_WORKERS, digits only
+ * (atoi took "2x" and wrapped 4294967298 to 2). Returns 0 if it is not. */
+static int parse_workers(const char *s) {
+  if (*s < '0' || *s > '9') return 0;
+  char *end;
+  errno = 0;
+  unsigned long n = strtoul(s, &end, 10);
+  if (*end != '\0' || errno != 0 || n < 1 || n > GW_MAX_WORKERS) return 0;
+  return (int)n;
+}
+
 int main(int argc, char **argv) {
   const char *path = "./gateway.lua";
   int workers = 0, test = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    if (strcmp(a, "-c") == 0 && i + 1 < argc) {
+    if ((strcmp(a, "-c") == 0 || strcmp(a, "-w") == 0) && i + 1 >= argc) {
+      fprintf(stderr, "gateway: %s needs a value\n", a);
+      usage(stderr);
+      return 1;
+    }
+    if (strcmp(a, "-c") == 0) {
       path = argv[++i];
-    } else if (strcmp(a, "-w") == 0 && i + 1 < argc) {
-      workers = atoi(argv[++i]);
+    } else if (strcmp(a, "-w") == 0) {
+      workers = parse_workers(argv[++i]);
       if (workers <= 0) {
-        fprintf(stderr, "gateway: -w needs a positive number\n");
+        fprintf(stderr, "gateway: -w needs a whole number from 1 to %d (got '%s')\n", GW_MAX_WORKERS,
+                argv[i]);
         return 1;
       }
     } else if (strcmp(a, "-t") == 0) {

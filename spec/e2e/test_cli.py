@@ -160,3 +160,17 @@ def test_unknown_option():
     p = subprocess.run([gw_bin(), "--no-such-option"], capture_output=True, timeout=10,
                        stdin=subprocess.DEVNULL)
     assert p.returncode != 0, "unknown option accepted"
+
+
+def test_bad_worker_counts_and_missing_values_are_refused():
+    # atoi once took "-w 2x" as 2 and wrapped 4294967298 to 2.
+    for value in ("2x", "4294967298", "0", "-3", "1025", "", " 2"):
+        rc, out, err, d = run_cli(["-w", value, "-t", "-c", "$DIR/good.lua"], {"good.lua": GOOD, "helper.lua": HELPER})
+        eq(rc, 1, "exit status for -w %r" % value)
+        assert "-w needs a whole number from 1 to 1024 (got '%s')" % value in err, err
+    for args in (["-c"], ["-t", "-w"]):
+        rc, out, err, d = run_cli(args)
+        eq(rc, 1, "exit status for %r" % args)
+        assert "%s needs a value" % args[-1] in err, err
+    rc, out, err, d = run_cli(["-w", "1024", "-t", "-c", "$DIR/good.lua"], {"good.lua": GOOD, "helper.lua": HELPER})
+    eq(rc, 0, "-w 1024: %s" % err)
