@@ -240,6 +240,12 @@ static void close_sockets(worker_slot_t *slots, int n) {
 
 int gw_master_run(const char *path, int workers) {
   gw_log_set_role("master");
+  /* Until the handlers are in place (after the load, which may take a
+   * while), a HUP or USR1 would end the gateway with their default action.
+   * Nothing is running yet that they could reload or reopen: ignored. TERM
+   * and INT keep theirs: they stop a start-up that has nothing to drain. */
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGUSR1, SIG_IGN);
   char err[4096];
   gw_vm_t *vm = gw_vm_load(path, GW_VM_MASTER, 0, 0, NULL, err, sizeof err);
   if (!vm) {
@@ -250,12 +256,14 @@ int gw_master_run(const char *path, int workers) {
   double drain = vm->config.timeouts.drain;
   if (gw_log_open_error(vm->config.error_log) != 0) {
     fprintf(stderr, "gateway: cannot open error log %s\n", vm->config.error_log);
+    gw_vm_unref(vm);
     return 1;
   }
   /* The shared memory (worker slots, shared dicts) must exist before the
    * first fork so that every worker inherits the same mapping. */
   if (gw_shm_create((unsigned)n, &vm->config, err, sizeof err) != 0) {
     fprintf(stderr, "gateway: %s\n", err);
+    gw_vm_unref(vm);
     return 1;
   }
   worker_slot_t *slots = gw_xcalloc((size_t)n, sizeof *slots);
@@ -273,7 +281,7 @@ int gw_master_run(const char *path, int workers) {
   sigemptyset(&empty);
   for (int i = 0; i < n; i++) {
     slots[i].started = now_ms();
-    slots[i].pid = spawn_worker(path, i, n, &blocked);
+    slots[i].pid = spawn_worker(path, i, workers, &blocked);
   }
   gw_log_info("started %d worker(s) with %s", n, path);
 
@@ -294,7 +302,7 @@ int gw_master_run(const char *path, int workers) {
     }
     if (got_chld) {
       got_chld = 0;
-      if (reap(slots, n, stopping, &ever_up, path, n, &blocked)) {
+      if (reap(slots, n, stopping, &ever_up, path, workers, &blocked)) {
         gw_log_error("a worker could not start; stopping");
         failed = 1;
         got_term = 1;

@@ -494,3 +494,19 @@ def test_a_long_route_name_is_cut_on_a_character_boundary_in_metrics():
         eq(st, 200, "GET /metrics")
         text = body.decode("utf-8")  # raises on half a character
         assert 'route="/' + "a" * 195 + '/:"' in text, text[-2000:]
+
+
+def test_a_workers_change_needs_a_restart_unless_w_is_given():
+    # The master once handed its count to every worker as if -w had been
+    # given, so a change of `workers` was never reported.
+    one = APP.replace('access_log = false }', 'access_log = false, workers = 1 }')
+    two = one.replace("workers = 1 }", "workers = 2 }")
+    assert one != APP and two != one
+    for w_flag, want in ((None, "workers changed (1 -> 2)"), (1, None)):
+        with Gateway(one, workers=w_flag) as g:
+            wait_admin(g)
+            with open(g.config_path, "w") as f:
+                f.write(g._substitute(two))
+            st, _, body = admin(g, "POST", "/reload")
+            eq(st, 200, "reload: %r" % body)
+            eq(status(g)["restart_needed"], want, "with -w %r" % w_flag)

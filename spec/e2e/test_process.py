@@ -287,3 +287,21 @@ gw.get("/hello", function(req) return "hello" end)
         with open(log + ".1") as f:
             eq(f.read().count("/after"), old_lines, "old file still written after reopen")
         assert g.proc.poll() is None, "master died on USR1"
+
+
+SLOW_LOAD = PRELUDE + r'''
+local t0 = os.clock() while os.clock() - t0 < 0.8 do end
+gw.get("/up", function() return "up" end)
+'''
+
+
+def test_hup_or_usr1_during_start_up_do_not_kill_the_gateway():
+    # The master once set its handlers only after loading the file: a HUP
+    # (or USR1) sent by a deploy script while it loaded ended it at once.
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        with Gateway(SLOW_LOAD, wait=False) as g:
+            time.sleep(0.3)
+            assert g.proc.poll() is None, "the master is loading"
+            g.send_signal(sig)
+            g.wait_ready(timeout=10)
+            eq(g.get("/up")[:3:2], (200, b"up"), "serving after %s during start-up" % sig.name)
