@@ -704,7 +704,17 @@ GW_FFI_EXPORT int gw_ffi_resp_proxy(gw_req_t *r, uint32_t rs, int status, const 
     *err = "the proxied response is no longer available";
     return GW_FFI_ERROR;
   }
-  return send_head(p, r, status, lines, llen, upstream_headers, err);
+  int rc = send_head(p, r, status, lines, llen, upstream_headers, err);
+  if (rc != GW_FFI_OK && upstream_headers && status == 101 && !r->upgrade) {
+    /* A returned answer no script looked at: the upstream's unasked 101 is
+     * its fault (502), as on the direct path (answer_head), not a script
+     * error. */
+    r->resp_state = GW_RESP_NONE;
+    r->close_after = 1;
+    gw_response_error(r, 502, *err);
+    return GW_FFI_OK;
+  }
+  return rc;
 }
 
 /* ---- direct proxies (gw_ffi_upstream_proxy_direct) ---- */

@@ -81,6 +81,9 @@ gw.get("/looked", function(req)
   return res
 end)
 gw.get("/buffered", function(req) return be:get("/buffered", { timeout = 1 }) end)
+-- Returned untouched, but not a direct proxy (an option, then a middleware).
+gw.get("/withpath", function(req) return be:proxy(req, { path = "/plain" }) end)
+gw.get("/mw", function(req, next) return next() end, function(req) return be:proxy(req) end)
 '''
 
 
@@ -166,7 +169,8 @@ def test_upstream_101_without_an_upgrade_is_not_passed_on():
     ws = EchoUpgradeServer()
     try:
         with Gateway(CONFIG.replace("@WS@", str(ws.port))) as g:
-            for path, status in (("/plain", 502), ("/looked", 500), ("/buffered", 500)):
+            for path, status in (("/plain", 502), ("/withpath", 502), ("/mw", 502), ("/looked", 500),
+                                 ("/buffered", 500)):
                 resp = raw(g.port, req_bytes("GET", path, [("Connection", "close")]))
                 check_error(resp, status)
             err = g.stderr_text()
