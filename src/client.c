@@ -696,8 +696,10 @@ static void start_try(gw_exchange_t *x) {
   /* A health check asks one server, whatever its health, and never retries. */
   gw_server_t *s =
       x->fixed_server ? x->fixed_server : gw_upstream_pick(x->up, x->hash_key, x->hash_key_len, avoid);
-  if (avoid && s == avoid) {
-    /* A retry goes to another server; with none left, the last failure stands. */
+  if (avoid && (s == avoid || !s)) {
+    /* A retry goes to another server; with none left, the last failure
+     * stands (also when that failure just marked the only server down:
+     * the client should learn what happened, not "no healthy server"). */
     x->server = NULL;
     finish(x, x->last_err, x->last_msg);
     return;
