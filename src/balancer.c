@@ -92,8 +92,10 @@ static gw_server_t *pick_round_robin(gw_upstream_t *up, const gw_server_t *avoid
 
 static gw_server_t *pick_least_conn(gw_upstream_t *up, const gw_server_t *avoid, uint64_t now) {
   gw_server_t *best = NULL;
-  /* Start one further each time, so that ties go round robin. */
-  size_t start = up->nservers ? up->rr_next++ % up->nservers : 0;
+  /* Start one further at each first try, so that ties go round robin. Not
+   * at a retry: with two servers, the retry's step put every next first
+   * try back on the server that had just failed. */
+  size_t start = up->nservers ? (avoid ? up->rr_next : up->rr_next++) % up->nservers : 0;
   for (size_t k = 0; k < up->nservers; k++) {
     gw_server_t *s = up->servers[(start + k) % up->nservers];
     if (!usable(s, now) || s == avoid) continue;
@@ -161,6 +163,15 @@ int gw_balancer_any_usable(const gw_upstream_t *up, uint64_t now) {
   for (size_t i = 0; i < up->nservers; i++)
     if (usable(up->servers[i], now)) return 1;
   return 0;
+}
+
+/* A failed try counts as an answer this slow for ewma: a server that
+ * refuses at once would otherwise keep the best score and get every first
+ * try. It decays like any sample, so the server is tried again later. */
+#define EWMA_FAILURE_MS 1000.0
+
+double gw_balancer_failure_ms(double latency_ms) {
+  return latency_ms > EWMA_FAILURE_MS ? latency_ms : EWMA_FAILURE_MS;
 }
 
 void gw_balancer_observe(gw_server_t *s, double latency_ms, uint64_t now) {

@@ -27,6 +27,8 @@ gw_server_t *gw_balancer_pick(gw_upstream_t *up, const char *key, size_t keylen,
 int gw_balancer_any_usable(const gw_upstream_t *up, uint64_t now_ms);
 /* Feeds a latency sample to the EWMA of `s`. */
 void gw_balancer_observe(gw_server_t *s, double latency_ms, uint64_t now_ms);
+/* The latency a failed try that took latency_ms is observed as (ewma). */
+double gw_balancer_failure_ms(double latency_ms);
 /* The 32-bit hash used by the ring (FNV-1a). */
 uint32_t gw_hash32(const char *p, size_t n);
 

@@ -224,7 +224,7 @@ gw_server_t *gw_upstream_pick(gw_upstream_t *up, const char *key, size_t keylen,
 
 void gw_server_report(gw_upstream_t *up, gw_server_t *s, int ok, double latency_ms) {
   uint64_t now = gw_now_ms();
-  if (ok) gw_balancer_observe(s, latency_ms, now);
+  gw_balancer_observe(s, ok ? latency_ms : gw_balancer_failure_ms(latency_ms), now);
   if (gw_health_report(s->health, ok, up->passive_failures, up->passive_cooldown, now))
     gw_log_warn("upstream %s: server %s marked down for %.1f s after failures", up->name, s->addr,
                 up->passive_cooldown);

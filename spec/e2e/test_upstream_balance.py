@@ -126,3 +126,26 @@ def test_hash_is_consistent_when_a_server_is_added():
         assert len(moved) >= 0.10 * len(keys), "only %d keys moved to the new server" % len(moved)
         wrong = {k: (three[k], four[k]) for k in moved if four[k] != "D"}
         eq(wrong, {}, "keys that moved between old servers (should only move to the new one)")
+
+
+def test_a_server_that_refuses_is_not_every_first_try():
+    # Passive health off (the default), one server refusing connections, one
+    # retry per request. ewma once never saw the failures (only answers fed
+    # its average, so the dead server kept the best score) and least_conn's
+    # tie-break stepped at retries too: with two servers every first try
+    # went to the dead one (30 failures for 30 requests; round robin: 15).
+    import json
+    from gwtest import http
+    from origin import dead_port, fill
+    cfg = r'''
+local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT" }, admin = "127.0.0.1:$PORT2" }
+local u = gw.upstream("u", { servers = { "127.0.0.1:@DEAD@", "127.0.0.1:@B@" }, balance = "@BAL@", retries = 1 })
+gw.get("/p", function(req) return u:proxy(req, { path = "/x" }) end)
+'''
+    for bal, most in (("least_conn", 15), ("ewma", 3)):
+        with Origin("B") as b, Gateway(fill(cfg, DEAD=dead_port(), B=b).replace("@BAL@", bal)) as g:
+            eq({http(g.port, "GET", "/p")[0] for _ in range(30)}, {200}, "%s: every request answered" % bal)
+            doc = json.loads(http(g.port2, "GET", "/status")[2])
+            dead = doc["upstreams"][0]["servers"][0]
+            assert dead["failures"] <= most, "%s: %d first tries on the dead server" % (bal, dead["failures"])
