@@ -46,6 +46,10 @@ static ssize_t tls_read(gw_uconn_t *uc, ssize_t nread);
 static void tls_flush_body(gw_exchange_t *x);
 static void tls_close_notify(gw_uconn_t *uc);
 
+/* The most bytes an upstream's response head (interim 1xx heads included)
+ * may take before the exchange fails with 502. */
+#define GW_UPSTREAM_HEAD_MAX (64 * 1024)
+
 /* An upstream timeout in ms (config.h gw_seconds_to_ms), at least 1. */
 static uint64_t ms(double s) {
   uint64_t n = gw_seconds_to_ms(s);
@@ -380,6 +384,12 @@ static void parse(gw_exchange_t *x) {
     uc->parsed += used;
     switch (res) {
       case GW_HTTP1C_NEED_MORE:
+        /* The head is bounded like a client's (nginx: "upstream sent too
+         * big header"): else an upstream could grow this buffer without end. */
+        if (x->state != GW_X_BODY && uc->rbuf.len > GW_UPSTREAM_HEAD_MAX) {
+          fail(x, GW_EPARSE, "upstream response head too large");
+          return;
+        }
         /* Body bytes were handed on: drop them, keep only the head. */
         if (x->state == GW_X_BODY && uc->parsed > x->parser.head_end) {
           size_t keep = x->parser.head_end;
@@ -389,6 +399,10 @@ static void parse(gw_exchange_t *x) {
         }
         return;
       case GW_HTTP1C_HEAD: {
+        if (x->parser.head_end > GW_UPSTREAM_HEAD_MAX) {
+          fail(x, GW_EPARSE, "upstream response head too large");
+          return;
+        }
         x->state = GW_X_BODY;
         x->resp_base = uc->rbuf.base;
         gw_http1c_resume(&x->parser);

@@ -20,6 +20,7 @@ of the path (/bytes and /api/bytes alike; any other path echoes):
                      &tbig=N one of N bytes), and &tsplit=1 sends the trailer
                      section a few bytes per write
   /badstatus?code=N  a status line with status N as it is (e.g. 2), Content-Length 2
+  echo &hbig=N       adds a response header X-Big of N bytes (each &hbig= one)
   /close             echoes, with `Connection: close`, then closes
   /drop              reads the request and closes without answering
   /truncate?n=N      promises N bytes (Content-Length), sends N/2, closes
@@ -229,6 +230,8 @@ class _Handler(BaseHTTPRequestHandler):
                 for rh in args.get("rh", []):
                     name, _, value = rh.partition(":")
                     extra.append((name.strip(), value.strip()))
+                for n in args.get("hbig", []):
+                    extra.append(("X-Big", "h" * int(n)))
                 self._send_json(200, doc, extra, close=(tail == "close"))
         finally:
             with o._lock:

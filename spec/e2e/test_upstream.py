@@ -170,6 +170,11 @@ gw.get("/fetch", function(req)
   if not res then return { status = 502, json = { err = err } } end
   return { json = { status = res.status, len = #res:body(), names = names(res.headers) } }
 end)
+gw.get("/echofetch", function(req)
+  local res, err = up:get("/echo?" .. req.headers["x-q"])
+  if not res then return { status = 502, json = { err = err } } end
+  return { json = { status = res.status, len = #res:body() } }
+end)
 gw.get("/proxied", function(req)
   local res, err = up:proxy(req, { path = "/bytes" })
   if not res then return nil, err end
@@ -216,6 +221,11 @@ def test_upstream_trailers_are_dropped_and_bad_status_refused():
             eq(r2.status, 200, "the next answer on the connection")
         st, _, d = getj(g, "/badfetch")
         eq(d["err"], "invalid status in the upstream response", "up:get of a status-2 answer")
+        # A head past 64 KB ends the exchange (it was buffered without end).
+        st, _, body = http(g.port, "GET", "/echofetch", headers={"X-Q": "hbig=40000&hbig=40000"})
+        eq((st, json.loads(body).get("err")), (502, "upstream response head too large"), "an 80 KB head")
+        st, _, body = http(g.port, "GET", "/echofetch", headers={"X-Q": "hbig=40000"})
+        eq(st, 200, "a 40 KB head")
 
 
 # ---------------------------------------------------------------------------
