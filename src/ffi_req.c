@@ -148,6 +148,12 @@ GW_FFI_EXPORT int gw_ffi_req_body(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32
     *len = r->body.len;
     return GW_FFI_OK;
   }
+  if (r->body_waiter) {
+    /* One waiter per request: a second (another gw.spawn thread of the
+     * same handler) would replace the first, which then never woke. */
+    *err = "the body is already being read by another thread of this request";
+    return GW_FFI_ERROR;
+  }
   /* The waiter lives in the request's arena: it dies with the request. */
   gw_waiter_t *w = gw_arena_alloc(&r->pool, sizeof *w);
   memset(w, 0, sizeof *w);

@@ -231,6 +231,8 @@ function methods.body(req)
     if msg == "body too large" then
       error({ status = 413, message = msg }, 0)
     end
+    -- The script's mistake (two threads reading at once), not the client's.
+    if msg == "the body is already being read by another thread of this request" then error(msg, 2) end
     error({ status = 400, message = msg }, 0)
   end
   local body = ffi_string(out_str[0], out_len[0])

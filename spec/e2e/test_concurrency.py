@@ -276,3 +276,28 @@ def test_sleep_huge_is_long_and_nan_is_an_error():
             err = g.wait_stderr(msg)
             assert "gateway.lua:%d:" % line_of(g.config_text, path) in err and msg in err, err[-2000:]
         eq(g.get("/fast")[2], b"fast", "still serving")
+
+
+TWO_READERS = PRELUDE + r'''
+gw.post("/fanout", function(req)
+  local r, errs = gw.all {
+    a = function() return #req:body() end,
+    b = function() return #req:body() end,
+  }
+  local e = errs and (errs.a or errs.b)
+  return { json = { got = r.a or r.b, err = e and tostring(e):match("already being read") or false } }
+end)
+'''
+
+
+def test_two_threads_reading_the_body_at_once_get_an_answer():
+    # The second wait once replaced the first in the request's one waiter
+    # slot: the first thread never woke and the client waited forever.
+    from gwtest import Conn
+    with Gateway(TWO_READERS) as g:
+        with Conn(g.port) as c:
+            c.send(req_bytes("POST", "/fanout", [("Content-Length", "11")]))
+            time.sleep(0.2)  # both threads wait for the body
+            c.send(b"hello world")
+            r = c.read_response(timeout=5)
+            eq((r.status, json.loads(r.body)), (200, {"got": 11, "err": "already being read"}), "answer")
