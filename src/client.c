@@ -484,6 +484,19 @@ static void tunnel_read(gw_exchange_t *x, gw_uconn_t *uc, ssize_t nread) {
   }
 }
 
+/* The server's close_notify came with (after) the last data it sent: TLS
+ * returned the data and keeps the end, which no later read may bring (a
+ * server can wait for our close_notify before closing TCP). Once that data
+ * is parsed, the end of the stream is taken now, as a socket EOF would be
+ * (a close-delimited body ends; anything else fails at once, not at a
+ * timeout). */
+static void take_tls_end(gw_uconn_t *uc) {
+  gw_exchange_t *x = uc->x;
+  if (!uc->tls || uc->closing || !gw_tls_peer_closed(uc->tls)) return;
+  if (x && (x->paused || x->tunnel)) return; /* gw_exchange_resume comes back here */
+  on_uconn_read((uv_stream_t *)&uc->tcp, UV_EOF, NULL);
+}
+
 static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   gw_uconn_t *uc = s->data;
   if (nread > 0 && uc->tls) {
@@ -524,6 +537,7 @@ static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     read_pause(uc);
     uc_clear(uc);
   }
+  if (uc->x == x) take_tls_end(uc);
 }
 
 /* A write to an upstream connection. Allocated per write and owned by
@@ -818,6 +832,7 @@ void gw_exchange_resume(gw_exchange_t *x) {
   if (uc->x == x && !x->paused) {
     read_resume(uc);
     arm(x, read_timeout(x));
+    take_tls_end(uc);
   }
 }
 

@@ -84,6 +84,7 @@ struct gw_tls_s {
   uint8_t ready;       /* handshake done */
   uint8_t failed;      /* a fatal error: no further reads or writes */
   uint8_t shut;        /* close_notify queued */
+  uint8_t peer_closed; /* the peer's close_notify was read (OpenSSL's record layer) */
   /* TLS 1.3 server connections: the application traffic secrets OpenSSL
    * logs during the handshake (wiped once used), then our own record
    * layer (tls_record.h), which replaces SSL_read/SSL_write from the end
@@ -569,6 +570,7 @@ ssize_t gw_tls_read(gw_tls_t *t, const char *in, size_t n, gw_buf_t *plain) {
      * follows, or the connection's timeouts end it. */
     if (e == SSL_ERROR_ZERO_RETURN) {
       ERR_clear_error();
+      t->peer_closed = 1;
       return total > 0 ? total : UV_EOF;
     }
     /* Hand over what decrypted cleanly; the next read reports the error
@@ -580,6 +582,8 @@ ssize_t gw_tls_read(gw_tls_t *t, const char *in, size_t n, gw_buf_t *plain) {
 }
 
 int gw_tls_ready(const gw_tls_t *t) { return t->ready; }
+
+int gw_tls_peer_closed(const gw_tls_t *t) { return t->rec ? gw_tls_rec_peer_closed(t->rec) : t->peer_closed; }
 
 int gw_tls_write(gw_tls_t *t, const char *p, size_t len) {
   if (t->failed || !t->ready || t->shut) return GW_ETLS;

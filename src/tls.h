@@ -93,6 +93,11 @@ void gw_tls_free(gw_tls_t *t);
 ssize_t gw_tls_read(gw_tls_t *t, const char *in, size_t n, gw_buf_t *plain);
 /* 1 once the handshake has completed. */
 int gw_tls_ready(const gw_tls_t *t);
+/* 1 once the peer's close_notify was read. gw_tls_read returns the
+ * plaintext that came before it first, and the end only at a later call
+ * that may never come (no more bytes): a caller that got data checks this
+ * to see the end of the stream at once. */
+int gw_tls_peer_closed(const gw_tls_t *t);
 /* Encrypts `len` plaintext bytes into the outgoing buffer. Returns 0, or
  * GW_ETLS (before the handshake completed, or after a failure). */
 int gw_tls_write(gw_tls_t *t, const char *p, size_t len);

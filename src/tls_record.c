@@ -692,6 +692,8 @@ static int check_header(gw_tls_rec_t *r, const unsigned char *h, gw_buf_t *out) 
   return GO_ON;
 }
 
+int gw_tls_rec_peer_closed(const gw_tls_rec_t *r) { return r->eof; }
+
 /* 1 if `p` lies in b's spare room (past what it holds, within what it has). */
 static int in_spare_room(const gw_buf_t *b, const char *p) {
   uintptr_t base = (uintptr_t)b->base, at = (uintptr_t)p;

@@ -99,6 +99,9 @@ int gw_tls_rec_write(gw_tls_rec_t *r, const uv_buf_t *bufs, unsigned n, gw_buf_t
 /* Appends a close_notify alert to `out` (once); later writes fail. */
 void gw_tls_rec_close(gw_tls_rec_t *r, gw_buf_t *out);
 
+/* 1 once the peer's close_notify was read. */
+int gw_tls_rec_peer_closed(const gw_tls_rec_t *r);
+
 /* Why the last call failed (text valid until gw_tls_rec_free), or NULL. */
 const char *gw_tls_rec_error(const gw_tls_rec_t *r);
 

@@ -508,3 +508,99 @@ def test_reload_with_other_tls_settings_drops_pooled_connections():
             eq(st, 502, "the new CA file is used: %r" % (j,))
             assert g.wait_stderr("upstream r: server https://127.0.0.1:%d: TLS certificate verify failed: "
                                  "unable to get local issuer certificate" % o.port)
+
+
+class _CloseNotifyServer:
+    """An https server that answers each connection with a close-delimited
+    response, its last data record and close_notify in one write, then
+    waits for the peer's close_notify (a bidirectional shutdown) for up to
+    8 s before closing TCP."""
+
+    def __init__(self):
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.ctx = server_ctx("a")
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                self._serve(s)
+            except (OSError, EOFError, ssl.SSLError):
+                pass
+            finally:
+                s.close()
+
+    def _serve(self, s):
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = self.ctx.wrap_bio(inc, out, server_side=True)
+        s.settimeout(8)
+
+        def feed():
+            d = s.recv(65536)
+            if not d:
+                raise EOFError
+            inc.write(d)
+        while True:
+            try:
+                obj.do_handshake()
+                s.sendall(out.read())
+                break
+            except ssl.SSLWantReadError:
+                s.sendall(out.read())
+                feed()
+        got = b""
+        while b"\r\n\r\n" not in got:
+            try:
+                got += obj.read(65536)
+            except ssl.SSLWantReadError:
+                feed()
+        obj.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"a": 1}')
+        try:
+            obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        s.sendall(out.read())
+        s.recv(100)
+
+    def close(self):
+        self.stopping = True
+        self.sock.close()
+
+
+CLOSE_NOTIFY = r'''
+local up = gw.upstream("up", { servers = { "https://127.0.0.1:@A@" }, tls = { sni = "a.test", ca = "ca.pem" },
+                               timeouts = { read = 3 }, retries = 0 })
+gw.get("/proxied", function(req) return up:proxy(req, { path = "/x" }) end)
+gw.get("/buffered", function(req)
+  local r, e = up:get("/x")
+  if not r then return nil, e end
+  return { status = r.status, body = r:body() }
+end)
+'''
+
+
+def test_a_close_notify_in_the_last_read_ends_the_body():
+    # The data and the end came in one read: TLS returned the data and kept
+    # the end, and the server waited for our close_notify. The answer was
+    # cut (proxied) or a 504 (buffered) after timeouts.read.
+    srv = _CloseNotifyServer()
+    try:
+        with Gateway(conf({"A": srv}, CLOSE_NOTIFY), files=gw_files()) as g:
+            for path in ("/proxied", "/buffered"):
+                t0 = time.monotonic()
+                st, h, b = http(g.port, "GET", path)
+                took = time.monotonic() - t0
+                eq((st, b), (200, b'{"a": 1}'), path)
+                assert took < 1.5, "%s took %.2fs" % (path, took)
+    finally:
+        srv.close()
