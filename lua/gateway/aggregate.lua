@@ -4,20 +4,33 @@
 -- parts = { name = { upstream = up_or_name, path = "/users/{id}", optional = bool,
 --                    timeout = seconds } }
 -- {param} in a path is replaced by the route parameter of that name (URL-
--- escaped); a path may carry a query. The answer nests each part's decoded
--- JSON under its name. A failed part (error, non-2xx status, or a body that
--- is not JSON) that is optional is left out and the answer carries
--- X-Partial: true; a failed required part makes the answer 502 with the
--- errors of every failed part.
+-- escaped, keeping the client's own %XX escapes); a path may carry a query.
+-- The answer nests each part's JSON under its name, as the upstream sent
+-- it: each body is checked to be one JSON value (decoded, strictly), then
+-- spliced in, never re-encoded, so numbers keep every digit and [] stays
+-- an array (lua-cjson would write 1.2345678901235e+15 and {}). A failed
+-- part (error, non-2xx status, or a body that is not JSON) that is optional
+-- is left out and the answer carries X-Partial: true; a failed required
+-- part makes the answer 502 with the errors of every failed part.
 local sched = require "gateway.sched"
+local cjson = require "cjson"
 
-local type, error, pairs, tostring, format = type, error, pairs, tostring, string.format
-local gsub, byte = string.gsub, string.byte
+local type, error, pairs, ipairs, tostring, tonumber, format = type, error, pairs, ipairs, tostring, tonumber, string.format
+local gsub, byte, sort, concat = string.gsub, string.byte, table.sort, table.concat
+
+-- Its own decoder: NaN, Infinity and hex numbers are not JSON (RFC 8259),
+-- and spliced as they came they would break the client's parser.
+local strict = require("cjson.safe").new()
+strict.decode_invalid_numbers(false)
 
 local _M = {}
 
+-- Percent-encodes every byte but the unreserved ones; a "%XX" already in
+-- the value (route parameters are the client's raw path) stays as it is,
+-- where encoding it again sent "john%2520doe" for "john%20doe".
 local function escape(s)
-  return (gsub(tostring(s), "[^%w%-%._~]", function(c) return format("%%%02X", byte(c)) end))
+  s = gsub(tostring(s), "[^%w%-%._~%%]", function(c) return format("%%%02X", byte(c)) end)
+  return (gsub(s, "%%(%x?%x?)", function(h) return #h == 2 and "%" .. h or "%25" .. h end))
 end
 
 local function fill(path, params)
@@ -59,9 +72,11 @@ function _M.handler(parts, upstreams, level)
         local res, err = p.up:get(path, { timeout = p.timeout, headers = { ["X-Request-Id"] = req.id } })
         if not res then return nil, err end
         if res.status < 200 or res.status > 299 then return nil, "status " .. res.status end
-        local doc, jerr = res:json()
-        if doc == nil then return nil, jerr end
-        return doc
+        local body, berr = res:body()
+        if body == nil then return nil, berr end
+        local doc, jerr = strict.decode(body)
+        if doc == nil then return nil, "invalid JSON: " .. tostring(jerr) end
+        return body
       end
     end
     local results, errors = sched.all(fns)
@@ -77,7 +92,17 @@ function _M.handler(parts, upstreams, level)
     if failed then
       return { status = 502, json = { error = "a required part failed", parts = failed, request_id = req.id } }
     end
-    return { status = 200, headers = partial and { ["X-Partial"] = "true" } or {}, json = results }
+    -- {"name":BODY,...} in name order, each name encoded as a JSON string.
+    local names = {}
+    for name in pairs(results) do names[#names + 1] = tostring(name) end
+    sort(names)
+    local out = {}
+    for i, name in ipairs(names) do
+      out[i] = cjson.encode(name) .. ":" .. (results[name] or results[tonumber(name)])
+    end
+    local headers = { ["Content-Type"] = "application/json" }
+    if partial then headers["X-Partial"] = "true" end
+    return { status = 200, headers = headers, body = "{" .. concat(out, ",") .. "}" }
   end
 end
 

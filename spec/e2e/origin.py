@@ -21,6 +21,7 @@ of the path (/bytes and /api/bytes alike; any other path echoes):
                      section a few bytes per write
   /badstatus?code=N  a status line with status N as it is (e.g. 2), Content-Length 2
   echo &hbig=N       adds a response header X-Big of N bytes (each &hbig= one)
+  /doc?doc=TEXT      TEXT as the body (application/json), whatever it is
   /close             echoes, with `Connection: close`, then closes
   /drop              reads the request and closes without answering
   /truncate?n=N      promises N bytes (Content-Length), sends N/2, closes
@@ -209,6 +210,11 @@ class _Handler(BaseHTTPRequestHandler):
                                  int(args.get("piece", ["65536"])[0]),
                                  args.get("trailer", []) + ["X-Big:" + "b" * int(n) for n in args.get("tbig", [])],
                                  "tsplit" in args)
+            elif tail == "doc":
+                # The body is the `doc` argument as it is (JSON or not).
+                doc = args.get("doc", [""])[0].encode()
+                self._head(200, [("Content-Type", "application/json"), ("Content-Length", str(len(doc)))])
+                self.wfile.write(doc)
             elif tail == "badstatus":
                 code = args.get("code", ["2"])[0]
                 self.wfile.write(b"HTTP/1.1 %s OK\r\nContent-Length: 2\r\n\r\nok" % code.encode())

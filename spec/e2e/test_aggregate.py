@@ -159,3 +159,45 @@ def test_aggregate_required_part_failure():
         assert st >= 500, "a failed required part answered %d: %r" % (st, d)
         assert isinstance(d.get("error"), str) and d["error"], d
         assert isinstance(d.get("request_id"), str) and d["request_id"], d
+
+
+EXACT = r'''
+local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT" } }
+local o = gw.upstream("o", { servers = { "127.0.0.1:@A@" } })
+gw.aggregate("/exact/:id", {
+  doc = { upstream = o, path = "/doc?doc={id}" },
+  echo = { upstream = o, path = "/e/{id}" },
+})
+gw.aggregate("/one/:id", { echo = { upstream = o, path = "/e/{id}" } })
+gw.aggregate("/strict/:id", {
+  doc = { upstream = o, path = "/doc?doc={id}", optional = true },
+  echo = { upstream = o, path = "/e/x" },
+})
+'''
+
+
+def test_aggregate_passes_each_part_through_exactly():
+    # Parts were decoded and encoded again by lua-cjson: 1234567890123456
+    # came out as 1.2345678901235e+15 and [] as {}. A route parameter was
+    # percent-encoded a second time ("john%20doe" asked for john%2520doe).
+    from urllib.parse import quote
+    with Origin("A") as a, Gateway(fill(EXACT, A=a)) as g:
+        for doc in ('{"id": 1234567890123456, "amount": 0.1234567890123456, "list": []}', "[]", "[[], {}]",
+                    '"text"', "null", "12345678901234567890"):
+            st, h, body = http(g.port, "GET", "/exact/" + quote(doc, safe=""))
+            eq(st, 200, "%s: %r" % (doc, body))
+            eq(h.get("content-type"), "application/json", "content type")
+            merged = json.loads(body)
+            eq(json.dumps(merged["doc"]), json.dumps(json.loads(doc)), "part as sent: %s" % doc)
+            assert doc.encode() in body, body
+            eq(merged["echo"]["target"], "/e/" + quote(doc, safe=""), "the {id} of the echo part, encoded once")
+        for raw_id in ("john%20doe", "caf%C3%A9", "a%2Fb", "100%", "%zz"):
+            st, h, body = http(g.port, "GET", "/one/" + raw_id)
+            want = raw_id.replace("100%", "100%25").replace("%zz", "%25zz")
+            eq((st, json.loads(body)["echo"]["target"]), (200, "/e/" + want), "{id} = %s" % raw_id)
+        # NaN, Infinity and hex numbers are not JSON: an optional part is left out.
+        for doc in ('{"x": NaN}', "[Infinity]", "0x10", "{} trailing"):
+            st, h, body = http(g.port, "GET", "/strict/" + quote(doc, safe=""))
+            eq((st, h.get("x-partial")), (200, "true"), "%s: %r" % (doc, body))
+            eq(sorted(json.loads(body)), ["echo"], "the bad part is left out: %s" % doc)
