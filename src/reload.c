@@ -60,17 +60,31 @@ static int inside(const char *dir, const char *path) {
   return strncmp(real, dir, n) == 0 && (real[n] == '/' || (n == 1 && dir[0] == '/'));
 }
 
-/* Watches the configuration and the files it loaded from its folder. */
-static void watch_files(gw_worker_t *w, const gw_vm_files_t *files) {
+static int listed(char *const *list, size_t n, const char *path) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(list[i], path) == 0) return 1;
+  return 0;
+}
+
+/* Watches the configuration and the files it loaded from its folder. After
+ * a failed load (`failed`), also what was watched before: a load stopped by
+ * a missing module never reads it (or what came after it), and recreating
+ * that file must still reload. */
+static void watch_files(gw_worker_t *w, const gw_vm_files_t *files, int failed) {
   if (!w->watch || files->n == 0) return;
   char copy[PATH_MAX], real_dir[PATH_MAX];
   snprintf(copy, sizeof copy, "%s", files->paths[0]);
   int have_dir = realpath(dirname(copy), real_dir) != NULL;
-  char **keep = gw_xcalloc(files->n, sizeof *keep);
+  char *const *before = NULL;
+  size_t nbefore = failed ? gw_watch_paths(w->watch, &before) : 0;
+  char **keep = gw_xcalloc(files->n + nbefore, sizeof *keep);
   size_t n = 0;
   keep[n++] = files->paths[0];
   for (size_t i = 1; i < files->n; i++)
-    if (have_dir && inside(real_dir, files->paths[i])) keep[n++] = files->paths[i];
+    if (have_dir && inside(real_dir, files->paths[i]) && !listed(keep, n, files->paths[i]))
+      keep[n++] = files->paths[i];
+  for (size_t i = 0; i < nbefore; i++)
+    if (!listed(keep, n, before[i])) keep[n++] = before[i];
   gw_watch_set(w->watch, keep, n);
   free(keep);
 }
@@ -192,7 +206,7 @@ int gw_reload(gw_worker_t *w, const char *trigger, char *err, size_t errlen) {
   gw_vm_t *next = gw_vm_load(w->path, GW_VM_WORKER, generation, budget, &files, err, errlen);
   /* Watch what this load read even if it failed: fixing a broken module
    * must reload too. */
-  watch_files(w, &files);
+  watch_files(w, &files, next == NULL);
   gw_vm_files_free(&files);
   changed_while_loading(w, hash);
   /* Certificates are read again now, so a reload after renewing them is
@@ -229,7 +243,7 @@ int gw_reload(gw_worker_t *w, const char *trigger, char *err, size_t errlen) {
 
 void gw_reload_init(gw_worker_t *w, const gw_vm_files_t *files, const char *loaded_hash) {
   w->watch = gw_watch_new(w->loop, on_files_changed, w);
-  watch_files(w, files);
+  watch_files(w, files, 0);
   changed_while_loading(w, loaded_hash);
   publish_loaded(w, loaded_hash, NULL, NULL);
 }

@@ -32,7 +32,8 @@ struct gw_watch_s {
   uint64_t burst_start; /* uv_now of the first event not yet acted on, 0 if none */
   dir_watch_t *dirs;    /* directories watched now */
   char **paths;         /* the set, as last given to gw_watch_set */
-  size_t npaths;        /* entries in paths */
+  char **reals;         /* realpath of each then ("" if it had none) */
+  size_t npaths;        /* entries in paths and reals */
   gw_watch_cb cb;       /* called after a burst of changes */
   void *data;           /* its argument */
   int handles;          /* open libuv handles (timer + directories) */
@@ -47,6 +48,7 @@ static void free_strings(char **v, size_t n) {
 static void maybe_free(gw_watch_t *w) {
   if (w->closing && w->handles == 0) {
     free_strings(w->paths, w->npaths);
+    free_strings(w->reals, w->npaths);
     free(w);
   }
 }
@@ -138,29 +140,55 @@ static void add_path(dir_watch_t **dirs, const char *path) {
   else add_entry(dirs, path, (size_t)(slash - path), slash + 1);
 }
 
-static int same_set(const gw_watch_t *w, char *const *paths, size_t n) {
+/* Where each path points now, "" for one that does not resolve. */
+static char **real_paths(char *const *paths, size_t n) {
+  char **reals = gw_xcalloc(n ? n : 1, sizeof *reals);
+  for (size_t i = 0; i < n; i++) {
+    char real[PATH_MAX];
+    const char *r = realpath(paths[i], real) ? real : "";
+    reals[i] = gw_xstrndup(r, strlen(r));
+  }
+  return reals;
+}
+
+/* The same paths, pointing where they did: a link re-pointed (ln -sfn, a
+ * Kubernetes ConfigMap's ..data) must move the watch to the new target. */
+static int same_set(const gw_watch_t *w, char *const *paths, char *const *reals, size_t n) {
   if (n != w->npaths) return 0;
   for (size_t i = 0; i < n; i++)
-    if (strcmp(paths[i], w->paths[i]) != 0) return 0;
+    if (strcmp(paths[i], w->paths[i]) != 0 || strcmp(reals[i], w->reals[i]) != 0) return 0;
   return 1;
 }
 
+size_t gw_watch_paths(const gw_watch_t *w, char *const **paths) {
+  *paths = w->paths;
+  return w->npaths;
+}
+
 int gw_watch_set(gw_watch_t *w, char *const *paths, size_t n) {
-  if (w->closing || same_set(w, paths, n)) return 0;
+  if (w->closing) return 0;
+  char **reals = real_paths(paths, n);
+  if (same_set(w, paths, reals, n)) {
+    free_strings(reals, n);
+    return 0;
+  }
   for (dir_watch_t *d = w->dirs, *next; d; d = next) {
     next = d->next;
     uv_close((uv_handle_t *)&d->handle, on_dir_closed);
   }
   w->dirs = NULL;
+  /* `paths` may be the current set itself (gw_watch_paths): copy first. */
+  char **copies = gw_xcalloc(n ? n : 1, sizeof *copies);
+  for (size_t i = 0; i < n; i++) copies[i] = gw_xstrndup(paths[i], strlen(paths[i]));
   free_strings(w->paths, w->npaths);
-  w->paths = gw_xcalloc(n ? n : 1, sizeof *w->paths);
+  free_strings(w->reals, w->npaths);
+  w->paths = copies;
+  w->reals = reals;
   w->npaths = n;
   dir_watch_t *dirs = NULL;
   for (size_t i = 0; i < n; i++) {
-    w->paths[i] = gw_xstrndup(paths[i], strlen(paths[i]));
-    add_path(&dirs, paths[i]);
-    char real[PATH_MAX];
-    if (realpath(paths[i], real) && strcmp(real, paths[i]) != 0) add_path(&dirs, real);
+    add_path(&dirs, w->paths[i]);
+    if (reals[i][0] && strcmp(reals[i], w->paths[i]) != 0) add_path(&dirs, reals[i]);
   }
   int first_error = 0;
   for (dir_watch_t *d = dirs, *next; d; d = next) {

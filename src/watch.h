@@ -30,10 +30,13 @@ typedef void (*gw_watch_cb)(void *data);
 
 /* A watch with nothing in it yet; `cb(data)` runs after changes. */
 gw_watch_t *gw_watch_new(uv_loop_t *loop, gw_watch_cb cb, void *data);
-/* Watches exactly `paths` (copied) from now on; a set equal to the current
- * one changes nothing. Returns 0, or the first error met (a directory that
+/* Watches exactly `paths` (copied) from now on, and where each symbolic link
+ * among them points now; a set equal to the current one, pointing where it
+ * did, changes nothing. Returns 0, or the first error met (a directory that
  * cannot be watched); the other paths are watched anyway. */
 int gw_watch_set(gw_watch_t *w, char *const *paths, size_t n);
+/* The set last given to gw_watch_set (borrowed until the next call). */
+size_t gw_watch_paths(const gw_watch_t *w, char *const **paths);
 /* Stops watching; the memory goes once the handles have closed. */
 void gw_watch_close(gw_watch_t *w);
 /* Acts as if a watched file had changed (debounced like an event): for a

@@ -101,6 +101,58 @@ def test_required_module_change_reloads():
             eq(wait_answer(c, "four"), (200, "four"), "after fixing lib.lua")
 
 
+def test_a_deleted_module_put_back_reloads():
+    # The failed load never read the missing module, and the watch set once
+    # became only what that load found: putting the file back did nothing.
+    cfg = PRELUDE + 'local m = require "lib.mod"\ngw.get("/v", function(req) return m.tag end)\n'
+    with Gateway(cfg, files={"lib/mod.lua": 'return { tag = "m1" }\n'}) as g:
+        with Conn(g.port) as c:
+            eq(ask(c), (200, "m1"), "before")
+            os.unlink(os.path.join(g.dir, "lib", "mod.lua"))
+            g.wait_stderr("module 'lib.mod' not found")
+            eq(ask(c), (200, "m1"), "a missing module: the old generation serves")
+            write_file(g, "lib/mod.lua", 'return { tag = "m2" }\n')
+            eq(wait_answer(c, "m2"), (200, "m2"), "after putting the module back")
+
+
+def test_a_re_pointed_symbolic_link_is_followed():
+    # `ln -sfn` to another file, and a Kubernetes ConfigMap's layout (the
+    # file a link through ..data, itself a link swapped to a new folder at
+    # each update, the old folder removed). The watch stayed on the first
+    # target: later edits, and every update after the first, were missed.
+    with Gateway(version_app("v0")) as g:
+        d = g.dir
+        def ln(target, name):
+            tmp = os.path.join(d, name + ".tmp")
+            os.symlink(target, tmp)
+            os.rename(tmp, os.path.join(d, name))
+        # ln -sfn: gateway.lua -> a.lua, then -> b.lua, then b.lua edited.
+        with open(os.path.join(d, "a.lua"), "w") as f:
+            f.write(g._substitute(version_app("a")))
+        with open(os.path.join(d, "b.lua"), "w") as f:
+            f.write(g._substitute(version_app("b")))
+        with Conn(g.port) as c:
+            ln("a.lua", "gateway.lua")
+            eq(wait_answer(c, "a"), (200, "a"), "linked to a.lua")
+            ln("b.lua", "gateway.lua")
+            eq(wait_answer(c, "b"), (200, "b"), "re-pointed to b.lua")
+            with open(os.path.join(d, "b.lua"), "w") as f:
+                f.write(g._substitute(version_app("b2")))
+            eq(wait_answer(c, "b2"), (200, "b2"), "an edit of the new target")
+            # ConfigMap: gateway.lua -> ..data/gateway.lua, ..data -> ..v1, ..v2, ...
+            import shutil
+            for i in range(1, 4):
+                os.mkdir(os.path.join(d, "..v%d" % i))
+                with open(os.path.join(d, "..v%d" % i, "gateway.lua"), "w") as f:
+                    f.write(g._substitute(version_app("cm%d" % i)))
+                ln("..v%d" % i, "..data")
+                if i == 1:
+                    ln("..data/gateway.lua", "gateway.lua")
+                else:
+                    shutil.rmtree(os.path.join(d, "..v%d" % (i - 1)))
+                eq(wait_answer(c, "cm%d" % i), (200, "cm%d" % i), "ConfigMap update %d" % i)
+
+
 def test_unrelated_file_in_folder_does_not_reload():
     with Gateway(version_app("v1")) as g:
         eq(g.get("/v")[2], b"v1", "before")
