@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "errors.h"
+
 static struct {
   int error_fd;         /* -1 until opened: then stderr is used */
   char *error_path;     /* NULL for stderr */
@@ -51,6 +53,22 @@ int gw_log_open_error(const char *path) {
   logs.error_fd = fd;
   replace_path(&logs.error_path, path);
   return 0;
+}
+
+static int check_one(const char *what, const char *path, const char *special, char *err, size_t errlen) {
+  if (!path || strcmp(path, special) == 0) return 0;
+  int fd = open_append(path);
+  if (fd < 0) {
+    snprintf(err, errlen, "cannot open %s %s: %s", what, path, strerror(-fd));
+    return GW_ECONFIG;
+  }
+  close(fd);
+  return 0;
+}
+
+int gw_log_check_paths(const char *error_log, const char *access_log, char *err, size_t errlen) {
+  if (check_one("error log", error_log, "stderr", err, errlen) != 0) return GW_ECONFIG;
+  return check_one("access log", access_log, "stdout", err, errlen);
 }
 
 int gw_log_open_access(const char *path) {

@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "log.h"
 #include "lua_vm.h"
 #include "master.h"
 #include "version.h"
@@ -47,7 +48,12 @@ static int check(const char *path) {
     fprintf(stderr, "gateway: configuration %s failed: %s\n", path, err);
     return 1;
   }
+  int bad_logs = gw_log_check_paths(vm->config.error_log, vm->config.access_log, err, sizeof err);
   gw_vm_unref(vm);
+  if (bad_logs) {
+    fprintf(stderr, "gateway: configuration %s failed: %s\n", path, err);
+    return 1;
+  }
   printf("configuration %s is ok\n", path);
   return 0;
 }

@@ -192,6 +192,15 @@ static void apply_settings(gw_worker_t *w, const gw_config_t *next) {
   }
 }
 
+/* A log path the new configuration changes must open, or the reload fails
+ * like any error (it once reported success and logged nowhere). */
+static int new_logs_unopenable(const gw_worker_t *w, const gw_config_t *next, char *err, size_t errlen) {
+  const gw_config_t *cur = &w->config;
+  const char *error_log = same_str(cur->error_log, next->error_log) ? NULL : next->error_log;
+  const char *access_log = same_str(cur->access_log, next->access_log) ? NULL : next->access_log;
+  return gw_log_check_paths(error_log, access_log, err, errlen) != 0;
+}
+
 int gw_reload(gw_worker_t *w, const char *trigger, char *err, size_t errlen) {
   if (w->draining) {
     snprintf(err, errlen, "the worker is stopping");
@@ -212,8 +221,8 @@ int gw_reload(gw_worker_t *w, const char *trigger, char *err, size_t errlen) {
   /* Certificates are read again now, so a reload after renewing them is
    * enough; one that cannot be loaded fails the reload like a script error,
    * and the listeners keep the contexts they have. */
-  if (next &&
-      (gw_vm_start(next, err, errlen) != 0 || gw_worker_tls_reload(w, &next->config, err, errlen) != 0)) {
+  if (next && (new_logs_unopenable(w, &next->config, err, errlen) || gw_vm_start(next, err, errlen) != 0 ||
+               gw_worker_tls_reload(w, &next->config, err, errlen) != 0)) {
     gw_vm_retire(next);
     gw_ltimers_cancel(next); /* it never went live: none of its timers may run */
     gw_vm_unref(next);

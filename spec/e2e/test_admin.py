@@ -510,3 +510,16 @@ def test_a_workers_change_needs_a_restart_unless_w_is_given():
             st, _, body = admin(g, "POST", "/reload")
             eq(st, 200, "reload: %r" % body)
             eq(status(g)["restart_needed"], want, "with -w %r" % w_flag)
+
+
+def test_a_reload_to_a_log_path_that_cannot_be_opened_fails():
+    with Gateway(APP) as g:
+        wait_admin(g)
+        bad = APP.replace("access_log = false", 'access_log = "$DIR/no/such/folder/a.log"')
+        assert bad != APP
+        with open(g.config_path, "w") as f:
+            f.write(g._substitute(bad))
+        st, _, body = admin(g, "POST", "/reload")
+        eq(st, 422, "reload: %r" % body)
+        assert "cannot open access log" in json.loads(body)["message"], body
+        assert "cannot open access log" in status(g)["last_reload_error"]["message"], status(g)

@@ -174,3 +174,14 @@ def test_bad_worker_counts_and_missing_values_are_refused():
         assert "%s needs a value" % args[-1] in err, err
     rc, out, err, d = run_cli(["-w", "1024", "-t", "-c", "$DIR/good.lua"], {"good.lua": GOOD, "helper.lua": HELPER})
     eq(rc, 0, "-w 1024: %s" % err)
+
+
+def test_check_refuses_log_paths_that_cannot_be_opened():
+    # -t once said "ok" and the start then failed (error_log), or logged
+    # nowhere (access_log).
+    for key in ("error_log", "access_log"):
+        cfg = PRELUDE + 'gw.config { %s = "$DIR/no/such/folder/x.log" }\n' % key
+        rc, out, err, d = run_cli(["-t", "-c", "$DIR/gateway.lua"], {"gateway.lua": cfg})
+        eq(rc, 1, "exit status for an unopenable %s" % key)
+        what = key.replace("_", " ")
+        assert "cannot open %s" % what in err and "No such file or directory" in err, err
