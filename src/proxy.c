@@ -189,6 +189,13 @@ static void on_drain(gw_exchange_t *x) {
 /* Bytes from the client of a tunnel (n < 0: its EOF or an error). */
 static int client_tunnel_sink(void *data, const char *bytes, ssize_t n) {
   gw_proxy_t *p = data;
+  if (n < 0 && n != UV_EOF && p->req) {
+    /* A reset or a read error is no half-close: the client is gone, and
+     * the tunnel (two sockets, no timeouts) would stay until the upstream
+     * closed. Closing the connection frees the request and its proxy. */
+    gw_conn_close(p->req->conn);
+    return 1;
+  }
   if (n < 0) {
     p->client_eof = 1;
     gw_exchange_shutdown_write(&p->x);

@@ -1,11 +1,12 @@
 """Upgrade (WebSocket-style) requests through up:proxy: the Upgrade and
 Connection headers reach the upstream, its 101 reaches the client, then raw
 bytes flow both ways (early data included), with half-close."""
+import os
 import socket
 import threading
 import time
 
-from gwtest import Gateway, check_error, eq, free_port, raw, req_bytes
+from gwtest import Gateway, check_error, eq, free_port, raw, req_bytes, wait_for
 
 
 class EchoUpgradeServer:
@@ -201,3 +202,55 @@ gw.get("/ok", function(req) return "ok" end)
         check_error(resp, 500)
         assert "101 where the upstream did not switch protocols" in g.stderr_text(), g.stderr_text()[-2000:]
         eq(g.get("/ok")[0], 200, "still serving")
+
+
+def test_a_client_reset_ends_its_tunnel():
+    # A reset is no half-close: the tunnel kept the dead client's socket and
+    # its upstream connection until the upstream closed, which one waiting
+    # for a close frame never does (two fds per vanished client).
+    import struct
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    upstream_eofs = []
+
+    def serve(s):
+        s.recv(65536)
+        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+        s.settimeout(6)
+        try:
+            while s.recv(65536):
+                pass
+            upstream_eofs.append(1)  # the gateway closed its side
+            time.sleep(4)  # but does not close its own at once
+        except OSError:
+            upstream_eofs.append(1)
+        s.close()
+
+    def accept():
+        while True:
+            try:
+                s, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(s,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    cfg = CONFIG.replace("@WS@", str(srv.getsockname()[1]))
+    try:
+        with Gateway(cfg) as g:
+            eq(g.get("/plain", {"Upgrade": "echo", "Connection": "Upgrade"})[0], 101, "warm up")
+            pid = g.worker_pids()[0]
+            time.sleep(0.3)
+            base = len(os.listdir("/proc/%d/fd" % pid))
+            for _ in range(5):
+                s = socket.create_connection(("127.0.0.1", g.port))
+                s.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+                assert read_until(s, 20).startswith(b"HTTP/1.1 101"), "upgraded"
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()  # RST
+            assert wait_for(lambda: len(os.listdir("/proc/%d/fd" % pid)) <= base, 2), \
+                "fds held after the resets: %d more" % (len(os.listdir("/proc/%d/fd" % pid)) - base)
+            eq(g.get("/plain")[0], 502, "still serving")
+    finally:
+        srv.close()
