@@ -72,6 +72,11 @@ local function parse_pattern(pattern)
     if byte(pattern, 1) ~= SLASH then
         return nil, "pattern must start with '/': " .. pattern
     end
+    -- Routes match the path alone: a pattern with a query or a fragment
+    -- could never match anything.
+    if find(pattern, "[?#]") then
+        return nil, "pattern must not contain '?' or '#' (routes match the path, not the query): " .. pattern
+    end
     local segs, seen, pos = {}, {}, 2
     while true do
         local j = find(pattern, "/", pos, true)

@@ -456,6 +456,7 @@ function Upstream:request(opts)
   local ctx = sched.current()
   if not ctx then error("up:request: only inside a request or a timer", 2) end
   local method = opts.method or "GET"
+  if type(method) ~= "string" then error("up:request: method must be a string", 2) end
   local timeout = opts.timeout or 0
   if type(timeout) ~= "number" or not (timeout >= 0) then -- NaN too
     error("up:request: timeout must be a number of seconds >= 0", 2)

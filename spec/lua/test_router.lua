@@ -287,6 +287,8 @@ do
     raises(function() r:add("GET", "", nil, 1) end, "empty pattern", "start with '/'")
     raises(function() r:add("GET", 42, nil, 1) end, "non-string pattern", "pattern")
     raises(function() r:add("GET", "/b/:", nil, 1) end, "empty param name", "empty parameter name")
+    raises(function() r:add("GET", "/q?x=1", nil, 1) end, "a query in a pattern", "must not contain")
+    raises(function() r:add("GET", "/a#frag", nil, 1) end, "a fragment in a pattern", "must not contain")
     raises(function() r:add("GET", "/b/*x/c", nil, 1) end, "catch-all not last", "last segment")
     raises(function() r:add("GET", "/b/*/c", nil, 1) end, "anonymous catch-all not last", "last segment")
     raises(function() r:add("GET", "/a/:name", nil, 1) end, "conflicting param names", "conflicting")
