@@ -37,6 +37,7 @@ static void read_resume(gw_uconn_t *uc);
 static void uc_arm(gw_uconn_t *uc, double seconds);
 static void uc_clear(gw_uconn_t *uc);
 static void fail(gw_exchange_t *x, int err, const char *msg);
+static void defer(gw_exchange_t *x);
 static void uconn_close(gw_uconn_t *uc);
 static void on_uconn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
@@ -325,6 +326,15 @@ static int retryable(const gw_exchange_t *x) {
 }
 
 static void fail(gw_exchange_t *x, int err, const char *msg) {
+  if (x->starting) {
+    /* Failed at once inside gw_exchange_start (a connect with no descriptor
+     * left, an unreachable network): on_done must not run before the
+     * caller has yielded, so the failure waits for the next turn. */
+    x->deferred_err = err;
+    x->deferred_fail = msg;
+    if (!x->deferred) defer(x);
+    return;
+  }
   gw_uconn_t *uc = x->uc;
   int stale = uc && uc->exchanges > 1 && !x->got_bytes && err != GW_ETIMEDOUT &&
               (!x->stream_body || x->body_pending + x->body_q.len == 0);
@@ -773,8 +783,16 @@ static void on_deferred_start(uv_timer_t *t) {
   gw_exchange_t *x = t->data;
   uv_close((uv_handle_t *)t, (uv_close_cb)free);
   x->deferred = NULL;
-  if (x->deferred_msg) finish(x, GW_ESTATE, x->deferred_msg);
+  if (x->deferred_err) fail(x, x->deferred_err, x->deferred_fail);
+  else if (x->deferred_msg) finish(x, GW_ESTATE, x->deferred_msg);
   else start_try(x);
+}
+
+static void defer(gw_exchange_t *x) {
+  x->deferred = gw_xmalloc(sizeof *x->deferred);
+  uv_timer_init(gw__worker->loop, x->deferred);
+  x->deferred->data = x;
+  uv_timer_start(x->deferred, on_deferred_start, 0, 0);
 }
 
 int gw_exchange_start(gw_exchange_t *x) {
@@ -785,14 +803,13 @@ int gw_exchange_start(gw_exchange_t *x) {
   if (!x->fixed_server && !gw_upstream_breaker_allow(x->up, &probe)) x->deferred_msg = "breaker open";
   x->probe = (uint8_t)probe;
   if (x->deferred_msg || (!x->fixed_server && !gw_balancer_any_usable(x->up, gw_now_ms()))) {
-    x->deferred = gw_xmalloc(sizeof *x->deferred);
-    uv_timer_init(gw__worker->loop, x->deferred);
-    x->deferred->data = x;
-    uv_timer_start(x->deferred, on_deferred_start, 0, 0);
+    defer(x);
     return 0;
   }
   x->state = GW_X_IDLE;
+  x->starting = 1;
   start_try(x);
+  x->starting = 0;
   return 0;
 }
 

@@ -126,6 +126,9 @@ struct gw_exchange_s {
   uint8_t retry_elsewhere;   /* the next try must use another server */
   uv_timer_t *deferred;      /* a start reported on the next turn, or NULL */
   const char *deferred_msg;  /* ... as this failure ("breaker open"), or NULL */
+  int deferred_err;          /* ... as this failure of the first try, or 0 */
+  const char *deferred_fail; /* ... and its message */
+  uint8_t starting;          /* inside gw_exchange_start: failures wait for the next turn */
   uint8_t probe;             /* this exchange is the breaker's half-open probe */
   gw_server_t *fixed_server; /* ask only this server (health checks), or NULL */
   int last_err;              /* the failure a retry tries to get past */

@@ -633,3 +633,35 @@ def test_crlf_and_controls_never_reach_an_upstream_request():
         st, _, body = http(g.port, "GET", "/inject/value?v=fine")
         eq((st, body), (200, b"sent"), "a clean value still goes out")
         eq([e["headers"].get("x-note") for e in a.log], ["fine"], "what the upstream saw")
+
+
+UNREACHABLE = HEAD + r'''
+local up = gw.upstream("bc", { servers = { "255.255.255.255:80" }, retries = 0 })
+gw.get("/p", function(req) return up:proxy(req) end)
+gw.get("/g", function(req) local r, e = up:get("/x") if not r then return nil, e end return r end)
+gw.get("/s", function(req)
+  local r, e = gw.spawn(function() return up:get("/x") end):wait()
+  return "spawned " .. tostring(r) .. " " .. tostring(e)
+end)
+gw.get("/left", function(req) gw.spawn(function() return up:get("/x") end) return "left" end)
+'''
+
+
+def test_a_connect_that_fails_at_once_answers():
+    # A connect refused by the kernel at once (network unreachable here; no
+    # descriptor left behaves alike) finished the exchange inside the call,
+    # before the Lua side had yielded: up:get never answered, and from a
+    # gw.spawn thread the freed wait stayed linked to its task (ASan:
+    # use-after-free; the worker died).
+    from gwtest import worker_pids
+    with Gateway(UNREACHABLE) as g:
+        pids = worker_pids(g.pid)
+        for path in ("/p", "/g"):
+            st, _, body = http(g.port, "GET", path, timeout=3)
+            eq((st, json.loads(body)["error"]), (502, "connect failed"), path)
+        st, _, body = http(g.port, "GET", "/s", timeout=3)
+        eq((st, body), (200, b"spawned nil connect failed"), "from a light thread")
+        eq(http(g.port, "GET", "/left", timeout=3)[:3:2], (200, b"left"), "a thread left waiting")
+        time.sleep(0.3)
+        eq(worker_pids(g.pid), pids, "no worker died")
+        assert "woke its own running task" not in g.stderr_text(), g.stderr_text()[-2000:]
