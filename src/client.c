@@ -211,8 +211,9 @@ static void pool_put(gw_uconn_t *uc) {
 static gw_uconn_t *pool_get(gw_server_t *s) {
   gw_uconn_t *uc = s->idle;
   /* A TLS connection made under tls settings a reload has changed since
-   * (a CA no longer trusted, verification turned on) is not reused. */
-  while (uc && uc->tls && uc->tls_gen != uc->up->tls_gen) {
+   * (a CA no longer trusted, verification turned on), or whose server has
+   * ended the TLS stream, is not reused. */
+  while (uc && uc->tls && (uc->tls_gen != uc->up->tls_gen || gw_tls_peer_closed(uc->tls))) {
     uconn_close(uc);
     uc = s->idle;
   }
@@ -301,7 +302,10 @@ static void finish(gw_exchange_t *x, int err, const char *msg) {
   if (uc) x->resp_base = uc->rbuf.base;
   if (uc) {
     uc_clear(uc);
-    int reusable = err == 0 && x->parser.keep_alive && uc->parsed == uc->rbuf.len && !uc->closing;
+    /* Not a TLS connection whose server sent close_notify with this
+     * answer: the next request on it would wait for nothing. */
+    int reusable = err == 0 && x->parser.keep_alive && uc->parsed == uc->rbuf.len && !uc->closing &&
+                   !(uc->tls && gw_tls_peer_closed(uc->tls));
     if (reusable) pool_put(uc);
     else uconn_close(uc);
   }
@@ -353,7 +357,7 @@ static void fail(gw_exchange_t *x, int err, const char *msg) {
     uconn_close(uc);
     x->server->active--;
     if (err != GW_ETOOBIG && !x->fixed_server) {
-      gw_server_report(x->up, x->server, 0, 0);
+      gw_server_report(x->up, x->server, 0, (double)(uv_hrtime() - x->started_ns) / 1e6);
       gw_health_observe(x->server->health, uv_hrtime() - x->started_ns);
     }
     x->reported = 1;
