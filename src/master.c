@@ -242,10 +242,14 @@ int gw_master_run(const char *path, int workers) {
   gw_log_set_role("master");
   /* Until the handlers are in place (after the load, which may take a
    * while), a HUP or USR1 would end the gateway with their default action.
-   * Nothing is running yet that they could reload or reopen: ignored. TERM
-   * and INT keep theirs: they stop a start-up that has nothing to drain. */
-  signal(SIGHUP, SIG_IGN);
-  signal(SIGUSR1, SIG_IGN);
+   * Blocked instead: one sent now waits, and acts once the workers run (a
+   * HUP after an edit made during the start-up still reloads). TERM and INT
+   * keep their default: they stop a start-up that has nothing to drain. */
+  sigset_t early;
+  sigemptyset(&early);
+  sigaddset(&early, SIGHUP);
+  sigaddset(&early, SIGUSR1);
+  sigprocmask(SIG_BLOCK, &early, NULL);
   char err[4096];
   gw_vm_t *vm = gw_vm_load(path, GW_VM_MASTER, 0, 0, NULL, err, sizeof err);
   if (!vm) {
