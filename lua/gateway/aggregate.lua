@@ -6,31 +6,41 @@
 -- {param} in a path is replaced by the route parameter of that name (URL-
 -- escaped, keeping the client's own %XX escapes); a path may carry a query.
 -- The answer nests each part's JSON under its name, as the upstream sent
--- it: each body is checked to be one JSON value (decoded, strictly), then
--- spliced in, never re-encoded, so numbers keep every digit and [] stays
--- an array (lua-cjson would write 1.2345678901235e+15 and {}). A failed
+-- it: each body is checked to be one JSON value (src/json_check.c: RFC
+-- 8259 and UTF-8), then spliced in, never re-encoded, so numbers keep every
+-- digit and [] stays an array (lua-cjson would write 1.2345678901235e+15
+-- and {}, and its decoder lets raw control bytes, "1." and NaN pass). A failed
 -- part (error, non-2xx status, or a body that is not JSON) that is optional
 -- is left out and the answer carries X-Partial: true; a failed required
 -- part makes the answer 502 with the errors of every failed part.
+local base = require "gateway.base"
 local sched = require "gateway.sched"
 local cjson = require "cjson"
 
 local type, error, pairs, ipairs, tostring, tonumber, format = type, error, pairs, ipairs, tostring, tonumber, string.format
 local gsub, byte, sort, concat = string.gsub, string.byte, table.sort, table.concat
 
--- Its own decoder: NaN, Infinity and hex numbers are not JSON (RFC 8259),
--- and spliced as they came they would break the client's parser.
-local strict = require("cjson.safe").new()
-strict.decode_invalid_numbers(false)
-
 local _M = {}
 
--- Percent-encodes every byte but the unreserved ones; a "%XX" already in
+-- Escapes the upstream may decode into path structure ("/", "\\", ".", NUL):
+-- they stay literal there ("..%2F..%2Fadmin" must not become a traversal).
+local STRUCTURAL = { ["2F"] = true, ["5C"] = true, ["2E"] = true, ["00"] = true }
+
+local function keep_escape(h)
+  if #h == 2 and not STRUCTURAL[h:upper()] then return "%" .. h end
+  return "%25" .. h
+end
+
+-- Percent-encodes every byte but the unreserved ones. A "%XX" already in
 -- the value (route parameters are the client's raw path) stays as it is,
--- where encoding it again sent "john%2520doe" for "john%20doe".
+-- where encoding it again sent "john%2520doe" for "john%20doe", unless it
+-- names a structural byte. A value of only dots (".", "..") would be a
+-- dot-segment at the upstream: its dots are sent as literal "%2E".
 local function escape(s)
   s = gsub(tostring(s), "[^%w%-%._~%%]", function(c) return format("%%%02X", byte(c)) end)
-  return (gsub(s, "%%(%x?%x?)", function(h) return #h == 2 and "%" .. h or "%25" .. h end))
+  s = gsub(s, "%%(%x?%x?)", keep_escape)
+  if s == "." or s == ".." then s = gsub(s, "%.", "%%252E") end
+  return s
 end
 
 local function fill(path, params)
@@ -74,8 +84,8 @@ function _M.handler(parts, upstreams, level)
         if res.status < 200 or res.status > 299 then return nil, "status " .. res.status end
         local body, berr = res:body()
         if body == nil then return nil, berr end
-        local doc, jerr = strict.decode(body)
-        if doc == nil then return nil, "invalid JSON: " .. tostring(jerr) end
+        local bad = base.C.gw_ffi_json_check(body, #body)
+        if bad >= 0 then return nil, "invalid JSON at byte " .. tonumber(bad) end
         return body
       end
     end

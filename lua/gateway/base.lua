@@ -47,6 +47,7 @@ int gw_ffi_timer_start(int id, double after, double every);
 int gw_ffi_worker_index(void);
 void gw_ffi_load_budget(double seconds);
 int gw_ffi_upstream_error_status(const char *msg);
+long gw_ffi_json_check(const char *s, size_t n);
 int gw_ffi_tls_check(const char *cert, const char *key, char *err, size_t errlen);
 int gw_ffi_tls_check_ca(const char *path, char *err, size_t errlen);
 typedef struct gw_ffi_cert_s {
