@@ -299,5 +299,8 @@ def test_two_threads_reading_the_body_at_once_get_an_answer():
             c.send(req_bytes("POST", "/fanout", [("Content-Length", "11")]))
             time.sleep(0.2)  # both threads wait for the body
             c.send(b"hello world")
-            r = c.read_response(timeout=5)
-            eq((r.status, json.loads(r.body)), (200, {"got": 11, "err": "already being read"}), "answer")
+            r = c.read_response(timeout=5)  # it once never came
+            doc = json.loads(r.body)
+            # Both threads wait by now (the second refused), unless the
+            # machine was so slow that the body came first: both get it then.
+            assert r.status == 200 and doc["got"] == 11 and doc["err"] in ("already being read", False), doc
