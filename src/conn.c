@@ -38,6 +38,12 @@
 #define READ_CHUNK 16384
 /* Bytes read ahead of the request being handled before reading pauses. */
 #define READ_AHEAD_MAX (64 * 1024)
+/* Answers not yet taken by the client's socket, past which no further
+ * pipelined request starts (and reading stops) until they fall below the
+ * low mark: a client that pipelines without reading cannot grow them
+ * without end. */
+#define OUTPUT_HIGH_WATER (256 * 1024)
+#define OUTPUT_LOW_WATER (64 * 1024)
 #define LINGER_MS 2000
 /* An unread body up to this size is read and dropped to keep the
  * connection; a larger one costs a new connection instead. */
@@ -220,6 +226,13 @@ static void on_write(uv_write_t *req, int status) {
   if (c->req && c->req->proxy && c->write_bytes_pending < GW_PROXY_LOW_WATER) {
     conn_ref(c);
     gw_proxy_client_drained(c->req->proxy);
+    conn_unref(c);
+  }
+  if (c->output_paused && c->write_bytes_pending < OUTPUT_LOW_WATER && c->state == GW_CONN_IDLE) {
+    c->output_paused = 0;
+    conn_ref(c);
+    read_start(c);
+    process(c);
     conn_unref(c);
   }
   if (c->writes_pending == 0 && c->state == GW_CONN_LINGER && !c->reading) close_gracefully(c);
@@ -425,6 +438,11 @@ static int parser_has_work(const gw_conn_t *c) {
 static void parse_loop(gw_conn_t *c) {
   while (parser_has_work(c)) {
     if (c->state == GW_CONN_HANDLING) return; /* the next request waits its turn */
+    if (c->state == GW_CONN_IDLE && c->write_bytes_pending > OUTPUT_HIGH_WATER) {
+      c->output_paused = 1; /* on_write goes on once the client has read */
+      read_stop(c);
+      return;
+    }
     if (c->state == GW_CONN_IDLE) {
       c->state = GW_CONN_HEAD;
       c->req = gw_req_new(c);

@@ -523,3 +523,50 @@ def test_client_closes_mid_request():
         time.sleep(0.5)
         eq(g.get("/hello")[:3:2], (200, b"hello"), "still serving")
         assert g.proc.poll() is None, "gateway died"
+
+
+def test_pipelining_without_reading_is_bounded():
+    # A client that pipelines and never reads once made the worker keep
+    # every answer (hundreds of MB in seconds). Past 256 KB of answers the
+    # client has not taken, no further request starts and reading stops;
+    # everything is answered, in order, once the client reads.
+    import threading
+    cfg = BASIC + 'local big = string.rep("x", 16384)\ngw.get("/piped/:n", function(req) return big .. req.params.n end)\n'
+    n = 3000  # 48 MB of answers
+    with Gateway(cfg) as g:
+        pid = g.worker_pids()[0]
+
+        def rss_kb():
+            with open("/proc/%d/status" % pid) as f:
+                return int([l for l in f if l.startswith("VmRSS:")][0].split()[1])
+        g.get("/piped/0")
+        before = rss_kb()
+        s = socket.create_connection(("127.0.0.1", g.port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        data = b"".join(req_bytes("GET", "/piped/%d" % i) for i in range(n))
+        sender = threading.Thread(target=lambda: s.sendall(data), daemon=True)
+        sender.start()
+        time.sleep(1.0)  # the gateway answers what it may, then waits
+        grew = rss_kb() - before
+        assert grew < 20 * 1024, "worker RSS grew by %d KB while the client did not read" % grew
+        s.settimeout(10)
+        got, count, want = b"", 0, 0
+        while count < n:
+            chunk = s.recv(1 << 20)
+            assert chunk, "closed after %d answers" % count
+            got += chunk
+            while True:
+                end = got.find(b"\r\n\r\n")
+                if end < 0:
+                    break
+                head = got[:end].decode()
+                length = int([l.split(":")[1] for l in head.split("\r\n") if l.lower().startswith("content-length")][0])
+                if len(got) < end + 4 + length:
+                    break
+                body = got[end + 4:end + 4 + length]
+                eq(body[16384:], str(want).encode(), "answer %d in order" % want)
+                got = got[end + 4 + length:]
+                count += 1
+                want += 1
+        s.close()
+        sender.join(5)
