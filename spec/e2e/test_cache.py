@@ -249,3 +249,15 @@ def test_an_answer_with_a_crlf_header_is_never_stored():
             assert b"x-injected" not in r.raw.lower(), r.raw
         g.wait_stderr("cache: an answer with an invalid header is not stored")
     run(t)
+
+
+def test_headers_named_in_connection_are_not_stored():
+    # An upstream's Connection header names hop-by-hop headers: the answer
+    # drops them, and a hit replayed them from the store.
+    def t(g, o):
+        path = "/p/echo/nominated?rh=Connection:x-secret&rh=X-Secret:1&rh=X-Kept:yes"
+        r1 = get(g, path)
+        eq((xc(r1), r1.headers.get("x-secret"), r1.headers.get("x-kept")), ("MISS", None, "yes"), "a miss")
+        r2 = get(g, path)
+        eq((xc(r2), r2.headers.get("x-secret"), r2.headers.get("x-kept")), ("HIT", None, "yes"), "a hit")
+    run(t)

@@ -186,3 +186,22 @@ def test_kept_chains_stay_per_route():
                 eq((st, got, h.get("x-out")), (200, body, out), "%s, request %d" % (path, i))
             st, h, _ = g.get("/nope")
             eq((st, h.get("x-out")), (404, "ba"), "global middleware around the 404, request %d" % i)
+
+
+def test_request_id_mw_sends_one_id_whatever_the_spelling():
+    # The answer's own "x-request-id" (an upstream's, a handler's) went out
+    # next to the middleware's X-Request-Id: two different ids.
+    from gwtest import parse_all, raw, req_bytes
+    from origin import Origin, fill
+    cfg = PRELUDE + r'''
+gw.use(gw.mw.request_id())
+local up = gw.upstream("o", { servers = { "127.0.0.1:@A@" } })
+gw.get("/p/*r", function(req) return up:proxy(req) end)
+gw.get("/t", function(req) return { status = 200, headers = { ["x-request-id"] = "handler-id" }, body = "x" } end)
+'''
+    with Origin("o") as o, Gateway(fill(cfg, A=o)) as g:
+        for path in ("/p/x?rh=X-Request-Id:upstream-id", "/t"):
+            out = raw(g.port, req_bytes("GET", path, [("X-Request-Id", "client-id"), ("Connection", "close")]))
+            r = parse_all(out, eof=True)[0]
+            ids = [v for k, v in r.header_list if k.lower() == "x-request-id"]
+            eq(ids, ["client-id"], path)

@@ -166,9 +166,16 @@ end
 -- a value with CR, LF or NUL): such an answer fails when it is sent, and
 -- stored it would come back split into lines of its own making.
 local function serialize(status, headers, body, now)
+  -- The names the answer's Connection header lists are hop-by-hop too.
+  local named = {}
+  local conn = util.header_get(headers, "connection")
+  if type(conn) == "table" then conn = concat(conn, ",") end
+  if type(conn) == "string" then
+    for tok in gmatch(conn, "[^%s,]+") do named[lower(tok)] = true end
+  end
   local lines, n = {}, 0
   for k, v in pairs(headers) do
-    if type(k) == "string" and not SKIP[lower(k)] then
+    if type(k) == "string" and not SKIP[lower(k)] and not named[lower(k)] then
       if not util.is_token(k) then return nil end
       local list = type(v) == "table" and v or { v }
       for i = 1, #list do

@@ -12,6 +12,7 @@
 -- Returns: a middleware function(req, next).
 -- Errors: raises at configuration time if opts.header is not a string.
 local find = string.find
+local util = require "gateway.mwutil"
 
 return function(opts)
   opts = opts or {}
@@ -26,7 +27,8 @@ return function(opts)
       req.headers[header] = id
     end
     local res = next()
-    res.headers["X-Request-Id"] = id
+    -- Every spelling replaced: an upstream's "x-request-id" went out too.
+    util.header_set(res.headers, "X-Request-Id", id)
     return res
   end
 end
