@@ -310,16 +310,38 @@ static int dropped_by_connection(const gw_req_t *r, const char *name, size_t n, 
   return gw_req_header_edit(r, name, n) == NULL; /* a script's header stays */
 }
 
+/* X-Forwarded-For, -Proto and -Host: written once, at the end. */
+static int forwarded(const char *name, size_t len) {
+  return len >= 15 && len <= 17 && strncasecmp(name, "x-forwarded-", 12) == 0 &&
+         ((len == 15 && strncasecmp(name + 12, "for", 3) == 0) ||
+          (len == 17 && strncasecmp(name + 12, "proto", 5) == 0) ||
+          (len == 16 && strncasecmp(name + 12, "host", 4) == 0));
+}
+
+/* X-Forwarded-NAME: a script's value (or none, if it removed the header),
+ * else the gateway's own; never also the client's (two fields, and a
+ * plain-HTTP client's "https" first, where most frameworks read). */
+static void add_forwarded(gw_exchange_t *x, gw_req_t *r, const char *name, size_t len, const char *own,
+                          size_t own_len, const char *lines, size_t llen) {
+  if (name_in(name, len, lines, llen)) return;
+  const gw_header_edit_t *e = gw_req_header_edit(r, name, len);
+  if (e && !e->value) return;
+  if (e) gw_exchange_add_header(x, name, len, e->value, e->value_len);
+  else if (own) gw_exchange_add_header(x, name, len, own, own_len);
+}
+
 static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines, size_t llen) {
   const char *buf = gw_req_buffer(r);
   size_t clen = 0;
-  const char *conn = gw_req_header(r, "connection", 10, &clen);
+  /* The client's own Connection: a script's edit of it changes nothing of
+   * what the client named as hop-by-hop. */
+  const char *conn = gw_req_header_client(r, "connection", 10, &clen);
   for (uint32_t i = 0; i < r->nheaders; i++) {
     const gw_header_t *h = &r->headers[i];
     const char *name = buf + h->name_off;
     if (name_in(name, h->name_len, lines, llen)) continue;
     if (dropped_by_connection(r, name, h->name_len, conn, clen)) continue;
-    if (h->name_len == 15 && strncasecmp(name, "x-forwarded-for", 15) == 0) continue;
+    if (forwarded(name, h->name_len)) continue;
     size_t vlen;
     /* Through gw_req_header so that script edits win (and removals vanish). */
     const char *v = gw_req_header(r, name, h->name_len, &vlen);
@@ -332,7 +354,7 @@ static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines,
     if (!dup) gw_exchange_add_header(x, name, h->name_len, v, vlen);
   }
   for (const gw_header_edit_t *e = r->edits; e; e = e->next) {
-    if (!e->value || name_in(e->name, e->name_len, lines, llen)) continue;
+    if (!e->value || name_in(e->name, e->name_len, lines, llen) || forwarded(e->name, e->name_len)) continue;
     int original = 0, newest = 1;
     for (uint32_t i = 0; i < r->nheaders; i++)
       if (r->headers[i].name_len == e->name_len &&
@@ -357,14 +379,11 @@ static void add_client_headers(gw_exchange_t *x, gw_req_t *r, const char *lines,
   if (!name_in("x-forwarded-for", 15, lines, llen))
     gw_exchange_add_header(x, "X-Forwarded-For", 15, v.base, v.len);
   gw_buf_free(&v);
-  if (!name_in("x-forwarded-proto", 17, lines, llen)) {
-    int tls = r->conn->tls != NULL;
-    gw_exchange_add_header(x, "X-Forwarded-Proto", 17, tls ? "https" : "http", tls ? 5u : 4u);
-  }
+  int tls = r->conn->tls != NULL;
+  add_forwarded(x, r, "X-Forwarded-Proto", 17, tls ? "https" : "http", tls ? 5u : 4u, lines, llen);
   size_t hlen = 0;
   const char *host = gw_req_header(r, "host", 4, &hlen);
-  if (host && !name_in("x-forwarded-host", 16, lines, llen))
-    gw_exchange_add_header(x, "X-Forwarded-Host", 16, host, hlen);
+  add_forwarded(x, r, "X-Forwarded-Host", 16, host, hlen, lines, llen);
 }
 
 /* Builds the upstream request for `r` and hands it to a new proxy, which

@@ -67,6 +67,10 @@ const char *gw_req_header(gw_req_t *r, const char *name, size_t name_len, size_t
     *len = e->value_len;
     return e->value;
   }
+  return gw_req_header_client(r, name, name_len, len);
+}
+
+const char *gw_req_header_client(gw_req_t *r, const char *name, size_t name_len, size_t *len) {
   const char *buf = gw_req_buffer(r);
   const gw_header_t *first = NULL;
   size_t total = 0, count = 0;

@@ -117,6 +117,9 @@ const gw_header_edit_t *gw_req_header_edit(const gw_req_t *r, const char *name, 
 /* Finds header `name` (case-insensitive), edits first. Several values are
  * joined with ", " into the pool. Returns NULL when absent; *len set. */
 const char *gw_req_header(gw_req_t *r, const char *name, size_t name_len, size_t *len);
+/* The same as the client sent it, whatever scripts changed (what the
+ * client's own Connection header nominates stays the client's). */
+const char *gw_req_header_client(gw_req_t *r, const char *name, size_t name_len, size_t *len);
 /* Records a script's change to a request header; value NULL removes it.
  * Returns GW_EHEADER if the name is not a token or the value has CR, LF or NUL. */
 int gw_req_set_header(gw_req_t *r, const char *name, size_t name_len, const char *value, size_t value_len);

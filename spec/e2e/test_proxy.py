@@ -40,6 +40,15 @@ gw.get("/splitting", function(req)
 end)
 
 gw.route("*", "/p/*rest", function(req) return up:proxy(req) end)
+-- Script edits of X-Forwarded-* (?xff=, ?proto=, ?host=) and of Connection (?conn=).
+gw.get("/fwd", function(req)
+  local q = req.query
+  if q.xff then req.headers["X-Forwarded-For"] = q.xff end
+  if q.proto then req.headers["X-Forwarded-Proto"] = q.proto ~= "-" and q.proto or nil end
+  if q.host then req.headers["X-Forwarded-Host"] = q.host end
+  if q.conn then req.headers["Connection"] = q.conn ~= "-" and q.conn or nil end
+  return up:proxy(req, { path = "/echo/fwd" })
+end)
 gw.route("*", "/edit/*rest", function(req)
   req.headers["X-Added"] = "added-by-script"
   req.headers["X-Replace"] = "replaced"
@@ -113,6 +122,29 @@ def test_proxy_appends_to_x_forwarded_for():
         eq(st, 200, "status")
         eq(hvals(echo_of(body), "x-forwarded-for"), ["10.1.2.3, 10.4.5.6, 127.0.0.1"],
            "client chain plus the client")
+
+
+def test_proxy_sends_each_x_forwarded_header_once():
+    # A client's X-Forwarded-Proto/Host went out before the gateway's own (a
+    # plain-HTTP client's "https" first, where frameworks read), and a
+    # script's X-Forwarded-For next to the gateway's.
+    with Origin("A") as a, Gateway(fill(PROXY, A=a)) as g:
+        spoof = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"}
+        d = echo_of(http(g.port, "GET", "/fwd", spoof)[2])
+        eq((hvals(d, "x-forwarded-proto"), hvals(d, "x-forwarded-host")),
+           (["http"], ["127.0.0.1:%d" % g.port]), "the gateway's own, not the client's")
+        d = echo_of(http(g.port, "GET", "/fwd?xff=10.0.0.1&proto=https&host=api.example", spoof)[2])
+        eq((hvals(d, "x-forwarded-for"), hvals(d, "x-forwarded-proto"), hvals(d, "x-forwarded-host")),
+           (["10.0.0.1, 127.0.0.1"], ["https"], ["api.example"]), "a script's values, once each")
+        d = echo_of(http(g.port, "GET", "/fwd?proto=-", spoof)[2])
+        eq(hvals(d, "x-forwarded-proto"), [], "a script's removal")
+
+
+def test_a_script_editing_connection_does_not_forward_what_the_client_named():
+    with Origin("A") as a, Gateway(fill(PROXY, A=a)) as g:
+        for q in ("conn=-", "conn=close"):
+            d = echo_of(http(g.port, "GET", "/fwd?" + q, {"Connection": "x-bar", "X-Bar": "hop"})[2])
+            eq(hvals(d, "x-bar"), [], "X-Bar after %s" % q)
 
 
 def test_proxy_drops_hop_by_hop_request_headers():
