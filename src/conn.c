@@ -24,6 +24,8 @@
 #include <lua.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 
 #include "admin.h"
 #include "errors.h"
@@ -580,6 +582,31 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   conn_unref(c);
 }
 
+/* Bytes of answers the client has yet to take: libuv's queue plus the
+ * kernel's send queue (which alone can hold megabytes). */
+static size_t unsent_bytes(gw_conn_t *c) {
+  size_t n = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+  uv_os_fd_t fd;
+  int outq = 0;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 && ioctl(fd, SIOCOUTQ, &outq) == 0 && outq > 0)
+    n += (size_t)outq;
+  return n;
+}
+
+/* timeouts.idle ran out. A client still taking the answers sent to it
+ * (fewer bytes wait than when the timer was armed) is not idle: another
+ * period starts; else the connection closes. Without this, a slow reader of
+ * a large answer was cut off timeouts.idle after its request ended. */
+static void idle_timeout(gw_conn_t *c) {
+  size_t unsent = unsent_bytes(c);
+  if (unsent > 0 && unsent < c->idle_unsent) {
+    c->idle_unsent = unsent;
+    arm_timer(c, secs_ms(c->worker->cfg->timeouts.idle));
+    return;
+  }
+  gw_conn_close(c);
+}
+
 static void on_timeout(uv_timer_t *t) {
   gw_conn_t *c = t->data;
   c->timer_due = 0;
@@ -597,7 +624,7 @@ static void on_timeout(uv_timer_t *t) {
   c->deadline = 0;
   conn_ref(c);
   switch (c->state) {
-    case GW_CONN_IDLE: gw_conn_close(c); break;
+    case GW_CONN_IDLE: idle_timeout(c); break;
     case GW_CONN_HEAD: refuse(c, 408, "request head timed out"); break;
     case GW_CONN_BODY:
       if (c->req) body_finished(c, GW_BODY_FAILED);
@@ -744,6 +771,8 @@ static void start_next(gw_conn_t *c) {
     return;
   }
   arm_timer(c, secs_ms(c->worker->cfg->timeouts.idle));
+  /* Only when something waits: the usual answer went out whole. */
+  c->idle_unsent = c->writes_pending > 0 ? unsent_bytes(c) : 0;
   read_start(c);
 }
 

@@ -59,6 +59,7 @@ struct gw_conn_s {
   uint8_t write_failed;       /* a write failed: close on the next timer turn */
   uint8_t head_timer_set;     /* the current head's timeouts.header is armed */
   uint8_t output_paused;      /* pipelined requests wait for the client to read (conn.c) */
+  size_t idle_unsent;         /* answer bytes not yet taken when timeouts.idle was last armed */
   int (*tunnel_sink)(void *, const char *, ssize_t); /* GW_CONN_TUNNEL */
   void *tunnel_data;
   uint64_t deadline;  /* loop ms when the current state times out; 0: none */

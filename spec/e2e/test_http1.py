@@ -570,3 +570,45 @@ def test_pipelining_without_reading_is_bounded():
                 want += 1
         s.close()
         sender.join(5)
+
+
+def test_a_slow_reader_of_a_large_answer_is_not_cut_off():
+    # timeouts.idle started when the request ended, answer queued or not: a
+    # client taking an 8 MB answer for longer than that lost the rest. It
+    # now counts while the client takes nothing; a client that stops
+    # reading is still closed after it.
+    cfg = r'''local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT" }, timeouts = { idle = 1 } }
+local big = string.rep("x", 8 * 1024 * 1024)
+gw.get("/big", function() return big end)
+'''
+    with Gateway(cfg) as g:
+        s = socket.create_connection(("127.0.0.1", g.port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.sendall(req_bytes("GET", "/big"))
+        s.settimeout(5)
+        got, t0 = 0, time.monotonic()
+        while got < 8 * 1024 * 1024:
+            d = s.recv(16384)
+            if not d:
+                break
+            got += len(d)
+            time.sleep(0.01)  # about 1.6 MB/s: over 3 s for the answer
+        took = time.monotonic() - t0
+        assert got >= 8 * 1024 * 1024, "cut off after %d bytes and %.1f s" % (got, took)
+        assert took > 2, "the client was slower than timeouts.idle (%.1f s)" % took
+        s.close()
+        # A client that reads nothing at all is closed after timeouts.idle.
+        s = socket.create_connection(("127.0.0.1", g.port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.sendall(req_bytes("GET", "/big"))
+        time.sleep(3)
+        s.settimeout(5)
+        total = 0
+        while True:
+            d = s.recv(1 << 20)
+            if not d:
+                break
+            total += len(d)
+        assert total < 8 * 1024 * 1024, "a client that stalled got the whole answer"
+        s.close()
