@@ -579,6 +579,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   process(c);
   /* A head that never completes must not grow the buffer without bound:
    * the parser refuses it past limits.header_bytes (414/431). */
+  if (c->tls && gw_tls_peer_closed(c->tls) && !c->peer_eof && c->state != GW_CONN_CLOSING &&
+      c->state != GW_CONN_LINGER && c->state != GW_CONN_TUNNEL) {
+    /* The client's close_notify came with its last bytes: TLS handed over
+     * the bytes and keeps the end, which no later read brings if the client
+     * waits for our answer (and close_notify) before closing TCP. The end
+     * is taken now, once what came before it is parsed, like a FIN. */
+    on_read(s, UV_EOF, buf);
+  }
   conn_unref(c);
 }
 

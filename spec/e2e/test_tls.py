@@ -513,3 +513,46 @@ def test_a_reload_rejected_at_tls_runs_none_of_its_timers():
         time.sleep(0.5)
         for key in ("after_v2", "every_v2"):
             eq(http(g.port2, "GET", "/get?k=" + key)[2], b"nil", "the rejected generation's " + key)
+
+
+def test_a_close_notify_sent_with_the_last_request_ends_the_connection():
+    # The client sends its request and close_notify in one write, then
+    # waits for the answer and the gateway's close_notify: TLS gave the
+    # request and kept the end, so the connection stayed until the idle
+    # timeout instead of closing behind the answer.
+    with tls_gateway() as g, CaFile() as ca:
+        ctx = ssl.create_default_context(cafile=ca)
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(inc, out, server_hostname="a.test")
+        s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                s.sendall(out.read())
+                inc.write(s.recv(65536))
+        s.sendall(out.read())
+        obj.write(get("/hello"))
+        try:
+            obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        t0 = time.monotonic()
+        s.sendall(out.read())  # the request and close_notify together
+        plain, closed = b"", False
+        while time.monotonic() - t0 < 4:
+            d = s.recv(65536)
+            if not d:
+                closed = True
+                break
+            inc.write(d)
+            try:
+                plain += obj.read(65536)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                pass
+            except ssl.SSLError:
+                break
+        s.close()
+        assert plain.startswith(b"HTTP/1.1 200 ") and plain.endswith(b"hello"), plain
+        assert closed and time.monotonic() - t0 < 2, "the connection stayed open after the answer"
