@@ -99,6 +99,17 @@ static void resolve_later(gw_server_t *s) {
 
 /* ---- servers ---- */
 
+/* A host name or address: no control byte, space or URL punctuation (a
+ * path, a query, user info), brackets only around an IPv6 address. */
+static int host_valid(const char *host, size_t len) {
+  if (len >= 2 && host[0] == '[') return host[len - 1] == ']';
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)host[i];
+    if (ch <= 0x20 || ch == 0x7f || strchr("/?#@[]\\", ch)) return 0;
+  }
+  return 1;
+}
+
 static int parse_addr(const char *addr, gw_server_t *s, char *err, size_t errlen) {
   int port = 80;
   if (strncmp(addr, "https://", 8) == 0) {
@@ -107,6 +118,9 @@ static int parse_addr(const char *addr, gw_server_t *s, char *err, size_t errlen
     s->tls = 1;
   } else if (strncmp(addr, "http://", 7) == 0) {
     addr += 7;
+  } else if (strstr(addr, "://")) {
+    snprintf(err, errlen, "server %s: only http:// and https:// servers", addr);
+    return GW_ECONFIG;
   }
   const char *colon = strrchr(addr, ':');
   const char *host = addr;
@@ -114,7 +128,7 @@ static int parse_addr(const char *addr, gw_server_t *s, char *err, size_t errlen
   if (colon) {
     char *end;
     long p = strtol(colon + 1, &end, 10);
-    if (*end != '\0' && *end != '/') p = 0;
+    if (*end != '\0' && strcmp(end, "/") != 0) p = 0; /* "host:port/" at most: no path */
     if (p < 1 || p > 65535) {
       snprintf(err, errlen, "server %s: bad port", addr);
       return GW_ECONFIG;
@@ -127,6 +141,10 @@ static int parse_addr(const char *addr, gw_server_t *s, char *err, size_t errlen
   }
   if (hlen == 0) {
     snprintf(err, errlen, "server %s: no host", addr);
+    return GW_ECONFIG;
+  }
+  if (!host_valid(host, hlen)) {
+    snprintf(err, errlen, "server %s: bad host", addr);
     return GW_ECONFIG;
   }
   s->host = gw_xstrndup(host, hlen);

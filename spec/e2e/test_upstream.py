@@ -549,6 +549,11 @@ BAD_SPECS = {
     "hash_without_key": ('{ servers = { "127.0.0.1:1" }, balance = "hash" }', "hash_key"),
     "no_servers": ('{ servers = {} }', "servers"),
     "bad_port": ('{ servers = { "127.0.0.1:99999" } }', "port"),
+    "a_path_after_the_port": ('{ servers = { "127.0.0.1:80/path" } }', "port"),
+    "another_scheme": ('{ servers = { "ftp://127.0.0.1:80" } }', "only http:// and https://"),
+    "an_open_bracket": ('{ servers = { "https://[::1" } }', "bad host"),
+    "a_control_byte": ('{ servers = { "a\\r\\nb:80" } }', "bad host"),
+    "user_info": ('{ servers = { "user@host:80" } }', "bad host"),
     "zero_weight": ('{ servers = { { addr = "127.0.0.1:1", weight = 0 } } }', "weight"),
     "negative_timeout": ('{ servers = { "127.0.0.1:1" }, timeouts = { read = -1 } }', "read"),
 }
