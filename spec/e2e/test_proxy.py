@@ -405,17 +405,6 @@ gw.config { listen = { "127.0.0.1:$PORT" } }
 local up = gw.upstream("o", { servers = { "127.0.0.1:@A@" } })
 local nopool = gw.upstream("nopool", { servers = { "127.0.0.1:@B@" }, keepalive = { idle = 0 } })
 local short = gw.upstream("short", { servers = { "127.0.0.1:@C@" }, keepalive = { timeout = 0.3 } })
--- A CRLF in a header set on a proxied answer: refused (500), never split
--- into lines of the script's caller's making (?how=set: res:set_header on
--- unread headers; ?how=table: res.headers after reading them).
-gw.get("/splitting", function(req)
-  local res = up:proxy(req, { path = "/echo/split" })
-  local v = "hi\r\nSet-Cookie: session=attacker"
-  if req.query.how == "set" then res:set_header("X-Note", v)
-  else res.headers["X-Note"] = v end
-  return res
-end)
-
 gw.route("*", "/p/*rest", function(req) return up:proxy(req) end)
 gw.get("/nopool/*rest", function(req) return nopool:proxy(req) end)
 gw.get("/short/*rest", function(req) return short:proxy(req) end)
@@ -600,17 +589,6 @@ KILL = r'''
 local gw = require "gateway"
 gw.config { listen = { "127.0.0.1:$PORT" } }
 local up = gw.upstream("o", { servers = { "127.0.0.1:@A@", "127.0.0.1:@B@" } })
--- A CRLF in a header set on a proxied answer: refused (500), never split
--- into lines of the script's caller's making (?how=set: res:set_header on
--- unread headers; ?how=table: res.headers after reading them).
-gw.get("/splitting", function(req)
-  local res = up:proxy(req, { path = "/echo/split" })
-  local v = "hi\r\nSet-Cookie: session=attacker"
-  if req.query.how == "set" then res:set_header("X-Note", v)
-  else res.headers["X-Note"] = v end
-  return res
-end)
-
 gw.route("*", "/p/*rest", function(req) return up:proxy(req) end)
 '''
 
