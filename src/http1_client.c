@@ -97,7 +97,15 @@ static int on_headers_complete(llhttp_t *lp) {
   p->content_length = p->has_length ? lp->content_length : 0;
   p->head_done = 1;
   p->paused_for = PAUSED_HEAD;
-  /* A HEAD answer has no body whatever its headers say (RFC 9110 9.3.2). */
+  /* A HEAD answer, a 204 and a 304 end with their head whatever their
+   * headers say (RFC 9112 6.3): llhttp skips a body only when told. A 304's
+   * Content-Length describes the representation, not bytes that follow. */
+  if (status == 204 || status == 304) {
+    p->chunked = 0;
+    p->has_length = 0;
+    p->content_length = 0;
+    return 1;
+  }
   return p->head_request ? 1 : HPE_PAUSED;
 }
 
