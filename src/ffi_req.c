@@ -179,6 +179,15 @@ GW_FFI_EXPORT int gw_ffi_resp_send(gw_req_t *r, uint32_t s, const char *body, si
   return gw_response_send(r, body, len) == 0 ? GW_FFI_OK : GW_FFI_ERROR;
 }
 
+/* runtime.lua, for a HEAD answered by an upstream: the head, with the
+ * upstream's Content-Length (length < 0: none). */
+GW_FFI_EXPORT int gw_ffi_resp_send_head_of(gw_req_t *r, uint32_t s, double length) {
+  if (!gw_req_check(r, s)) return GW_FFI_BAD_CONTEXT;
+  if (r->method != HTTP_HEAD) return GW_FFI_ERROR;
+  int64_t n = length >= 0 && length < 9007199254740992.0 ? (int64_t)length : -1;
+  return gw_response_send_head_of(r, n) == 0 ? GW_FFI_OK : GW_FFI_ERROR;
+}
+
 /* A whole answer in one call: status, a Content-Type and a body (the hot
  * path of handlers that return a string). */
 GW_FFI_EXPORT int gw_ffi_resp_simple(gw_req_t *r, uint32_t s, int status, const char *ctype, size_t clen,

@@ -699,7 +699,9 @@ static int send_head(gw_proxy_t *p, gw_req_t *r, int status, const char *lines, 
   if (no_body) {
     gw_response_send_head(r, GW_FRAMING_NONE, 0);
   } else if (r->method == HTTP_HEAD) {
-    gw_response_send_head(r, GW_FRAMING_LENGTH, hp->content_length);
+    /* The upstream's length, when it gave one: a chunked or close-delimited
+     * GET has none to announce, and 0 would be a wrong one. */
+    gw_response_send_head(r, hp->has_length ? GW_FRAMING_LENGTH : GW_FRAMING_NONE, hp->content_length);
   } else if (hp->has_length) {
     /* Held until the first body bytes (or the end of an empty body). */
     gw_response_hold_head(r, GW_FRAMING_LENGTH, hp->content_length);

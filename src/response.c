@@ -239,6 +239,21 @@ int gw_response_send(gw_req_t *r, const char *body, size_t len) {
   return 0;
 }
 
+int gw_response_send_head_of(gw_req_t *r, int64_t length) {
+  if (r->resp_state != GW_RESP_NONE) return GW_ESTATE;
+  if (!status_is_final(r, GW_FRAMING_LENGTH)) {
+    refuse_interim_status(r);
+    return 0;
+  }
+  if (status_has_body(r->status) && length >= 0) finish_head(r, GW_FRAMING_LENGTH, (uint64_t)length);
+  else finish_head(r, GW_FRAMING_NONE, 0);
+  gw_buf_t *b = &r->resp_head;
+  uv_buf_t buf = uv_buf_init(b->base, (unsigned)b->len);
+  r->resp_bytes = b->len;
+  gw_conn_write(r->conn, &buf, 1);
+  return 0;
+}
+
 const char *gw_response_header_lines(gw_req_t *r, const char *lines, size_t llen) {
   const char *q = lines, *end = lines + llen;
   while (q < end) {

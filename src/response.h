@@ -48,6 +48,10 @@ void gw_response_flush_head(gw_req_t *r, const uv_buf_t *more, unsigned n);
  * socket cannot take it at once, so the caller's memory is free after. A
  * 1xx status is answered with a 500 JSON error instead (and 0 returned). */
 int gw_response_send(gw_req_t *r, const char *body, size_t len);
+/* The answer to a HEAD whose body is not at hand (an upstream answered the
+ * HEAD): the head only, with Content-Length `length` (none if < 0, or for
+ * a status without a body). */
+int gw_response_send_head_of(gw_req_t *r, int64_t length);
 /* A complete JSON error answer {"error": msg, "request_id": id}, for
  * errors found before or outside Lua (400, 408, 413...). */
 void gw_response_error(gw_req_t *r, int status, const char *msg);

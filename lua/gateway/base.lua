@@ -36,6 +36,7 @@ int gw_ffi_resp_start(gw_req_t *r, uint32_t s, int status);
 int gw_ffi_resp_header(gw_req_t *r, uint32_t s, const char *name, size_t nlen,
                        const char *value, size_t vlen);
 int gw_ffi_resp_send(gw_req_t *r, uint32_t s, const char *body, size_t len);
+int gw_ffi_resp_send_head_of(gw_req_t *r, uint32_t s, double length);
 int gw_ffi_resp_sent(gw_req_t *r, uint32_t s);
 int gw_ffi_resp_simple(gw_req_t *r, uint32_t s, int status, const char *ctype, size_t clen,
                        const char *body, size_t len);

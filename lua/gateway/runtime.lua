@@ -260,7 +260,12 @@ local function send(req, res)
   elseif rawget(res, "body") == nil and rawget(res, "_body") ~= nil then
     res.body = res._body -- an upstream response returned as it is
   end
+  local head_length -- a HEAD an upstream answered: the length it announced
   if rawget(res, "_body") ~= nil then
+    if req.method == "HEAD" and rawget(res, "json") == nil and (res.body == nil or res.body == "") then
+      local cl = res.headers["content-length"]
+      head_length = type(cl) == "string" and cl:match("^%d+$") and tonumber(cl) or -1
+    end
     -- An upstream's answer goes out buffered: its hop-by-hop headers and
     -- its Date stay behind (ours is added).
     res.headers = upstream().end_to_end(res.headers)
@@ -283,6 +288,9 @@ local function send(req, res)
   if rc == BAD_CONTEXT then error(base.FINISHED, 0) end
   if rc ~= OK then error("a response was already sent", 0) end
   for k, v in pairs(headers) do send_header(r, s, k, v) end
+  -- A HEAD an upstream answered has no body here to measure: its length
+  -- is the upstream's (none if it gave none), not 0.
+  if head_length then C.gw_ffi_resp_send_head_of(r, s, head_length) return end
   C.gw_ffi_resp_send(r, s, body, #body)
 end
 

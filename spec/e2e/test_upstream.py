@@ -741,3 +741,41 @@ def test_a_304_or_204_with_a_length_has_no_body():
                     assert "content-length" not in h and "transfer-encoding" not in h, h
         finally:
             close()
+
+
+HEADS = HEAD + r'''
+local up = gw.upstream("o", { servers = { "127.0.0.1:@A@" } })
+gw.route({ "GET", "HEAD" }, "/d/*rest", function(req) return up:proxy(req, { path = "/" .. req.params.rest }) end)
+gw.route({ "GET", "HEAD" }, "/bd/*rest", function(req)
+  local r, e = up:proxy(req, { path = "/" .. req.params.rest }) if not r then return nil, e end
+  r:body()
+  return r
+end)
+gw.route({ "GET", "HEAD" }, "/rq/*rest", function(req)
+  local r, e = up:request { method = req.method, path = "/" .. req.params.rest, query = req.query }
+  if not r then return nil, e end
+  return r
+end)
+'''
+
+
+def test_head_answers_carry_the_length_a_get_would():
+    # A proxied HEAD whose upstream answer had no length (chunked) said
+    # Content-Length: 0, and a HEAD answer read through res:body() (or an
+    # up:request answer returned) said 0 where the upstream said 1234.
+    from gwtest import Conn
+    with Origin("A") as a, Gateway(fill(HEADS, A=a)) as g:
+        for prefix in ("/d", "/bd", "/rq"):
+            with Conn(g.port) as c:
+                c.send(req_bytes("GET", prefix + "/bytes?n=1234"))
+                get = c.read_response()
+                c.send(req_bytes("HEAD", prefix + "/bytes?n=1234"))
+                head = c.read_response(head=True)
+                eq((get.status, len(get.body), head.status), (200, 1234, 200), prefix)
+                eq(head.headers.get("content-length"), "1234", "HEAD %s: the GET's length" % prefix)
+                c.send(req_bytes("HEAD", prefix + "/bytes?n=1234&chunked=1"))
+                head = c.read_response(head=True)
+                eq((head.status, head.headers.get("content-length")), (200, None),
+                   "HEAD %s of a chunked answer: no length rather than 0" % prefix)
+                c.send(req_bytes("GET", prefix + "/bytes?n=5"))
+                eq(len(c.read_response().body), 5, "the next answer on the connection")
