@@ -71,6 +71,20 @@ static int on_header_value(llhttp_t *lp, const char *at, size_t len) {
   return 0;
 }
 
+/* 1 if a Transfer-Encoding field names any coding but a single chunked. */
+static int other_transfer_coding(const gw_http1c_t *p) {
+  for (uint32_t i = 0; i < p->nheaders; i++) {
+    const gw_header_t *h = &p->headers[i];
+    if (h->name_len != 17 || strncasecmp(p->base + h->name_off, "transfer-encoding", 17) != 0) continue;
+    const char *v = p->base + h->value_off;
+    size_t n = h->value_len;
+    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t')) n--;
+    while (n && (*v == ' ' || *v == '\t')) v++, n--;
+    if (n != 7 || strncasecmp(v, "chunked", 7) != 0) return 1;
+  }
+  return 0;
+}
+
 static int on_headers_complete(llhttp_t *lp) {
   gw_http1c_t *p = P(lp);
   int status = llhttp_get_status_code(lp);
@@ -90,6 +104,13 @@ static int on_headers_complete(llhttp_t *lp) {
   /* 1xx answers are interim: the final answer follows on the same stream.
    * 101 is final for an upgrade, which this parser does not carry. */
   if (status >= 100 && status < 200 && status != 101) return 0;
+  if (other_transfer_coding(p)) {
+    /* The body is re-framed for the client, so a coding but chunked would
+     * reach it undeclared (gzip bytes as plain ones): refused, as nginx
+     * does ("upstream sent unknown Transfer-Encoding"). */
+    p->reason = "unsupported transfer coding in the upstream response";
+    return -1;
+  }
   p->status = status;
   p->keep_alive = (uint8_t)llhttp_should_keep_alive(lp);
   p->chunked = (lp->flags & F_CHUNKED) != 0;

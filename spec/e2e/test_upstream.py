@@ -779,3 +779,24 @@ def test_head_answers_carry_the_length_a_get_would():
                    "HEAD %s of a chunked answer: no length rather than 0" % prefix)
                 c.send(req_bytes("GET", prefix + "/bytes?n=5"))
                 eq(len(c.read_response().body), 5, "the next answer on the connection")
+
+
+def test_a_transfer_coding_but_chunked_is_refused():
+    # The body is re-framed for the client: "gzip, chunked" went out as
+    # "chunked" with the gzip bytes undeclared. Refused instead (502).
+    for te in (b"gzip, chunked", b"gzip"):
+        port, close = _raw_origin(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + te + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        try:
+            with Gateway(NOT_MODIFIED.replace("@A@", str(port))) as g:
+                for path in ("/d", "/ug"):
+                    st, h, body = http(g.port, "GET", path, timeout=5)
+                    eq((st, json.loads(body)["error"]), (502, "unsupported transfer coding in the upstream response"),
+                       "%s with %r" % (path, te))
+        finally:
+            close()
+    port, close = _raw_origin(b"HTTP/1.1 200 OK\r\nTransfer-Encoding:  Chunked \r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    try:
+        with Gateway(NOT_MODIFIED.replace("@A@", str(port))) as g:
+            eq(http(g.port, "GET", "/d", timeout=5)[:3:2], (200, b"hello"), "chunked alone, any case")
+    finally:
+        close()
