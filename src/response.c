@@ -105,8 +105,12 @@ int gw_response_header(gw_req_t *r, const char *name, size_t nlen, const char *v
     if (vlen == 5 && strncasecmp(value, "close", 5) == 0) r->close_after = 1;
     return 0;
   }
-  /* Date is a single field (RFC 9110 6.6.1): a script's replaces the core's. */
-  if (name_is(name, nlen, "date")) r->own_date = 1;
+  /* Date is a single field (RFC 9110 6.6.1): a script's replaces the core's,
+   * and a second one (another spelling in the same table) is dropped. */
+  if (name_is(name, nlen, "date")) {
+    if (r->own_date) return 0;
+    r->own_date = 1;
+  }
   gw_buf_t *b = &r->resp_head;
   gw_buf_reserve(b, nlen + vlen + 4);
   memcpy(b->base + b->len, name, nlen);

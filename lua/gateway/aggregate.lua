@@ -100,7 +100,8 @@ function _M.handler(parts, upstreams, level)
       end
     end
     if failed then
-      return { status = 502, json = { error = "a required part failed", parts = failed, request_id = req.id } }
+      return { status = 502, headers = { ["X-Request-Id"] = req.id },
+               json = { error = "a required part failed", parts = failed, request_id = req.id } }
     end
     -- {"name":BODY,...} in name order, each name encoded as a JSON string.
     local names = {}

@@ -158,6 +158,7 @@ def test_aggregate_required_part_failure():
         st, h, d, _ = getj(g, "/agg-req/7")
         assert st >= 500, "a failed required part answered %d: %r" % (st, d)
         assert isinstance(d.get("error"), str) and d["error"], d
+        eq(h.get("x-request-id"), d.get("request_id"), "X-Request-Id as on every error answer")
         assert isinstance(d.get("request_id"), str) and d["request_id"], d
 
 

@@ -95,6 +95,9 @@ def test_a_scripts_date_replaces_the_cores():
 gw.get("/dated", function(req)
   return { headers = { date = "Tue, 01 Jan 2030 00:00:00 GMT" }, body = "dated" }
 end)
+gw.get("/twice", function(req)
+  return { headers = { date = "Tue, 01 Jan 2030 00:00:00 GMT", Date = "Tue, 01 Jan 2030 00:00:00 GMT" }, body = "2" }
+end)
 '''
     with Gateway(cfg) as g:
         with Conn(g.port) as c:
@@ -105,6 +108,9 @@ end)
             c.send(req_bytes("GET", "/hello"))
             r = c.read_response()
             eq(r.raw.lower().count(b"\r\ndate:"), 1, "the next answer has the core's Date: %r" % r.raw)
+            c.send(req_bytes("GET", "/twice"))
+            r = c.read_response()
+            eq(r.raw.lower().count(b"\r\ndate:"), 1, "two spellings in one table: %r" % r.raw)
             assert _date_of(r) > time.time() - 60, r.headers
 
 
