@@ -306,6 +306,7 @@ function gw.route(method, pattern, ...)
     local t = method
     local mws = t.use or {}
     if type(mws) == "function" then mws = { mws } end
+    if type(mws) ~= "table" then error("gw.route: use must be a function or a list of functions", 2) end
     add_route(t.method or "*", t.path, t.host, mws, t.handler, 2)
     return
   end
@@ -449,6 +450,10 @@ gw.mw = setmetatable({}, {
 gw.crypto = require "gateway.crypto" -- sha256, hmac, random, equal, keys: docs/crypto.md
 gw.base64 = require "gateway.base64"
 -- gw.redis(URL [, opts]): a pooled, non-blocking Redis client; docs/redis.md.
-function gw.redis(url, opts) return require("gateway.redis").new(url, opts, 2) end
+function gw.redis(url, opts)
+  -- Not a tail call: the error level of new() counts this frame.
+  local r = require("gateway.redis").new(url, opts, 2)
+  return r
+end
 
 return gw

@@ -280,7 +280,8 @@ end
 local function num(spec, key, default, kind)
   local v = spec[key]
   if v == nil then return default end
-  return checked(v, kind, key)
+  v = checked(v, kind, key) -- not a tail call: USER counts this frame
+  return v
 end
 
 local function sub_num(spec, tkey, key, default, kind)
@@ -289,7 +290,8 @@ local function sub_num(spec, tkey, key, default, kind)
   if type(t) ~= "table" then error("gw.upstream: " .. tkey .. " must be a table", USER) end
   local v = t[key]
   if v == nil then return default end
-  return checked(v, kind, tkey .. "." .. key)
+  v = checked(v, kind, tkey .. "." .. key) -- not a tail call: USER counts this frame
+  return v
 end
 
 -- spec.tls: { verify = true, sni = NAME, ca = PATH } (each optional).

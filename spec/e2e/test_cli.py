@@ -72,6 +72,23 @@ def test_check_bad_route_blames_the_config_line():
     eq(rc, 1, "exit status")
 
 
+def test_check_route_errors_name_the_line_on_the_message_itself():
+    # Checked on the message's first line: the traceback after it names the
+    # line too, which once hid messages that had none (a bare gw.redis call,
+    # gw.upstream number options) or were an internal error (`use = 5`).
+    cases = [('gw.route{ method = "GET", path = "/x", use = 5, handler = function() return "x" end }',
+              "gw.route: use must be a function or a list of functions"),
+             ('gw.get("no-slash", function(req) return "x" end)', "gw.route: pattern must start with '/'"),
+             ('gw.redis("redis://")', "gw.redis: the URL has no host"),
+             ('gw.upstream("u", { servers = { "127.0.0.1:1" }, retries = -1 })', "gw.upstream: retries must be")]
+    for code, msg in cases:
+        bad = PRELUDE + code + "\n"
+        rc, out, err, d = run_cli(["-t", "-c", "$DIR/bad.lua"], {"bad.lua": bad})
+        first = (out + err).splitlines()[0]
+        assert ("bad.lua:%d: %s" % (line_of(bad, code), msg)) in first, first
+        eq(rc, 1, "exit status")
+
+
 def test_check_error_in_required_module():
     mod = 'local M = {}\nerror("mylib is broken")\nreturn M\n'
     cfg = PRELUDE + 'local mylib = require "mylib"\n'

@@ -556,18 +556,26 @@ BAD_SPECS = {
     "user_info": ('{ servers = { "user@host:80" } }', "bad host"),
     "zero_weight": ('{ servers = { { addr = "127.0.0.1:1", weight = 0 } } }', "weight"),
     "negative_timeout": ('{ servers = { "127.0.0.1:1" }, timeouts = { read = -1 } }', "read"),
+    "negative_retries": ('{ servers = { "127.0.0.1:1" }, retries = -1 }', "retries"),
+    "bad_breaker_window": ('{ servers = { "127.0.0.1:1" }, breaker = { failures = 2, window = -1 } }', "window"),
+    "bad_keepalive_idle": ('{ servers = { "127.0.0.1:1" }, keepalive = { idle = 1.5e300 } }', "idle"),
 }
 
 
 def _bad_spec_test(spec, word):
     def t():
         from gwtest import line_of, run_cli
+        # A bare call too: the file:line once depended on how it was called.
         cfg = HEAD + 'local up = gw.upstream("bad", %s)\n' % spec
+        if "retries" in spec:
+            cfg = HEAD + 'gw.upstream("bad", %s)\n' % spec
         line = line_of(cfg, 'gw.upstream("bad"')
         rc, out, err, _ = run_cli(["-t", "-c", "$DIR/gateway.lua"], {"gateway.lua": cfg})
         both = out + err
         eq(rc, 1, "exit status of -t; output %r" % both[-400:])
-        assert "gateway.lua:%d:" % line in both, "want gateway.lua:%d in %r" % (line, both[-400:])
+        # On the message's own line, not only in the traceback after it.
+        first = both.splitlines()[0]
+        assert "gateway.lua:%d: gw.upstream" % line in first, "want gateway.lua:%d in %r" % (line, first)
         assert word in both, "want %r in %r" % (word, both[-400:])
     return t
 
