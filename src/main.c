@@ -24,11 +24,12 @@
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: gateway [-c FILE] [-w N] [-t] [-v]\n"
-          "  -c FILE   configuration script (default ./gateway.lua)\n"
-          "  -w N      number of worker processes (overrides gw.config workers)\n"
-          "  -t        load and check the configuration, then exit\n"
-          "  -v        print the versions of the gateway and its libraries\n");
+          "usage: gateway [-c FILE] [-w N] [-t] [-v] [-h]\n"
+          "  -c FILE        configuration script (default ./gateway.lua)\n"
+          "  -w N           number of worker processes, 1-1024 (overrides gw.config workers)\n"
+          "  -t             load and check the configuration, then exit\n"
+          "  -v, --version  print the versions of the gateway and its libraries\n"
+          "  -h, --help     print this text\n");
 }
 
 static void print_versions(void) {
