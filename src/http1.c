@@ -345,6 +345,14 @@ gw_http1_result_t gw_http1_execute(gw_http1_t *h, const char *base, size_t from,
         h->reason = "request head too large";
         return GW_HTTP1_ERROR;
       }
+      /* Blank lines before the request line, bounded here too when the
+       * whole head came in the same read as them. */
+      if (h->paused_at == GW_HTTP1_HEAD && !head_was_done &&
+          h->head_bytes > 2 * h->limits->header_bytes + 4096) {
+        h->status = 431;
+        h->reason = "request head too large";
+        return GW_HTTP1_ERROR;
+      }
       if (h->paused_at == GW_HTTP1_HEAD && h->msg_started &&
           has_bare_lf(base + h->msg_start, from + used - h->msg_start)) {
         h->status = 400;

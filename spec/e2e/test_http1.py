@@ -231,6 +231,11 @@ def test_blank_lines_before_a_request_are_bounded():
             data = c.read_until_close(3)
             check_error(data, 431)
             assert time.monotonic() - t0 < 2, "refused only after %.1fs" % (time.monotonic() - t0)
+        # The same bound when the blank lines and the whole request come in
+        # one read (the request was served).
+        with Conn(g.port) as c:
+            c.send(b"\r\n" * 3500 + req_bytes("GET", "/hello"))  # 7000 bytes: over 2 * 1024 + 4096
+            check_error(c.read_until_close(3), 431)
         eq(g.get("/hello")[0], 200, "still serving")
 
 
