@@ -867,6 +867,15 @@ int gw_exchange_abort(gw_exchange_t *x) {
   if (x->deferred) {
     uv_close((uv_handle_t *)x->deferred, (uv_close_cb)free);
     x->deferred = NULL;
+    /* A failure waiting for its turn (fail() while starting) left its
+     * connection attached, with its connect timer running: it goes now,
+     * else that timer would find this exchange freed. */
+    gw_uconn_t *uc = x->uc;
+    if (uc) {
+      x->uc = NULL;
+      if (x->server) x->server->active--;
+      uconn_close(uc);
+    }
     x->state = GW_X_DONE;
   }
   if (x->state != GW_X_DONE && x->state != GW_X_IDLE) {

@@ -415,6 +415,9 @@ static void body_finished(gw_conn_t *c, gw_body_state_t state) {
  * connection closes behind the answers already queued. */
 static void close_after_eof(gw_conn_t *c) {
   if (!c->peer_eof) return;
+  /* Pipelined requests wait for the client to read its answers: on_write
+   * goes on with them, and comes back here after the last. */
+  if (c->output_paused && c->parsed < c->rbuf.len) return;
   if (c->state == GW_CONN_BODY && c->req) body_finished(c, GW_BODY_FAILED);
   else if (c->state == GW_CONN_IDLE || c->state == GW_CONN_HEAD || c->state == GW_CONN_DISCARD)
     close_gracefully(c);
@@ -556,6 +559,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
        * close_after_eof). A reset fails their writes and closes. */
       read_stop(c);
       c->peer_eof = 1;
+      return;
+    }
+    if (c->output_paused && c->parsed < c->rbuf.len) {
+      /* Requests it pipelined before its FIN still wait for it to read. */
+      c->peer_eof = 1;
+      read_stop(c);
       return;
     }
     if (c->writes_pending > 0) {

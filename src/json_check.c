@@ -36,6 +36,21 @@ static int hex(unsigned char ch) {
   return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
 }
 
+static unsigned hex_value(unsigned char ch) {
+  return ch <= '9' ? (unsigned)(ch - '0') : (unsigned)((ch | 0x20) - 'a' + 10);
+}
+
+/* The code unit of "\uXXXX" at s (6 bytes there), or -1 if it is not one. */
+static long unicode_escape(const unsigned char *s, size_t left) {
+  if (left < 6 || s[0] != '\\' || s[1] != 'u') return -1;
+  unsigned v = 0;
+  for (size_t k = 2; k < 6; k++) {
+    if (!hex(s[k])) return -1;
+    v = v * 16 + hex_value(s[k]);
+  }
+  return (long)v;
+}
+
 /* A string, the cursor on its opening quote: escapes as the RFC lists them,
  * no control byte, valid UTF-8. */
 static int string(cursor_t *c) {
@@ -51,10 +66,16 @@ static int string(cursor_t *c) {
       if (c->i + 1 >= c->n) return 0;
       unsigned char e = c->s[c->i + 1];
       if (e == 'u') {
-        if (c->i + 6 > c->n) return 0;
-        for (size_t k = 2; k < 6; k++)
-          if (!hex(c->s[c->i + k])) return 0;
+        /* A surrogate only as a pair, high then low: a lone one is no
+         * character, and strict parsers refuse the whole text (RFC 7493). */
+        long u = unicode_escape(c->s + c->i, c->n - c->i);
+        if (u < 0 || (u >= 0xDC00 && u <= 0xDFFF)) return 0;
         c->i += 6;
+        if (u >= 0xD800 && u <= 0xDBFF) {
+          long low = unicode_escape(c->s + c->i, c->n - c->i);
+          if (low < 0xDC00 || low > 0xDFFF) return 0;
+          c->i += 6;
+        }
       } else if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' || e == 'r' ||
                  e == 't') {
         c->i += 2;

@@ -122,13 +122,16 @@ static int parse_addr(const char *addr, gw_server_t *s, char *err, size_t errlen
     snprintf(err, errlen, "server %s: only http:// and https:// servers", addr);
     return GW_ECONFIG;
   }
-  const char *colon = strrchr(addr, ':');
+  /* "host[:port]/" at most: one trailing slash, no path. */
+  size_t alen = strlen(addr);
+  if (alen > 0 && addr[alen - 1] == '/') alen--;
+  const char *colon = memrchr(addr, ':', alen);
   const char *host = addr;
-  size_t hlen = colon ? (size_t)(colon - addr) : strlen(addr);
+  size_t hlen = colon ? (size_t)(colon - addr) : alen;
   if (colon) {
     char *end;
     long p = strtol(colon + 1, &end, 10);
-    if (*end != '\0' && strcmp(end, "/") != 0) p = 0; /* "host:port/" at most: no path */
+    if (end != addr + alen) p = 0;
     if (p < 1 || p > 65535) {
       snprintf(err, errlen, "server %s: bad port", addr);
       return GW_ECONFIG;

@@ -19,6 +19,7 @@ local cjson = require "cjson"
 
 local type, error, pairs, ipairs, tostring, tonumber, format = type, error, pairs, ipairs, tostring, tonumber, string.format
 local gsub, byte, sort, concat = string.gsub, string.byte, table.sort, table.concat
+local sub, match, find, upper = string.sub, string.match, string.find, string.upper
 
 local _M = {}
 
@@ -26,19 +27,28 @@ local _M = {}
 -- they stay literal there ("..%2F..%2Fadmin" must not become a traversal).
 local STRUCTURAL = { ["2F"] = true, ["5C"] = true, ["2E"] = true, ["00"] = true }
 
-local function keep_escape(h)
-  if #h == 2 and not STRUCTURAL[h:upper()] then return "%" .. h end
-  return "%25" .. h
-end
-
 -- Percent-encodes every byte but the unreserved ones. A "%XX" already in
 -- the value (route parameters are the client's raw path) stays as it is,
 -- where encoding it again sent "john%2520doe" for "john%20doe", unless it
 -- names a structural byte. A value of only dots (".", "..") would be a
 -- dot-segment at the upstream: its dots are sent as literal "%2E".
 local function escape(s)
-  s = gsub(tostring(s), "[^%w%-%._~%%]", function(c) return format("%%%02X", byte(c)) end)
-  s = gsub(s, "%%(%x?%x?)", keep_escape)
+  s = tostring(s)
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local c = sub(s, i, i)
+    local h = c == "%" and match(s, "^%x%x", i + 1)
+    if h and not STRUCTURAL[upper(h)] then
+      out[#out + 1] = "%" .. h -- the client's own escape
+      i = i + 3
+    else
+      -- A byte the upstream could misread ("%" included: a structural or a
+      -- broken escape stays literal), encoded here once.
+      out[#out + 1] = find(c, "^[%w%-%._~]$") and c or format("%%%02X", byte(c))
+      i = i + 1
+    end
+  end
+  s = concat(out)
   if s == "." or s == ".." then s = gsub(s, "%.", "%%252E") end
   return s
 end

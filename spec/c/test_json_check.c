@@ -61,6 +61,12 @@ TEST(broken_structures_are_refused) {
   CHECK_EQ(check("\"abc"), 4);
   CHECK_EQ(check("\"\\x\""), 1);
   CHECK_EQ(check("\"\\u12g4\""), 1);
+  /* Surrogates only as a high-low pair. */
+  CHECK_EQ(check("\"\\ud800\""), 7); /* where the low half should be */
+  CHECK_EQ(check("\"\\udc00\""), 1);
+  CHECK_EQ(check("\"\\ud83dx\""), 7);
+  CHECK_EQ(check("\"\\ud83d\\u0041\""), 7);
+  CHECK_EQ(check("\"\\uDBFF\\uDFFF\""), -1);
   CHECK_EQ(check("tru"), 0);
   CHECK_EQ(check("[1][2]"), 3);
   /* A NUL ends nothing: the length is what counts. */

@@ -171,6 +171,7 @@ gw.aggregate("/exact/:id", {
   echo = { upstream = o, path = "/e/{id}" },
 })
 gw.aggregate("/one/:id", { echo = { upstream = o, path = "/e/{id}" } })
+gw.aggregate("/files/*rest", { echo = { upstream = o, path = "/e/{rest}" } })
 gw.aggregate("/strict/:id", {
   doc = { upstream = o, path = "/doc?doc={id}", optional = true },
   echo = { upstream = o, path = "/e/x" },
@@ -201,6 +202,9 @@ def test_aggregate_passes_each_part_through_exactly():
                              ("..", "%252E%252E"), (".", "%252E")):
             st, h, body = http(g.port, "GET", "/one/" + raw_id)
             eq((st, json.loads(body)["echo"]["target"]), (200, "/e/" + want), "{id} = %s" % raw_id)
+        # A "/" of the client's path (a catch-all) is encoded once, by the gateway.
+        st, h, body = http(g.port, "GET", "/files/dir/name.txt")
+        eq((st, json.loads(body)["echo"]["target"]), (200, "/e/dir%2Fname.txt"), "a catch-all's /")
         # NaN, Infinity and hex numbers are not JSON: an optional part is left out.
         for doc in ('{"x": NaN}', "[Infinity]", "0x10", "{} trailing", '"a\x01b"', '"a\tb"', "1.", "[1,]"):
             st, h, body = http(g.port, "GET", "/strict/" + quote(doc, safe=""))

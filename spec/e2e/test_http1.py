@@ -623,3 +623,29 @@ gw.get("/big", function() return big end)
             total += len(d)
         assert total < 8 * 1024 * 1024, "a client that stalled got the whole answer"
         s.close()
+
+
+def test_a_half_close_while_answers_wait_loses_no_request():
+    # Pipelined requests held back for a client that does not read yet
+    # (over 256 KB of answers waiting) were dropped when its FIN came.
+    cfg = BASIC + '''
+local big = string.rep("x", 200000)
+gw.get("/slowbig/:n", function(req) gw.sleep(0.01) return big .. req.params.n end)
+gw.get("/fastbig/:n", function(req) return big .. req.params.n end)
+'''
+    with Gateway(cfg) as g:
+        for path in ("slowbig", "fastbig"):
+            s = socket.create_connection(("127.0.0.1", g.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            s.sendall(b"".join(req_bytes("GET", "/%s/%d" % (path, i)) for i in range(40)))
+            s.shutdown(socket.SHUT_WR)
+            time.sleep(0.5)
+            s.settimeout(5)
+            got = b""
+            while True:
+                d = s.recv(1 << 20)
+                if not d:
+                    break
+                got += d
+            s.close()
+            eq(got.count(b"HTTP/1.1 200 "), 40, "%s: every request sent before the FIN answered" % path)

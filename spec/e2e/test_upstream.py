@@ -649,7 +649,7 @@ def test_crlf_and_controls_never_reach_an_upstream_request():
 
 
 UNREACHABLE = HEAD + r'''
-local up = gw.upstream("bc", { servers = { "255.255.255.255:80" }, retries = 0 })
+local up = gw.upstream("bc", { servers = { "255.255.255.255:80" }, retries = 0, timeouts = { connect = 0.5 } })
 gw.get("/p", function(req) return up:proxy(req) end)
 gw.get("/g", function(req) local r, e = up:get("/x") if not r then return nil, e end return r end)
 gw.get("/s", function(req)
@@ -675,7 +675,9 @@ def test_a_connect_that_fails_at_once_answers():
         st, _, body = http(g.port, "GET", "/s", timeout=3)
         eq((st, body), (200, b"spawned nil connect failed"), "from a light thread")
         eq(http(g.port, "GET", "/left", timeout=3)[:3:2], (200, b"left"), "a thread left waiting")
-        time.sleep(0.3)
+        # Past timeouts.connect: the left thread's connection, still attached
+        # to its freed exchange, once fired its connect timer into it (ASan).
+        time.sleep(0.8)
         eq(worker_pids(g.pid), pids, "no worker died")
         assert "woke its own running task" not in g.stderr_text(), g.stderr_text()[-2000:]
 
