@@ -686,3 +686,18 @@ def check_error(resp, status):
         assert resp.headers["x-request-id"] == doc["request_id"], \
             "X-Request-Id %r != request_id %r" % (resp.headers["x-request-id"], doc["request_id"])
     return doc
+
+
+def accept_in_threads(srv, serve):
+    """Accepts on the listening socket `srv` in a daemon thread until it is
+    closed, running serve(conn) in a thread of its own for each connection."""
+    import threading
+
+    def accept():
+        while True:
+            try:
+                s, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(s,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from gwtest import Gateway, check_error, eq, free_port, raw, req_bytes, wait_for
+from gwtest import Gateway, accept_in_threads, check_error, eq, free_port, raw, req_bytes, wait_for
 
 
 class EchoUpgradeServer:
@@ -209,7 +209,6 @@ def test_a_client_reset_ends_its_tunnel():
     # its upstream connection until the upstream closed, which one waiting
     # for a close frame never does (two fds per vanished client).
     import struct
-    import threading
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
@@ -228,14 +227,7 @@ def test_a_client_reset_ends_its_tunnel():
             upstream_eofs.append(1)
         s.close()
 
-    def accept():
-        while True:
-            try:
-                s, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(s,), daemon=True).start()
-    threading.Thread(target=accept, daemon=True).start()
+    accept_in_threads(srv, serve)
     cfg = CONFIG.replace("@WS@", str(srv.getsockname()[1]))
     try:
         with Gateway(cfg) as g:

@@ -686,7 +686,7 @@ def _raw_origin(answer):
     """A server on 127.0.0.1 that reads a request head and sends `answer`,
     again for each request of a kept connection. Returns (port, close)."""
     import socket
-    import threading
+    from gwtest import accept_in_threads
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
@@ -707,14 +707,7 @@ def _raw_origin(answer):
         finally:
             s.close()
 
-    def accept():
-        while True:
-            try:
-                s, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(s,), daemon=True).start()
-    threading.Thread(target=accept, daemon=True).start()
+    accept_in_threads(srv, serve)
     return srv.getsockname()[1], srv.close
 
 
