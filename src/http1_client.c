@@ -122,6 +122,10 @@ static int on_headers_complete(llhttp_t *lp) {
    * headers say (RFC 9112 6.3): llhttp skips a body only when told. A 304's
    * Content-Length describes the representation, not bytes that follow. */
   if (status == 204 || status == 304) {
+    /* A 204 that announced a body may still send one (a chunked 0 after
+     * its head): such a connection is not reused, where those bytes would
+     * be read as the next answer. A 304's length is the representation's. */
+    if (p->chunked || (status == 204 && p->has_length && p->content_length > 0)) p->keep_alive = 0;
     p->chunked = 0;
     p->has_length = 0;
     p->content_length = 0;

@@ -682,9 +682,10 @@ def test_a_connect_that_fails_at_once_answers():
         assert "woke its own running task" not in g.stderr_text(), g.stderr_text()[-2000:]
 
 
-def _raw_origin(answer):
-    """A server on 127.0.0.1 that reads a request head and sends `answer`,
-    again for each request of a kept connection. Returns (port, close)."""
+def _raw_origin(answer, later=b""):
+    """A server on 127.0.0.1 that reads a request head and sends `answer`
+    (then `later`, 0.3 s after), again for each request of a kept
+    connection. Returns (port, close)."""
     import socket
     from gwtest import accept_in_threads
     srv = socket.socket()
@@ -702,6 +703,9 @@ def _raw_origin(answer):
                     buf += d
                 buf = buf[buf.index(b"\r\n\r\n") + 4:]
                 s.sendall(answer)
+                if later:
+                    time.sleep(0.3)
+                    s.sendall(later)
         except OSError:
             pass
         finally:
@@ -801,5 +805,17 @@ def test_a_transfer_coding_but_chunked_is_refused():
     try:
         with Gateway(NOT_MODIFIED.replace("@A@", str(port))) as g:
             eq(http(g.port, "GET", "/d", timeout=5)[:3:2], (200, b"hello"), "chunked alone, any case")
+    finally:
+        close()
+
+
+def test_a_204_that_announced_a_body_is_not_reused():
+    # Its chunked terminator, sent late, was read as the next answer on the
+    # reused connection (502).
+    port, close = _raw_origin(b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n", later=b"0\r\n\r\n")
+    try:
+        with Gateway(NOT_MODIFIED.replace("@A@", str(port))) as g:
+            for i in range(3):
+                eq(http(g.port, "GET", "/ug", timeout=5)[:3:2], (204, b""), "request %d" % i)
     finally:
         close()
