@@ -222,19 +222,21 @@ void gw_response_flush_head(gw_req_t *r, const uv_buf_t *more, unsigned n) {
   if (k) gw_conn_write(r->conn, bufs, k);
 }
 
-int gw_response_send(gw_req_t *r, const char *body, size_t len) {
+/* Finishes the head with `length` as its Content-Length (none if < 0, or
+ * for a status without a body) and writes it, then `len` bytes of body
+ * (none for HEAD: the head a GET would get, RFC 9110 9.3.2). */
+static int send_answer(gw_req_t *r, int64_t length, const char *body, size_t len) {
   if (r->resp_state != GW_RESP_NONE) return GW_ESTATE;
   if (!status_is_final(r, GW_FRAMING_LENGTH)) {
     refuse_interim_status(r);
     return 0;
   }
-  if (status_has_body(r->status)) {
-    finish_head(r, GW_FRAMING_LENGTH, len);
+  if (status_has_body(r->status) && length >= 0) {
+    finish_head(r, GW_FRAMING_LENGTH, (uint64_t)length);
   } else {
     finish_head(r, GW_FRAMING_NONE, 0);
     len = 0;
   }
-  /* HEAD gets the head a GET would get, without the body (RFC 9110 9.3.2). */
   if (r->method == HTTP_HEAD) len = 0;
   gw_buf_t *b = &r->resp_head;
   uv_buf_t bufs[2] = {uv_buf_init(b->base, (unsigned)b->len), uv_buf_init((char *)body, (unsigned)len)};
@@ -243,20 +245,11 @@ int gw_response_send(gw_req_t *r, const char *body, size_t len) {
   return 0;
 }
 
-int gw_response_send_head_of(gw_req_t *r, int64_t length) {
-  if (r->resp_state != GW_RESP_NONE) return GW_ESTATE;
-  if (!status_is_final(r, GW_FRAMING_LENGTH)) {
-    refuse_interim_status(r);
-    return 0;
-  }
-  if (status_has_body(r->status) && length >= 0) finish_head(r, GW_FRAMING_LENGTH, (uint64_t)length);
-  else finish_head(r, GW_FRAMING_NONE, 0);
-  gw_buf_t *b = &r->resp_head;
-  uv_buf_t buf = uv_buf_init(b->base, (unsigned)b->len);
-  r->resp_bytes = b->len;
-  gw_conn_write(r->conn, &buf, 1);
-  return 0;
+int gw_response_send(gw_req_t *r, const char *body, size_t len) {
+  return send_answer(r, (int64_t)len, body, len);
 }
+
+int gw_response_send_head_of(gw_req_t *r, int64_t length) { return send_answer(r, length, NULL, 0); }
 
 const char *gw_response_header_lines(gw_req_t *r, const char *lines, size_t llen) {
   const char *q = lines, *end = lines + llen;
