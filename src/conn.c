@@ -409,6 +409,10 @@ static void body_finished(gw_conn_t *c, gw_body_state_t state) {
   conn_unref(c);
 }
 
+/* Pipelined requests wait, unparsed, for the client to take its answers
+ * (parse_loop paused them): on_write goes on with them. */
+static int requests_held(const gw_conn_t *c) { return c->output_paused && c->parsed < c->rbuf.len; }
+
 /* After the peer's EOF, once the buffered bytes are parsed, nothing more
  * comes: a body being read fails (its handler answers), and otherwise what
  * is left (part of a head or of an unread body) can never complete, so the
@@ -417,7 +421,7 @@ static void close_after_eof(gw_conn_t *c) {
   if (!c->peer_eof) return;
   /* Pipelined requests wait for the client to read its answers: on_write
    * goes on with them, and comes back here after the last. */
-  if (c->output_paused && c->parsed < c->rbuf.len) return;
+  if (requests_held(c)) return;
   if (c->state == GW_CONN_BODY && c->req) body_finished(c, GW_BODY_FAILED);
   else if (c->state == GW_CONN_IDLE || c->state == GW_CONN_HEAD || c->state == GW_CONN_DISCARD)
     close_gracefully(c);
@@ -561,7 +565,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
       c->peer_eof = 1;
       return;
     }
-    if (c->output_paused && c->parsed < c->rbuf.len) {
+    if (requests_held(c)) {
       /* Requests it pipelined before its FIN still wait for it to read. */
       c->peer_eof = 1;
       read_stop(c);
