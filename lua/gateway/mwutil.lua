@@ -1,6 +1,7 @@
 -- gateway.mwutil: what the built-in middleware (lua/gateway/mw/*.lua) share:
 -- option checking at configuration time, 401 answers with their challenge,
--- and case-insensitive edits of a response's headers table.
+-- case-insensitive edits of a response's headers table, and the checked
+-- "name: value\r\n" header blocks that upstream.lua and the cache build.
 --
 -- Option checkers return nil and a message rather than raising, so that
 -- each middleware factory raises once, with error(msg, 2), at the line of
@@ -11,7 +12,7 @@
 -- helpers here find every spelling of a name, so a header is never sent
 -- twice under two spellings.
 local type, pairs, ipairs, tostring, next = type, pairs, ipairs, tostring, next
-local lower, find, gsub, format = string.lower, string.find, string.gsub, string.format
+local lower, find, gsub, format, gmatch = string.lower, string.find, string.gsub, string.format, string.gmatch
 local concat = table.concat
 
 local _M = {}
@@ -26,6 +27,51 @@ end
 -- A header value a script may send: no CR, LF or NUL.
 function _M.is_header_value(s)
   return type(s) == "string" and not find(s, "[\r\n%z]")
+end
+
+-- "name: value\r\n" for a header block, or nil when the name is not an
+-- HTTP token or the value holds CR, LF or NUL. Every block made here goes to
+-- C as one string that C splits on CRLF again, so a CRLF inside a value
+-- would otherwise come out as a header line of the script's caller's
+-- choosing (header injection, response splitting).
+function _M.header_line(name, value)
+  value = tostring(value)
+  if not (_M.is_token(name) and _M.is_header_value(value)) then return nil end
+  return name .. ": " .. value .. "\r\n"
+end
+
+-- Appends the lines of `headers` (name -> value or list of values) to out
+-- from out[n + 1]; returns the new n, or nil and the first invalid name.
+function _M.header_lines(headers, out, n)
+  if headers then
+    for k, v in pairs(headers) do
+      if type(v) == "table" then
+        for _, x in ipairs(v) do
+          local line = _M.header_line(k, x)
+          if not line then return nil, k end
+          n = n + 1
+          out[n] = line
+        end
+      else
+        local line = _M.header_line(k, v)
+        if not line then return nil, k end
+        n = n + 1
+        out[n] = line
+      end
+    end
+  end
+  return n
+end
+
+-- The names a Connection header's value lists (lower-cased, as a set; empty
+-- unless `value` is a string): they are hop-by-hop headers of that one hop
+-- (RFC 9110 7.6.1).
+function _M.connection_names(value)
+  local named = {}
+  if type(value) == "string" then
+    for tok in gmatch(value, "[^%s,]+") do named[lower(tok)] = true end
+  end
+  return named
 end
 
 -- Raises nothing: returns nil, "who: unknown option 'x'" for a key of opts

@@ -13,7 +13,7 @@ local base = require "gateway.base"
 local sched = require "gateway.sched"
 local cjson = require "cjson.safe"
 local mwutil = require "gateway.mwutil"
-local is_token, is_header_value = mwutil.is_token, mwutil.is_header_value
+local header_line, header_lines = mwutil.header_line, mwutil.header_lines
 
 local ffi, C = base.ffi, base.C
 local ffi_string = ffi.string
@@ -117,17 +117,6 @@ function Response:json()
   local v, err = cjson.decode(body)
   if v == nil then return nil, "invalid JSON: " .. tostring(err) end
   return v
-end
-
--- "name: value\r\n" for a header block, or nil when the name is not an
--- HTTP token or the value holds CR, LF or NUL. Every block made here goes to
--- C as one string that C splits on CRLF again, so a CRLF inside a value
--- would otherwise come out as a header line of the script's caller's
--- choosing (header injection, response splitting).
-local function header_line(name, value)
-  value = tostring(value)
-  if not (is_token(name) and is_header_value(value)) then return nil end
-  return name .. ": " .. value .. "\r\n"
 end
 
 local function bad_response_header(name, level)
@@ -418,28 +407,6 @@ local function encode_query(q)
 end
 _M.encode_query = encode_query
 
--- Appends the lines of `headers` (name -> value or list of values) to out
--- from out[n + 1]; returns the new n, or nil and the first invalid name.
-local function header_lines(headers, out, n)
-  if headers then
-    for k, v in pairs(headers) do
-      if type(v) == "table" then
-        for _, x in ipairs(v) do
-          local line = header_line(k, x)
-          if not line then return nil, k end
-          n = n + 1
-          out[n] = line
-        end
-      else
-        local line = header_line(k, v)
-        if not line then return nil, k end
-        n = n + 1
-        out[n] = line
-      end
-    end
-  end
-  return n
-end
 
 local function target_of(path, query)
   if type(path) ~= "string" or byte(path, 1) ~= 47 then
@@ -704,16 +671,11 @@ local HOP = { connection = true, ["keep-alive"] = true, te = true, trailer = tru
 -- A copy of `headers` without hop-by-hop headers (and those the upstream
 -- named in its Connection header) and without Date.
 function _M.end_to_end(headers)
-  local named
-  local conn = headers.connection
-  if type(conn) == "string" then
-    named = {}
-    for tok in conn:gmatch("[^%s,]+") do named[lower(tok)] = true end
-  end
+  local named = mwutil.connection_names(headers.connection)
   local out = {}
   for k, v in pairs(headers) do
     local lk = lower(k)
-    if not HOP[lk] and not (named and named[lk]) then out[k] = v end
+    if not HOP[lk] and not named[lk] then out[k] = v end
   end
   return out
 end

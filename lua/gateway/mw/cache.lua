@@ -167,25 +167,16 @@ end
 -- stored it would come back split into lines of its own making.
 local function serialize(status, headers, body, now)
   -- The names the answer's Connection header lists are hop-by-hop too.
-  local named = {}
   local conn = util.header_get(headers, "connection")
   if type(conn) == "table" then conn = concat(conn, ",") end
-  if type(conn) == "string" then
-    for tok in gmatch(conn, "[^%s,]+") do named[lower(tok)] = true end
-  end
-  local lines, n = {}, 0
+  local named = util.connection_names(conn)
+  local kept = {}
   for k, v in pairs(headers) do
-    if type(k) == "string" and not SKIP[lower(k)] and not named[lower(k)] then
-      if not util.is_token(k) then return nil end
-      local list = type(v) == "table" and v or { v }
-      for i = 1, #list do
-        local value = tostring(list[i])
-        if not util.is_header_value(value) then return nil end
-        n = n + 1
-        lines[n] = k .. ": " .. value .. "\r\n"
-      end
-    end
+    if type(k) == "string" and not SKIP[lower(k)] and not named[lower(k)] then kept[k] = v end
   end
+  local lines = {}
+  local n = util.header_lines(kept, lines, 0)
+  if not n then return nil end
   local hb = concat(lines, "", 1, n)
   return format("%d %.3f %d\n", status, now, #hb) .. hb .. body
 end
