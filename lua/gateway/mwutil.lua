@@ -40,6 +40,14 @@ function _M.header_line(name, value)
   return name .. ": " .. value .. "\r\n"
 end
 
+-- out[n + 1] = the line of name k, value x; returns n + 1, or nil.
+local function append_line(out, n, k, x)
+  local line = _M.header_line(k, x)
+  if not line then return nil end
+  out[n + 1] = line
+  return n + 1
+end
+
 -- Appends the lines of `headers` (name -> value or list of values) to out
 -- from out[n + 1]; returns the new n, or nil and the first invalid name.
 function _M.header_lines(headers, out, n)
@@ -47,16 +55,12 @@ function _M.header_lines(headers, out, n)
     for k, v in pairs(headers) do
       if type(v) == "table" then
         for _, x in ipairs(v) do
-          local line = _M.header_line(k, x)
-          if not line then return nil, k end
-          n = n + 1
-          out[n] = line
+          n = append_line(out, n, k, x)
+          if not n then return nil, k end
         end
       else
-        local line = _M.header_line(k, v)
-        if not line then return nil, k end
-        n = n + 1
-        out[n] = line
+        n = append_line(out, n, k, v)
+        if not n then return nil, k end
       end
     end
   end
