@@ -10,6 +10,7 @@
 -- Errors: using a req after its request finished raises
 -- "request already finished".
 local base = require "gateway.base"
+local router = require "gateway.router"
 local sched = require "gateway.sched"
 local cjson = require "cjson.safe"
 
@@ -185,8 +186,34 @@ function getters.ctx(req)
   return t
 end
 
+-- params and route come from the route record routing found (runtime.lua
+-- keeps it in _rt), on first read: most handlers never read their params,
+-- and a table made per request costs its allocation and its sweep. They
+-- are cut from the path as it came (C keeps it: a script may have set
+-- req.path since), or, once the request has finished, from req.path. {}
+-- when no route matched; router.EMPTY (read-only) for a route without
+-- parameters.
+function getters.route(req)
+  local rt = rawget(req, "_rt")
+  if rt then return rt.data.pattern end
+  return nil
+end
+
 function getters.params(req)
-  local t = {}
+  local rt = rawget(req, "_rt")
+  local t
+  if rt then
+    local path
+    local h = base.head
+    if C.gw_ffi_req_head(req._r, req._s, h) == OK then
+      path = ffi_string(h.uri, h.path_len)
+    else
+      path = rawget(req, "path")
+    end
+    t = router.params_of(rt, path)
+  else
+    t = {}
+  end
   rawset(req, "params", t)
   return t
 end
@@ -275,14 +302,15 @@ function _M.new(r_addr, serial, method, path)
     r = cast(req_ptr, r_addr)
     ptr_cache[r_addr] = r
   end
-  -- params and route are named (nil) so that the table's template has their
-  -- slots: setting them after routing then needs no rehash.
+  -- params and _rt (the route record, for req.params and req.route) are
+  -- named (nil) so that the table's template has their slots: setting them
+  -- later needs no rehash (a table grows its hash part past 8 keys).
   -- Here and in other hot functions, a builtin's result is returned through
   -- a local: LuaJIT cannot compile `return builtin(...)` (a tail call of a
   -- builtin with side effects) when it returns to a frame below the trace's
   -- start ("NYI: return to lower frame"); the trace would stop there.
   local req = setmetatable({ _r = r, _s = serial, method = method, path = path,
-                             params = nil, route = nil }, Req)
+                             params = nil, _rt = nil }, Req)
   return req
 end
 

@@ -415,7 +415,7 @@ function Router:add(methods, pattern, host, data)
         end
     end
     local rt = { data = data, pattern = pattern, pnames = {}, pidx = {},
-                 cname = nil, cidx = nil }
+                 cname = nil, cidx = nil, depth = 0 }
     node = tree
     for k = 1, #segs do
         local s = segs[k]
@@ -433,6 +433,7 @@ function Router:add(methods, pattern, host, data)
             end
             rt.pnames[#rt.pnames + 1] = s.value
             rt.pidx[#rt.pidx + 1] = k
+            rt.depth = k
         else
             child = node.catch
             if not child then
@@ -440,7 +441,7 @@ function Router:add(methods, pattern, host, data)
                 child.handlers = {}   -- catch leaves always have a handler map
                 node.catch, node.cname = child, s.value
             end
-            rt.cname, rt.cidx = s.value, k
+            rt.cname, rt.cidx, rt.depth = s.value, k, k
         end
         node = child
     end
@@ -451,10 +452,11 @@ function Router:add(methods, pattern, host, data)
     return self
 end
 
---- Finds the route for a request.
--- Returns data, params, pattern on success; nil, 404 when no route matches
--- the path; nil, 405, allow when the path matches under other methods only.
-function Router:match(method, host, path)
+--- Finds the route record for a request: the record (fields data, pattern)
+-- on success; nil, 404 when no route matches the path; nil, 405, allow when
+-- the path matches under other methods only. The params are not built:
+-- _M.params_of makes them when someone asks (req.params).
+function Router:find(method, host, path)
     if type(path) ~= "string" or byte(path, 1) ~= SLASH then
         return nil, 404
     end
@@ -466,7 +468,7 @@ function Router:match(method, host, path)
         local t = self.hosts[host]
         if t then
             rt, h = search(t, path, 2, plen, 1, method)
-            if rt then return rt.data, build_params(rt, path), rt.pattern end
+            if rt then return rt end
             if h then hit = true end
         end
         if self.nwild > 0 then
@@ -477,9 +479,7 @@ function Router:match(method, host, path)
                 t = self.wild[sub(host, p)]
                 if t then
                     rt, h = search(t, path, 2, plen, 1, method)
-                    if rt then
-                        return rt.data, build_params(rt, path), rt.pattern
-                    end
+                    if rt then return rt end
                     if h then hit = true end
                 end
                 p = find(host, ".", p + 1, true)
@@ -489,12 +489,39 @@ function Router:match(method, host, path)
         host = nil
     end
     rt, h = search(self.default, path, 2, plen, 1, method)
-    if rt then return rt.data, build_params(rt, path), rt.pattern end
+    if rt then return rt end
     if h or hit then
         -- Rare: only now is the whole path split, for collect().
         return nil, 405, allow_header(self, host, split(path, self.maxdepth))
     end
     return nil, 404
+end
+
+--- Finds the route for a request.
+-- Returns data, params, pattern on success; nil, 404 when no route matches
+-- the path; nil, 405, allow when the path matches under other methods only.
+function Router:match(method, host, path)
+    local rt, status, allow = self:find(method, host, path)
+    if not rt then return nil, status, allow end
+    return rt.data, build_params(rt, path), rt.pattern
+end
+
+--- The params of `rt`, a record Router:find returned for `path`: the
+-- segments are cut again, depth by depth as search cut them (a parameter
+-- takes one whole segment, a catch-all the rest from its segment's start),
+-- so they are the ones the match saw. EMPTY for a route without any.
+function _M.params_of(rt, path)
+    local depth = rt.depth
+    if depth == 0 then return EMPTY end
+    local pos, plen = 2, #path
+    for d = 1, depth do
+        local j = find(path, "/", pos, true)
+        local nextpos = j and j + 1 or plen + 2
+        SEG[d] = sub(path, pos, nextpos - 2)
+        START[d] = pos
+        pos = nextpos
+    end
+    return build_params(rt, path)
 end
 
 return _M

@@ -460,11 +460,13 @@ end
 -- Returns nothing when the answer went out through the FFI, or
 -- (status, content type, body) for request_entry to yield to C.
 local function dispatch(req)
-  local route, params, allow = router:match(req.method, state.host_routes and req.host or nil, req.path)
+  local rt, status, allow = router:find(req.method, state.host_routes and req.host or nil, req.path)
   local res
-  if route then
-    rawset(req, "params", params)
-    rawset(req, "route", route.pattern)
+  if rt then
+    local route = rt.data
+    -- req.route and req.params come from it when a script reads them
+    -- (request.lua): most handlers never read their params.
+    rawset(req, "_rt", rt)
     if route.bare and no_middleware then
       -- No middleware can look at the answer: a string goes out as it is,
       -- and a `return UP:proxy(req)` handler is run by C (upstream.lua).
@@ -477,9 +479,20 @@ local function dispatch(req)
     end
     res = run_step(req, build_chain(req, route), 1)
   else
-    res = run_step(req, build_chain(req, nil, params == 405 and allow or nil), 1)
+    res = run_step(req, build_chain(req, nil, status == 405 and allow or nil), 1)
   end
   return send(req, res)
+end
+
+-- The pattern C labels the request's metrics and log line with: the
+-- matched route's, unless a script set req.route itself.
+local function route_of(req)
+  local route = rawget(req, "route")
+  if route == nil then
+    local rt = rawget(req, "_rt")
+    if rt then route = rt.data.pattern end
+  end
+  return route
 end
 
 -- The requests a coroutine serves, one after another, inside one protected
@@ -497,7 +510,7 @@ local function serve(box, task_addr, task_serial, req_addr, req_serial, method, 
     box.req = req
     sched.set_request(req)
     local status, ctype, body = dispatch(req)
-    local route = rawget(req, "route")
+    local route = route_of(req)
     sched.finish()
     task_addr, task_serial, req_addr, req_serial, method, path = yield(DONE, route, status, ctype, body)
   end
@@ -516,7 +529,7 @@ function _M.request_entry(...)
     local route
     if req then
       if C.gw_ffi_resp_sent(req._r, req._s) == 0 then finish_error(req, e) end
-      route = rawget(req, "route")
+      route = route_of(req)
     else
       log_error("request failed before it began: " .. tostring(e.trace or e.message))
     end

@@ -135,3 +135,20 @@ def test_access_log_fields_cannot_be_forged():
         eq(entries[2]["request_id"], SCRIPT_ID, "a script's id, logged as one string")
         for e in entries[:2]:
             assert re.fullmatch(r"[0-9a-f]{32}", e["request_id"]), e
+
+
+def test_route_field_is_the_pattern_or_what_a_script_set():
+    # req.route is read from routing when asked; a script may set its own,
+    # which then labels the log line (and the metrics) instead.
+    cfg = ('local gw = require "gateway"\n'
+           'gw.config { listen = { "127.0.0.1:$PORT" }, access_log = "stdout" }\n'
+           'gw.get("/users/:id", function(req) return req.route end)\n'
+           'gw.get("/named/:id", function(req) req.route = "custom" return req.route end)\n')
+    with Gateway(cfg) as g:
+        eq(g.get("/users/7")[2], b"/users/:id", "req.route read by the handler")
+        eq(g.get("/named/7")[2], b"custom", "req.route set by the handler")
+        g.get("/nowhere")
+        entries = _entries("\n".join(g.wait_stdout_lines(3)))
+        eq(_find(entries, "/users/7").get("route"), "/users/:id", "logged route")
+        eq(_find(entries, "/named/7").get("route"), "custom", "logged route set by the script")
+        eq(_find(entries, "/nowhere").get("route"), "", "no route")

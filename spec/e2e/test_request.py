@@ -1,6 +1,7 @@
 """The request object: fields, query, headers, params, ctx, body and json."""
 
 import json
+import time
 
 from gwtest import PRELUDE, Conn, Gateway, eq, req_bytes
 
@@ -137,3 +138,79 @@ def test_header_keys_that_are_not_strings():
     with Gateway(NON_STRING_HEADER_KEYS) as g:
         st, _, body = g.get("/hkeys", {"X-Probe": "still"})
         eq((st, json.loads(body)), (200, {"absent": True, "raised": True, "after": "still"}), "answer")
+
+
+PARAMS = PRELUDE + r'''
+local cjson = require "cjson"
+local late = {}
+gw.use(function(req, next)
+  -- A middleware that rewrites the path before anything read the params.
+  local to = req.headers["x-rewrite"]
+  if to then req.path = to end
+  if req.headers["x-params-in-mw"] then
+    local p = req.params
+    p.seen_by_mw = "yes"  -- {} for no route: a table of the request's own
+  end
+  return next()
+end)
+gw.route("*", "/p/:a/:b/*rest", function(req)
+  return { json = { params = req.params, path = req.path, route = req.route } }
+end)
+gw.get("/later/:id/*rest", function(req)
+  -- Read only after the request has finished, from a timer.
+  gw.timer.after(0.01, function() late[#late + 1] = req.params end)
+  return "ok"
+end)
+gw.get("/late", function()
+  local p = table.remove(late, 1)
+  return { json = { params = p or "none" } }
+end)
+gw.get("/plain", function(req)
+  local ok = pcall(function() req.params.x = 1 end)
+  return { json = { n = next(req.params) == nil, writable = ok } }
+end)
+'''
+
+
+def test_params_are_those_the_request_was_routed_by():
+    # req.params is built when a script first reads it, from the path as
+    # the request came and the route routing found.
+    with Gateway(PARAMS) as g:
+        def params(path, headers=None):
+            st, _, body = g.http("GET", path, headers or {})
+            eq(st, 200, "status of %s" % path)
+            return json.loads(body)
+        d = params("/p/x/y/z/w")
+        eq(d["params"], {"a": "x", "b": "y", "rest": "z/w"}, "params")
+        eq(d["route"], "/p/:a/:b/*rest", "route")
+        eq(params("/p/%41/y/")["params"], {"a": "%41", "b": "y", "rest": ""},
+           "escapes kept, empty catch-all")
+        eq(params("/p/x/y//a/")["params"], {"a": "x", "b": "y", "rest": "/a/"},
+           "catch-all with empty segments")
+        # A middleware that set req.path before the handler read the params:
+        # they stay those of the path the route was found by.
+        d = params("/p/x/y/z", {"X-Rewrite": "/other/1/2/3"})
+        eq(d["path"], "/other/1/2/3", "path rewritten")
+        eq(d["params"], {"a": "x", "b": "y", "rest": "z"}, "params of the routed path")
+        # Read first in the middleware (before the route's handler ran).
+        eq(params("/p/1/2/3", {"X-Params-In-Mw": "1"})["params"],
+           {"a": "1", "b": "2", "rest": "3", "seen_by_mw": "yes"}, "read in a middleware")
+        # An absolute-form target is routed by its path.
+        with Conn(g.port) as c:
+            c.send(b"GET http://example.com/p/u/v/w?q=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            r = c.read_response()
+            eq(r.status, 200, "absolute-form status")
+            eq(json.loads(r.body)["params"], {"a": "u", "b": "v", "rest": "w"}, "absolute-form params")
+        # After the request finished (a timer holding the req).
+        eq(g.get("/later/42/a/b")[0], 200, "later")
+        for _ in range(100):
+            d = params("/late")
+            if d["params"] != "none":
+                break
+            time.sleep(0.01)
+        eq(d["params"], {"id": "42", "rest": "a/b"}, "params read after the request finished")
+        # No parameters: an empty table that cannot be written.
+        eq(params("/plain"), {"n": True, "writable": False}, "route without parameters")
+        # No route: an empty table of the request's own.
+        st, _, _ = g.http("GET", "/nothing/here", {"X-Params-In-Mw": "1"})
+        eq(st, 404, "no route")

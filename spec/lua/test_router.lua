@@ -1,6 +1,7 @@
 -- Unit tests for lua/gateway/router.lua
 -- Run: cd /work/main && luajit spec/lua/test_router.lua
 package.path = "lua/?.lua;" .. package.path
+local router = require "gateway.router"
 
 local passed, failed = 0, 0
 
@@ -44,6 +45,15 @@ local function expect(r, method, host, path, data, params, pattern)
     eq(d, data, label .. " data")
     if params then same_params(p, params, label) end
     if pattern then eq(pat, pattern, label .. " pattern") end
+    -- The lazy path req.params takes: find, and params_of later, after
+    -- another match has reused the router's scratch buffers.
+    local rt = r:find(method, host, path)
+    eq(rt and rt.data, data, label .. " find data")
+    if rt and pattern then eq(rt.pattern, pattern, label .. " find pattern") end
+    if rt and params then
+        r:match("GET", nil, "/other/scratch/segments/than/this/one/x/y/z")
+        same_params(router.params_of(rt, path), params, label .. " params_of")
+    end
 end
 
 local function expect404(r, method, host, path)
@@ -79,7 +89,6 @@ end
 -- No globals may be created by loading the module.
 local before = {}
 for k in pairs(_G) do before[k] = true end
-local router = require "gateway.router"
 for k in pairs(_G) do
     check(before[k], "module created global " .. tostring(k))
 end
