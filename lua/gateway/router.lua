@@ -25,9 +25,10 @@
 --     route record stores are exactly those of the tree position it sits at.
 --   * add() validates everything before it mutates anything: a failed add()
 --     leaves the router unchanged.
---   * match() never calls user code and never yields, so the module-level
---     scratch buffers used to split the path (SEG/START) cannot be observed in
---     an inconsistent state, even when routers are used from coroutines.
+--   * match(), find() and params_of() never call user code and never yield,
+--     so the module-level scratch buffers used to split the path (SEG/START,
+--     filled by params_of and split) cannot be observed in an inconsistent
+--     state, even when routers are used from coroutines.
 --   * Values are never url-decoded and paths are never normalised: "/a" and
 --     "/a/" are different paths, "//" contains an empty segment.
 
@@ -49,7 +50,7 @@ local EMPTY = setmetatable({}, {
 })
 _M.EMPTY = EMPTY
 
--- Scratch buffers for the current match: SEG[i] is the i-th path segment,
+-- Scratch buffers, filled by params_of and split: SEG[i] is the i-th path segment,
 -- START[i] the byte offset where it starts in the path (used by catch-alls).
 -- Entries beyond the current segment count are stale and never read.
 local SEG, START = {}, {}
@@ -193,15 +194,14 @@ local function split(path, limit)
 end
 
 -- Depth-first search with backtracking: static child, then parameter child,
--- then catch-all. Segments are cut from the path as the search descends
+-- then catch-all. Segments are found in the path as the search descends
 -- (no split loop: the request path stays loop-free for the JIT's sake):
--- `pos` is where the segment of depth `d` starts, `plen` the path length;
--- pos == plen + 2 means every segment is consumed. SEG/START record the
--- segments of the current branch for build_params. Returns the route record
+-- `pos` is where the next segment starts, `plen` the path length;
+-- pos == plen + 2 means every segment is consumed. Returns the route record
 -- for the first leaf (in priority order) that accepts `method`; otherwise
 -- nil, hit where hit is true when some leaf matched the path under other
 -- methods.
-local function search(node, path, pos, plen, d, method)
+local function search(node, path, pos, plen, method)
     if pos > plen + 1 then
         local h = node.handlers
         if h then
@@ -221,27 +221,24 @@ local function search(node, path, pos, plen, d, method)
     if not (st or child or catch) then return nil, false end
     local j = find(path, "/", pos, true)
     local nextpos = j and j + 1 or plen + 2
-    local seg = sub(path, pos, nextpos - 2)
-    SEG[d] = seg
-    START[d] = pos
     local hit = false
+    -- The segment is made a string only for a static lookup: a parameter's
+    -- value is cut when someone asks for it (params_of).
     if st then
-        local c = st[seg]
+        local c = st[sub(path, pos, nextpos - 2)]
         if c then
-            local rt, h = search(c, path, nextpos, plen, d + 1, method)
+            local rt, h = search(c, path, nextpos, plen, method)
             if rt then return rt end
             if h then hit = true end
         end
     end
-    if child and seg ~= "" then
-        SEG[d] = seg -- a failed static branch may have overwritten deeper slots only
-        local rt, h = search(child, path, nextpos, plen, d + 1, method)
+    if child and nextpos - 2 >= pos then -- a parameter takes a non-empty segment
+        local rt, h = search(child, path, nextpos, plen, method)
         if rt then return rt end
         if h then hit = true end
     end
     if catch then
         -- A catch-all leaf consumes every remaining segment (possibly "").
-        START[d] = pos
         local hd = catch.handlers
         local rt = hd[method]
         if not rt and method == "HEAD" then rt = hd.GET end
@@ -467,7 +464,7 @@ function Router:find(method, host, path)
         host = normalize_host(host)
         local t = self.hosts[host]
         if t then
-            rt, h = search(t, path, 2, plen, 1, method)
+            rt, h = search(t, path, 2, plen, method)
             if rt then return rt end
             if h then hit = true end
         end
@@ -478,7 +475,7 @@ function Router:find(method, host, path)
             while p do
                 t = self.wild[sub(host, p)]
                 if t then
-                    rt, h = search(t, path, 2, plen, 1, method)
+                    rt, h = search(t, path, 2, plen, method)
                     if rt then return rt end
                     if h then hit = true end
                 end
@@ -488,7 +485,7 @@ function Router:find(method, host, path)
     else
         host = nil
     end
-    rt, h = search(self.default, path, 2, plen, 1, method)
+    rt, h = search(self.default, path, 2, plen, method)
     if rt then return rt end
     if h or hit then
         -- Rare: only now is the whole path split, for collect().
@@ -503,7 +500,7 @@ end
 function Router:match(method, host, path)
     local rt, status, allow = self:find(method, host, path)
     if not rt then return nil, status, allow end
-    return rt.data, build_params(rt, path), rt.pattern
+    return rt.data, _M.params_of(rt, path), rt.pattern
 end
 
 --- The params of `rt`, a record Router:find returned for `path`: the
