@@ -357,7 +357,7 @@ static void dispatch(gw_conn_t *c) {
     return;
   }
   const char *method = llhttp_method_name((llhttp_method_t)r->method);
-  gw_task_t *t = gw_task_start_request(w->vm, &request_task_ops, c, r, r->serial, method,
+  gw_task_t *t = gw_task_start_request(w->vm, &request_task_ops, c, r, r->serial, r->method, method,
                                        c->rbuf.base + r->url_off, r->path_len);
   if (!t->finished) {
     /* The handler waits. Reading stays on (stopping and restarting it costs

@@ -537,8 +537,22 @@ static void task_resume(gw_task_t *t, int nargs) {
   if (ops->leave) ops->leave(owner);
 }
 
+/* Pushes the method name onto `co`, from the registry after its first use. */
+static void push_method(gw_vm_t *vm, lua_State *co, int method_id, const char *method) {
+  if (method_id < 0 || method_id >= GW_VM_METHOD_REFS) {
+    lua_pushstring(co, method);
+    return;
+  }
+  if (vm->method_ref[method_id] == 0) {
+    lua_pushstring(vm->L, method);
+    vm->method_ref[method_id] = luaL_ref(vm->L, LUA_REGISTRYINDEX);
+  }
+  lua_rawgeti(co, LUA_REGISTRYINDEX, vm->method_ref[method_id]);
+}
+
 gw_task_t *gw_task_start_request(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner, void *req,
-                                 uint32_t req_serial, const char *method, const char *path, size_t path_len) {
+                                 uint32_t req_serial, int method_id, const char *method, const char *path,
+                                 size_t path_len) {
   gw_task_t *t = task_new(vm, ops, owner);
   t->entry_ref = vm->request_entry_ref;
   t->co = checkout_coroutine(vm, t->entry_ref, &t->co_ref);
@@ -550,7 +564,7 @@ gw_task_t *gw_task_start_request(gw_vm_t *vm, const gw_task_owner_t *ops, void *
   lua_pushnumber(t->co, req_serial);
   /* What routing needs is pushed here: cheaper than FFI calls from the
    * (interpreted) entry. */
-  lua_pushstring(t->co, method);
+  push_method(vm, t->co, method_id, method);
   lua_pushlstring(t->co, path, path_len);
   task_resume(t, 6);
   return t;

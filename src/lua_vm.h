@@ -29,6 +29,8 @@ typedef struct gw_waiter_s gw_waiter_t;
 
 typedef enum { GW_VM_CHECK = 0, GW_VM_MASTER, GW_VM_WORKER } gw_vm_mode_t;
 
+#define GW_VM_METHOD_REFS 64 /* above every llhttp method number */
+
 /* Refcounted; made by gw_vm_load, closed when its last reference goes.
  * Every live generation of the process is on one list (gw_vm_live_*). */
 typedef struct gw_vm_s {
@@ -38,9 +40,13 @@ typedef struct gw_vm_s {
   uint8_t retired;       /* a newer generation replaced it: no new timers */
   int request_entry_ref; /* registry ref: runtime.request_entry */
   int timer_entry_ref;   /* registry ref: runtime.timer_entry */
-  struct gw_co_pool_s {  /* coroutines parked after DONE, for reuse */
-    lua_State *co[64];   /* a stack */
-    int ref[64];         /* their registry refs, which keep them alive */
+  /* Registry refs of the method names requests came with, by llhttp method
+   * number (0: not made yet): pushing a kept string costs an array read,
+   * pushing a C string its hash and an intern lookup, on every request. */
+  int method_ref[GW_VM_METHOD_REFS];
+  struct gw_co_pool_s { /* coroutines parked after DONE, for reuse */
+    lua_State *co[64];  /* a stack */
+    int ref[64];        /* their registry refs, which keep them alive */
     int n;
   } request_pool, timer_pool;
   int start_ref;               /* registry ref: runtime.start */
@@ -123,9 +129,11 @@ struct gw_waiter_s {
 };
 
 /* Starts `vm`'s request entry in a new task with the given handles.
+ * `method_id` is the method's llhttp number, `method` its name.
  * Returns the task (possibly already finished: `done` was called). */
 gw_task_t *gw_task_start_request(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner, void *req,
-                                 uint32_t req_serial, const char *method, const char *path, size_t path_len);
+                                 uint32_t req_serial, int method_id, const char *method, const char *path,
+                                 size_t path_len);
 /* Starts `vm`'s timer entry for timer id `timer_id`. */
 gw_task_t *gw_task_start_timer(gw_vm_t *vm, const gw_task_owner_t *ops, void *owner, int timer_id);
 /* Ends a task early (its request died): cancels its waits and drops the
