@@ -31,7 +31,7 @@ static size_t grown_cap(const gw_buf_t *b, size_t extra) {
   return cap;
 }
 
-void gw_buf_reserve(gw_buf_t *b, size_t extra) {
+void gw_buf_grow(gw_buf_t *b, size_t extra) {
   if (b->len + extra <= b->cap && extra <= SIZE_MAX - b->len) return;
   size_t cap = grown_cap(b, extra);
   if (cap == 0) {
@@ -51,13 +51,6 @@ int gw_buf_try_reserve(gw_buf_t *b, size_t extra) {
   b->base = p;
   b->cap = cap;
   return 0;
-}
-
-void gw_buf_append(gw_buf_t *b, const void *p, size_t n) {
-  if (n == 0) return; /* p may be NULL then; memcpy must not see it */
-  gw_buf_reserve(b, n);
-  memcpy(b->base + b->len, p, n);
-  b->len += n;
 }
 
 void gw_buf_append_str(gw_buf_t *b, const char *s) { gw_buf_append(b, s, strlen(s)); }

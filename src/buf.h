@@ -8,6 +8,7 @@
 #define GW_BUF_H
 
 #include <stddef.h>
+#include <string.h>
 
 typedef struct gw_buf_s {
   char *base; /* heap memory, NULL until first growth */
@@ -17,11 +18,22 @@ typedef struct gw_buf_s {
 
 void gw_buf_init(gw_buf_t *b);
 void gw_buf_free(gw_buf_t *b);
-/* Ensures room for `extra` more bytes; aborts on OOM. */
-void gw_buf_reserve(gw_buf_t *b, size_t extra);
+/* The growing half of gw_buf_reserve, out of line. */
+void gw_buf_grow(gw_buf_t *b, size_t extra);
+/* Ensures room for `extra` more bytes; aborts on OOM. Inline with append:
+ * every answer's head is built from a handful of appends that almost never
+ * grow the buffer, and a call each cost more than the copy. */
+static inline void gw_buf_reserve(gw_buf_t *b, size_t extra) {
+  if (extra > b->cap - b->len) gw_buf_grow(b, extra);
+}
 /* Same, but returns -ENOMEM instead of aborting. */
 int gw_buf_try_reserve(gw_buf_t *b, size_t extra);
-void gw_buf_append(gw_buf_t *b, const void *p, size_t n);
+static inline void gw_buf_append(gw_buf_t *b, const void *p, size_t n) {
+  if (n == 0) return; /* p may be NULL then; memcpy must not see it */
+  gw_buf_reserve(b, n);
+  memcpy(b->base + b->len, p, n);
+  b->len += n;
+}
 void gw_buf_append_str(gw_buf_t *b, const char *s);
 /* Drops the first `n` bytes, moving the rest to the front. */
 void gw_buf_consume(gw_buf_t *b, size_t n);

@@ -144,10 +144,14 @@ static void append_length(gw_buf_t *b, uint64_t len) {
 
 void gw_response_add_raw(gw_req_t *r, const char *name, const char *value, size_t vlen) {
   gw_buf_t *b = &r->resp_head;
-  gw_buf_append_str(b, name);
-  gw_buf_append(b, ": ", 2);
-  gw_buf_append(b, value, vlen);
-  gw_buf_append(b, "\r\n", 2);
+  size_t nlen = strlen(name);
+  gw_buf_reserve(b, nlen + vlen + 4);
+  char *p = b->base + b->len;
+  memcpy(p, name, nlen);
+  memcpy(p + nlen, ": ", 2);
+  if (vlen) memcpy(p + nlen + 2, value, vlen); /* value may be NULL then */
+  memcpy(p + nlen + 2 + vlen, "\r\n", 2);
+  b->len += nlen + vlen + 4;
 }
 
 /* May the status started go out as the final answer with this framing?
