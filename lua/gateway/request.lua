@@ -203,13 +203,11 @@ function getters.params(req)
   local rt = rawget(req, "_rt")
   local t
   if rt then
-    local path
-    local h = base.head
-    if C.gw_ffi_req_head(req._r, req._s, h) == OK then
-      path = ffi_string(h.uri, h.path_len)
-    else
-      path = rawget(req, "path")
-    end
+    -- req.path unless a script changed it (then C's copy).
+    local path = rawget(req, "path")
+    local known = type(path) == "string" and path or nil
+    local p = C.gw_ffi_req_path(req._r, req._s, known, known and #known or 0, out_len)
+    if p ~= nil then path = ffi_string(p, out_len[0]) end
     t = router.params_of(rt, path)
   else
     t = {}
