@@ -348,19 +348,29 @@ def test_no_leak_over_500_reloads():
                 eq(g.get("/api/r7/x")[0], 200, "a request between reloads")
         reloads(10)
         after_10 = rss_kb(pid)
-        reloads(490)
+        reloads(240)
+        after_250 = rss_kb(pid)
+        reloads(250)
         after_500 = rss_kb(pid)
         st, doc = admin_json(g, "GET", "/status")
         w = doc["workers"][0]
-        print("     RSS after 10 reloads: %d kB, after 500: %d kB (%+.1f%%); generation %d, "
-              "generations alive %d, Lua heap %d kB"
-              % (after_10, after_500, 100.0 * (after_500 - after_10) / after_10, w["generation"],
-                 w["generations_alive"], w["lua_memory_bytes"] // 1024))
+        print("     RSS after 10 reloads: %d kB, after 250: %d kB, after 500: %d kB (%+.1f%% over the "
+              "last 250); generation %d, generations alive %d, Lua heap %d kB"
+              % (after_10, after_250, after_500, 100.0 * (after_500 - after_250) / after_250,
+                 w["generation"], w["generations_alive"], w["lua_memory_bytes"] // 1024))
         eq(w["generation"], 501, "generation after 500 reloads")
         eq(w["reloads"]["ok"], 500, "one reload per POST (the master does not repeat it)")
         assert wait_for(lambda: admin_json(g, "GET", "/status")[1]["workers"][0]["generations_alive"] == 1, 3), \
             "retired generations still alive"
-        assert after_500 <= after_10 * 1.10, \
+        # A leak grows with the reloads; the allocator settling does not. Under
+        # ASan RSS steps up once by about 11% between the 10th and the 200th
+        # reload and then stays flat (its allocator, and the read buffer a
+        # worker keeps for its next connection): so the last 250 reloads must
+        # add nearly nothing (a leak of 2 kB per reload would add 3%), and the
+        # whole run a bounded amount.
+        assert after_500 <= after_250 * 1.03, \
+            "RSS grew from %d kB after 250 reloads to %d kB after 500" % (after_250, after_500)
+        assert after_500 <= after_10 * 1.15, \
             "RSS grew from %d kB after 10 reloads to %d kB after 500" % (after_10, after_500)
 
 
