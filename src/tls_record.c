@@ -104,7 +104,12 @@ static suite_t suites[] = {
 /* One direction of the connection: its secret, key and sequence number. */
 typedef struct {
   const suite_t *suite;
-  void *ctx; /* the provider's cipher context, keyed */
+  /* The provider's cipher context, for records aesgcm.c does not take:
+   * made and keyed (ctx_keyed) when the first such record comes, so that a
+   * connection of short records never holds one (2 kB per direction). */
+  void *ctx;
+  uint8_t ctx_keyed;
+  unsigned char key[32]; /* the direction's key, for keying ctx then */
   unsigned char iv[IV_LEN];
   unsigned char secret[GW_TLS_REC_SECRET_MAX]; /* the current traffic secret (for KeyUpdate) */
   uint64_t seq;                                /* the next record's sequence number */
@@ -196,7 +201,18 @@ static void make_nonce(const direction_t *d, unsigned char nonce[IV_LEN]) {
 
 /* Seals `len` bytes at `p` in place under the direction's key and current
  * nonce, with `aad`; writes the tag. */
-static int aead_seal(const direction_t *d, const unsigned char aad[HEADER_LEN], unsigned char *p, size_t len,
+/* The provider's context, keyed with the direction's current key. */
+static int keyed_ctx(direction_t *d) {
+  const suite_t *s = d->suite;
+  if (d->ctx_keyed) return 1;
+  if (!d->ctx) d->ctx = s->newctx(s->provctx);
+  if (!d->ctx) return 0;
+  d->ctx_keyed = d->encrypt ? s->einit(d->ctx, d->key, s->key_len, d->iv, IV_LEN, NULL) == 1
+                            : s->dinit(d->ctx, d->key, s->key_len, d->iv, IV_LEN, NULL) == 1;
+  return d->ctx_keyed;
+}
+
+static int aead_seal(direction_t *d, const unsigned char aad[HEADER_LEN], unsigned char *p, size_t len,
                      unsigned char tag[TAG_LEN]) {
   const suite_t *s = d->suite;
   unsigned char nonce[IV_LEN];
@@ -208,7 +224,7 @@ static int aead_seal(const direction_t *d, const unsigned char aad[HEADER_LEN], 
   }
   OSSL_PARAM q[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, TAG_LEN),
                      OSSL_PARAM_construct_end()};
-  return s->einit(d->ctx, NULL, 0, nonce, IV_LEN, NULL) == 1 &&
+  return keyed_ctx(d) && s->einit(d->ctx, NULL, 0, nonce, IV_LEN, NULL) == 1 &&
          s->update(d->ctx, NULL, &outl, HEADER_LEN, aad, HEADER_LEN) == 1 &&
          s->update(d->ctx, p, &outl, len, p, len) == 1 && outl == len &&
          s->final(d->ctx, p + len, &finl, 0) == 1 && finl == 0 && s->get_params(d->ctx, q) == 1;
@@ -216,8 +232,8 @@ static int aead_seal(const direction_t *d, const unsigned char aad[HEADER_LEN], 
 
 /* Opens `len` bytes at `c` into `out` (which may be `c` itself, not a
  * partial overlap); 1 only if the tag matches. */
-static int aead_open(const direction_t *d, const unsigned char aad[HEADER_LEN], const unsigned char *c,
-                     size_t len, const unsigned char tag[TAG_LEN], unsigned char *out) {
+static int aead_open(direction_t *d, const unsigned char aad[HEADER_LEN], const unsigned char *c, size_t len,
+                     const unsigned char tag[TAG_LEN], unsigned char *out) {
   const suite_t *s = d->suite;
   unsigned char nonce[IV_LEN];
   size_t outl = 0, finl = 0;
@@ -227,8 +243,8 @@ static int aead_open(const direction_t *d, const unsigned char aad[HEADER_LEN], 
   /* The tag is set before the data, as OpenSSL's own TLS 1.3 code does. */
   OSSL_PARAM q[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, (void *)tag, TAG_LEN),
                      OSSL_PARAM_construct_end()};
-  return s->dinit(d->ctx, NULL, 0, nonce, IV_LEN, NULL) == 1 && s->set_params(d->ctx, q) == 1 &&
-         s->update(d->ctx, NULL, &outl, HEADER_LEN, aad, HEADER_LEN) == 1 &&
+  return keyed_ctx(d) && s->dinit(d->ctx, NULL, 0, nonce, IV_LEN, NULL) == 1 &&
+         s->set_params(d->ctx, q) == 1 && s->update(d->ctx, NULL, &outl, HEADER_LEN, aad, HEADER_LEN) == 1 &&
          s->update(d->ctx, out, &outl, len, c, len) == 1 && outl == len &&
          s->final(d->ctx, out + len, &finl, 0) == 1 && finl == 0;
 }
@@ -239,17 +255,20 @@ static int key_direction(direction_t *d, const suite_t *s, const unsigned char *
   d->encrypt = encrypt;
   memcpy(d->iv, iv, IV_LEN);
   d->seq = 0;
+  memcpy(d->key, key, s->key_len);
+  d->ctx_keyed = 0;
   d->has_own = s->own_aes == 1 && gw_tls_rec_own_aesgcm && gw_aesgcm_key(&d->own, key, s->key_len);
   if (!d->has_own) gw_aesgcm_wipe(&d->own); /* no key of an earlier generation stays */
-  if (!d->ctx) d->ctx = s->newctx(s->provctx);
-  if (!d->ctx) return 0;
-  return encrypt ? s->einit(d->ctx, key, s->key_len, iv, IV_LEN, NULL) == 1
-                 : s->dinit(d->ctx, key, s->key_len, iv, IV_LEN, NULL) == 1;
+  /* Without aesgcm.c every record needs the context: made now, so that a
+   * failure shows at once. */
+  return d->has_own || keyed_ctx(d);
 }
 
 static void unkey_direction(direction_t *d) {
   if (d->ctx) d->suite->freectx(d->ctx);
   d->ctx = NULL;
+  d->ctx_keyed = 0;
+  OPENSSL_cleanse(d->key, sizeof d->key);
   gw_aesgcm_wipe(&d->own);
   d->has_own = 0;
   OPENSSL_cleanse(d->secret, sizeof d->secret);
