@@ -108,19 +108,6 @@ GW_FFI_EXPORT const char *gw_ffi_req_ip(gw_req_t *r, uint32_t s, size_t *len) {
   return r->conn->ip;
 }
 
-/* The path as the request came (the target up to '?'): what routing saw,
- * whatever a script has set req.path to since. NULL when it is `known`
- * (the same `known_len` bytes: the caller has it as a string already) and
- * once the request has finished. */
-GW_FFI_EXPORT const char *gw_ffi_req_path(gw_req_t *r, uint32_t s, const char *known, size_t known_len,
-                                          size_t *len) {
-  if (!gw_req_check(r, s)) return NULL;
-  const char *path = gw_req_buffer(r) + r->url_off;
-  if (known && known_len == r->path_len && memcmp(known, path, known_len) == 0) return NULL;
-  *len = r->path_len;
-  return path;
-}
-
 GW_FFI_EXPORT const char *gw_ffi_req_id(gw_req_t *r, uint32_t s, size_t *len) {
   if (!gw_req_check(r, s)) return NULL;
   const char *id = gw_req_id(r);

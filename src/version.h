@@ -4,6 +4,6 @@
 
 #define GW_VERSION "0.1.0"
 /* Bumped whenever a gw_ffi_* signature changes; lua/gateway/base.lua must match. */
-#define GW_FFI_ABI 14
+#define GW_FFI_ABI 13
 
 #endif

@@ -6,7 +6,7 @@
 -- to load unless gw_ffi_abi_version() equals ABI below.
 local ffi = require "ffi"
 
-local ABI = 14
+local ABI = 13
 
 ffi.cdef [[
 typedef struct gw_req_s gw_req_t;
@@ -28,7 +28,6 @@ int gw_ffi_req_set_header(gw_req_t *r, uint32_t s, const char *name, size_t nlen
 int gw_ffi_req_header_at(gw_req_t *r, uint32_t s, int i, const char **name, size_t *nlen,
                          const char **value, size_t *vlen);
 const char *gw_ffi_req_ip(gw_req_t *r, uint32_t s, size_t *len);
-const char *gw_ffi_req_path(gw_req_t *r, uint32_t s, const char *known, size_t known_len, size_t *len);
 const char *gw_ffi_req_id(gw_req_t *r, uint32_t s, size_t *len);
 int gw_ffi_req_set_id(gw_req_t *r, uint32_t s, const char *id, size_t len);
 int gw_ffi_req_body(gw_task_t *t, uint32_t ts, gw_req_t *r, uint32_t s, const char **body,

@@ -186,12 +186,15 @@ function getters.ctx(req)
   return t
 end
 
+-- The path as it came, kept in _rp: req.path reads it until a script sets
+-- its own (a raw field from then on), and params are cut from it whatever
+-- req.path became.
+function getters.path(req) return rawget(req, "_rp") end
+
 -- params and route come from the route record routing found (runtime.lua
 -- keeps it in _rt), on first read: most handlers never read their params,
--- and a table made per request costs its allocation and its sweep. They
--- are cut from the path as it came (C keeps it: a script may have set
--- req.path since), or, once the request has finished, from req.path. {}
--- when no route matched; router.EMPTY (read-only) for a route without
+-- and a table made per request costs its allocation and its sweep. {} when
+-- no route matched; router.EMPTY (read-only) for a route without
 -- parameters.
 function getters.route(req)
   local rt = rawget(req, "_rt")
@@ -203,12 +206,7 @@ function getters.params(req)
   local rt = rawget(req, "_rt")
   local t
   if rt then
-    -- req.path unless a script changed it (then C's copy).
-    local path = rawget(req, "path")
-    local known = type(path) == "string" and path or nil
-    local p = C.gw_ffi_req_path(req._r, req._s, known, known and #known or 0, out_len)
-    if p ~= nil then path = ffi_string(p, out_len[0]) end
-    t = router.params_of(rt, path)
+    t = router.params_of(rt, rawget(req, "_rp"))
   else
     t = {}
   end
@@ -225,6 +223,13 @@ Req.__index = function(req, k)
   return nil
 end
 Req.__newindex = function(req, k, v)
+  if k == "route" and v == nil then
+    -- No route label from now on (metrics, access log); the params stay
+    -- those of the route that was matched.
+    if rawget(req, "params") == nil then getters.params(req) end
+    rawset(req, "_rt", nil)
+    return
+  end
   if k == "id" then
     if type(v) ~= "string" then error("req.id must be a string", 2) end
     local rc = C.gw_ffi_req_set_id(req._r, req._s, v, #v)
@@ -302,12 +307,14 @@ function _M.new(r_addr, serial, method, path)
   end
   -- params and _rt (the route record, for req.params and req.route) are
   -- named (nil) so that the table's template has their slots: setting them
-  -- later needs no rehash (a table grows its hash part past 8 keys).
+  -- later needs no rehash (a table grows its hash part past 8 keys, and
+  -- scripts add fields: headers, ctx, consumer). The path is in _rp (see
+  -- getters.path).
   -- Here and in other hot functions, a builtin's result is returned through
   -- a local: LuaJIT cannot compile `return builtin(...)` (a tail call of a
   -- builtin with side effects) when it returns to a frame below the trace's
   -- start ("NYI: return to lower frame"); the trace would stop there.
-  local req = setmetatable({ _r = r, _s = serial, method = method, path = path,
+  local req = setmetatable({ _r = r, _s = serial, method = method, _rp = path,
                              params = nil, _rt = nil }, Req)
   return req
 end

@@ -459,8 +459,8 @@ end
 
 -- Returns nothing when the answer went out through the FFI, or
 -- (status, content type, body) for request_entry to yield to C.
-local function dispatch(req)
-  local rt, status, allow = router:find(req.method, state.host_routes and req.host or nil, req.path)
+local function dispatch(req, method, path)
+  local rt, status, allow = router:find(method, state.host_routes and req.host or nil, path)
   local res
   if rt then
     local route = rt.data
@@ -509,7 +509,7 @@ local function serve(box, task_addr, task_serial, req_addr, req_serial, method, 
     local req = request.new(req_addr, req_serial, method, path)
     box.req = req
     sched.set_request(req)
-    local status, ctype, body = dispatch(req)
+    local status, ctype, body = dispatch(req, method, path)
     local route = route_of(req)
     sched.finish()
     task_addr, task_serial, req_addr, req_serial, method, path = yield(DONE, route, status, ctype, body)

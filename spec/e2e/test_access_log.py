@@ -143,12 +143,16 @@ def test_route_field_is_the_pattern_or_what_a_script_set():
     cfg = ('local gw = require "gateway"\n'
            'gw.config { listen = { "127.0.0.1:$PORT" }, access_log = "stdout" }\n'
            'gw.get("/users/:id", function(req) return req.route end)\n'
-           'gw.get("/named/:id", function(req) req.route = "custom" return req.route end)\n')
+           'gw.get("/named/:id", function(req) req.route = "custom" return req.route end)\n'
+           'gw.get("/hide/:id", function(req) req.route = nil\n'
+           '  return tostring(req.route) .. " " .. req.params.id end)\n')
     with Gateway(cfg) as g:
         eq(g.get("/users/7")[2], b"/users/:id", "req.route read by the handler")
         eq(g.get("/named/7")[2], b"custom", "req.route set by the handler")
+        eq(g.get("/hide/7")[2], b"nil 7", "req.route set to nil; the params stay")
         g.get("/nowhere")
-        entries = _entries("\n".join(g.wait_stdout_lines(3)))
+        entries = _entries("\n".join(g.wait_stdout_lines(4)))
         eq(_find(entries, "/users/7").get("route"), "/users/:id", "logged route")
         eq(_find(entries, "/named/7").get("route"), "custom", "logged route set by the script")
+        eq(_find(entries, "/hide/7").get("route"), "", "route set to nil: no label")
         eq(_find(entries, "/nowhere").get("route"), "", "no route")

@@ -362,15 +362,18 @@ def test_no_leak_over_500_reloads():
         eq(w["reloads"]["ok"], 500, "one reload per POST (the master does not repeat it)")
         assert wait_for(lambda: admin_json(g, "GET", "/status")[1]["workers"][0]["generations_alive"] == 1, 3), \
             "retired generations still alive"
-        # A leak grows with the reloads; the allocator settling does not. Under
-        # ASan RSS steps up once by about 11% between the 10th and the 200th
-        # reload and then stays flat (its allocator, and the read buffer a
-        # worker keeps for its next connection): so the last 250 reloads must
-        # add nearly nothing (a leak of 2 kB per reload would add 3%), and the
-        # whole run a bounded amount.
+        # A leak grows with the reloads; the allocator settling does not: the
+        # last 250 reloads must add nearly nothing (an injected leak of 4 kB
+        # per reload adds 12%), and the whole run a bounded amount. Under ASan
+        # RSS steps up once by about 11% between the 10th and the 200th
+        # reload and then stays flat (3.6% before idle connections gave their
+        # read buffers back, commit 35a0149; how that moves ASan's allocator
+        # is not understood: the worker keeps one spare buffer, 16 kB), so
+        # the whole-run bound is looser there.
         assert after_500 <= after_250 * 1.03, \
             "RSS grew from %d kB after 250 reloads to %d kB after 500" % (after_250, after_500)
-        assert after_500 <= after_10 * 1.15, \
+        whole = 1.15 if env else 1.10
+        assert after_500 <= after_10 * whole, \
             "RSS grew from %d kB after 10 reloads to %d kB after 500" % (after_10, after_500)
 
 

@@ -157,7 +157,9 @@ gw.route("*", "/p/:a/:b/*rest", function(req)
   return { json = { params = req.params, path = req.path, route = req.route } }
 end)
 gw.get("/later/:id/*rest", function(req)
-  -- Read only after the request has finished, from a timer.
+  -- Read only after the request has finished, from a timer, and after the
+  -- handler set another path (a number, for /later/n/...).
+  req.path = req.headers["x-number-path"] and 42 or "/internal"
   gw.timer.after(0.01, function() late[#late + 1] = req.params end)
   return "ok"
 end)
@@ -201,14 +203,17 @@ def test_params_are_those_the_request_was_routed_by():
             r = c.read_response()
             eq(r.status, 200, "absolute-form status")
             eq(json.loads(r.body)["params"], {"a": "u", "b": "v", "rest": "w"}, "absolute-form params")
-        # After the request finished (a timer holding the req).
-        eq(g.get("/later/42/a/b")[0], 200, "later")
-        for _ in range(100):
-            d = params("/late")
-            if d["params"] != "none":
-                break
-            time.sleep(0.01)
-        eq(d["params"], {"id": "42", "rest": "a/b"}, "params read after the request finished")
+        # After the request finished (a timer holding the req), the path
+        # having been set to another string, or to a number.
+        for headers in ({}, {"X-Number-Path": "1"}):
+            eq(g.http("GET", "/later/42/a/b", headers)[0], 200, "later")
+            for _ in range(100):
+                d = params("/late")
+                if d["params"] != "none":
+                    break
+                time.sleep(0.01)
+            eq(d["params"], {"id": "42", "rest": "a/b"},
+               "params read after the request finished, req.path set (%s)" % headers)
         # No parameters: an empty table that cannot be written.
         eq(params("/plain"), {"n": True, "writable": False}, "route without parameters")
         # No route: an empty table of the request's own.
