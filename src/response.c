@@ -92,6 +92,17 @@ int gw_response_start(gw_req_t *r, int status) {
   return 0;
 }
 
+/* Appends "name: value\r\n" to the head being built, with one reserve. */
+static void append_header_line(gw_buf_t *b, const char *name, size_t nlen, const char *value, size_t vlen) {
+  gw_buf_reserve(b, nlen + vlen + 4);
+  char *p = b->base + b->len;
+  memcpy(p, name, nlen);
+  memcpy(p + nlen, ": ", 2);
+  if (vlen) memcpy(p + nlen + 2, value, vlen); /* value may be NULL then */
+  memcpy(p + nlen + 2 + vlen, "\r\n", 2);
+  b->len += nlen + vlen + 4;
+}
+
 static int name_is(const char *name, size_t nlen, const char *what) {
   size_t n = strlen(what);
   return nlen == n && strncasecmp(name, what, n) == 0;
@@ -111,16 +122,7 @@ int gw_response_header(gw_req_t *r, const char *name, size_t nlen, const char *v
     if (r->own_date) return 0;
     r->own_date = 1;
   }
-  gw_buf_t *b = &r->resp_head;
-  gw_buf_reserve(b, nlen + vlen + 4);
-  memcpy(b->base + b->len, name, nlen);
-  b->len += nlen;
-  b->base[b->len++] = ':';
-  b->base[b->len++] = ' ';
-  memcpy(b->base + b->len, value, vlen);
-  b->len += vlen;
-  b->base[b->len++] = '\r';
-  b->base[b->len++] = '\n';
+  append_header_line(&r->resp_head, name, nlen, value, vlen);
   return 0;
 }
 
@@ -143,15 +145,7 @@ static void append_length(gw_buf_t *b, uint64_t len) {
 }
 
 void gw_response_add_raw(gw_req_t *r, const char *name, const char *value, size_t vlen) {
-  gw_buf_t *b = &r->resp_head;
-  size_t nlen = strlen(name);
-  gw_buf_reserve(b, nlen + vlen + 4);
-  char *p = b->base + b->len;
-  memcpy(p, name, nlen);
-  memcpy(p + nlen, ": ", 2);
-  if (vlen) memcpy(p + nlen + 2, value, vlen); /* value may be NULL then */
-  memcpy(p + nlen + 2 + vlen, "\r\n", 2);
-  b->len += nlen + vlen + 4;
+  append_header_line(&r->resp_head, name, strlen(name), value, vlen);
 }
 
 /* May the status started go out as the final answer with this framing?
