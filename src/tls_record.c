@@ -199,8 +199,6 @@ static void make_nonce(const direction_t *d, unsigned char nonce[IV_LEN]) {
   memcpy(nonce + IV_LEN - 8, &tail, 8);
 }
 
-/* Seals `len` bytes at `p` in place under the direction's key and current
- * nonce, with `aad`; writes the tag. */
 /* The provider's context, keyed with the direction's current key. */
 static int keyed_ctx(direction_t *d) {
   const suite_t *s = d->suite;
@@ -212,6 +210,8 @@ static int keyed_ctx(direction_t *d) {
   return d->ctx_keyed;
 }
 
+/* Seals `len` bytes at `p` in place under the direction's key and current
+ * nonce, with `aad`; writes the tag. */
 static int aead_seal(direction_t *d, const unsigned char aad[HEADER_LEN], unsigned char *p, size_t len,
                      unsigned char tag[TAG_LEN]) {
   const suite_t *s = d->suite;
