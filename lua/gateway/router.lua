@@ -504,20 +504,14 @@ function Router:match(method, host, path)
 end
 
 --- The params of `rt`, a record Router:find returned for `path`: the
--- segments are cut again, depth by depth as search cut them (a parameter
--- takes one whole segment, a catch-all the rest from its segment's start),
--- so they are the ones the match saw. EMPTY for a route without any.
+-- path is split again up to the route's depth, one segment per depth as
+-- search took them (a parameter takes one whole segment, a catch-all the
+-- rest from its segment's start), so they are the ones the match saw.
+-- EMPTY for a route without any.
 function _M.params_of(rt, path)
     local depth = rt.depth
     if depth == 0 then return EMPTY end
-    local pos, plen = 2, #path
-    for d = 1, depth do
-        local j = find(path, "/", pos, true)
-        local nextpos = j and j + 1 or plen + 2
-        SEG[d] = sub(path, pos, nextpos - 2)
-        START[d] = pos
-        pos = nextpos
-    end
+    split(path, depth)
     return build_params(rt, path)
 end
 
