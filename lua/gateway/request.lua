@@ -196,11 +196,19 @@ function getters.path(req) return rawget(req, "_rp") end
 -- and a table made per request costs its allocation and its sweep. {} when
 -- no route matched; router.EMPTY (read-only) for a route without
 -- parameters.
-function getters.route(req)
-  local rt = rawget(req, "_rt")
-  if rt then return rt.data.pattern end
-  return nil
+-- req.route: a script's own value once it set one (a raw field), else the
+-- matched route's pattern. Also what C labels the request's metrics and
+-- log line with (runtime.lua).
+local function route_of(req)
+  local route = rawget(req, "route")
+  if route == nil then
+    local rt = rawget(req, "_rt")
+    if rt then route = rt.data.pattern end
+  end
+  return route
 end
+getters.route = route_of
+_M.route_of = route_of
 
 function getters.params(req)
   local rt = rawget(req, "_rt")

@@ -484,16 +484,8 @@ local function dispatch(req, method, path)
   return send(req, res)
 end
 
--- The pattern C labels the request's metrics and log line with: the
--- matched route's, unless a script set req.route itself.
-local function route_of(req)
-  local route = rawget(req, "route")
-  if route == nil then
-    local rt = rawget(req, "_rt")
-    if rt then route = rt.data.pattern end
-  end
-  return route
-end
+-- The pattern C labels the request's metrics and log line with.
+local route_of = request.route_of
 
 -- The requests a coroutine serves, one after another, inside one protected
 -- call that lasts until a script error: LuaJIT cannot compile a return into
