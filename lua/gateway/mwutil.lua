@@ -40,6 +40,12 @@ function _M.header_line(name, value)
   return name .. ": " .. value .. "\r\n"
 end
 
+-- The error message for a response header a script set that cannot go out
+-- (runtime.lua and upstream.lua raise it, each at its own level).
+function _M.bad_response_header(name)
+  return format("response header %q is invalid (CR/LF or a bad name)", tostring(name))
+end
+
 -- out[n + 1] = the line of name k, value x; returns n + 1, or nil.
 local function append_line(out, n, k, x)
   local line = _M.header_line(k, x)

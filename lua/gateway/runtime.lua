@@ -12,6 +12,7 @@ local sched = require "gateway.sched"
 local request = require "gateway.request"
 local gw = require "gateway"
 local cjson = require "cjson"
+local bad_response_header = require("gateway.mwutil").bad_response_header
 
 local ffi, C = base.ffi, base.C
 local OK, BAD_CONTEXT = base.OK, base.BAD_CONTEXT
@@ -198,7 +199,7 @@ local function send_header(r, s, k, v)
   end
   if type(v) ~= "string" then v = tostring(v) end
   if type(k) ~= "string" or C.gw_ffi_resp_header(r, s, k, #k, v, #v) ~= OK then
-    error(format("response header %q is invalid (CR/LF or a bad name)", tostring(k)), 0)
+    error(bad_response_header(k), 0)
   end
 end
 

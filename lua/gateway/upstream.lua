@@ -119,9 +119,7 @@ function Response:json()
   return v
 end
 
-local function bad_response_header(name, level)
-  error(format("response header %q is invalid (CR/LF or a bad name)", tostring(name)), level + 1)
-end
+local bad_response_header = mwutil.bad_response_header
 
 -- Puts a header into a lower-case table: repeated names are joined with
 -- ", ", except Set-Cookie, which becomes a list.
@@ -152,7 +150,7 @@ local function proxy_set_header(res, name, value)
   local h = rawget(res, "headers")
   if h then return Response.set_header(res, name, value) end
   local line = header_line(name, value)
-  if not line then bad_response_header(name, 2) end
+  if not line then error(bad_response_header(name), 2) end
   value = tostring(value)
   local extra, idx = rawget(res, "_extra"), rawget(res, "_xidx")
   if not extra then
@@ -695,7 +693,7 @@ function _M.send_proxied(req, res)
   end
   local lines = {}
   local n, bad = header_lines(_M.end_to_end(headers), lines, 0)
-  if not n then error(format("response header %q is invalid (CR/LF or a bad name)", tostring(bad)), 0) end
+  if not n then error(bad_response_header(bad), 0) end
   local blob = concat(lines, "", 1, n)
   local rc = C.gw_ffi_resp_proxy(req._r, req._s, res.status, blob, #blob, 0, base.out_err)
   if rc == BAD_CONTEXT then error(base.FINISHED, 0) end
