@@ -167,17 +167,15 @@ static void refuse_interim_status(gw_req_t *r) {
 
 /* Appends Date, framing and Connection headers and the blank line. */
 static void finish_head(gw_req_t *r, gw_framing_t framing, uint64_t length) {
+  gw_buf_t *b = &r->resp_head;
+  refresh_date();
+  if (!r->own_date) gw_buf_append(b, date_cache.text, date_cache.len);
   if (framing == GW_FRAMING_UPGRADE) {
-    refresh_date();
-    if (!r->own_date) gw_buf_append(&r->resp_head, date_cache.text, date_cache.len);
-    gw_buf_append(&r->resp_head, "\r\n", 2);
+    gw_buf_append(b, "\r\n", 2);
     r->resp_state = GW_RESP_SENT;
     return;
   }
   int keep = r->keep_alive && !r->close_after && !gw__worker->draining && framing != GW_FRAMING_CLOSE;
-  refresh_date();
-  gw_buf_t *b = &r->resp_head;
-  if (!r->own_date) gw_buf_append(b, date_cache.text, date_cache.len);
   if (framing == GW_FRAMING_LENGTH) append_length(b, length);
   else if (framing == GW_FRAMING_CHUNKED) gw_buf_append_str(b, "Transfer-Encoding: chunked\r\n");
   if (!keep) {
