@@ -3,10 +3,11 @@
  *
  * A handler that never yields (an endless loop, a runaway computation)
  * would stall its whole worker. The worker marks when it enters Lua
- * (gw_watchdog_enter) and leaves it (gw_watchdog_leave); a watchdog thread
- * checks every 100 ms. Past timeouts.script seconds in one run it asks the
- * running Lua to stop through a hook (lua_sethook is the one Lua API call
- * that is safe from another thread): the script gets the error "script ran
+ * (gw_watchdog_enter) and leaves it (gw_watchdog_leave); a timer signal
+ * (SIGRTMIN, every 100 ms, handled on the worker's thread) checks. Past
+ * timeouts.script seconds in one run it asks the running Lua to stop through
+ * a hook (lua_sethook is the one Lua API call that is safe from a signal
+ * handler): the script gets the error "script ran
  * longer than timeouts.script" and its request a 500, and the worker goes
  * on. Hooks only fire in interpreted code, not inside a JIT-compiled trace,
  * so if Lua still runs after twice the budget the watchdog ends the worker
@@ -17,7 +18,7 @@
 
 #include <lua.h>
 
-/* Starts the thread (a worker, once). `budget` is timeouts.script in seconds. */
+/* Starts the timer (a worker, once); 0 or -errno. `budget` is timeouts.script in seconds. */
 int gw_watchdog_start(double budget);
 /* Changes the budget (reload). */
 void gw_watchdog_set_budget(double budget);

@@ -279,7 +279,7 @@ int gw_worker_run(const char *path, int index, int workers_override) {
   w->cfg = &w->config;
   gw_tickets_set_rotate(w->cfg->ticket_rotate);
   if (gw_watchdog_start(w->cfg->timeouts.script) != 0)
-    gw_log_warn("cannot start the watchdog thread: scripts have no CPU budget");
+    gw_log_warn("cannot start the watchdog timer: scripts have no CPU budget");
   gw_metrics_init((unsigned)index);
   publish_start(w);
   int opened = open_logs(w->cfg) == 0 && open_listeners(w) == 0;

@@ -51,6 +51,27 @@ def test_yielding_handlers_are_not_limited():
         eq((st, body), (200, b"done"), "0.5 s of waiting is not 0.5 s of running")
 
 
+BLOCKING = r'''
+local gw = require "gateway"
+gw.config { listen = { "127.0.0.1:$PORT" }, timeouts = { script = 3 } }
+gw.get("/pipe", function()
+  local f = assert(io.popen("sleep 0.6; echo from the pipe"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end)
+'''
+
+
+def test_the_watchdogs_ticks_do_not_cut_a_scripts_blocking_calls():
+    # The watchdog's timer signal comes every 100 ms on the worker's thread:
+    # a read a script blocks in across several ticks must go on
+    # (SA_RESTART), not fail with EINTR.
+    with Gateway(BLOCKING, workers=1) as g:
+        st, _, body = http(g.port, "GET", "/pipe", timeout=5)
+        eq((st, body), (200, b"from the pipe\n"), "a read across six ticks")
+
+
 def test_compiled_loop_costs_its_worker_not_the_gateway():
     with Gateway(CONFIG, workers=1) as g:
         before = worker_pids(g.pid)
