@@ -35,11 +35,11 @@
 
 #define TICK_MS 100
 
-static volatile uint64_t entered;     /* ms (CLOCK_MONOTONIC_COARSE) the current Lua run began, 0: none */
-static volatile uint64_t run;         /* number of the current run */
-static lua_State *volatile state;     /* the state to hook during the current run */
-static volatile uint64_t budget_ms;   /* timeouts.script */
-static uint64_t hooked_run;           /* the run the handler last hooked (handler only) */
+static volatile uint64_t entered;   /* ms (CLOCK_MONOTONIC_COARSE) the current Lua run began, 0: none */
+static volatile uint64_t run;       /* number of the current run */
+static lua_State *volatile state;   /* the state to hook during the current run */
+static volatile uint64_t budget_ms; /* timeouts.script */
+static uint64_t hooked_run;         /* the run the handler last hooked (handler only) */
 static int started;
 
 /* The coarse clock (a few ms of resolution) is plenty for a budget of
@@ -63,7 +63,8 @@ static void on_hook(lua_State *L, lua_Debug *ar) {
     lua_sethook(L, NULL, 0, 0);
     return;
   }
-  luaL_error(L, "script ran longer than timeouts.script (%.1f s) without yielding", (double)budget_ms / 1000.0);
+  luaL_error(L, "script ran longer than timeouts.script (%.1f s) without yielding",
+             (double)budget_ms / 1000.0);
 }
 
 /* The timer's signal handler. It only reads the state above, calls
