@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,14 +116,49 @@ static void write_all(int fd, const char *p, size_t len) {
   }
 }
 
+typedef struct {
+  long year;
+  int month, day, hour, minute, second;
+} utc_time_t;
+
+/* The UTC date and time of `secs` since the epoch, computed here rather
+ * than with gmtime_r, which takes glibc's time zone lock: the watchdog logs
+ * from a signal handler (watchdog.c) that may have interrupted a log line.
+ * Days are counted in 400-year eras of 146,097 days from 0000-03-01, so
+ * that the leap day is the last day of a year. */
+static utc_time_t utc_time(int64_t secs) {
+  utc_time_t t;
+  int64_t days = secs / 86400, rem = secs % 86400;
+  if (rem < 0) {
+    rem += 86400;
+    days--;
+  }
+  t.hour = (int)(rem / 3600);
+  t.minute = (int)(rem / 60 % 60);
+  t.second = (int)(rem % 60);
+  days += 719468; /* 1970-01-01 is day 719,468 after 0000-03-01 */
+  int64_t era = (days >= 0 ? days : days - 146096) / 146097;
+  int64_t day_of_era = days - era * 146097; /* 0..146096 */
+  int64_t year_of_era =
+      (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146096) / 365; /* 0..399 */
+  int64_t day_of_year =
+      day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100); /* 0..365, from March */
+  int64_t month_from_march = (5 * day_of_year + 2) / 153;                     /* 0..11 */
+  t.day = (int)(day_of_year - (153 * month_from_march + 2) / 5 + 1);
+  t.month = (int)(month_from_march < 10 ? month_from_march + 3 : month_from_march - 9);
+  t.year = (long)(year_of_era + era * 400 + (t.month <= 2));
+  return t;
+}
+
+/* Integer conversions only, and no lock taken: callable from the
+ * watchdog's signal handler. */
 static size_t format_prefix(char *buf, size_t cap, gw_log_level_t level) {
   struct timespec ts;
-  struct tm tm;
   clock_gettime(CLOCK_REALTIME, &ts);
-  gmtime_r(&ts.tv_sec, &tm);
-  int n = snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ [%s] %s[%d]: ", tm.tm_year + 1900,
-                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
-                   level_names[level], logs.role, (int)getpid());
+  utc_time_t t = utc_time((int64_t)ts.tv_sec);
+  int n = snprintf(buf, cap, "%04ld-%02d-%02dT%02d:%02d:%02d.%03ldZ [%s] %s[%d]: ", t.year, t.month, t.day,
+                   t.hour, t.minute, t.second, ts.tv_nsec / 1000000, level_names[level], logs.role,
+                   (int)getpid());
   return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }
 

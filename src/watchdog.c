@@ -78,13 +78,15 @@ static void on_tick(int sig) {
     uint64_t over = now_ms() - since, budget = budget_ms;
     if (over > 2 * budget) {
       /* The hook did not stop it: a JIT-compiled loop, or a long call into
-       * C. Only a new worker helps. The log line is formatted on the stack
-       * and written with one write(2), which takes no lock the interrupted
-       * code could hold. */
+       * C. Only a new worker helps. gw_log takes no lock the interrupted
+       * code could hold (log.c formats the date itself, on the stack, and
+       * writes with one write(2)); the figures are integers, so that the
+       * formatting stays on snprintf's simplest paths. */
       gw_log_error(
-          "a script ran %.1f s without yielding (timeouts.script %.1f s) and could not be "
+          "a script ran %llu.%llu s without yielding (timeouts.script %llu.%llu s) and could not be "
           "stopped; ending this worker",
-          (double)over / 1000.0, (double)budget / 1000.0);
+          (unsigned long long)(over / 1000), (unsigned long long)(over % 1000 / 100),
+          (unsigned long long)(budget / 1000), (unsigned long long)(budget % 1000 / 100));
       _exit(3);
     }
     if (over > budget && hooked_run != run && state) {

@@ -3,6 +3,7 @@ without yielding is stopped with a 500 and the worker goes on; one the hook
 cannot stop (a JIT-compiled loop) costs its worker, which the master
 replaces, and the gateway keeps answering."""
 import json
+import re
 import time
 
 from gwtest import Gateway, eq, http, raw, req_bytes, worker_pids, wait_for
@@ -89,6 +90,10 @@ def test_compiled_loop_costs_its_worker_not_the_gateway():
         wait_for(answers, timeout=5)
         if data == b"":
             assert worker_pids(g.pid) != before, "a new worker replaced the stuck one"
+            # Logged from the watchdog's signal handler, just before the end.
+            assert re.search(r"\[error\] worker 0\[\d+\]: a script ran \d+\.\d s without yielding "
+                             r"\(timeouts.script 0\.3 s\) and could not be stopped; ending this worker",
+                             g.stderr_text()), g.stderr_text()[-600:]
 
 
 ADMIN_APP = r'''
