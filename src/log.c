@@ -56,14 +56,35 @@ int gw_log_open_error(const char *path) {
   return 0;
 }
 
+/* 0 if `path` could be opened for appending, or -errno; nothing is created
+ * (a check, -t, must leave no file behind): an existing file is opened for
+ * writing without O_CREAT, a missing one needs a directory it could be
+ * made in. */
+static int could_append(const char *path) {
+  int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd >= 0) {
+    close(fd);
+    return 0;
+  }
+  if (errno != ENOENT) return -errno;
+  const char *slash = strrchr(path, '/');
+  char dir[4096];
+  if (!slash) snprintf(dir, sizeof dir, ".");
+  else if (slash == path) snprintf(dir, sizeof dir, "/");
+  else if ((size_t)(slash - path) < sizeof dir) snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+  else return -ENAMETOOLONG;
+  /* A missing file in a missing folder says ENOENT, as open(O_CREAT) would. */
+  if (faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) != 0) return -errno;
+  return 0;
+}
+
 static int check_one(const char *what, const char *path, const char *special, char *err, size_t errlen) {
   if (!path || strcmp(path, special) == 0) return 0;
-  int fd = open_append(path);
-  if (fd < 0) {
-    snprintf(err, errlen, "cannot open %s %s: %s", what, path, strerror(-fd));
+  int rc = could_append(path);
+  if (rc < 0) {
+    snprintf(err, errlen, "cannot open %s %s: %s", what, path, strerror(-rc));
     return GW_ECONFIG;
   }
-  close(fd);
   return 0;
 }
 

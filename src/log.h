@@ -17,9 +17,9 @@ typedef enum { GW_LOG_DEBUG = 0, GW_LOG_INFO, GW_LOG_WARN, GW_LOG_ERROR } gw_log
 int gw_log_open_error(const char *path);
 /* `path` NULL means off, "stdout" means standard output. Returns 0 or -errno. */
 int gw_log_open_access(const char *path);
-/* Whether the log paths of a configuration can be opened (each is created
- * if missing, as it would be). Returns 0, or GW_ECONFIG with a message
- * naming the file in err. For -t and a reload, which refuse such paths
+/* Whether the log paths of a configuration can be opened (an existing file
+ * for writing; a missing one, in its folder; nothing is created). Returns 0,
+ * or GW_ECONFIG with a message naming the file in err. For -t and a reload, which refuse such paths
  * instead of failing at start or logging nowhere. */
 int gw_log_check_paths(const char *error_log, const char *access_log, char *err, size_t errlen);
 int gw_log_reopen(void);

@@ -1,6 +1,7 @@
 """The command line: -t checks a configuration (with file:line errors, also
 from required modules), -v prints versions, bad configurations fail to start."""
 
+import os
 import re
 import subprocess
 
@@ -191,6 +192,26 @@ def test_bad_worker_counts_and_missing_values_are_refused():
         assert "%s needs a value" % args[-1] in err, err
     rc, out, err, d = run_cli(["-w", "1024", "-t", "-c", "$DIR/good.lua"], {"good.lua": GOOD, "helper.lua": HELPER})
     eq(rc, 0, "-w 1024: %s" % err)
+
+
+def test_check_creates_no_log_file():
+    # -t checks that the logs could be opened; it once did so by creating
+    # them. A missing file in a folder it could be made in is fine, and
+    # stays missing; a folder where a file is expected is refused.
+    import shutil
+    import tempfile
+    logs = tempfile.mkdtemp(prefix="gwtest-logs-")
+    try:
+        cfg = PRELUDE + 'gw.config { error_log = "%s/error.log", access_log = "%s/access.log" }\n' % (logs, logs)
+        rc, out, err, d = run_cli(["-t", "-c", "$DIR/gateway.lua"], {"gateway.lua": cfg})
+        eq(rc, 0, "-t with logs not made yet: %s" % err)
+        eq(sorted(os.listdir(logs)), [], "files -t left in the log folder")
+        os.mkdir(os.path.join(logs, "error.log"))
+        rc, out, err, d = run_cli(["-t", "-c", "$DIR/gateway.lua"], {"gateway.lua": cfg})
+        eq(rc, 1, "-t with a folder as error_log")
+        assert "cannot open error log %s/error.log: Is a directory" % logs in err, err
+    finally:
+        shutil.rmtree(logs)
 
 
 def test_check_refuses_log_paths_that_cannot_be_opened():
