@@ -10,10 +10,9 @@
  * keep-alive TLS benchmark, the thread cost about 5% of the worker's CPU.
  *
  * State shared with the handler: `entered` (ms of the current run's start,
- * 0 outside Lua), `state` (the lua_State to hook) and `run` (a counter, so
- * that a hook is set once per overrunning run). The handler interrupts the
- * same thread, so plain stores are atomic enough; signal fences keep the
- * compiler from moving them across each other.
+ * 0 outside Lua) and `state` (the lua_State to hook). The handler
+ * interrupts the same thread, so plain stores are atomic enough; signal
+ * fences keep the compiler from moving them across each other.
  */
 #include "watchdog.h"
 
@@ -36,10 +35,8 @@
 #define TICK_MS 100
 
 static volatile uint64_t entered;   /* ms (CLOCK_MONOTONIC_COARSE) the current Lua run began, 0: none */
-static volatile uint64_t run;       /* number of the current run */
 static lua_State *volatile state;   /* the state to hook during the current run */
 static volatile uint64_t budget_ms; /* timeouts.script */
-static uint64_t hooked_run;         /* the run the handler last hooked (handler only) */
 static int started;
 
 /* The coarse clock (a few ms of resolution) is plenty for a budget of
@@ -67,9 +64,14 @@ static void on_hook(lua_State *L, lua_Debug *ar) {
              (double)budget_ms / 1000.0);
 }
 
-/* The timer's signal handler. It only reads the state above, calls
- * lua_sethook (made to be called from a signal handler: that is how the
- * luajit command line stops a script on Ctrl-C) or ends the worker. */
+/* `ms` as seconds rounded to a tenth, "%llu.%llu" (see on_tick). */
+#define TENTHS(ms) (unsigned long long)(((ms) + 50) / 1000), (unsigned long long)(((ms) + 50) % 1000 / 100)
+
+/* The timer's signal handler. It interrupts the worker's own thread, so the
+ * run it sees (entered, state) is the one still going. It only reads the
+ * state above, calls lua_sethook (made to be called from a signal handler:
+ * that is how the luajit command line stops a script on Ctrl-C) or ends
+ * the worker. */
 static void on_tick(int sig) {
   (void)sig;
   int saved_errno = errno;
@@ -85,14 +87,14 @@ static void on_tick(int sig) {
       gw_log_error(
           "a script ran %llu.%llu s without yielding (timeouts.script %llu.%llu s) and could not be "
           "stopped; ending this worker",
-          (unsigned long long)(over / 1000), (unsigned long long)(over % 1000 / 100),
-          (unsigned long long)(budget / 1000), (unsigned long long)(budget % 1000 / 100));
+          TENTHS(over), TENTHS(budget));
       _exit(3);
     }
-    if (over > budget && hooked_run != run && state) {
+    /* Set again at each tick if it went away: a tick that lands while
+     * LuaJIT rewrites its dispatch table (lj_dispatch_update, at each trace
+     * start and stop) can see its hook overwritten when the rewrite resumes. */
+    if (over > budget && state && lua_gethook(state) != on_hook)
       lua_sethook(state, on_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
-      hooked_run = run;
-    }
   }
   errno = saved_errno;
 }
@@ -137,7 +139,6 @@ void gw_watchdog_set_budget(double budget) { budget_ms = budget > 0 ? gw_seconds
 void gw_watchdog_enter(lua_State *L) {
   if (!started) return;
   state = L;
-  run = run + 1;
   __atomic_signal_fence(__ATOMIC_SEQ_CST);
   entered = now_ms(); /* last: a tick before it sees no run */
 }
