@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,26 +57,63 @@ int gw_log_open_error(const char *path) {
   return 0;
 }
 
-/* 0 if `path` could be opened for appending, or -errno; nothing is created
- * (a check, -t, must leave no file behind): an existing file is opened for
- * writing without O_CREAT, a missing one needs a directory it could be
- * made in. */
-static int could_append(const char *path) {
-  int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
-  if (fd >= 0) {
-    close(fd);
-    return 0;
-  }
-  if (errno != ENOENT) return -errno;
+/* Whether a file could be made in the folder of `path` (0 or -errno). */
+static int folder_writable(const char *path) {
   const char *slash = strrchr(path, '/');
   char dir[4096];
   if (!slash) snprintf(dir, sizeof dir, ".");
   else if (slash == path) snprintf(dir, sizeof dir, "/");
   else if ((size_t)(slash - path) < sizeof dir) snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
   else return -ENAMETOOLONG;
-  /* A missing file in a missing folder says ENOENT, as open(O_CREAT) would. */
-  if (faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) != 0) return -errno;
-  return 0;
+  /* A missing folder says ENOENT, as open(O_CREAT) would. */
+  return faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) == 0 ? 0 : -errno;
+}
+
+/* Where open(O_CREAT) would make the missing file `path`: the path itself,
+ * or, for a symbolic link to a missing file, where the links lead (a
+ * relative target is taken from the link's folder). Into `out`; 0, or
+ * -errno (ELOOP past 40 links, as the kernel). */
+static int creation_path(const char *path, char *out, size_t cap) {
+  if (snprintf(out, cap, "%s", path) >= (int)cap) return -ENAMETOOLONG;
+  for (int links = 0;; links++) {
+    struct stat st;
+    if (lstat(out, &st) != 0) return errno == ENOENT ? 0 : -errno;
+    if (!S_ISLNK(st.st_mode)) return -EEXIST; /* came into being meanwhile */
+    if (links == 40) return -ELOOP;
+    char target[4096];
+    ssize_t n = readlink(out, target, sizeof target - 1);
+    if (n < 0) return -errno;
+    target[n] = 0;
+    const char *slash = strrchr(out, '/');
+    char next[4096];
+    if (target[0] == '/' || !slash) {
+      if (snprintf(next, sizeof next, "%s", target) >= (int)sizeof next) return -ENAMETOOLONG;
+    } else if (snprintf(next, sizeof next, "%.*s/%s", (int)(slash - out), out, target) >= (int)sizeof next) {
+      return -ENAMETOOLONG;
+    }
+    if (snprintf(out, cap, "%s", next) >= (int)cap) return -ENAMETOOLONG;
+  }
+}
+
+/* 0 if `path` could be opened for appending, or -errno; nothing is created
+ * (a check, -t, must leave no file behind). An existing file is opened the
+ * way the log will be (O_CREAT included: the kernel's protected_regular
+ * rule applies only then); a missing one needs a folder it could be made
+ * in, the folder a dangling symbolic link points into. */
+static int could_append(const char *path) {
+  if (!*path) return -ENOENT;
+  struct stat st;
+  char where[4096];
+  int rc = stat(path, &st) == 0 ? -EEXIST
+           : errno != ENOENT    ? -errno
+                                : creation_path(path, where, sizeof where);
+  if (rc == -EEXIST) {
+    int fd = open_append(path);
+    if (fd < 0) return fd;
+    close(fd);
+    return 0;
+  }
+  return rc < 0 ? rc : folder_writable(where);
 }
 
 static int check_one(const char *what, const char *path, const char *special, char *err, size_t errlen) {

@@ -206,10 +206,28 @@ def test_check_creates_no_log_file():
         rc, out, err, d = run_cli(["-t", "-c", "$DIR/gateway.lua"], {"gateway.lua": cfg})
         eq(rc, 0, "-t with logs not made yet: %s" % err)
         eq(sorted(os.listdir(logs)), [], "files -t left in the log folder")
+        # A symbolic link to a missing file: fine when the file could be
+        # made where it points (and it still is not made), refused when
+        # the folder it points into is missing.
+        os.mkdir(os.path.join(logs, "real"))
+        os.symlink("real/error.log", os.path.join(logs, "error.log"))
+        rc, out, err, d = run_cli(["-t", "-c", "$DIR/gateway.lua"], {"gateway.lua": cfg})
+        eq(rc, 0, "-t with error_log a link to a file not made yet: %s" % err)
+        eq(os.listdir(os.path.join(logs, "real")), [], "files -t left where the link points")
+        os.unlink(os.path.join(logs, "error.log"))
+        os.symlink("missing/error.log", os.path.join(logs, "error.log"))
+        rc, out, err, d = run_cli(["-t", "-c", "$DIR/gateway.lua"], {"gateway.lua": cfg})
+        eq(rc, 1, "-t with error_log a link into a missing folder")
+        assert "cannot open error log %s/error.log: No such file or directory" % logs in err, err
+        os.unlink(os.path.join(logs, "error.log"))
         os.mkdir(os.path.join(logs, "error.log"))
         rc, out, err, d = run_cli(["-t", "-c", "$DIR/gateway.lua"], {"gateway.lua": cfg})
         eq(rc, 1, "-t with a folder as error_log")
         assert "cannot open error log %s/error.log: Is a directory" % logs in err, err
+        rc, out, err, d = run_cli(["-t", "-c", "$DIR/gateway.lua"],
+                                  {"gateway.lua": PRELUDE + 'gw.config { error_log = "" }\n'})
+        eq(rc, 1, "-t with an empty error_log")
+        assert "cannot open error log : No such file or directory" in err, err
     finally:
         shutil.rmtree(logs)
 
