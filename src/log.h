@@ -18,9 +18,10 @@ int gw_log_open_error(const char *path);
 /* `path` NULL means off, "stdout" means standard output. Returns 0 or -errno. */
 int gw_log_open_access(const char *path);
 /* Whether the log paths of a configuration can be opened (an existing file
- * for writing; a missing one, in its folder; nothing is created). Returns 0,
- * or GW_ECONFIG with a message naming the file in err. For -t and a reload, which refuse such paths
- * instead of failing at start or logging nowhere. */
+ * for writing; a missing one, in its folder; nothing is created). Returns
+ * 0, or GW_ECONFIG with a message naming the file in err. For -t and a
+ * reload, which refuse such paths instead of failing at start or logging
+ * nowhere. */
 int gw_log_check_paths(const char *error_log, const char *access_log, char *err, size_t errlen);
 int gw_log_reopen(void);
 void gw_log_set_level(gw_log_level_t level);

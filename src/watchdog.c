@@ -2,12 +2,15 @@
  * watchdog.c: the CPU budget of scripts (see watchdog.h).
  *
  * The check runs in a signal handler, on the worker's own thread: a POSIX
- * timer sends SIGNAL_TICK to that thread every 100 ms. A thread would do the
+ * timer sends SIGRTMIN to that thread every 100 ms. A thread would do the
  * same job, but a second thread makes the whole worker pay for being
  * multi-threaded on every request: the kernel takes and drops a reference
  * on the file at every system call on a socket (a lone thread's file table
- * skips that), and glibc's malloc takes its arena lock. Measured on the
- * keep-alive TLS benchmark, the thread cost about 5% of the worker's CPU.
+ * skips that), and glibc's malloc and stdio take their locks. On the
+ * keep-alive TLS benchmark that was 1.5% of the worker's user-space
+ * instructions (callgrind); the kernel's part is below the noise of a
+ * CPU-time measurement. libuv's thread pool (host names resolved, crypto
+ * jobs) still makes a worker multi-threaded once it is used.
  *
  * State shared with the handler: `entered` (ms of the current run's start,
  * 0 outside Lua) and `state` (the lua_State to hook). The handler
