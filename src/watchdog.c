@@ -36,11 +36,23 @@
 #endif
 
 #define TICK_MS 100
+#define IDLE_TICKS 10 /* ticks without a Lua run after which the timer stops */
 
-static volatile uint64_t entered;   /* ms (CLOCK_MONOTONIC_COARSE) the current Lua run began, 0: none */
-static lua_State *volatile state;   /* the state to hook during the current run */
-static volatile uint64_t budget_ms; /* timeouts.script */
+static volatile uint64_t entered;      /* ms (CLOCK_MONOTONIC_COARSE) the current Lua run began, 0: none */
+static lua_State *volatile state;      /* the state to hook during the current run */
+static volatile uint64_t budget_ms;    /* timeouts.script */
+static volatile unsigned runs;         /* Lua runs begun, for the handler to see activity */
+static volatile int armed;             /* the timer ticks; cleared by the handler, set by enter */
+static unsigned runs_seen, idle_ticks; /* the handler's own */
+static timer_t timer;
 static int started;
+
+/* Starts (TICK_MS) or stops (0) the ticks; 0 or -errno. timer_settime is
+ * async-signal-safe: the handler stops them. */
+static int set_ticks(long ms) {
+  struct itimerspec every = {{0, ms * 1000000L}, {0, ms * 1000000L}};
+  return timer_settime(timer, 0, &every, NULL) == 0 ? 0 : -errno;
+}
 
 /* The coarse clock (a few ms of resolution) is plenty for a budget of
  * seconds checked every 100 ms, and it is read without the TSC: the worker
@@ -79,7 +91,19 @@ static void on_tick(int sig) {
   (void)sig;
   int saved_errno = errno;
   uint64_t since = entered;
-  if (since) {
+  if (!since) {
+    /* An idle worker is not woken ten times a second for nothing: after a
+     * second without a Lua run the ticks stop, and the next run starts
+     * them again (gw_watchdog_enter). */
+    if (runs != runs_seen) {
+      runs_seen = runs;
+      idle_ticks = 0;
+    } else if (++idle_ticks >= IDLE_TICKS && set_ticks(0) == 0) {
+      idle_ticks = 0;
+      armed = 0;
+    }
+  } else {
+    idle_ticks = 0;
     uint64_t over = now_ms() - since, budget = budget_ms;
     if (over > 2 * budget) {
       /* The hook did not stop it: a JIT-compiled loop, or a long call into
@@ -118,14 +142,13 @@ static int start_timer(void) {
   ev.sigev_notify = SIGEV_THREAD_ID; /* to the thread that runs Lua, not a libuv pool thread */
   ev.sigev_signo = signo;
   ev.sigev_notify_thread_id = (pid_t)syscall(SYS_gettid);
-  timer_t timer;
   if (timer_create(CLOCK_MONOTONIC, &ev, &timer) != 0) return -errno;
-  struct itimerspec every = {{0, TICK_MS * 1000000L}, {0, TICK_MS * 1000000L}};
-  if (timer_settime(timer, 0, &every, NULL) != 0) {
-    int rc = -errno;
+  int rc = set_ticks(TICK_MS);
+  if (rc != 0) {
     timer_delete(timer);
     return rc;
   }
+  armed = 1;
   return 0;
 }
 
@@ -142,8 +165,14 @@ void gw_watchdog_set_budget(double budget) { budget_ms = budget > 0 ? gw_seconds
 void gw_watchdog_enter(lua_State *L) {
   if (!started) return;
   state = L;
+  runs = runs + 1;
   __atomic_signal_fence(__ATOMIC_SEQ_CST);
-  entered = now_ms(); /* last: a tick before it sees no run */
+  entered = now_ms(); /* a tick before this sees no run */
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+  /* After `entered`: from here on no tick stops the timer, and one that
+   * stopped it before has cleared `armed`. One system call after each idle
+   * second, none while requests keep coming. */
+  if (!armed && set_ticks(TICK_MS) == 0) armed = 1;
 }
 
 void gw_watchdog_leave(void) {

@@ -4,12 +4,12 @@
  * A handler that never yields (an endless loop, a runaway computation)
  * would stall its whole worker. The worker marks when it enters Lua
  * (gw_watchdog_enter) and leaves it (gw_watchdog_leave); a timer signal
- * (SIGRTMIN, every 100 ms, handled on the worker's thread) checks. Past
- * timeouts.script seconds in one run it asks the running Lua to stop through
- * a hook (lua_sethook is the one Lua API call that is safe from a signal
- * handler): the script gets the error "script ran
- * longer than timeouts.script" and its request a 500, and the worker goes
- * on. Hooks only fire in interpreted code, not inside a JIT-compiled trace,
+ * (SIGRTMIN, every 100 ms, handled on the worker's thread, stopped after a
+ * second without a Lua run) checks. Past timeouts.script seconds in one run
+ * it asks the running Lua to stop through a hook (lua_sethook is the one Lua
+ * API call that is safe from a signal handler): the script gets the error
+ * "script ran longer than timeouts.script" and its request a 500, and the
+ * worker goes on. Hooks only fire in interpreted code, not inside a JIT-compiled trace,
  * so if Lua still runs after twice the budget the watchdog ends the worker
  * (its requests in flight are lost; the master starts a new one at once).
  */

@@ -46,6 +46,33 @@ def test_pcall_cannot_swallow_the_budget():
         eq(http(g.port, "GET", "/ok")[2], b"ok", "and the worker goes on")
 
 
+def _wakeups(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches for %d" % pid)
+
+
+def test_an_idle_worker_is_not_woken_ten_times_a_second():
+    # The watchdog's ticks stop after a second without a Lua run and start
+    # again with the next one, which still has its budget.
+    with Gateway(CONFIG, workers=1) as g:
+        eq(http(g.port, "GET", "/ok")[2], b"ok", "a first request")
+        time.sleep(1.5)
+        [pid] = worker_pids(g.pid)
+        before = _wakeups(pid)
+        time.sleep(2)
+        woken = _wakeups(pid) - before
+        # Ticking, it would be about 20; what is left is libuv's own timers.
+        assert woken <= 6, "an idle worker woke %d times in 2 s" % woken
+        t0 = time.monotonic()
+        st, _, _ = http(g.port, "GET", "/spin", timeout=5)
+        took = time.monotonic() - t0
+        eq(st, 500, "an endless loop after the idle time")
+        assert 0.25 < took < 1.5, "stopped after about timeouts.script: %.2fs" % took
+
+
 def test_yielding_handlers_are_not_limited():
     with Gateway(CONFIG, workers=1) as g:
         st, _, body = http(g.port, "GET", "/slow-but-yielding", timeout=5)
