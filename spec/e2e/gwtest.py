@@ -142,6 +142,16 @@ def worker_pids(master_pid):
     return sorted(out)
 
 
+def proc_status(pid, field):
+    """The number a /proc/PID/status line gives for field ("VmRSS" in kB,
+    "voluntary_ctxt_switches")."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s in /proc/%d/status" % (field, pid))
+
+
 class GatewayError(AssertionError):
     pass
 

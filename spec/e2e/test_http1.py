@@ -5,7 +5,7 @@ import socket
 import struct
 import time
 
-from gwtest import PRELUDE, Conn, Gateway, check_error, eq, parse_all, raw, req_bytes
+from gwtest import PRELUDE, Conn, Gateway, check_error, eq, parse_all, proc_status, raw, req_bytes
 
 APP = r'''
 gw.get("/hello", function(req) return "hello" end)
@@ -548,8 +548,7 @@ def test_pipelining_without_reading_is_bounded():
         pid = g.worker_pids()[0]
 
         def rss_kb():
-            with open("/proc/%d/status" % pid) as f:
-                return int([l for l in f if l.startswith("VmRSS:")][0].split()[1])
+            return proc_status(pid, "VmRSS")
         g.get("/piped/0")
         before = rss_kb()
         s = socket.create_connection(("127.0.0.1", g.port))

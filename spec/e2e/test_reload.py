@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 
-from gwtest import PRELUDE, Conn, Gateway, eq, line_of, req_bytes, wait_for
+from gwtest import PRELUDE, Conn, Gateway, eq, line_of, proc_status, req_bytes, wait_for
 
 
 def version_app(tag, extra=""):
@@ -323,11 +323,7 @@ LIB = 'local M = {}\nfunction M.wrap(s) return s end\nreturn M\n'
 
 
 def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % pid)
+    return proc_status(pid, "VmRSS")
 
 
 def test_no_leak_over_500_reloads():

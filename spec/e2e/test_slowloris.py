@@ -6,7 +6,7 @@ the last byte) while ordinary requests keep being answered quickly."""
 import socket
 import time
 
-from gwtest import Gateway, eq, worker_pids
+from gwtest import Gateway, eq, proc_status, worker_pids
 
 CFG = r'''local gw = require "gateway"
 gw.config { listen = { "127.0.0.1:$PORT" }, timeouts = { header = 2 } }
@@ -57,10 +57,7 @@ def test_slowloris():
                 eq((st, body), (200, b"hello"), "normal request during the attack")
                 normal += 1
                 for pid in worker_pids(g.pid):
-                    with open("/proc/%d/status" % pid) as f:
-                        for line in f:
-                            if line.startswith("VmRSS:"):
-                                rss_kb = max(rss_kb, int(line.split()[1]))
+                    rss_kb = max(rss_kb, proc_status(pid, "VmRSS"))
                 time.sleep(0.5)
             # Final sweep: collect closes that happened during the last sleep.
             deadline = time.monotonic() + 1.0

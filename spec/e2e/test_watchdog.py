@@ -6,7 +6,7 @@ import json
 import re
 import time
 
-from gwtest import Gateway, eq, http, raw, req_bytes, worker_pids, wait_for
+from gwtest import Gateway, eq, http, proc_status, raw, req_bytes, worker_pids, wait_for
 
 CONFIG = r'''
 local gw = require "gateway"
@@ -46,14 +46,6 @@ def test_pcall_cannot_swallow_the_budget():
         eq(http(g.port, "GET", "/ok")[2], b"ok", "and the worker goes on")
 
 
-def _wakeups(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    raise AssertionError("no voluntary_ctxt_switches for %d" % pid)
-
-
 def test_an_idle_worker_is_not_woken_ten_times_a_second():
     # The watchdog's ticks stop after a second without a Lua run and start
     # again with the next one, which still has its budget.
@@ -61,9 +53,9 @@ def test_an_idle_worker_is_not_woken_ten_times_a_second():
         eq(http(g.port, "GET", "/ok")[2], b"ok", "a first request")
         time.sleep(1.5)
         [pid] = worker_pids(g.pid)
-        before = _wakeups(pid)
+        before = proc_status(pid, "voluntary_ctxt_switches")
         time.sleep(2)
-        woken = _wakeups(pid) - before
+        woken = proc_status(pid, "voluntary_ctxt_switches") - before
         # Ticking, it would be about 20; what is left is libuv's own timers.
         assert woken <= 6, "an idle worker woke %d times in 2 s" % woken
         t0 = time.monotonic()
