@@ -31,8 +31,8 @@ static size_t grown_cap(const gw_buf_t *b, size_t extra) {
   return cap;
 }
 
+/* Only called by gw_buf_reserve, which has checked that `extra` does not fit. */
 void gw_buf_grow(gw_buf_t *b, size_t extra) {
-  if (b->len + extra <= b->cap && extra <= SIZE_MAX - b->len) return;
   size_t cap = grown_cap(b, extra);
   if (cap == 0) {
     fprintf(stderr, "gateway: buffer size overflow\n");

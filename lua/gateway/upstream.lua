@@ -405,7 +405,6 @@ local function encode_query(q)
 end
 _M.encode_query = encode_query
 
-
 local function target_of(path, query)
   if type(path) ~= "string" or byte(path, 1) ~= 47 then
     error("upstream request: path must start with '/'", 3)
