@@ -546,18 +546,15 @@ def test_pipelining_without_reading_is_bounded():
     n = 3000  # 48 MB of answers
     with Gateway(cfg) as g:
         pid = g.worker_pids()[0]
-
-        def rss_kb():
-            return proc_status(pid, "VmRSS")
         g.get("/piped/0")
-        before = rss_kb()
+        before = proc_status(pid, "VmRSS")
         s = socket.create_connection(("127.0.0.1", g.port))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         data = b"".join(req_bytes("GET", "/piped/%d" % i) for i in range(n))
         sender = threading.Thread(target=lambda: s.sendall(data), daemon=True)
         sender.start()
         time.sleep(1.0)  # the gateway answers what it may, then waits
-        grew = rss_kb() - before
+        grew = proc_status(pid, "VmRSS") - before
         assert grew < 20 * 1024, "worker RSS grew by %d KB while the client did not read" % grew
         s.settimeout(10)
         got, count, want = b"", 0, 0

@@ -6,9 +6,8 @@ import os
 import socket
 import ssl
 
-from gwtest import Gateway, eq
+from gwtest import Gateway, eq, proc_status
 from test_tls import CONFIG, certs
-from test_reload import rss_kb
 
 N = 400
 
@@ -19,10 +18,10 @@ def _idle_cost_kb(g, pid, connect):
     conns = []
     try:
         conns.append(connect())  # the first one grows pools shared by all
-        before = rss_kb(pid)
+        before = proc_status(pid, "VmRSS")
         for _ in range(N):
             conns.append(connect())
-        return (rss_kb(pid) - before) / N
+        return (proc_status(pid, "VmRSS") - before) / N
     finally:
         for s in conns:
             s.close()

@@ -322,10 +322,6 @@ gw.get("/count", function(req) return tostring(gw.shared.counts:incr("n", 1, 0))
 LIB = 'local M = {}\nfunction M.wrap(s) return s end\nreturn M\n'
 
 
-def rss_kb(pid):
-    return proc_status(pid, "VmRSS")
-
-
 def test_no_leak_over_500_reloads():
     # Under AddressSanitizer (make asan) freed memory waits in a quarantine of
     # up to 256 MB before reuse, so RSS grows with any churn, leak or not:
@@ -343,11 +339,11 @@ def test_no_leak_over_500_reloads():
                 eq((st, doc["result"]), (200, "ok"), "POST /reload")
                 eq(g.get("/api/r7/x")[0], 200, "a request between reloads")
         reloads(10)
-        after_10 = rss_kb(pid)
+        after_10 = proc_status(pid, "VmRSS")
         reloads(240)
-        after_250 = rss_kb(pid)
+        after_250 = proc_status(pid, "VmRSS")
         reloads(250)
-        after_500 = rss_kb(pid)
+        after_500 = proc_status(pid, "VmRSS")
         st, doc = admin_json(g, "GET", "/status")
         w = doc["workers"][0]
         print("     RSS after 10 reloads: %d kB, after 250: %d kB, after 500: %d kB (%+.1f%% over the "
