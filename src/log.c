@@ -57,14 +57,20 @@ int gw_log_open_error(const char *path) {
   return 0;
 }
 
+/* The folder of `path` into `dir` ("." for a bare name); 0 or -ENAMETOOLONG. */
+static int folder_of(const char *path, char *dir, size_t cap) {
+  const char *slash = strrchr(path, '/');
+  int n = !slash          ? snprintf(dir, cap, ".")
+          : slash == path ? snprintf(dir, cap, "/")
+                          : snprintf(dir, cap, "%.*s", (int)(slash - path), path);
+  return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
+}
+
 /* Whether a file could be made in the folder of `path` (0 or -errno). */
 static int folder_writable(const char *path) {
-  const char *slash = strrchr(path, '/');
   char dir[4096];
-  if (!slash) snprintf(dir, sizeof dir, ".");
-  else if (slash == path) snprintf(dir, sizeof dir, "/");
-  else if ((size_t)(slash - path) < sizeof dir) snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-  else return -ENAMETOOLONG;
+  int rc = folder_of(path, dir, sizeof dir);
+  if (rc) return rc;
   /* A missing folder says ENOENT, as open(O_CREAT) would. */
   return faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) == 0 ? 0 : -errno;
 }
@@ -80,18 +86,14 @@ static int creation_path(const char *path, char *out, size_t cap) {
     if (lstat(out, &st) != 0) return errno == ENOENT ? 0 : -errno;
     if (!S_ISLNK(st.st_mode)) return -EEXIST; /* came into being meanwhile */
     if (links == 40) return -ELOOP;
-    char target[4096];
+    char target[4096], dir[4096];
     ssize_t n = readlink(out, target, sizeof target - 1);
     if (n < 0) return -errno;
     target[n] = 0;
-    const char *slash = strrchr(out, '/');
-    char next[4096];
-    if (target[0] == '/' || !slash) {
-      if (snprintf(next, sizeof next, "%s", target) >= (int)sizeof next) return -ENAMETOOLONG;
-    } else if (snprintf(next, sizeof next, "%.*s/%s", (int)(slash - out), out, target) >= (int)sizeof next) {
-      return -ENAMETOOLONG;
-    }
-    if (snprintf(out, cap, "%s", next) >= (int)cap) return -ENAMETOOLONG;
+    int rc = target[0] == '/' ? 0 : folder_of(out, dir, sizeof dir);
+    if (rc) return rc;
+    int len = target[0] == '/' ? snprintf(out, cap, "%s", target) : snprintf(out, cap, "%s/%s", dir, target);
+    if (len < 0 || (size_t)len >= cap) return -ENAMETOOLONG;
   }
 }
 
